@@ -1,0 +1,260 @@
+//! Connection policy: one live connection per peer, kept alive while the peer is an iwant node.
+//!
+//! Two nodes that discover each other at the same moment both dial, which leaves two
+//! connections between them. Both ends apply the same deterministic rule to pick the survivor, so
+//! they never close different ones: keep the oldest connection *dialed by the peer with the
+//! smaller peer id*; if there is none, keep the oldest. Everything else is closed.
+//!
+//! libp2p closes connections that carry no streams after the swarm's idle timeout, and ping
+//! streams do not count. Connections to peers that the node marks with
+//! [`Behaviour::keep_alive`] (peers that identified as iwant nodes) stay open instead, so a
+//! node keeps its neighbours; connections to other peers close when idle.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    convert::Infallible,
+    task::{Context, Poll},
+};
+
+use libp2p::{
+    core::{transport::PortUse, upgrade::DeniedUpgrade, Endpoint},
+    swarm::{
+        handler::ConnectionEvent, CloseConnection, ConnectionDenied, ConnectionHandler,
+        ConnectionHandlerEvent, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler,
+        SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    },
+    Multiaddr, PeerId,
+};
+
+/// See the [module docs](self).
+pub struct Behaviour {
+    local_peer_id: PeerId,
+    /// Open connections per peer, oldest first, with our role on each.
+    connections: HashMap<PeerId, Vec<(ConnectionId, Endpoint)>>,
+    /// Peers whose connections are kept alive; only peers with an open connection.
+    kept: HashSet<PeerId>,
+    pending: VecDeque<ToSwarm<Infallible, bool>>,
+}
+
+impl Behaviour {
+    /// A policy for the node `local_peer_id`.
+    pub fn new(local_peer_id: PeerId) -> Self {
+        Self {
+            local_peer_id,
+            connections: HashMap::new(),
+            kept: HashSet::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Keeps the connections to `peer` open while it stays connected. Forgotten when its last
+    /// connection closes. Does nothing if `peer` is not connected.
+    pub fn keep_alive(&mut self, peer: PeerId) {
+        let Some(conns) = self.connections.get(&peer) else {
+            return;
+        };
+        if self.kept.insert(peer) {
+            for (id, _) in conns {
+                self.pending.push_back(ToSwarm::NotifyHandler {
+                    peer_id: peer,
+                    handler: NotifyHandler::One(*id),
+                    event: true,
+                });
+            }
+        }
+    }
+
+    /// Whether the connections to `peer` are kept alive.
+    pub fn is_kept_alive(&self, peer: &PeerId) -> bool {
+        self.kept.contains(peer)
+    }
+
+    fn on_established(&mut self, peer: PeerId, id: ConnectionId, role: Endpoint) {
+        let conns = self.connections.entry(peer).or_default();
+        conns.push((id, role));
+        for close in redundant(&self.local_peer_id, &peer, conns) {
+            tracing::debug!(%peer, connection = %close, "closing a duplicate connection");
+            self.pending.push_back(ToSwarm::CloseConnection {
+                peer_id: peer,
+                connection: CloseConnection::One(close),
+            });
+        }
+    }
+
+    fn on_closed(&mut self, peer: PeerId, id: ConnectionId) {
+        if let Some(conns) = self.connections.get_mut(&peer) {
+            conns.retain(|(c, _)| *c != id);
+            if conns.is_empty() {
+                self.connections.remove(&peer);
+                self.kept.remove(&peer);
+            }
+        }
+    }
+}
+
+/// The connections to `remote` that both ends agree to close, given ours oldest first.
+///
+/// The survivor is the oldest connection dialed by the smaller of the two peer ids, or the
+/// oldest of all when the smaller peer dialed none. Both ends compute the same survivor because
+/// each side's role on a connection is the mirror of the other's.
+pub fn redundant(
+    local: &PeerId,
+    remote: &PeerId,
+    conns: &[(ConnectionId, Endpoint)],
+) -> Vec<ConnectionId> {
+    if conns.len() < 2 {
+        return Vec::new();
+    }
+    let preferred = if local < remote {
+        Endpoint::Dialer
+    } else {
+        Endpoint::Listener
+    };
+    let keep = conns
+        .iter()
+        .find(|(_, role)| *role == preferred)
+        .unwrap_or(&conns[0])
+        .0;
+    conns
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| *id != keep)
+        .collect()
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(Handler {
+            keep_alive: self.kept.contains(&peer),
+        })
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(Handler {
+            keep_alive: self.kept.contains(&peer),
+        })
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                self.on_established(e.peer_id, e.connection_id, e.endpoint.to_endpoint())
+            }
+            FromSwarm::ConnectionClosed(e) => self.on_closed(e.peer_id, e.connection_id),
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(&mut self, _: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        match self.pending.pop_front() {
+            Some(action) => Poll::Ready(action),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The per-connection half of [`Behaviour`]: opens no streams, only holds the keep-alive flag.
+pub struct Handler {
+    keep_alive: bool,
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = bool;
+    type ToBehaviour = Infallible;
+    type InboundProtocol = DeniedUpgrade;
+    type OutboundProtocol = DeniedUpgrade;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
+        SubstreamProtocol::new(DeniedUpgrade, ())
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.keep_alive
+    }
+
+    fn on_behaviour_event(&mut self, keep_alive: bool) {
+        self.keep_alive = keep_alive;
+    }
+
+    fn poll(
+        &mut self,
+        _: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Self::ToBehaviour>> {
+        Poll::Pending
+    }
+
+    fn on_connection_event(&mut self, _: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<ConnectionId> {
+        (0..n).map(|_| ConnectionId::new_unchecked(rand_id())).collect()
+    }
+
+    fn rand_id() -> usize {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn ordered_pair() -> (PeerId, PeerId) {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        if a < b {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    }
+
+    #[test]
+    fn single_connection_is_never_closed() {
+        let (small, big) = ordered_pair();
+        let c = ids(1);
+        assert!(redundant(&small, &big, &[(c[0], Endpoint::Listener)]).is_empty());
+        assert!(redundant(&big, &small, &[(c[0], Endpoint::Dialer)]).is_empty());
+    }
+
+    #[test]
+    fn both_ends_close_the_same_connection_of_a_simultaneous_dial() {
+        let (small, big) = ordered_pair();
+        let c = ids(2);
+        // c[0] was dialed by `big`, c[1] by `small`; each end saw them in a different order.
+        let on_small = redundant(&small, &big, &[(c[0], Endpoint::Listener), (c[1], Endpoint::Dialer)]);
+        let on_big = redundant(&big, &small, &[(c[1], Endpoint::Listener), (c[0], Endpoint::Dialer)]);
+        assert_eq!(on_small, vec![c[0]]);
+        assert_eq!(on_big, vec![c[0]]);
+    }
+
+    #[test]
+    fn oldest_survives_when_the_smaller_peer_dialed_none() {
+        let (small, big) = ordered_pair();
+        let c = ids(3);
+        let conns = [(c[0], Endpoint::Dialer), (c[1], Endpoint::Dialer), (c[2], Endpoint::Dialer)];
+        assert_eq!(redundant(&big, &small, &conns), vec![c[1], c[2]]);
+    }
+}

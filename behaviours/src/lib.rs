@@ -1,0 +1,115 @@
+//! iwant's libp2p behaviours and wire protocols.
+//!
+//! The main type is [`NodeBehaviour`]: the one [`NetworkBehaviour`](libp2p::swarm::NetworkBehaviour)
+//! that an iwant node's `Swarm` drives. It composes the standard libp2p protocols
+//! (identify, ping, mDNS) with iwant's own:
+//!
+//! - [`connections`]: one live connection per peer, kept alive while the peer is an iwant node.
+//!
+//! This crate knows nothing about disks, configuration files or the command line: it is the
+//! network vocabulary that the `iwant` node speaks. Wire formats are specified in
+//! `docs/protocols.md`.
+
+pub mod connections;
+
+use std::time::Duration;
+
+use libp2p::{identify, identity::Keypair, mdns, ping, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour};
+
+/// Prefix of the identify agent string of every iwant node (`iwant/<version>`).
+pub const AGENT_PREFIX: &str = "iwant/";
+
+/// The identify `protocolVersion` every iwant node announces.
+pub const PROTOCOL_VERSION: &str = "/iwant/1";
+
+/// Whether an identify agent string belongs to an iwant node.
+pub fn is_iwant_agent(agent: &str) -> bool {
+    agent.starts_with(AGENT_PREFIX)
+}
+
+/// Settings for [`NodeBehaviour::new`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The identify agent string. Default: `iwant/<this crate's version>`.
+    pub agent_version: String,
+    /// Run mDNS discovery. Default: `true`.
+    pub mdns: bool,
+    /// How often each connection is pinged. Default: 1 s.
+    pub ping_interval: Duration,
+    /// How long a ping may take before the connection counts as dead. Default: 2 s.
+    pub ping_timeout: Duration,
+    /// The lifetime of this node's mDNS records on other nodes. Default: 2 min.
+    pub mdns_ttl: Duration,
+    /// How often mDNS asks the network again once it has settled. Default: 30 s.
+    pub mdns_query_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            agent_version: format!("{AGENT_PREFIX}{}", env!("CARGO_PKG_VERSION")),
+            mdns: true,
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(2),
+            mdns_ttl: Duration::from_secs(120),
+            mdns_query_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Sets the identify agent string.
+    pub fn with_agent_version(mut self, agent: impl Into<String>) -> Self {
+        self.agent_version = agent.into();
+        self
+    }
+
+    /// Turns mDNS discovery on or off.
+    pub fn with_mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+}
+
+/// Everything an iwant node speaks, composed into one behaviour.
+#[derive(NetworkBehaviour)]
+pub struct NodeBehaviour {
+    /// Connection policy: dedupe and keep-alive for iwant peers.
+    pub connections: connections::Behaviour,
+    /// libp2p identify (`/ipfs/id/1.0.0`).
+    pub identify: identify::Behaviour,
+    /// libp2p ping (`/ipfs/ping/1.0.0`).
+    pub ping: ping::Behaviour,
+    /// mDNS discovery; absent when turned off.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+impl NodeBehaviour {
+    /// Builds the behaviour for the node whose identity is `keypair`.
+    pub fn new(keypair: &Keypair, config: Config) -> std::io::Result<Self> {
+        let local_peer_id = keypair.public().to_peer_id();
+        let mdns = if config.mdns {
+            let mdns_config = mdns::Config {
+                ttl: config.mdns_ttl,
+                query_interval: config.mdns_query_interval,
+                ..Default::default()
+            };
+            Some(mdns::tokio::Behaviour::new(mdns_config, local_peer_id)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            connections: connections::Behaviour::new(local_peer_id),
+            identify: identify::Behaviour::new(
+                identify::Config::new(PROTOCOL_VERSION.to_string(), keypair.public())
+                    .with_agent_version(config.agent_version),
+            ),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(config.ping_interval)
+                    .with_timeout(config.ping_timeout),
+            ),
+            mdns: mdns.into(),
+        })
+    }
+}

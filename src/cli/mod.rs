@@ -1,0 +1,121 @@
+//! The command line: argument parsing and one module per command group.
+//!
+//! Every command but `node` is a thin client of the running daemon's control channel. Output
+//! for people goes to stdout; with `--json`, stdout holds exactly one JSON document. Errors go
+//! to stderr, once, with their cause chain.
+
+mod folders;
+mod node;
+mod status;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use libp2p::Multiaddr;
+
+use crate::{
+    config::{Home, HOME_ENV},
+    control::ClientError,
+};
+
+/// Exit code for a command that needs the daemon when none is running.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+/// iwant: find and fetch files on your LAN, with no server.
+#[derive(Debug, Parser)]
+#[command(name = "iwant", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The node's home directory (identity, config, database) [default: the platform's data
+    /// directory]
+    #[arg(long, global = true, env = HOME_ENV, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node in the foreground (Ctrl-C stops it)
+    Node(NodeArgs),
+    /// Show this node's peer id, addresses, connected peers and folders
+    Status(JsonArg),
+    /// Show the shared and download folders
+    Config(JsonArg),
+    /// Share the folder PATH (replaces the shared folder)
+    Share {
+        /// The folder to share; created if missing
+        path: PathBuf,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Save downloads into DIR
+    DownloadTo {
+        /// The download folder; created if missing
+        dir: PathBuf,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+/// Options of `iwant node`.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Listen on this multiaddr (repeatable) [default: /ip4/0.0.0.0/tcp/4747, or a free port
+    /// if 4747 is taken]
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Dial this peer and keep redialing it (repeatable), for networks without multicast
+    #[arg(long, value_name = "MULTIADDR")]
+    peer: Vec<Multiaddr>,
+    /// Do not discover peers with mDNS
+    #[arg(long)]
+    no_mdns: bool,
+}
+
+#[derive(Debug, Args)]
+struct JsonArg {
+    /// Print one JSON document instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = Home::resolve(cli.home.clone())
+        .map_err(anyhow::Error::from)
+        .and_then(|home| dispatch(home, cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            match error.downcast_ref::<ClientError>() {
+                Some(ClientError::NotRunning { .. }) => ExitCode::from(EXIT_NOT_RUNNING),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Node(args) => node::run(home, args),
+        Command::Status(a) => client_runtime()?.block_on(status::run(home, a.json)),
+        Command::Config(a) => client_runtime()?.block_on(folders::show(home, a.json)),
+        Command::Share { path, json } => {
+            client_runtime()?.block_on(folders::set(home, folders::Which::Shared, path, json.json))
+        }
+        Command::DownloadTo { dir, json } => {
+            client_runtime()?.block_on(folders::set(home, folders::Which::Download, dir, json.json))
+        }
+    }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

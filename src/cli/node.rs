@@ -1,0 +1,94 @@
+//! `iwant node`: runs the daemon in the foreground until Ctrl-C or SIGTERM.
+
+use anyhow::Context;
+
+use super::NodeArgs;
+use crate::{
+    config::Home,
+    daemon::{self, NodeOptions},
+};
+
+pub(super) fn run(home: Home, args: NodeArgs) -> anyhow::Result<()> {
+    install_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("iwant")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let options = NodeOptions {
+            home,
+            listen: args.listen,
+            peers: args.peer,
+            no_mdns: args.no_mdns,
+        };
+        let node = daemon::start(options).await.context("cannot start the node")?;
+        print_banner(&node);
+        tokio::spawn(watch_signals(node.shutdown_token()));
+        node.wait().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn print_banner(node: &daemon::RunningNode) {
+    let folders = node.folders.borrow().clone();
+    let home = node.home();
+    if node.first_run {
+        println!("Welcome to iwant! Created a new node in {}", home.root().display());
+    }
+    println!("iwant node {} is running (Ctrl-C stops it).", node.peer_id());
+    println!("  Sharing:      {}", folders.shared_dir.display());
+    println!("  Downloads to: {}", folders.download_dir.display());
+    if node.first_run {
+        let flag = home.cli_flag();
+        println!(
+            "Change them with `iwant{flag} share <folder>` and `iwant{flag} download-to <folder>`; see the node with `iwant{flag} status`."
+        );
+    }
+}
+
+/// The first Ctrl-C or SIGTERM stops the node gracefully; a second Ctrl-C exits at once.
+async fn watch_signals(shutdown: tokio_util::sync::CancellationToken) {
+    let first = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                },
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    };
+    first.await;
+    tracing::info!("shutting down; press Ctrl-C again to exit at once");
+    shutdown.cancel();
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("exiting at once");
+        std::process::exit(130);
+    }
+}
+
+fn install_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("IWANT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("warning: ignoring the log filter {filter:?}: {e}");
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

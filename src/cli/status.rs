@@ -1,0 +1,75 @@
+//! `iwant status`.
+
+use crate::{
+    config::Home,
+    control::{Client, Request, Response, StatusReply},
+};
+
+pub(super) async fn run(home: Home, json: bool) -> anyhow::Result<()> {
+    let status = match Client::new(home).request(Request::Status).await? {
+        Response::Status(s) => s,
+        other => anyhow::bail!("the node answered a status request with {other:?}"),
+    };
+    if json {
+        return super::print_json(&status);
+    }
+    print!("{}", render(&status));
+    Ok(())
+}
+
+fn render(s: &StatusReply) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "Peer ID:          {}", s.peer_id);
+    let _ = writeln!(out, "Version:          iwant {}", s.version);
+    let _ = writeln!(out, "Home:             {}", s.home.display());
+    let _ = writeln!(out, "Shared folder:    {}", s.shared_dir.display());
+    let _ = writeln!(out, "Download folder:  {}", s.download_dir.display());
+    if s.listen_addrs.is_empty() {
+        let _ = writeln!(out, "Listening on:     (nothing yet)");
+    }
+    for (i, addr) in s.listen_addrs.iter().enumerate() {
+        let label = if i == 0 { "Listening on:" } else { "" };
+        let _ = writeln!(out, "{label:<18}{addr}");
+    }
+    let _ = writeln!(out, "Peers:            {}", s.peers.len());
+    for p in &s.peers {
+        let addr = p.addrs.first().map(String::as_str).unwrap_or("-");
+        let agent = p.agent.as_deref().unwrap_or("(identifying)");
+        let rtt = p
+            .rtt_us
+            .map(|us| format!("{:.1} ms", us as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(out, "  {}  {addr}  {agent}  rtt {rtt}", p.peer_id);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::PeerStatus;
+
+    #[test]
+    fn renders_peers_and_addresses() {
+        let s = StatusReply {
+            version: "0.1.0".into(),
+            peer_id: "12D3Self".into(),
+            listen_addrs: vec!["/ip4/10.0.0.1/tcp/4747".into(), "/ip4/127.0.0.1/tcp/4747".into()],
+            peers: vec![PeerStatus {
+                peer_id: "12D3Other".into(),
+                addrs: vec!["/ip4/10.0.0.2/tcp/4747".into()],
+                connections: 1,
+                agent: Some("iwant/0.1.0".into()),
+                rtt_us: Some(420),
+            }],
+            shared_dir: "/s".into(),
+            download_dir: "/d".into(),
+            home: "/h".into(),
+        };
+        let text = render(&s);
+        assert!(text.contains("Listening on:     /ip4/10.0.0.1/tcp/4747\n"), "{text}");
+        assert!(text.contains("                  /ip4/127.0.0.1/tcp/4747\n"), "{text}");
+        assert!(text.contains("Peers:            1\n  12D3Other  /ip4/10.0.0.2/tcp/4747  iwant/0.1.0  rtt 0.4 ms"), "{text}");
+    }
+}

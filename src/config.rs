@@ -1,0 +1,461 @@
+//! The node's home directory, its config file, and the rules for the two folders.
+//!
+//! A home holds everything one node owns:
+//!
+//! | file | what |
+//! |---|---|
+//! | `config.toml` | the folders, listen addresses, known peers, mDNS on/off |
+//! | `identity.key` | the node's libp2p key (owner-only permissions) |
+//! | `iwant.db` | the SQLite database |
+//! | `control.sock` | the control channel's Unix socket while the node runs (Unix only) |
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use libp2p::{identity::Keypair, Multiaddr};
+use serde::{Deserialize, Serialize};
+
+/// The TCP port a node listens on unless told otherwise (falls back to a free port if taken).
+pub const DEFAULT_PORT: u16 = 4747;
+
+/// The environment variable that overrides the home directory.
+pub const HOME_ENV: &str = "IWANT_HOME";
+
+/// Errors about the home, the config file and the folders.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file or folder could not be read, written or created.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done, e.g. "cannot create the shared folder".
+        what: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The config file is not valid.
+    #[error("the config file {path} is not valid: {reason}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The folders break a rule.
+    #[error(transparent)]
+    Folders(#[from] FolderError),
+    /// No home directory could be determined.
+    #[error("cannot determine a home directory for iwant; pass --home <dir> or set {HOME_ENV}")]
+    NoHome,
+}
+
+/// A violation of the folder rules. Every message names both paths.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FolderError {
+    /// Both folders are the same.
+    #[error("the shared folder {shared} and the download folder {download} are the same folder; they must differ")]
+    Same {
+        /// The shared folder as given.
+        shared: PathBuf,
+        /// The download folder as given.
+        download: PathBuf,
+    },
+    /// One folder is inside the other.
+    #[error("the {inner_role} folder {inner} is inside the {outer_role} folder {outer}; the two folders may not be nested")]
+    Nested {
+        /// "shared" or "download".
+        inner_role: &'static str,
+        /// The folder inside the other.
+        inner: PathBuf,
+        /// "shared" or "download".
+        outer_role: &'static str,
+        /// The folder that contains the other.
+        outer: PathBuf,
+    },
+    /// A folder does not exist and cannot be created, or is not a directory.
+    #[error("the {role} folder {path} cannot be used: {reason}")]
+    Unusable {
+        /// "shared" or "download".
+        role: &'static str,
+        /// The folder as given.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The paths inside one node's home directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+    explicit: bool,
+}
+
+impl Home {
+    /// The home given by `--home`, else `$IWANT_HOME` (clap fills both into `explicit`), else
+    /// the platform's data directory for iwant.
+    pub fn resolve(explicit: Option<PathBuf>) -> Result<Self, ConfigError> {
+        match explicit {
+            Some(root) => Ok(Self {
+                root: std::path::absolute(&root).unwrap_or(root),
+                explicit: true,
+            }),
+            None => {
+                let dirs = directories::ProjectDirs::from("", "", "iwant").ok_or(ConfigError::NoHome)?;
+                Ok(Self {
+                    root: dirs.data_dir().to_path_buf(),
+                    explicit: false,
+                })
+            }
+        }
+    }
+
+    /// The home directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the home was chosen with `--home` or `IWANT_HOME` rather than by default.
+    pub fn is_explicit(&self) -> bool {
+        self.explicit
+    }
+
+    /// `config.toml`.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    /// `identity.key`.
+    pub fn identity_file(&self) -> PathBuf {
+        self.root.join("identity.key")
+    }
+
+    /// `iwant.db`.
+    pub fn database(&self) -> PathBuf {
+        self.root.join("iwant.db")
+    }
+
+    /// `control.sock` (on Windows the name is only used to derive the pipe name).
+    pub fn control_socket(&self) -> PathBuf {
+        self.root.join("control.sock")
+    }
+
+    /// The flag that tells a CLI user how to reach this home again (`--home <dir>`), if needed.
+    pub fn cli_flag(&self) -> String {
+        if self.explicit {
+            format!(" --home {}", self.root.display())
+        } else {
+            String::new()
+        }
+    }
+
+    /// Creates the home directory (owner-only on Unix) if it does not exist.
+    pub fn create(&self) -> Result<(), ConfigError> {
+        create_private_dir(&self.root).map_err(|source| ConfigError::Io {
+            what: "cannot create the iwant home",
+            path: self.root.clone(),
+            source,
+        })
+    }
+
+    /// The default folders for a new config: inside the home when the home was chosen
+    /// explicitly (so several nodes on one machine stay apart), else `~/iwant/shared` and
+    /// `~/iwant/downloads`.
+    pub fn default_folders(&self) -> (PathBuf, PathBuf) {
+        let base = if self.explicit {
+            self.root.clone()
+        } else {
+            directories::UserDirs::new()
+                .map(|u| u.home_dir().join("iwant"))
+                .unwrap_or_else(|| self.root.clone())
+        };
+        (base.join("shared"), base.join("downloads"))
+    }
+
+    /// Loads `config.toml`, or creates it with defaults. The flag says whether it was created.
+    pub fn load_or_create_config(&self) -> Result<(Config, bool), ConfigError> {
+        let path = self.config_file();
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+                    path: path.clone(),
+                    reason: e.message().to_string(),
+                })?;
+                Ok((config, false))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.create()?;
+                let (shared_dir, download_dir) = self.default_folders();
+                let config = Config {
+                    shared_dir,
+                    download_dir,
+                    listen: Vec::new(),
+                    peers: Vec::new(),
+                    mdns: true,
+                };
+                self.save_config(&config)?;
+                Ok((config, true))
+            }
+            Err(source) => Err(ConfigError::Io {
+                what: "cannot read the config file",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Writes `config.toml` atomically (a temporary file renamed over the old one).
+    pub fn save_config(&self, config: &Config) -> Result<(), ConfigError> {
+        let path = self.config_file();
+        let text = format!(
+            "# iwant node configuration. `iwant share <path>` and `iwant download-to <dir>` edit it.\n{}",
+            toml::to_string_pretty(config).expect("bug: the config always serialises")
+        );
+        let tmp = path.with_extension("toml.tmp");
+        let io_err = |source| ConfigError::Io {
+            what: "cannot write the config file",
+            path: path.clone(),
+            source,
+        };
+        fs::write(&tmp, text).map_err(io_err)?;
+        fs::rename(&tmp, &path).map_err(io_err)
+    }
+
+    /// Loads the node's identity key, or creates one (owner-only permissions). The flag says
+    /// whether it was created.
+    pub fn load_or_create_identity(&self) -> Result<(Keypair, bool), ConfigError> {
+        let path = self.identity_file();
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let key = Keypair::from_protobuf_encoding(&bytes).map_err(|e| ConfigError::Invalid {
+                    path: path.clone(),
+                    reason: format!("not a libp2p key ({e}); move it away to create a new identity"),
+                })?;
+                Ok((key, false))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let key = Keypair::generate_ed25519();
+                let bytes = key
+                    .to_protobuf_encoding()
+                    .expect("bug: ed25519 keys always encode");
+                write_private_file(&path, &bytes).map_err(|source| ConfigError::Io {
+                    what: "cannot write the identity key",
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok((key, true))
+            }
+            Err(source) => Err(ConfigError::Io {
+                what: "cannot read the identity key",
+                path,
+                source,
+            }),
+        }
+    }
+}
+
+/// The persisted configuration (`config.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The folder whose contents this node shares.
+    pub shared_dir: PathBuf,
+    /// The folder downloads are written to.
+    pub download_dir: PathBuf,
+    /// Addresses to listen on; empty means `/ip4/0.0.0.0/tcp/4747`, or a free port if taken.
+    #[serde(default)]
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and whenever they are disconnected.
+    #[serde(default)]
+    pub peers: Vec<Multiaddr>,
+    /// Whether to discover peers with mDNS.
+    #[serde(default = "yes")]
+    pub mdns: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The two folders after the rules were checked: both exist, absolute and canonical.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Folders {
+    /// The shared folder.
+    pub shared_dir: PathBuf,
+    /// The download folder.
+    pub download_dir: PathBuf,
+}
+
+/// Checks the folder rules, creating missing folders: both must be directories, different,
+/// and not nested in one another. Returns their canonical forms.
+pub fn check_folders(shared: &Path, download: &Path) -> Result<Folders, FolderError> {
+    let shared_dir = prepare_folder("shared", shared)?;
+    let download_dir = prepare_folder("download", download)?;
+    if shared_dir == download_dir {
+        return Err(FolderError::Same {
+            shared: shared.to_path_buf(),
+            download: download.to_path_buf(),
+        });
+    }
+    let nested = |inner_role, inner: &Path, outer_role, outer: &Path| FolderError::Nested {
+        inner_role,
+        inner: inner.to_path_buf(),
+        outer_role,
+        outer: outer.to_path_buf(),
+    };
+    if download_dir.starts_with(&shared_dir) {
+        return Err(nested("download", download, "shared", shared));
+    }
+    if shared_dir.starts_with(&download_dir) {
+        return Err(nested("shared", shared, "download", download));
+    }
+    Ok(Folders {
+        shared_dir,
+        download_dir,
+    })
+}
+
+fn prepare_folder(role: &'static str, path: &Path) -> Result<PathBuf, FolderError> {
+    let unusable = |reason: String| FolderError::Unusable {
+        role,
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_absolute() {
+        return Err(unusable("the path is not absolute".into()));
+    }
+    fs::create_dir_all(path).map_err(|e| unusable(format!("cannot create it: {e}")))?;
+    let canonical = dunce::canonicalize(path).map_err(|e| unusable(e.to_string()))?;
+    if !canonical.is_dir() {
+        return Err(unusable("it is not a directory".into()));
+    }
+    Ok(canonical)
+}
+
+/// Creates a directory (and its parents); the directory itself is owner-only on Unix.
+fn create_private_dir(path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if !path.exists() {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::DirBuilder::new().mode(0o700).create(path)?;
+        } else if path.is_dir() {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        // On Windows the platform's per-user data directory is already private to the user.
+        fs::create_dir_all(path)
+    }
+}
+
+/// Writes a new file that only its owner can read (on Unix; on Windows the file inherits the
+/// private ACL of the per-user home).
+fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_folder_is_refused_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_folders(dir.path(), dir.path()).unwrap_err();
+        assert!(matches!(err, FolderError::Same { .. }));
+        let msg = err.to_string();
+        assert_eq!(msg.matches(&*dir.path().display().to_string()).count(), 2, "{msg}");
+    }
+
+    #[test]
+    fn same_folder_through_a_different_spelling_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let spelled = dir.path().join("a").join("..").join("a");
+        let err = check_folders(&a, &spelled).unwrap_err();
+        assert!(matches!(err, FolderError::Same { .. }), "{err}");
+    }
+
+    #[test]
+    fn nested_folders_are_refused_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let outer = dir.path().join("outer");
+        let inner = outer.join("inner");
+        let err = check_folders(&outer, &inner).unwrap_err();
+        assert!(err.to_string().contains("download folder"), "{err}");
+        assert!(err.to_string().contains(&*inner.display().to_string()));
+        assert!(err.to_string().contains(&*outer.display().to_string()));
+        let err = check_folders(&inner, &outer).unwrap_err();
+        assert!(matches!(err, FolderError::Nested { inner_role: "shared", .. }), "{err}");
+    }
+
+    #[test]
+    fn siblings_with_a_common_prefix_are_not_nested() {
+        let dir = tempfile::tempdir().unwrap();
+        let folders = check_folders(&dir.path().join("share"), &dir.path().join("share-dl")).unwrap();
+        assert!(folders.shared_dir.is_dir() && folders.download_dir.is_dir());
+    }
+
+    #[test]
+    fn a_file_is_not_a_usable_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        let err = check_folders(&file, &dir.path().join("d")).unwrap_err();
+        assert!(matches!(err, FolderError::Unusable { role: "shared", .. }), "{err}");
+        let err = check_folders(&file.join("below"), &dir.path().join("d")).unwrap_err();
+        assert!(err.to_string().contains("cannot create it"), "{err}");
+    }
+
+    #[test]
+    fn config_round_trips_and_identity_is_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().join("home"))).unwrap();
+        let (config, created) = home.load_or_create_config().unwrap();
+        assert!(created);
+        assert_eq!(config.shared_dir, home.root().join("shared"));
+        let (again, created) = home.load_or_create_config().unwrap();
+        assert!(!created);
+        assert_eq!(config, again);
+        let (key, created) = home.load_or_create_identity().unwrap();
+        assert!(created);
+        let (same, _) = home.load_or_create_identity().unwrap();
+        assert_eq!(key.public(), same.public());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(home.identity_file()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            let mode = fs::metadata(home.root()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+    }
+
+    #[test]
+    fn invalid_config_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().to_path_buf())).unwrap();
+        fs::write(home.config_file(), "shared_dir = 3").unwrap();
+        let err = home.load_or_create_config().unwrap_err();
+        assert!(err.to_string().contains("config.toml"), "{err}");
+    }
+}

@@ -1,0 +1,95 @@
+//! The CLI side: sends one request to the daemon and waits, for a bounded time, for its reply.
+
+use std::{io, path::PathBuf, time::Duration};
+
+use tokio::io::BufReader;
+
+use super::{
+    proto::{read_message, write_message, FrameError},
+    transport, ControlError, Envelope, Reply, Request, Response, PROTOCOL_VERSION,
+};
+use crate::config::Home;
+
+/// How long the client waits for the daemon's answer.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A failed control request.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the home's control channel.
+    #[error("the iwant node is not running (nothing answers at {socket}); start it with `iwant node{flag}`")]
+    NotRunning {
+        /// The socket path.
+        socket: PathBuf,
+        /// The `--home` flag needed to reach this home, or "".
+        flag: String,
+    },
+    /// The channel exists but belongs to another user.
+    #[error("permission denied on the control channel {socket}: only the user who started the node can control it")]
+    PermissionDenied {
+        /// The socket path.
+        socket: PathBuf,
+    },
+    /// The daemon did not answer in time.
+    #[error("the iwant node did not answer within {} s", REPLY_TIMEOUT.as_secs())]
+    Timeout,
+    /// The transport failed, or the reply was not understood.
+    #[error("control channel: {0}")]
+    Protocol(String),
+    /// The daemon refused or failed the request.
+    #[error(transparent)]
+    Remote(#[from] ControlError),
+}
+
+/// A client for one node's control channel.
+#[derive(Debug, Clone)]
+pub struct Client {
+    home: Home,
+}
+
+impl Client {
+    /// A client for the node whose home is `home`.
+    pub fn new(home: Home) -> Self {
+        Self { home }
+    }
+
+    /// Sends `request` and returns the daemon's answer.
+    pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        let socket = self.home.control_socket();
+        let stream = transport::connect(&socket).await.map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
+                socket: socket.clone(),
+                flag: self.home.cli_flag(),
+            },
+            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+                socket: socket.clone(),
+            },
+            _ => ClientError::Protocol(format!("cannot connect to {}: {e}", socket.display())),
+        })?;
+        let exchange = async {
+            let mut stream = BufReader::new(stream);
+            let envelope = Envelope {
+                version: PROTOCOL_VERSION,
+                request,
+            };
+            write_message(&mut stream, &envelope).await?;
+            read_message::<Reply>(&mut stream).await
+        };
+        let reply = match tokio::time::timeout(REPLY_TIMEOUT, exchange).await {
+            Err(_) => return Err(ClientError::Timeout),
+            Ok(Err(FrameError::Io(e))) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(ClientError::Protocol("the node closed the connection without answering".into()))
+            }
+            Ok(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+            Ok(Ok(None)) => {
+                return Err(ClientError::Protocol("the node closed the connection without answering".into()))
+            }
+            Ok(Ok(Some(reply))) => reply,
+        };
+        match (reply.ok, reply.error) {
+            (_, Some(error)) => Err(ClientError::Remote(error)),
+            (Some(ok), None) => Ok(ok),
+            (None, None) => Err(ClientError::Protocol("the reply holds neither a result nor an error".into())),
+        }
+    }
+}

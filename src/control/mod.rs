@@ -1,0 +1,23 @@
+//! The local control channel between the CLI and the running daemon.
+//!
+//! Each CLI command opens one connection, sends one [`Envelope`] holding a [`Request`] and reads
+//! one [`Reply`]: a newline-terminated JSON document each way, at most [`MAX_MESSAGE`] bytes.
+//! Errors are data, a [`ErrorKind`] plus a message, so the CLI never matches strings. The full
+//! specification is `docs/control.md`.
+//!
+//! Only the user who runs the daemon can reach it: on Unix the channel is the socket
+//! `control.sock` (mode 0600) in the node's home (mode 0700), and the server also refuses peers
+//! whose credentials show another user id; on Windows it is a local-only named pipe.
+
+pub mod client;
+mod proto;
+pub mod server;
+mod transport;
+
+pub use client::{Client, ClientError};
+pub use proto::{
+    ControlError, Envelope, ErrorKind, PeerInfo, Reply, Request, Response, StatusReply,
+    MAX_MESSAGE, PROTOCOL_VERSION,
+};
+pub use server::{serve, ServerError};
+pub use transport::Listener;

@@ -1,0 +1,243 @@
+//! The control channel's messages and their framing.
+
+use std::path::PathBuf;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::config::Folders;
+
+/// The version of the control protocol. A server answers a request of another version with
+/// [`ErrorKind::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest message either side accepts, newline included.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// What the client sends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Envelope {
+    /// Always [`PROTOCOL_VERSION`] for this build.
+    pub version: u32,
+    /// The request.
+    pub request: Request,
+}
+
+/// The requests a client can make.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// The node's state: identity, addresses, peers, folders.
+    Status,
+    /// The two folders.
+    Config,
+    /// Share another folder. The path must be absolute.
+    SetShared {
+        /// The new shared folder.
+        path: PathBuf,
+    },
+    /// Download into another folder. The path must be absolute.
+    SetDownload {
+        /// The new download folder.
+        path: PathBuf,
+    },
+}
+
+/// What the server sends back: exactly one of `ok` and `error` is present.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Reply {
+    /// The server's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The answer, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<Response>,
+    /// The error, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ControlError>,
+}
+
+impl Reply {
+    /// Wraps a handler's result.
+    pub fn new(result: Result<Response, ControlError>) -> Self {
+        let (ok, error) = match result {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e)),
+        };
+        Self {
+            version: PROTOCOL_VERSION,
+            ok,
+            error,
+        }
+    }
+}
+
+/// Successful answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Status`].
+    Status(StatusReply),
+    /// Answer to [`Request::Config`], [`Request::SetShared`] and [`Request::SetDownload`]:
+    /// the folders now in force.
+    Folders(Folders),
+}
+
+/// The node's state, as `iwant status --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusReply {
+    /// The daemon's version.
+    pub version: String,
+    /// This node's peer id.
+    pub peer_id: String,
+    /// The addresses this node listens on.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers, sorted by peer id.
+    pub peers: Vec<PeerInfo>,
+    /// The shared folder.
+    pub shared_dir: PathBuf,
+    /// The download folder.
+    pub download_dir: PathBuf,
+    /// The node's home directory.
+    pub home: PathBuf,
+}
+
+/// A connected peer, as listed by `iwant status`.
+pub type PeerInfo = crate::net::PeerStatus;
+
+/// A typed error: a stable `kind` for programs, a `message` for people.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    /// What went wrong, for programs.
+    pub kind: ErrorKind,
+    /// What went wrong and what to do about it, for people.
+    pub message: String,
+}
+
+impl ControlError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The kinds of [`ControlError`]. New kinds may be added; clients treat unknown ones as
+/// [`ErrorKind::Internal`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request's protocol version is not this server's.
+    UnsupportedVersion,
+    /// The request could not be parsed or is too large.
+    BadRequest,
+    /// The folders break a rule (same, nested, unusable).
+    InvalidFolders,
+    /// The caller is not the user who runs the node.
+    PermissionDenied,
+    /// The node is shutting down.
+    ShuttingDown,
+    /// Anything else; the message says what.
+    #[serde(other)]
+    Internal,
+}
+
+/// A framing or decoding failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The transport failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The message is larger than [`MAX_MESSAGE`].
+    #[error("message larger than {MAX_MESSAGE} bytes")]
+    TooLarge,
+    /// The message is not the expected JSON.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Reads one newline-terminated JSON message; `None` at a clean end of stream.
+pub(crate) async fn read_message<T: DeserializeOwned>(
+    reader: &mut (impl AsyncBufRead + Unpin),
+) -> Result<Option<T>, FrameError> {
+    let mut line = Vec::new();
+    let n = reader
+        .take(MAX_MESSAGE as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(if n > MAX_MESSAGE {
+            FrameError::TooLarge
+        } else {
+            FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
+        });
+    }
+    Ok(Some(serde_json::from_slice(&line)?))
+}
+
+/// Writes one message followed by a newline, and flushes.
+pub(crate) async fn write_message<T: Serialize>(
+    writer: &mut (impl AsyncWrite + Unpin),
+    message: &T,
+) -> Result<(), FrameError> {
+    let mut bytes = serde_json::to_vec(message)?;
+    if bytes.len() >= MAX_MESSAGE {
+        return Err(FrameError::TooLarge);
+    }
+    bytes.push(b'\n');
+    writer.write_all(&bytes).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_the_documented_shape() {
+        let env = Envelope {
+            version: 1,
+            request: Request::SetShared {
+                path: "/data".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&env).unwrap(),
+            r#"{"version":1,"request":{"type":"set_shared","path":"/data"}}"#
+        );
+        let reply = Reply::new(Err(ControlError::new(ErrorKind::InvalidFolders, "x")));
+        assert_eq!(
+            serde_json::to_string(&reply).unwrap(),
+            r#"{"version":1,"error":{"kind":"invalid_folders","message":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn unknown_error_kinds_read_as_internal() {
+        let e: ControlError = serde_json::from_str(r#"{"kind":"from_the_future","message":"m"}"#).unwrap();
+        assert_eq!(e.kind, ErrorKind::Internal);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated_messages_are_errors() {
+        let big = vec![b' '; MAX_MESSAGE + 10];
+        let mut reader = &big[..];
+        let r: Result<Option<Envelope>, _> = read_message(&mut reader).await;
+        assert!(matches!(r, Err(FrameError::TooLarge)), "{r:?}");
+        let mut reader = &b"{\"version\":1"[..];
+        let r: Result<Option<Envelope>, _> = read_message(&mut reader).await;
+        assert!(matches!(r, Err(FrameError::Io(_))), "{r:?}");
+        let mut reader = &b"not json\n"[..];
+        let r: Result<Option<Envelope>, _> = read_message(&mut reader).await;
+        assert!(matches!(r, Err(FrameError::Malformed(_))), "{r:?}");
+        let mut reader = &b""[..];
+        let r: Option<Envelope> = read_message(&mut reader).await.unwrap();
+        assert!(r.is_none());
+    }
+}

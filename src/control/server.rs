@@ -1,0 +1,99 @@
+//! The daemon side: accepts control connections and answers each one's request.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::{io::BufReader, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{
+    proto::{read_message, write_message, FrameError},
+    transport::{Conn, Listener},
+    ControlError, Envelope, ErrorKind, Reply, Request, Response, PROTOCOL_VERSION,
+};
+
+/// Most control connections served at once; more wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// How long a client may take to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The control server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding the socket or pipe failed.
+    #[error("cannot open the control channel {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Serves requests on `listener` with `handler` until `shutdown` is cancelled. Connections in
+/// flight are finished before it returns.
+pub async fn serve<H, Fut>(listener: Listener, handler: H, shutdown: CancellationToken)
+where
+    H: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, ControlError>> + Send,
+{
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tasks = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit.expect("bug: semaphore closed"),
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, same_user)) => {
+                let handler = handler.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = answer(stream, same_user, handler).await {
+                        tracing::debug!(error = %e, "control connection failed");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control channel accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+async fn answer<H, Fut>(stream: impl Conn, same_user: bool, handler: H) -> Result<(), FrameError>
+where
+    H: Fn(Request) -> Fut,
+    Fut: Future<Output = Result<Response, ControlError>>,
+{
+    let mut stream = BufReader::new(stream);
+    if !same_user {
+        let refusal = ControlError::new(
+            ErrorKind::PermissionDenied,
+            "only the user who runs this iwant node may control it",
+        );
+        return write_message(&mut stream, &Reply::new(Err(refusal))).await;
+    }
+    let result = match tokio::time::timeout(REQUEST_TIMEOUT, read_message::<Envelope>(&mut stream)).await {
+        Err(_) => Err(ControlError::new(ErrorKind::BadRequest, "no request within 5 s")),
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(FrameError::Io(e))) => return Err(FrameError::Io(e)),
+        Ok(Err(e)) => Err(ControlError::new(ErrorKind::BadRequest, e.to_string())),
+        Ok(Ok(Some(env))) if env.version != PROTOCOL_VERSION => Err(ControlError::new(
+            ErrorKind::UnsupportedVersion,
+            format!(
+                "this node speaks control protocol version {PROTOCOL_VERSION}, the client {}; use the same iwant version for both",
+                env.version
+            ),
+        )),
+        Ok(Ok(Some(env))) => handler(env.request).await,
+    };
+    write_message(&mut stream, &Reply::new(result)).await
+}

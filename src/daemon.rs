@@ -1,0 +1,239 @@
+//! The daemon: starts a node's tasks in order and owns their shutdown.
+//!
+//! Start-up order: home and config → folder rules → identity → control channel (refuses to
+//! start a second daemon on the same home) → database → network → control server. Shutdown: one
+//! [`CancellationToken`] is cancelled; the control server stops accepting and finishes the
+//! requests in flight, the network loop drops the `Swarm` (peers see the connections close at
+//! once); [`RunningNode::wait`] returns when a [`TaskTracker`] has seen every task end.
+
+use std::sync::Arc;
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{watch, Mutex};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::{check_folders, Config, ConfigError, Folders, Home},
+    control::{self, ControlError, ErrorKind, Request, Response, StatusReply},
+    net::{self, NetConfig, NetworkClient},
+    store::Store,
+};
+
+/// How to start a node: its home plus command-line overrides of the config.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// The node's home.
+    pub home: Home,
+    /// Listen addresses; empty means those of the config (or the default).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial, in addition to the config's.
+    pub peers: Vec<Multiaddr>,
+    /// Turn mDNS off, whatever the config says.
+    pub no_mdns: bool,
+}
+
+/// A node whose tasks are running.
+pub struct RunningNode {
+    /// The handle to the network task.
+    pub net: NetworkClient,
+    /// Whether this start created the home's config (a first run).
+    pub first_run: bool,
+    /// The folders in force; updated when the user changes them.
+    pub folders: watch::Receiver<Folders>,
+    home: Home,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RunningNode {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.net.local_peer_id()
+    }
+
+    /// The node's home.
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// The token that stops the node when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the node has been told to stop and every task has ended.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Stops the node and waits for its tasks to end.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// Errors that stop a node from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Home, config or folders.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A daemon already runs on this home.
+    #[error("another iwant node is already running with the home {0}; stop it first, or start this one with another --home")]
+    AlreadyRunning(std::path::PathBuf),
+    /// The control channel could not be opened.
+    #[error(transparent)]
+    Control(#[from] control::ServerError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The network could not start.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+}
+
+/// Starts a node's tasks on the current tokio runtime.
+pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
+    let home = options.home;
+    home.create()?;
+    let (mut config, first_run) = home.load_or_create_config()?;
+    let folders = check_folders(&config.shared_dir, &config.download_dir).map_err(ConfigError::from)?;
+    // Store what is now known to be valid, so the file shows absolute, canonical folders.
+    if folders.shared_dir != config.shared_dir || folders.download_dir != config.download_dir {
+        config.shared_dir = folders.shared_dir.clone();
+        config.download_dir = folders.download_dir.clone();
+        home.save_config(&config)?;
+    }
+    let (keypair, _) = home.load_or_create_identity()?;
+
+    let socket = home.control_socket();
+    let listener = control::Listener::bind(&socket).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::AlreadyRunning(home.root().to_path_buf())
+        } else {
+            StartError::Control(control::ServerError::Bind {
+                path: socket.clone(),
+                source,
+            })
+        }
+    })?;
+
+    let db = home.database();
+    tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
+        let store = Store::open(&db)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if store.meta("created_at")?.is_none() {
+            store.set_meta("created_at", &now.to_string())?;
+        }
+        store.set_meta("last_start", &now.to_string())
+    })
+    .await
+    .expect("bug: database task panicked")?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let mut peers = config.peers.clone();
+    peers.extend(options.peers);
+    let net_config = NetConfig {
+        listen: if options.listen.is_empty() {
+            config.listen.clone()
+        } else {
+            options.listen
+        },
+        peers,
+        mdns: config.mdns && !options.no_mdns,
+    };
+    let (net, event_loop) = net::spawn(keypair, net_config, shutdown.child_token())?;
+    tasks.spawn(event_loop.run());
+
+    let (folders_tx, folders_rx) = watch::channel(folders);
+    let state = Arc::new(State {
+        net: net.clone(),
+        home: home.clone(),
+        config: Mutex::new(config),
+        folders: folders_tx,
+    });
+    tasks.spawn(control::serve(
+        listener,
+        move |request| {
+            let state = state.clone();
+            async move { state.handle(request).await }
+        },
+        shutdown.child_token(),
+    ));
+
+    Ok(RunningNode {
+        net,
+        first_run,
+        folders: folders_rx,
+        home,
+        shutdown,
+        tasks,
+    })
+}
+
+/// What the control handler needs.
+struct State {
+    net: NetworkClient,
+    home: Home,
+    /// The config as last saved; the lock serialises folder changes.
+    config: Mutex<Config>,
+    folders: watch::Sender<Folders>,
+}
+
+impl State {
+    async fn handle(&self, request: Request) -> Result<Response, ControlError> {
+        match request {
+            Request::Status => {
+                let net = self.net.status().await.map_err(|e| {
+                    ControlError::new(ErrorKind::ShuttingDown, e.to_string())
+                })?;
+                let folders = self.folders.borrow().clone();
+                Ok(Response::Status(StatusReply {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    peer_id: net.peer_id,
+                    listen_addrs: net.listen_addrs,
+                    peers: net.peers,
+                    shared_dir: folders.shared_dir,
+                    download_dir: folders.download_dir,
+                    home: self.home.root().to_path_buf(),
+                }))
+            }
+            Request::Config => Ok(Response::Folders(self.folders.borrow().clone())),
+            Request::SetShared { path } => self.set_folders(Some(path), None).await,
+            Request::SetDownload { path } => self.set_folders(None, Some(path)).await,
+        }
+    }
+
+    async fn set_folders(
+        &self,
+        shared: Option<std::path::PathBuf>,
+        download: Option<std::path::PathBuf>,
+    ) -> Result<Response, ControlError> {
+        let mut config = self.config.lock().await;
+        let mut next = config.clone();
+        if let Some(p) = shared {
+            next.shared_dir = p;
+        }
+        if let Some(p) = download {
+            next.download_dir = p;
+        }
+        let folders = check_folders(&next.shared_dir, &next.download_dir)
+            .map_err(|e| ControlError::new(ErrorKind::InvalidFolders, e.to_string()))?;
+        next.shared_dir = folders.shared_dir.clone();
+        next.download_dir = folders.download_dir.clone();
+        self.home
+            .save_config(&next)
+            .map_err(|e| ControlError::new(ErrorKind::Internal, e.to_string()))?;
+        *config = next;
+        tracing::info!(shared = %folders.shared_dir.display(), download = %folders.download_dir.display(), "folders changed");
+        self.folders.send_replace(folders.clone());
+        Ok(Response::Folders(folders))
+    }
+}

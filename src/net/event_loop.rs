@@ -1,0 +1,410 @@
+//! The task that owns the `Swarm`.
+
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use iwant_behaviours::{NodeBehaviour, NodeBehaviourEvent};
+use libp2p::{
+    core::{muxing::StreamMuxerBox, transport::Boxed, upgrade, Transport},
+    identify, identity::Keypair, mdns, multiaddr::Protocol, noise, ping,
+    swarm::{dial_opts::{DialOpts, PeerCondition}, ConnectionId, SwarmEvent},
+    tcp, yamux, Multiaddr, PeerId, Swarm,
+};
+use tokio::{sync::mpsc, time::MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Command, NetStatus, NetworkClient, PeerStatus, COMMAND_QUEUE, DIAL_TIMEOUT, IDLE_TIMEOUT,
+    MAX_DISCOVERED_PEERS, REDIAL_INTERVAL,
+};
+use crate::config::DEFAULT_PORT;
+
+/// Most addresses remembered per mDNS-discovered peer.
+const MAX_ADDRS_PER_PEER: usize = 8;
+
+/// What the network needs to start.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on; empty means all IPv4 interfaces on [`DEFAULT_PORT`], or on a
+    /// free port if that one is taken.
+    pub listen: Vec<Multiaddr>,
+    /// Addresses to dial and keep dialing.
+    pub peers: Vec<Multiaddr>,
+    /// Run mDNS discovery.
+    pub mdns: bool,
+}
+
+/// The network could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The transport or a behaviour could not be built.
+    #[error("cannot set up the network: {0}")]
+    Setup(String),
+    /// A listen address could not be used.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why not.
+        reason: String,
+    },
+}
+
+/// A peer address given by `--peer`, the config or a dial command.
+struct KnownAddr {
+    addr: Multiaddr,
+    /// The peer behind it: from a `/p2p/` suffix, or learned on the first connection.
+    peer: Option<PeerId>,
+    /// The dial under way, if any.
+    pending: Option<ConnectionId>,
+}
+
+#[derive(Default)]
+struct Peer {
+    connections: HashMap<ConnectionId, Multiaddr>,
+    agent: Option<String>,
+    rtt: Option<Duration>,
+}
+
+/// The event loop; run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<NodeBehaviour>,
+    commands: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+    peers: HashMap<PeerId, Peer>,
+    listen_addrs: Vec<Multiaddr>,
+    known_addrs: Vec<KnownAddr>,
+    discovered: HashMap<PeerId, Vec<Multiaddr>>,
+}
+
+/// Builds the swarm, starts listening and dialing, and returns the client and the loop.
+pub fn spawn(
+    keypair: Keypair,
+    config: NetConfig,
+    shutdown: CancellationToken,
+) -> Result<(NetworkClient, EventLoop), NetError> {
+    let local_peer_id = keypair.public().to_peer_id();
+    let behaviour_config = iwant_behaviours::Config::default().with_mdns(config.mdns);
+    let transport = build_transport(&keypair).map_err(|e| NetError::Setup(e.to_string()))?;
+    let behaviour =
+        NodeBehaviour::new(&keypair, behaviour_config).map_err(|e| NetError::Setup(e.to_string()))?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(|_| transport)
+        .unwrap_or_else(|never| match never {})
+        .with_behaviour(|_| behaviour)
+        .unwrap_or_else(|never| match never {})
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build();
+
+    if config.listen.is_empty() {
+        let default = Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(DEFAULT_PORT));
+        if let Err(e) = swarm.listen_on(default.clone()) {
+            let fallback = Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(0));
+            tracing::warn!(addr = %default, error = %e, "default port unavailable; listening on a free port");
+            swarm.listen_on(fallback.clone()).map_err(|e| NetError::Listen {
+                addr: fallback,
+                reason: e.to_string(),
+            })?;
+        }
+    } else {
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+    }
+
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let known_addrs = config
+        .peers
+        .into_iter()
+        .map(|addr| KnownAddr {
+            peer: peer_of(&addr),
+            addr,
+            pending: None,
+        })
+        .collect();
+    let event_loop = EventLoop {
+        swarm,
+        commands: rx,
+        shutdown,
+        peers: HashMap::new(),
+        listen_addrs: Vec::new(),
+        known_addrs,
+        discovered: HashMap::new(),
+    };
+    let client = NetworkClient {
+        commands: tx,
+        local_peer_id,
+    };
+    Ok((client, event_loop))
+}
+
+/// TCP, then Noise, then Yamux, with a deadline on the whole dial.
+fn build_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let noise = noise::Config::new(key)?;
+    Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(DIAL_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+impl EventLoop {
+    /// Drives the swarm until the shutdown token is cancelled.
+    pub async fn run(mut self) {
+        let mut redial = tokio::time::interval(REDIAL_INTERVAL);
+        redial.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    // Every client is gone: nobody can ask anything any more.
+                    None => break,
+                },
+                _ = redial.tick() => self.redial(),
+            }
+        }
+        tracing::debug!("network event loop stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Dial { addr, reply } => {
+                let mut known = KnownAddr {
+                    peer: peer_of(&addr),
+                    addr,
+                    pending: None,
+                };
+                let result = dial_known(&mut self.swarm, &mut known);
+                self.known_addrs.push(known);
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn status(&self) -> NetStatus {
+        let mut peers: Vec<PeerStatus> = self
+            .peers
+            .iter()
+            .map(|(id, peer)| PeerStatus {
+                peer_id: id.to_string(),
+                addrs: peer.connections.values().map(|a| a.to_string()).collect(),
+                connections: peer.connections.len(),
+                agent: peer.agent.clone(),
+                rtt_us: peer.rtt.map(|d| d.as_micros() as u64),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        NetStatus {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            peers,
+        }
+    }
+
+    /// Dials every known address and discovered peer that is not connected.
+    fn redial(&mut self) {
+        for known in &mut self.known_addrs {
+            let connected = known.peer.is_some_and(|p| self.swarm.is_connected(&p));
+            if !connected && known.pending.is_none() {
+                if let Err(e) = dial_known(&mut self.swarm, known) {
+                    tracing::debug!(addr = %known.addr, error = %e, "cannot dial");
+                }
+            }
+        }
+        let disconnected: Vec<PeerId> = self
+            .discovered
+            .keys()
+            .filter(|p| !self.swarm.is_connected(p))
+            .copied()
+            .collect();
+        for peer in disconnected {
+            self.dial_discovered(peer);
+        }
+    }
+
+    fn dial_discovered(&mut self, peer: PeerId) {
+        let Some(addrs) = self.discovered.get(&peer) else {
+            return;
+        };
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs.clone())
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::trace!(%peer, error = %e, "not dialing");
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(addr = %address, "listening");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "listener error");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                for known in &mut self.known_addrs {
+                    if known.pending == Some(connection_id) {
+                        known.pending = None;
+                        known.peer = Some(peer_id);
+                    }
+                }
+                let peer = self.peers.entry(peer_id).or_default();
+                if peer.connections.is_empty() {
+                    tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                }
+                peer.connections
+                    .insert(connection_id, endpoint.get_remote_address().clone());
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                ..
+            } => {
+                if let Entry::Occupied(mut entry) = self.peers.entry(peer_id) {
+                    entry.get_mut().connections.remove(&connection_id);
+                    if entry.get().connections.is_empty() {
+                        entry.remove();
+                        match cause {
+                            Some(error) => tracing::info!(peer = %peer_id, %error, "peer disconnected"),
+                            None => tracing::info!(peer = %peer_id, "peer disconnected"),
+                        }
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                for known in &mut self.known_addrs {
+                    if known.pending == Some(connection_id) {
+                        known.pending = None;
+                        tracing::debug!(addr = %known.addr, %error, "dial failed");
+                    }
+                }
+                if let Some(peer) = peer_id {
+                    tracing::debug!(%peer, %error, "dial failed");
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: NodeBehaviourEvent) {
+        match event {
+            NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if iwant_behaviours::is_iwant_agent(&info.agent_version) {
+                    self.swarm.behaviour_mut().connections.keep_alive(peer_id);
+                }
+                if let Some(peer) = self.peers.get_mut(&peer_id) {
+                    if peer.agent.as_deref() != Some(&info.agent_version) {
+                        tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+                    }
+                    peer.agent = Some(info.agent_version);
+                }
+            }
+            NodeBehaviourEvent::Identify(_) => {}
+            NodeBehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => match result {
+                Ok(rtt) => {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.rtt = Some(rtt);
+                    }
+                }
+                Err(ping::Failure::Unsupported) => {}
+                Err(error) => {
+                    tracing::info!(%peer, %error, "ping failed; closing the connection");
+                    self.swarm.close_connection(connection);
+                }
+            },
+            NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let mut new = Vec::new();
+                for (peer, addr) in found {
+                    let known = self.discovered.len();
+                    match self.discovered.entry(peer) {
+                        Entry::Occupied(mut e) => {
+                            let addrs = e.get_mut();
+                            if !addrs.contains(&addr) && addrs.len() < MAX_ADDRS_PER_PEER {
+                                addrs.push(addr);
+                            }
+                        }
+                        Entry::Vacant(e) if known < MAX_DISCOVERED_PEERS => {
+                            tracing::debug!(%peer, %addr, "discovered by mDNS");
+                            e.insert(vec![addr]);
+                            new.push(peer);
+                        }
+                        Entry::Vacant(_) => {
+                            tracing::warn!(%peer, "too many discovered peers; ignoring");
+                        }
+                    }
+                }
+                for peer in new {
+                    self.dial_discovered(peer);
+                }
+            }
+            NodeBehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                for (peer, addr) in gone {
+                    if let Entry::Occupied(mut e) = self.discovered.entry(peer) {
+                        e.get_mut().retain(|a| *a != addr);
+                        if e.get().is_empty() {
+                            e.remove();
+                        }
+                    }
+                }
+            }
+            NodeBehaviourEvent::Connections(never) => match never {},
+        }
+    }
+}
+
+/// Starts a dial to a known address, unless its peer is connected or being dialed.
+fn dial_known(swarm: &mut Swarm<NodeBehaviour>, known: &mut KnownAddr) -> Result<(), String> {
+    let opts = match known.peer {
+        Some(peer) => DialOpts::peer_id(peer)
+            .addresses(vec![known.addr.clone()])
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build(),
+        None => DialOpts::unknown_peer_id().address(known.addr.clone()).build(),
+    };
+    let id = opts.connection_id();
+    swarm.dial(opts).map_err(|e| e.to_string())?;
+    known.pending = Some(id);
+    Ok(())
+}

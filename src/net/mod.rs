@@ -1,0 +1,121 @@
+//! The network: one task owns the libp2p `Swarm`; everything else talks to it through a
+//! [`NetworkClient`].
+//!
+//! The shape is rust-libp2p's file-sharing example: [`spawn`] builds the swarm, starts
+//! listening (so address errors surface at start-up) and returns a cloneable [`NetworkClient`]
+//! plus the [`EventLoop`] future. The client sends [`Command`]s over a bounded channel, each with
+//! a `oneshot` for the answer; the loop `select!`s over swarm events, commands, a redial timer
+//! and the shutdown token.
+//!
+//! Connection policy (see `docs/architecture.md`):
+//! - peers come from mDNS and from `--peer` addresses; disconnected ones are redialed every
+//!   [`REDIAL_INTERVAL`];
+//! - duplicates from simultaneous dials are closed by `iwant_behaviours::connections`;
+//! - a connection whose ping times out is closed, so a vanished peer leaves within
+//!   ping interval + timeout (3 s by default);
+//! - connections to iwant peers stay open; others close after [`IDLE_TIMEOUT`] without streams.
+
+mod event_loop;
+
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub use event_loop::{spawn, EventLoop, NetConfig, NetError};
+
+/// How many commands may wait for the event loop before senders wait.
+pub const COMMAND_QUEUE: usize = 64;
+
+/// How often disconnected known peers are dialed again.
+pub const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a connection to a non-iwant peer may sit without streams before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one dial (TCP connect + Noise + Yamux) may take.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most peers remembered from mDNS at once; beyond it, new discoveries are ignored.
+pub const MAX_DISCOVERED_PEERS: usize = 1024;
+
+/// Requests to the event loop.
+#[derive(Debug)]
+pub enum Command {
+    /// Report the node's network state.
+    Status {
+        /// Where the answer goes.
+        reply: oneshot::Sender<NetStatus>,
+    },
+    /// Dial an address now and keep it in the redial set.
+    Dial {
+        /// The address, optionally ending in `/p2p/<peer id>`.
+        addr: Multiaddr,
+        /// Whether the dial could be started.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// A snapshot of the node's network state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetStatus {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// The addresses this node listens on.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers, sorted by peer id.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One connected peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer's id.
+    pub peer_id: String,
+    /// The remote address of each open connection.
+    pub addrs: Vec<String>,
+    /// Number of open connections (1 once duplicates are closed).
+    pub connections: usize,
+    /// The identify agent, once known (`iwant/<version>` for iwant nodes).
+    pub agent: Option<String>,
+    /// The last ping round-trip time in microseconds.
+    pub rtt_us: Option<u64>,
+}
+
+/// The event loop stopped: it shut down or crashed.
+#[derive(Debug, thiserror::Error)]
+#[error("the network task is not running")]
+pub struct NetworkStopped;
+
+/// A cloneable handle to the event loop.
+#[derive(Debug, Clone)]
+pub struct NetworkClient {
+    commands: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+}
+
+impl NetworkClient {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// The current network state.
+    pub async fn status(&self) -> Result<NetStatus, NetworkStopped> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Status { reply }).await?;
+        rx.await.map_err(|_| NetworkStopped)
+    }
+
+    /// Dials `addr` and keeps redialing it whenever it is disconnected.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<Result<(), String>, NetworkStopped> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Dial { addr, reply }).await?;
+        rx.await.map_err(|_| NetworkStopped)
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NetworkStopped> {
+        self.commands.send(command).await.map_err(|_| NetworkStopped)
+    }
+}
