@@ -104,7 +104,8 @@ impl Home {
                 explicit: true,
             }),
             None => {
-                let dirs = directories::ProjectDirs::from("", "", "iwant").ok_or(ConfigError::NoHome)?;
+                let dirs =
+                    directories::ProjectDirs::from("", "", "iwant").ok_or(ConfigError::NoHome)?;
                 Ok(Self {
                     root: dirs.data_dir().to_path_buf(),
                     explicit: false,
@@ -230,10 +231,13 @@ impl Home {
         let path = self.identity_file();
         match fs::read(&path) {
             Ok(bytes) => {
-                let key = Keypair::from_protobuf_encoding(&bytes).map_err(|e| ConfigError::Invalid {
-                    path: path.clone(),
-                    reason: format!("not a libp2p key ({e}); move it away to create a new identity"),
-                })?;
+                let key =
+                    Keypair::from_protobuf_encoding(&bytes).map_err(|e| ConfigError::Invalid {
+                        path: path.clone(),
+                        reason: format!(
+                            "not a libp2p key ({e}); move it away to create a new identity"
+                        ),
+                    })?;
                 Ok((key, false))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -290,10 +294,27 @@ pub struct Folders {
 }
 
 /// Checks the folder rules, creating missing folders: both must be directories, different,
-/// and not nested in one another. Returns their canonical forms.
+/// and not nested in one another. Returns their canonical forms. Folders it created are
+/// removed again when the rules refuse them.
 pub fn check_folders(shared: &Path, download: &Path) -> Result<Folders, FolderError> {
-    let shared_dir = prepare_folder("shared", shared)?;
-    let download_dir = prepare_folder("download", download)?;
+    let mut created = Vec::new();
+    let result = check_folders_creating(shared, download, &mut created);
+    if result.is_err() {
+        // Deepest first; `remove_dir` only removes empty directories, so nothing is lost.
+        for dir in created.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+    result
+}
+
+fn check_folders_creating(
+    shared: &Path,
+    download: &Path,
+    created: &mut Vec<PathBuf>,
+) -> Result<Folders, FolderError> {
+    let shared_dir = prepare_folder("shared", shared, created)?;
+    let download_dir = prepare_folder("download", download, created)?;
     if shared_dir == download_dir {
         return Err(FolderError::Same {
             shared: shared.to_path_buf(),
@@ -318,7 +339,13 @@ pub fn check_folders(shared: &Path, download: &Path) -> Result<Folders, FolderEr
     })
 }
 
-fn prepare_folder(role: &'static str, path: &Path) -> Result<PathBuf, FolderError> {
+/// Creates `path` if missing (recording, shallowest first, the directories it created) and
+/// returns its canonical form.
+fn prepare_folder(
+    role: &'static str,
+    path: &Path,
+    created: &mut Vec<PathBuf>,
+) -> Result<PathBuf, FolderError> {
     let unusable = |reason: String| FolderError::Unusable {
         role,
         path: path.to_path_buf(),
@@ -327,7 +354,15 @@ fn prepare_folder(role: &'static str, path: &Path) -> Result<PathBuf, FolderErro
     if !path.is_absolute() {
         return Err(unusable("the path is not absolute".into()));
     }
+    let missing: Vec<PathBuf> = path
+        .ancestors()
+        .take_while(|a| fs::symlink_metadata(a).is_err())
+        // `a/..` and `a/.` name other directories: never record them for removal.
+        .filter(|a| a.file_name().is_some())
+        .map(Path::to_path_buf)
+        .collect();
     fs::create_dir_all(path).map_err(|e| unusable(format!("cannot create it: {e}")))?;
+    created.extend(missing.into_iter().rev());
     let canonical = dunce::canonicalize(path).map_err(|e| unusable(e.to_string()))?;
     if !canonical.is_dir() {
         return Err(unusable("it is not a directory".into()));
@@ -383,7 +418,11 @@ mod tests {
         let err = check_folders(dir.path(), dir.path()).unwrap_err();
         assert!(matches!(err, FolderError::Same { .. }));
         let msg = err.to_string();
-        assert_eq!(msg.matches(&*dir.path().display().to_string()).count(), 2, "{msg}");
+        assert_eq!(
+            msg.matches(&*dir.path().display().to_string()).count(),
+            2,
+            "{msg}"
+        );
     }
 
     #[test]
@@ -405,13 +444,38 @@ mod tests {
         assert!(err.to_string().contains(&*inner.display().to_string()));
         assert!(err.to_string().contains(&*outer.display().to_string()));
         let err = check_folders(&inner, &outer).unwrap_err();
-        assert!(matches!(err, FolderError::Nested { inner_role: "shared", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FolderError::Nested {
+                    inner_role: "shared",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_refused_change_leaves_no_new_folders_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::write(shared.join("keep.txt"), b"data").unwrap();
+        let deep = shared.join("a").join("b");
+        check_folders(&shared, &deep).unwrap_err();
+        assert!(!shared.join("a").exists(), "created folders are removed");
+        assert!(
+            shared.join("keep.txt").exists(),
+            "existing content is untouched"
+        );
     }
 
     #[test]
     fn siblings_with_a_common_prefix_are_not_nested() {
         let dir = tempfile::tempdir().unwrap();
-        let folders = check_folders(&dir.path().join("share"), &dir.path().join("share-dl")).unwrap();
+        let folders =
+            check_folders(&dir.path().join("share"), &dir.path().join("share-dl")).unwrap();
         assert!(folders.shared_dir.is_dir() && folders.download_dir.is_dir());
     }
 
@@ -421,7 +485,10 @@ mod tests {
         let file = dir.path().join("file");
         fs::write(&file, b"x").unwrap();
         let err = check_folders(&file, &dir.path().join("d")).unwrap_err();
-        assert!(matches!(err, FolderError::Unusable { role: "shared", .. }), "{err}");
+        assert!(
+            matches!(err, FolderError::Unusable { role: "shared", .. }),
+            "{err}"
+        );
         let err = check_folders(&file.join("below"), &dir.path().join("d")).unwrap_err();
         assert!(err.to_string().contains("cannot create it"), "{err}");
     }
@@ -443,7 +510,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(home.identity_file()).unwrap().permissions().mode();
+            let mode = fs::metadata(home.identity_file())
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
             let mode = fs::metadata(home.root()).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700);

@@ -100,7 +100,8 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     let home = options.home;
     home.create()?;
     let (mut config, first_run) = home.load_or_create_config()?;
-    let folders = check_folders(&config.shared_dir, &config.download_dir).map_err(ConfigError::from)?;
+    let folders =
+        check_folders(&config.shared_dir, &config.download_dir).map_err(ConfigError::from)?;
     // Store what is now known to be valid, so the file shows absolute, canonical folders.
     if folders.shared_dir != config.shared_dir || folders.download_dir != config.download_dir {
         config.shared_dir = folders.shared_dir.clone();
@@ -191,9 +192,11 @@ impl State {
     async fn handle(&self, request: Request) -> Result<Response, ControlError> {
         match request {
             Request::Status => {
-                let net = self.net.status().await.map_err(|e| {
-                    ControlError::new(ErrorKind::ShuttingDown, e.to_string())
-                })?;
+                let net = self
+                    .net
+                    .status()
+                    .await
+                    .map_err(|e| ControlError::new(ErrorKind::ShuttingDown, e.to_string()))?;
                 let folders = self.folders.borrow().clone();
                 Ok(Response::Status(StatusReply {
                     version: env!("CARGO_PKG_VERSION").to_string(),

@@ -161,7 +161,12 @@ impl NetworkBehaviour for Behaviour {
         }
     }
 
-    fn on_connection_handler_event(&mut self, _: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
         match event {}
     }
 
@@ -205,7 +210,11 @@ impl ConnectionHandler for Handler {
         Poll::Pending
     }
 
-    fn on_connection_event(&mut self, _: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol>) {}
+    fn on_connection_event(
+        &mut self,
+        _: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol>,
+    ) {
+    }
 }
 
 #[cfg(test)]
@@ -213,7 +222,9 @@ mod tests {
     use super::*;
 
     fn ids(n: usize) -> Vec<ConnectionId> {
-        (0..n).map(|_| ConnectionId::new_unchecked(rand_id())).collect()
+        (0..n)
+            .map(|_| ConnectionId::new_unchecked(rand_id()))
+            .collect()
     }
 
     fn rand_id() -> usize {
@@ -244,8 +255,16 @@ mod tests {
         let (small, big) = ordered_pair();
         let c = ids(2);
         // c[0] was dialed by `big`, c[1] by `small`; each end saw them in a different order.
-        let on_small = redundant(&small, &big, &[(c[0], Endpoint::Listener), (c[1], Endpoint::Dialer)]);
-        let on_big = redundant(&big, &small, &[(c[1], Endpoint::Listener), (c[0], Endpoint::Dialer)]);
+        let on_small = redundant(
+            &small,
+            &big,
+            &[(c[0], Endpoint::Listener), (c[1], Endpoint::Dialer)],
+        );
+        let on_big = redundant(
+            &big,
+            &small,
+            &[(c[1], Endpoint::Listener), (c[0], Endpoint::Dialer)],
+        );
         assert_eq!(on_small, vec![c[0]]);
         assert_eq!(on_big, vec![c[0]]);
     }
@@ -254,7 +273,11 @@ mod tests {
     fn oldest_survives_when_the_smaller_peer_dialed_none() {
         let (small, big) = ordered_pair();
         let c = ids(3);
-        let conns = [(c[0], Endpoint::Dialer), (c[1], Endpoint::Dialer), (c[2], Endpoint::Dialer)];
+        let conns = [
+            (c[0], Endpoint::Dialer),
+            (c[1], Endpoint::Dialer),
+            (c[2], Endpoint::Dialer),
+        ];
         assert_eq!(redundant(&big, &small, &conns), vec![c[1], c[2]]);
     }
 }

@@ -5,16 +5,21 @@
 //! (identify, ping, mDNS) with iwant's own:
 //!
 //! - [`connections`]: one live connection per peer, kept alive while the peer is an iwant node.
+//! - [`peer_exchange`]: nodes tell each other about the iwant nodes they know.
 //!
 //! This crate knows nothing about disks, configuration files or the command line: it is the
 //! network vocabulary that the `iwant` node speaks. Wire formats are specified in
 //! `docs/protocols.md`.
 
 pub mod connections;
+pub mod peer_exchange;
 
 use std::time::Duration;
 
-use libp2p::{identify, identity::Keypair, mdns, ping, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour};
+use libp2p::{
+    identify, identity::Keypair, mdns, ping, swarm::behaviour::toggle::Toggle,
+    swarm::NetworkBehaviour,
+};
 
 /// Prefix of the identify agent string of every iwant node (`iwant/<version>`).
 pub const AGENT_PREFIX: &str = "iwant/";
@@ -82,6 +87,8 @@ pub struct NodeBehaviour {
     pub ping: ping::Behaviour,
     /// mDNS discovery; absent when turned off.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Peer exchange (`/iwant/peers/1.0.0`).
+    pub peer_exchange: peer_exchange::Behaviour,
 }
 
 impl NodeBehaviour {
@@ -110,6 +117,7 @@ impl NodeBehaviour {
                     .with_timeout(config.ping_timeout),
             ),
             mdns: mdns.into(),
+            peer_exchange: peer_exchange::behaviour(),
         })
     }
 }

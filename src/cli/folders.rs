@@ -45,7 +45,8 @@ pub(super) async fn show(home: Home, json: bool) -> anyhow::Result<()> {
 
 pub(super) async fn set(home: Home, which: Which, path: PathBuf, json: bool) -> anyhow::Result<()> {
     // The daemon's working directory is not ours: send an absolute path.
-    let path = std::path::absolute(&path).with_context(|| format!("invalid path {}", path.display()))?;
+    let path =
+        std::path::absolute(&path).with_context(|| format!("invalid path {}", path.display()))?;
     let request = match which {
         Which::Shared => Request::SetShared { path: path.clone() },
         Which::Download => Request::SetDownload { path: path.clone() },
@@ -69,7 +70,13 @@ pub(super) async fn set(home: Home, which: Which, path: PathBuf, json: bool) -> 
     }
 }
 
-fn output(home: &Home, folders: Folders, running: bool, json: bool, changed: Option<Which>) -> anyhow::Result<()> {
+fn output(
+    home: &Home,
+    folders: Folders,
+    running: bool,
+    json: bool,
+    changed: Option<Which>,
+) -> anyhow::Result<()> {
     if json {
         return super::print_json(&FoldersOutput {
             shared_dir: folders.shared_dir,

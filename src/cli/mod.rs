@@ -23,7 +23,12 @@ pub const EXIT_NOT_RUNNING: u8 = 3;
 
 /// iwant: find and fetch files on your LAN, with no server.
 #[derive(Debug, Parser)]
-#[command(name = "iwant", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "iwant",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// The node's home directory (identity, config, database) [default: the platform's data
     /// directory]
@@ -112,7 +117,9 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
 }
 
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {

@@ -22,7 +22,9 @@ pub(super) fn run(home: Home, args: NodeArgs) -> anyhow::Result<()> {
             peers: args.peer,
             no_mdns: args.no_mdns,
         };
-        let node = daemon::start(options).await.context("cannot start the node")?;
+        let node = daemon::start(options)
+            .await
+            .context("cannot start the node")?;
         print_banner(&node);
         tokio::spawn(watch_signals(node.shutdown_token()));
         node.wait().await;
@@ -35,9 +37,15 @@ fn print_banner(node: &daemon::RunningNode) {
     let folders = node.folders.borrow().clone();
     let home = node.home();
     if node.first_run {
-        println!("Welcome to iwant! Created a new node in {}", home.root().display());
+        println!(
+            "Welcome to iwant! Created a new node in {}",
+            home.root().display()
+        );
     }
-    println!("iwant node {} is running (Ctrl-C stops it).", node.peer_id());
+    println!(
+        "iwant node {} is running (Ctrl-C stops it).",
+        node.peer_id()
+    );
     println!("  Sharing:      {}", folders.shared_dir.display());
     println!("  Downloads to: {}", folders.download_dir.display());
     if node.first_run {

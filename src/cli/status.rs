@@ -55,7 +55,10 @@ mod tests {
         let s = StatusReply {
             version: "0.1.0".into(),
             peer_id: "12D3Self".into(),
-            listen_addrs: vec!["/ip4/10.0.0.1/tcp/4747".into(), "/ip4/127.0.0.1/tcp/4747".into()],
+            listen_addrs: vec![
+                "/ip4/10.0.0.1/tcp/4747".into(),
+                "/ip4/127.0.0.1/tcp/4747".into(),
+            ],
             peers: vec![PeerStatus {
                 peer_id: "12D3Other".into(),
                 addrs: vec!["/ip4/10.0.0.2/tcp/4747".into()],
@@ -68,8 +71,19 @@ mod tests {
             home: "/h".into(),
         };
         let text = render(&s);
-        assert!(text.contains("Listening on:     /ip4/10.0.0.1/tcp/4747\n"), "{text}");
-        assert!(text.contains("                  /ip4/127.0.0.1/tcp/4747\n"), "{text}");
-        assert!(text.contains("Peers:            1\n  12D3Other  /ip4/10.0.0.2/tcp/4747  iwant/0.1.0  rtt 0.4 ms"), "{text}");
+        assert!(
+            text.contains("Listening on:     /ip4/10.0.0.1/tcp/4747\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("                  /ip4/127.0.0.1/tcp/4747\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Peers:            1\n  12D3Other  /ip4/10.0.0.2/tcp/4747  iwant/0.1.0  rtt 0.4 ms"
+            ),
+            "{text}"
+        );
     }
 }

@@ -56,16 +56,20 @@ impl Client {
     /// Sends `request` and returns the daemon's answer.
     pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
         let socket = self.home.control_socket();
-        let stream = transport::connect(&socket).await.map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
-                socket: socket.clone(),
-                flag: self.home.cli_flag(),
-            },
-            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
-                socket: socket.clone(),
-            },
-            _ => ClientError::Protocol(format!("cannot connect to {}: {e}", socket.display())),
-        })?;
+        let stream = transport::connect(&socket)
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                    ClientError::NotRunning {
+                        socket: socket.clone(),
+                        flag: self.home.cli_flag(),
+                    }
+                }
+                io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+                    socket: socket.clone(),
+                },
+                _ => ClientError::Protocol(format!("cannot connect to {}: {e}", socket.display())),
+            })?;
         let exchange = async {
             let mut stream = BufReader::new(stream);
             let envelope = Envelope {
@@ -78,18 +82,24 @@ impl Client {
         let reply = match tokio::time::timeout(REPLY_TIMEOUT, exchange).await {
             Err(_) => return Err(ClientError::Timeout),
             Ok(Err(FrameError::Io(e))) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(ClientError::Protocol("the node closed the connection without answering".into()))
+                return Err(ClientError::Protocol(
+                    "the node closed the connection without answering".into(),
+                ))
             }
             Ok(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
             Ok(Ok(None)) => {
-                return Err(ClientError::Protocol("the node closed the connection without answering".into()))
+                return Err(ClientError::Protocol(
+                    "the node closed the connection without answering".into(),
+                ))
             }
             Ok(Ok(Some(reply))) => reply,
         };
         match (reply.ok, reply.error) {
             (_, Some(error)) => Err(ClientError::Remote(error)),
             (Some(ok), None) => Ok(ok),
-            (None, None) => Err(ClientError::Protocol("the reply holds neither a result nor an error".into())),
+            (None, None) => Err(ClientError::Protocol(
+                "the reply holds neither a result nor an error".into(),
+            )),
         }
     }
 }

@@ -220,7 +220,8 @@ mod tests {
 
     #[test]
     fn unknown_error_kinds_read_as_internal() {
-        let e: ControlError = serde_json::from_str(r#"{"kind":"from_the_future","message":"m"}"#).unwrap();
+        let e: ControlError =
+            serde_json::from_str(r#"{"kind":"from_the_future","message":"m"}"#).unwrap();
         assert_eq!(e.kind, ErrorKind::Internal);
     }
 

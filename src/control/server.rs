@@ -74,14 +74,15 @@ where
     Fut: Future<Output = Result<Response, ControlError>>,
 {
     let mut stream = BufReader::new(stream);
-    if !same_user {
-        let refusal = ControlError::new(
+    // Read the request first even when refusing, so the client gets the refusal rather than a
+    // broken pipe.
+    let request =
+        tokio::time::timeout(REQUEST_TIMEOUT, read_message::<Envelope>(&mut stream)).await;
+    let result = match request {
+        _ if !same_user => Err(ControlError::new(
             ErrorKind::PermissionDenied,
             "only the user who runs this iwant node may control it",
-        );
-        return write_message(&mut stream, &Reply::new(Err(refusal))).await;
-    }
-    let result = match tokio::time::timeout(REQUEST_TIMEOUT, read_message::<Envelope>(&mut stream)).await {
+        )),
         Err(_) => Err(ControlError::new(ErrorKind::BadRequest, "no request within 5 s")),
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(FrameError::Io(e))) => return Err(FrameError::Io(e)),

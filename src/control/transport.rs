@@ -75,7 +75,9 @@ mod imp {
 mod imp {
     use std::{io, path::Path, sync::Mutex};
 
-    use tokio::net::windows::named_pipe::{ClientOptions, NamedPipeClient, NamedPipeServer, ServerOptions};
+    use tokio::net::windows::named_pipe::{
+        ClientOptions, NamedPipeClient, NamedPipeServer, ServerOptions,
+    };
 
     /// Windows' "all pipe instances are busy".
     const ERROR_PIPE_BUSY: i32 = 231;
@@ -107,7 +109,10 @@ mod imp {
                 .create(&name)
                 .map_err(|e| {
                     if e.kind() == io::ErrorKind::PermissionDenied {
-                        io::Error::new(io::ErrorKind::AddrInUse, "another iwant node is already running with this home")
+                        io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            "another iwant node is already running with this home",
+                        )
                     } else {
                         e
                     }
@@ -122,10 +127,14 @@ mod imp {
         pub async fn accept(&self) -> io::Result<(NamedPipeServer, bool)> {
             let server = match self.next.lock().expect("bug: poisoned").take() {
                 Some(s) => s,
-                None => ServerOptions::new().reject_remote_clients(true).create(&self.name)?,
+                None => ServerOptions::new()
+                    .reject_remote_clients(true)
+                    .create(&self.name)?,
             };
             server.connect().await?;
-            let replacement = ServerOptions::new().reject_remote_clients(true).create(&self.name)?;
+            let replacement = ServerOptions::new()
+                .reject_remote_clients(true)
+                .create(&self.name)?;
             *self.next.lock().expect("bug: poisoned") = Some(replacement);
             Ok((server, true))
         }
@@ -142,7 +151,10 @@ mod imp {
                 other => return other,
             }
         }
-        Err(io::Error::new(io::ErrorKind::TimedOut, "the node's control pipe stayed busy"))
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the node's control pipe stayed busy",
+        ))
     }
 }
 

@@ -2,23 +2,33 @@
 
 use std::{
     collections::{hash_map::Entry, HashMap},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt;
-use iwant_behaviours::{NodeBehaviour, NodeBehaviourEvent};
+use iwant_behaviours::{
+    peer_exchange::{self, Ack, Announce},
+    NodeBehaviour, NodeBehaviourEvent,
+};
 use libp2p::{
     core::{muxing::StreamMuxerBox, transport::Boxed, upgrade, Transport},
-    identify, identity::Keypair, mdns, multiaddr::Protocol, noise, ping,
-    swarm::{dial_opts::{DialOpts, PeerCondition}, ConnectionId, SwarmEvent},
+    identify,
+    identity::Keypair,
+    mdns,
+    multiaddr::Protocol,
+    noise, ping, request_response,
+    swarm::{
+        dial_opts::{DialOpts, PeerCondition},
+        ConnectionId, SwarmEvent,
+    },
     tcp, yamux, Multiaddr, PeerId, Swarm,
 };
 use tokio::{sync::mpsc, time::MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Command, NetStatus, NetworkClient, PeerStatus, COMMAND_QUEUE, DIAL_TIMEOUT, IDLE_TIMEOUT,
-    MAX_DISCOVERED_PEERS, REDIAL_INTERVAL,
+    Command, NetStatus, NetworkClient, PeerStatus, COMMAND_QUEUE, DIAL_TIMEOUT, GOSSIP_TTL,
+    IDLE_TIMEOUT, LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS, REDIAL_INTERVAL,
 };
 use crate::config::DEFAULT_PORT;
 
@@ -64,9 +74,18 @@ struct KnownAddr {
 
 #[derive(Default)]
 struct Peer {
-    connections: HashMap<ConnectionId, Multiaddr>,
+    connections: HashMap<ConnectionId, Conn>,
     agent: Option<String>,
     rtt: Option<Duration>,
+    /// The listen addresses it announced in identify, once it identified as an iwant node.
+    iwant_addrs: Option<Vec<Multiaddr>>,
+}
+
+struct Conn {
+    remote: Multiaddr,
+    /// When the connection last proved alive (established, or a ping answered); `None` when
+    /// the peer does not support ping, so liveness is not judged by it.
+    last_alive: Option<Instant>,
 }
 
 /// The event loop; run it with [`EventLoop::run`].
@@ -77,7 +96,10 @@ pub struct EventLoop {
     peers: HashMap<PeerId, Peer>,
     listen_addrs: Vec<Multiaddr>,
     known_addrs: Vec<KnownAddr>,
+    /// Peers found by mDNS, until their records expire.
     discovered: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Peers other nodes told us about, with when we last heard of them.
+    gossiped: HashMap<PeerId, (Vec<Multiaddr>, Instant)>,
 }
 
 /// Builds the swarm, starts listening and dialing, and returns the client and the loop.
@@ -89,8 +111,8 @@ pub fn spawn(
     let local_peer_id = keypair.public().to_peer_id();
     let behaviour_config = iwant_behaviours::Config::default().with_mdns(config.mdns);
     let transport = build_transport(&keypair).map_err(|e| NetError::Setup(e.to_string()))?;
-    let behaviour =
-        NodeBehaviour::new(&keypair, behaviour_config).map_err(|e| NetError::Setup(e.to_string()))?;
+    let behaviour = NodeBehaviour::new(&keypair, behaviour_config)
+        .map_err(|e| NetError::Setup(e.to_string()))?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|_| transport)
@@ -101,21 +123,26 @@ pub fn spawn(
         .build();
 
     if config.listen.is_empty() {
-        let default = Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(DEFAULT_PORT));
+        let default =
+            Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(DEFAULT_PORT));
         if let Err(e) = swarm.listen_on(default.clone()) {
             let fallback = Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(0));
             tracing::warn!(addr = %default, error = %e, "default port unavailable; listening on a free port");
-            swarm.listen_on(fallback.clone()).map_err(|e| NetError::Listen {
-                addr: fallback,
-                reason: e.to_string(),
-            })?;
+            swarm
+                .listen_on(fallback.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: fallback,
+                    reason: e.to_string(),
+                })?;
         }
     } else {
         for addr in &config.listen {
-            swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
         }
     }
 
@@ -137,6 +164,7 @@ pub fn spawn(
         listen_addrs: Vec::new(),
         known_addrs,
         discovered: HashMap::new(),
+        gossiped: HashMap::new(),
     };
     let client = NetworkClient {
         commands: tx,
@@ -148,13 +176,15 @@ pub fn spawn(
 /// TCP, then Noise, then Yamux, with a deadline on the whole dial.
 fn build_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let noise = noise::Config::new(key)?;
-    Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-        .upgrade(upgrade::Version::V1Lazy)
-        .authenticate(noise)
-        .multiplex(yamux::Config::default())
-        .timeout(DIAL_TIMEOUT)
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-        .boxed())
+    Ok(
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(DIAL_TIMEOUT)
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    )
 }
 
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
@@ -169,6 +199,8 @@ impl EventLoop {
     pub async fn run(mut self) {
         let mut redial = tokio::time::interval(REDIAL_INTERVAL);
         redial.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut watchdog = tokio::time::interval(LIVENESS_TIMEOUT / 6);
+        watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -179,9 +211,37 @@ impl EventLoop {
                     None => break,
                 },
                 _ = redial.tick() => self.redial(),
+                _ = watchdog.tick() => self.close_silent_connections(),
             }
         }
         tracing::debug!("network event loop stopped");
+    }
+
+    /// Closes every connection that answered no ping for [`LIVENESS_TIMEOUT`]. (libp2p ping
+    /// reports a lost peer only after its 10 s stream-negotiation timeout; this is faster.)
+    fn close_silent_connections(&mut self) {
+        let silent: Vec<(PeerId, ConnectionId)> = self
+            .peers
+            .iter()
+            .flat_map(|(peer, p)| {
+                p.connections.iter().filter_map(move |(id, c)| {
+                    c.last_alive
+                        .is_some_and(|t| t.elapsed() > LIVENESS_TIMEOUT)
+                        .then_some((*peer, *id))
+                })
+            })
+            .collect();
+        for (peer, id) in silent {
+            tracing::info!(%peer, "no ping answered for {LIVENESS_TIMEOUT:?}; closing the connection");
+            if let Some(c) = self
+                .peers
+                .get_mut(&peer)
+                .and_then(|p| p.connections.get_mut(&id))
+            {
+                c.last_alive = None;
+            }
+            self.swarm.close_connection(id);
+        }
     }
 
     fn on_command(&mut self, command: Command) {
@@ -208,7 +268,11 @@ impl EventLoop {
             .iter()
             .map(|(id, peer)| PeerStatus {
                 peer_id: id.to_string(),
-                addrs: peer.connections.values().map(|a| a.to_string()).collect(),
+                addrs: peer
+                    .connections
+                    .values()
+                    .map(|c| c.remote.to_string())
+                    .collect(),
                 connections: peer.connections.len(),
                 agent: peer.agent.clone(),
                 rtt_us: peer.rtt.map(|d| d.as_micros() as u64),
@@ -232,27 +296,101 @@ impl EventLoop {
                 }
             }
         }
-        let disconnected: Vec<PeerId> = self
+        self.gossiped
+            .retain(|_, (_, heard)| heard.elapsed() < GOSSIP_TTL);
+        let disconnected: Vec<(PeerId, Vec<Multiaddr>)> = self
             .discovered
-            .keys()
-            .filter(|p| !self.swarm.is_connected(p))
-            .copied()
+            .iter()
+            .chain(self.gossiped.iter().map(|(p, (addrs, _))| (p, addrs)))
+            .filter(|(p, _)| !self.swarm.is_connected(p))
+            .map(|(p, addrs)| (*p, addrs.clone()))
             .collect();
-        for peer in disconnected {
-            self.dial_discovered(peer);
+        for (peer, addrs) in disconnected {
+            self.dial_peer(peer, addrs);
         }
     }
 
-    fn dial_discovered(&mut self, peer: PeerId) {
-        let Some(addrs) = self.discovered.get(&peer) else {
-            return;
-        };
+    /// Dials `peer` at `addrs` unless it is connected or being dialed.
+    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let opts = DialOpts::peer_id(peer)
-            .addresses(addrs.clone())
+            .addresses(addrs)
             .condition(PeerCondition::DisconnectedAndNotDialing)
+            // Dialing from the listen port makes two nodes that dial each other at once meet in
+            // one TCP simultaneous open, which the handshake cannot survive.
+            .allocate_new_port()
             .build();
         if let Err(e) = self.swarm.dial(opts) {
             tracing::trace!(%peer, error = %e, "not dialing");
+        }
+    }
+
+    /// Tells a newly identified iwant peer about our other iwant peers, and them about it.
+    fn exchange_peers(&mut self, new: PeerId) {
+        let iwant_addrs = |p: &Peer| p.iwant_addrs.clone();
+        let Some(new_addrs) = self.peers.get(&new).and_then(iwant_addrs) else {
+            return;
+        };
+        let others: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != new)
+            .filter_map(|(id, p)| iwant_addrs(p).map(|a| (*id, a)))
+            .collect();
+        let behaviour = &mut self.swarm.behaviour_mut().peer_exchange;
+        for chunk in others.chunks(peer_exchange::MAX_PEERS) {
+            behaviour.send_request(&new, Announce::new(chunk.iter().map(|(p, a)| (*p, &a[..]))));
+        }
+        for (other, _) in &others {
+            behaviour.send_request(other, Announce::new([(new, &new_addrs[..])]));
+        }
+    }
+
+    fn on_peer_exchange(&mut self, event: peer_exchange::Event) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .peer_exchange
+                    .send_response(channel, Ack {});
+                let records = match request.parse() {
+                    Ok(records) => records,
+                    Err(reason) => {
+                        tracing::warn!(%peer, %reason, "refused a peer announcement");
+                        return;
+                    }
+                };
+                let local = *self.swarm.local_peer_id();
+                for (other, addrs) in records {
+                    if other == local || addrs.is_empty() || self.swarm.is_connected(&other) {
+                        continue;
+                    }
+                    if !self.gossiped.contains_key(&other)
+                        && self.gossiped.len() >= MAX_DISCOVERED_PEERS
+                    {
+                        tracing::warn!(%peer, "too many announced peers; ignoring the rest");
+                        break;
+                    }
+                    tracing::debug!(from = %peer, peer = %other, "learned of a peer");
+                    self.gossiped.insert(other, (addrs.clone(), Instant::now()));
+                    self.dial_peer(other, addrs);
+                }
+            }
+            Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "peer announcement not delivered");
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "peer announcement not received");
+            }
+            Event::Message { .. } | Event::ResponseSent { .. } => {}
         }
     }
 
@@ -284,8 +422,13 @@ impl EventLoop {
                 if peer.connections.is_empty() {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                 }
-                peer.connections
-                    .insert(connection_id, endpoint.get_remote_address().clone());
+                peer.connections.insert(
+                    connection_id,
+                    Conn {
+                        remote: endpoint.get_remote_address().clone(),
+                        last_alive: Some(Instant::now()),
+                    },
+                );
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -298,7 +441,9 @@ impl EventLoop {
                     if entry.get().connections.is_empty() {
                         entry.remove();
                         match cause {
-                            Some(error) => tracing::info!(peer = %peer_id, %error, "peer disconnected"),
+                            Some(error) => {
+                                tracing::info!(peer = %peer_id, %error, "peer disconnected")
+                            }
                             None => tracing::info!(peer = %peer_id, "peer disconnected"),
                         }
                     }
@@ -327,14 +472,25 @@ impl EventLoop {
     fn on_behaviour_event(&mut self, event: NodeBehaviourEvent) {
         match event {
             NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                if iwant_behaviours::is_iwant_agent(&info.agent_version) {
+                let is_iwant = iwant_behaviours::is_iwant_agent(&info.agent_version);
+                if is_iwant {
                     self.swarm.behaviour_mut().connections.keep_alive(peer_id);
                 }
-                if let Some(peer) = self.peers.get_mut(&peer_id) {
-                    if peer.agent.as_deref() != Some(&info.agent_version) {
-                        tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+                let Some(peer) = self.peers.get_mut(&peer_id) else {
+                    return;
+                };
+                if peer.agent.as_deref() != Some(&info.agent_version) {
+                    tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+                }
+                peer.agent = Some(info.agent_version);
+                if is_iwant {
+                    let first = peer.iwant_addrs.is_none();
+                    let mut addrs = info.listen_addrs;
+                    addrs.truncate(peer_exchange::MAX_ADDRS);
+                    peer.iwant_addrs = Some(addrs);
+                    if first {
+                        self.exchange_peers(peer_id);
                     }
-                    peer.agent = Some(info.agent_version);
                 }
             }
             NodeBehaviourEvent::Identify(_) => {}
@@ -346,9 +502,20 @@ impl EventLoop {
                 Ok(rtt) => {
                     if let Some(p) = self.peers.get_mut(&peer) {
                         p.rtt = Some(rtt);
+                        if let Some(c) = p.connections.get_mut(&connection) {
+                            c.last_alive = Some(Instant::now());
+                        }
                     }
                 }
-                Err(ping::Failure::Unsupported) => {}
+                Err(ping::Failure::Unsupported) => {
+                    let conn = self
+                        .peers
+                        .get_mut(&peer)
+                        .and_then(|p| p.connections.get_mut(&connection));
+                    if let Some(c) = conn {
+                        c.last_alive = None;
+                    }
+                }
                 Err(error) => {
                     tracing::info!(%peer, %error, "ping failed; closing the connection");
                     self.swarm.close_connection(connection);
@@ -376,7 +543,8 @@ impl EventLoop {
                     }
                 }
                 for peer in new {
-                    self.dial_discovered(peer);
+                    let addrs = self.discovered[&peer].clone();
+                    self.dial_peer(peer, addrs);
                 }
             }
             NodeBehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
@@ -389,6 +557,7 @@ impl EventLoop {
                     }
                 }
             }
+            NodeBehaviourEvent::PeerExchange(event) => self.on_peer_exchange(event),
             NodeBehaviourEvent::Connections(never) => match never {},
         }
     }
@@ -400,8 +569,12 @@ fn dial_known(swarm: &mut Swarm<NodeBehaviour>, known: &mut KnownAddr) -> Result
         Some(peer) => DialOpts::peer_id(peer)
             .addresses(vec![known.addr.clone()])
             .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
             .build(),
-        None => DialOpts::unknown_peer_id().address(known.addr.clone()).build(),
+        None => DialOpts::unknown_peer_id()
+            .address(known.addr.clone())
+            .allocate_new_port()
+            .build(),
     };
     let id = opts.connection_id();
     swarm.dial(opts).map_err(|e| e.to_string())?;

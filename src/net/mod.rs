@@ -8,11 +8,11 @@
 //! and the shutdown token.
 //!
 //! Connection policy (see `docs/architecture.md`):
-//! - peers come from mDNS and from `--peer` addresses; disconnected ones are redialed every
-//!   [`REDIAL_INTERVAL`];
+//! - peers come from mDNS, from `--peer` addresses and from other nodes (peer exchange);
+//!   disconnected ones are redialed every [`REDIAL_INTERVAL`];
 //! - duplicates from simultaneous dials are closed by `iwant_behaviours::connections`;
-//! - a connection whose ping times out is closed, so a vanished peer leaves within
-//!   ping interval + timeout (3 s by default);
+//! - a connection with no answered ping for [`LIVENESS_TIMEOUT`] (3 s) is closed, so a vanished
+//!   peer leaves within about 3 s;
 //! - connections to iwant peers stay open; others close after [`IDLE_TIMEOUT`] without streams.
 
 mod event_loop;
@@ -30,6 +30,13 @@ pub const COMMAND_QUEUE: usize = 64;
 
 /// How often disconnected known peers are dialed again.
 pub const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a connection may go without an answered ping before it is closed (ping runs
+/// every 1 s with a 2 s timeout).
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a peer that another node announced stays in the redial set without news of it.
+pub const GOSSIP_TTL: Duration = Duration::from_secs(120);
 
 /// How long a connection to a non-iwant peer may sit without streams before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,6 +123,9 @@ impl NetworkClient {
     }
 
     async fn send(&self, command: Command) -> Result<(), NetworkStopped> {
-        self.commands.send(command).await.map_err(|_| NetworkStopped)
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetworkStopped)
     }
 }

@@ -1,0 +1,386 @@
+//! The real binary's commands and error paths. Every daemon here runs in the root namespace,
+//! so always with `--no-mdns` on 127.0.0.1 (see `util::Daemon`).
+
+use std::{fs, path::Path};
+
+use crate::util::{iwant, run, Daemon};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn config_text(home: &Path) -> String {
+    fs::read_to_string(home.join("config.toml")).unwrap()
+}
+
+#[test]
+fn version_and_help_work_without_a_home() {
+    let dir = tmp();
+    let (code, out, _) = run(iwant(&dir.path().join("h")).arg("--version"));
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), format!("iwant {}", env!("CARGO_PKG_VERSION")));
+    let (code, out, _) = run(iwant(&dir.path().join("h")).arg("help"));
+    assert_eq!(code, 0);
+    for cmd in ["node", "status", "config", "share", "download-to"] {
+        assert!(out.contains(cmd), "help lacks {cmd}: {out}");
+    }
+    let (code, out, _) = run(iwant(&dir.path().join("h")).args(["share", "--help"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("<PATH>"), "{out}");
+    assert!(
+        !dir.path().join("h").exists(),
+        "help must not create a home"
+    );
+}
+
+#[test]
+fn status_without_a_node_says_it_is_not_running_and_how_to_start_it() {
+    let dir = tmp();
+    let home = dir.path().join("h");
+    for args in [&["status"][..], &["status", "--json"][..]] {
+        let (code, out, err) = run(iwant(&home).args(args));
+        assert_eq!(code, 3, "{err}");
+        assert!(out.is_empty(), "nothing on stdout: {out}");
+        assert!(err.contains("not running"), "{err}");
+        assert!(
+            err.contains(&format!("iwant node --home {}", home.display())),
+            "{err}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_stale_socket_from_a_crashed_node_reads_as_not_running() {
+    let dir = tmp();
+    let home = dir.path().join("h");
+    fs::create_dir_all(&home).unwrap();
+    // A socket file nobody listens on, as a `kill -9`ed daemon leaves behind.
+    drop(std::os::unix::net::UnixListener::bind(home.join("control.sock")).unwrap());
+    let (code, _, err) = run(iwant(&home).arg("status"));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("not running"), "{err}");
+    // And a node starts over it.
+    let node = Daemon::start(&home, &[]);
+    assert!(node.status()["peer_id"].is_string());
+}
+
+#[test]
+fn home_can_come_from_the_environment() {
+    let dir = tmp();
+    let home = dir.path().join("from-env");
+    let (code, out, err) = run(std::process::Command::new(crate::util::bin())
+        .args(["share", dir.path().join("s").to_str().unwrap()])
+        .env("IWANT_HOME", &home));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("not running"), "{out}");
+    assert!(config_text(&home).contains(&*dir.path().join("s").display().to_string()));
+}
+
+#[test]
+fn share_without_a_node_saves_the_config_and_says_so() {
+    let dir = tmp();
+    let home = dir.path().join("h");
+    let target = dir.path().join("my share");
+    let (code, out, err) = run(iwant(&home).arg("share").arg(&target));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("not running"), "{out}");
+    assert!(target.is_dir(), "the folder is created");
+    let (code, out, _) = run(iwant(&home).args(["config", "--json"]));
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["shared_dir"], target.to_str().unwrap());
+    assert_eq!(json["node_running"], false);
+}
+
+#[test]
+fn share_takes_a_path_relative_to_the_callers_directory() {
+    let dir = tmp();
+    let home = dir.path().join("h");
+    let (code, _, err) = run(iwant(&home)
+        .args(["download-to", "rel-dl"])
+        .current_dir(dir.path()));
+    assert_eq!(code, 0, "{err}");
+    assert!(config_text(&home).contains(&*dir.path().join("rel-dl").display().to_string()));
+}
+
+#[test]
+fn folder_rules_are_enforced_without_a_node() {
+    let dir = tmp();
+    let home = dir.path().join("h");
+    check_folder_rules(&home, dir.path());
+}
+
+#[test]
+fn folder_rules_are_enforced_by_a_running_node() {
+    let dir = tmp();
+    let home = dir.path().join("h");
+    let _node = Daemon::start(&home, &[]);
+    check_folder_rules(&home, dir.path());
+}
+
+/// Same, nested both ways and unusable folders: refused, non-zero, both paths named, and the
+/// config left as it was.
+fn check_folder_rules(home: &Path, scratch: &Path) {
+    let shared = scratch.join("shared");
+    let download = scratch.join("download");
+    let (code, _, err) = run(iwant(home).arg("share").arg(&shared));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(iwant(home).arg("download-to").arg(&download));
+    assert_eq!(code, 0, "{err}");
+    let before = config_text(home);
+
+    let cases: Vec<(&str, std::path::PathBuf, &str)> = vec![
+        ("download-to", shared.clone(), "same folder"),
+        ("share", download.clone(), "same folder"),
+        ("download-to", shared.join("inner"), "may not be nested"),
+        ("share", download.join("inner"), "may not be nested"),
+        ("share", scratch.to_path_buf(), "may not be nested"),
+    ];
+    for (cmd, path, expect) in cases {
+        let (code, out, err) = run(iwant(home).arg(cmd).arg(&path));
+        assert_ne!(code, 0, "{cmd} {} must fail: {out}", path.display());
+        assert!(err.contains(expect), "{cmd} {}: {err}", path.display());
+        let other = if cmd == "share" { &download } else { &shared };
+        assert!(
+            err.contains(&*path.display().to_string()),
+            "names the new path: {err}"
+        );
+        assert!(
+            err.contains(&*other.display().to_string())
+                || err.contains(&*scratch.display().to_string()),
+            "names the other folder: {err}"
+        );
+        assert_eq!(
+            config_text(home),
+            before,
+            "config unchanged after {cmd} {}",
+            path.display()
+        );
+    }
+
+    let file = scratch.join("a-file");
+    fs::write(&file, "x").unwrap();
+    for path in [file.clone(), file.join("below")] {
+        let (code, _, err) = run(iwant(home).arg("share").arg(&path));
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("cannot be used") && err.contains(&*path.display().to_string()),
+            "{err}"
+        );
+    }
+    assert_eq!(config_text(home), before);
+}
+
+#[test]
+fn running_node_applies_folder_changes_at_once_and_persists_them() {
+    let dir = tmp();
+    let home = dir.path().join("h");
+    let node = Daemon::start(&home, &[]);
+    let new_share = dir.path().join("new-share");
+    let (code, out, err) = run(iwant(&home).arg("share").arg(&new_share));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("uses the new shared folder now"), "{out}");
+    assert_eq!(node.status()["shared_dir"], new_share.to_str().unwrap());
+    let status = node.terminate();
+    assert!(status.success(), "graceful exit: {status}");
+    assert!(config_text(&home).contains(&*new_share.display().to_string()));
+    let node = Daemon::start(&home, &[]);
+    assert_eq!(node.status()["shared_dir"], new_share.to_str().unwrap());
+}
+
+#[test]
+fn first_run_creates_the_home_and_says_where_things_are() {
+    let dir = tmp();
+    let home = dir.path().join("fresh");
+    let node = Daemon::start(&home, &[]);
+    let status = node.status();
+    assert_eq!(status["home"], home.to_str().unwrap());
+    assert_eq!(status["shared_dir"], home.join("shared").to_str().unwrap());
+    assert_eq!(
+        status["download_dir"],
+        home.join("downloads").to_str().unwrap()
+    );
+    assert!(status["listen_addrs"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("/ip4/127.0.0.1/tcp/"));
+    for file in ["config.toml", "identity.key", "iwant.db", "control.sock"] {
+        assert!(home.join(file).exists(), "{file} exists");
+    }
+    let out = fs::read_to_string(home.join("node.out")).unwrap();
+    assert!(out.contains("Created a new node"), "{out}");
+    assert!(
+        out.contains(&*home.join("shared").display().to_string()),
+        "{out}"
+    );
+    assert!(
+        out.contains("iwant --home"),
+        "says how to change folders: {out}"
+    );
+    let peer_id = status["peer_id"].as_str().unwrap().to_owned();
+    assert!(node.terminate().success());
+    assert!(
+        !home.join("control.sock").exists(),
+        "socket removed at shutdown"
+    );
+    // The identity survives restarts.
+    let node = Daemon::start(&home, &[]);
+    assert_eq!(node.status()["peer_id"], peer_id.as_str());
+    let out = fs::read_to_string(home.join("node.out")).unwrap();
+    assert!(!out.contains("Created a new node"), "{out}");
+}
+
+#[test]
+fn a_second_node_on_the_same_home_is_refused() {
+    let dir = tmp();
+    let home = dir.path().join("h");
+    let node = Daemon::start(&home, &[]);
+    let (code, _, err) =
+        run(iwant(&home).args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("already running"), "{err}");
+    // The first one is unharmed.
+    assert!(node.status()["peer_id"].is_string());
+}
+
+#[test]
+fn bad_multiaddrs_are_refused() {
+    let dir = tmp();
+    let home = dir.path().join("h");
+    for (flag, value) in [
+        ("--listen", "not-an-address"),
+        ("--peer", "/ip4/1.2.3/tcp/1"),
+        ("--peer", "10.0.0.1:4747"),
+    ] {
+        let (code, _, err) = run(iwant(&home).args(["node", "--no-mdns", flag, value]));
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag}")),
+            "{err}"
+        );
+    }
+    // Well-formed but unusable: not an address of this machine, or not TCP.
+    for value in ["/ip4/192.0.2.1/tcp/0", "/ip4/127.0.0.1/udp/0"] {
+        let (code, _, err) = run(iwant(&home).args(["node", "--no-mdns", "--listen", value]));
+        assert_eq!(code, 1, "{value}: {err}");
+        assert!(err.contains(&format!("cannot listen on {value}")), "{err}");
+        assert!(!home.join("control.sock").exists());
+    }
+}
+
+#[test]
+fn a_taken_listen_address_is_an_error_naming_it() {
+    let dir = tmp();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("/ip4/127.0.0.1/tcp/{}", taken.local_addr().unwrap().port());
+    let (code, _, err) =
+        run(iwant(&dir.path().join("h")).args(["node", "--no-mdns", "--listen", &addr]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
+
+#[cfg(unix)]
+mod other_users {
+    //! The control channel refuses every user but the node's own. Needs root (to act as
+    //! `nobody`); CI runs as root, elsewhere these skip with one line.
+
+    use std::{os::unix::process::CommandExt, path::Path};
+
+    use super::*;
+
+    const NOBODY: u32 = 65534;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    fn can_run(test: &str) -> bool {
+        if is_root() {
+            return true;
+        }
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test} needs root in CI");
+        }
+        eprintln!("skipping {test}: needs root to act as another user");
+        false
+    }
+
+    /// A directory that `nobody` can reach and own.
+    fn world_reachable_dir() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("iwant-users")
+            .tempdir_in("/tmp")
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    fn as_nobody(home: &Path, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = iwant(home);
+        cmd.args(args).uid(NOBODY).gid(NOBODY);
+        run(&mut cmd)
+    }
+
+    #[test]
+    fn another_user_cannot_reach_the_control_socket() {
+        if !can_run("another_user_cannot_reach_the_control_socket") {
+            return;
+        }
+        let dir = world_reachable_dir();
+        let home = dir.path().join("h");
+        let node = Daemon::start(&home, &[]);
+        let (code, out, err) = as_nobody(&home, &["status", "--json"]);
+        assert_ne!(code, 0, "must be refused: {out}");
+        assert!(out.is_empty());
+        assert!(err.contains("permission denied"), "{err}");
+        let (code, _, err) = as_nobody(&home, &["share", "/tmp"]);
+        assert_ne!(code, 0);
+        assert!(!err.is_empty());
+        assert!(
+            !config_text(&home).contains("shared_dir = \"/tmp\""),
+            "unchanged"
+        );
+        assert!(node.status()["peer_id"].is_string());
+    }
+
+    #[test]
+    fn a_node_refuses_clients_running_as_another_user() {
+        if !can_run("a_node_refuses_clients_running_as_another_user") {
+            return;
+        }
+        // The node runs as `nobody`; root can open any file, so only the server's peer
+        // credential check stands between root and the node.
+        let dir = world_reachable_dir();
+        let home = dir.path().join("h");
+        fs::create_dir(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+        let mut child = iwant(&home)
+            .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let err = crate::util::wait_for(
+            std::time::Duration::from_secs(20),
+            "the nobody node to listen",
+            || {
+                let (code, _, err) = run(iwant(&home).args(["status"]));
+                (code != 3).then_some((code, err))
+            },
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_ne!(err.0, 0, "root must be refused");
+        assert!(
+            err.1
+                .contains("only the user who runs this iwant node may control it"),
+            "{}",
+            err.1
+        );
+    }
+}

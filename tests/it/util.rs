@@ -1,0 +1,158 @@
+//! Small helpers shared by the integration tests.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The `iwant` binary under test.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_iwant"))
+}
+
+/// A command running `iwant --home <home> <args>`, isolated from the caller's environment.
+pub fn iwant(home: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg("--home").arg(home);
+    cmd.env_remove("IWANT_HOME")
+        .env_remove("RUST_LOG")
+        .env("IWANT_LOG", "info");
+    cmd
+}
+
+/// Runs a finished command and returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.stdin(Stdio::null()).output().expect("run iwant");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, or panics after `limit` naming `what`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The async twin of [`wait_for`], for in-process tests.
+pub async fn wait_for_async<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The peer ids listed in a `status --json` document.
+pub fn peer_ids(status: &Value) -> Vec<String> {
+    status["peers"]
+        .as_array()
+        .map(|peers| {
+            peers
+                .iter()
+                .filter_map(|p| p["peer_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A daemon started from the real binary in the root namespace: always on 127.0.0.1 with mDNS
+/// off. Killed when dropped; its output is kept in its home for post-mortems.
+pub struct Daemon {
+    pub home: PathBuf,
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts `iwant node` on `home` with `extra` arguments and waits until it answers.
+    pub fn start(home: &Path, extra: &[&str]) -> Daemon {
+        std::fs::create_dir_all(home).unwrap();
+        let log = |name| std::fs::File::create(home.join(name)).unwrap();
+        let child = iwant(home)
+            .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log("node.out"))
+            .stderr(log("node.err"))
+            .spawn()
+            .expect("spawn iwant node");
+        let mut daemon = Daemon {
+            home: home.to_path_buf(),
+            child,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let home = self.home.clone();
+        let child = &mut self.child;
+        wait_for(
+            Duration::from_secs(20),
+            "the node to answer `status`",
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let err = std::fs::read_to_string(home.join("node.err")).unwrap_or_default();
+                    panic!("iwant node exited early with {status}: {err}");
+                }
+                let (code, out, _) = run(iwant(&home).args(["status", "--json"]));
+                (code == 0)
+                    .then(|| serde_json::from_str::<Value>(&out).ok())
+                    .flatten()
+            },
+        );
+    }
+
+    /// `iwant status --json` of this node.
+    pub fn status(&self) -> Value {
+        let (code, out, err) = run(iwant(&self.home).args(["status", "--json"]));
+        assert_eq!(code, 0, "status failed: {err}");
+        serde_json::from_str(&out).expect("status --json is JSON")
+    }
+
+    /// Sends SIGTERM (or kills on non-Unix) and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        #[cfg(unix)]
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        #[cfg(not(unix))]
+        let _ = self.child.kill();
+        wait_for(Duration::from_secs(10), "the node to exit", || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
