@@ -1,10 +1,11 @@
 //! The daemon: starts a node's tasks in order and owns their shutdown.
 //!
 //! Start-up order: home and config → folder rules → identity → control channel (refuses to
-//! start a second daemon on the same home) → database → network → control server. Shutdown: one
-//! [`CancellationToken`] is cancelled; the control server stops accepting and finishes the
-//! requests in flight, the network loop drops the `Swarm` (peers see the connections close at
-//! once); [`RunningNode::wait`] returns when a [`TaskTracker`] has seen every task end.
+//! start a second daemon on the same home) → database → network → indexer → control server.
+//! Shutdown: one [`CancellationToken`] is cancelled; the control server stops accepting and
+//! finishes the requests in flight, the network loop drops the `Swarm` (peers see the
+//! connections close at once); a [`TaskTracker`] waits for both; then the indexer thread
+//! finishes its batch and stops, and [`RunningNode::wait`] returns.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::{
     config::{check_folders, Config, ConfigError, Folders, Home},
     control::{self, ControlError, ErrorKind, Request, Response, StatusReply},
     net::{self, NetConfig, NetworkClient},
+    share::{self, IndexHandle},
     store::Store,
 };
 
@@ -40,6 +42,9 @@ pub struct RunningNode {
     pub first_run: bool,
     /// The folders in force; updated when the user changes them.
     pub folders: watch::Receiver<Folders>,
+    /// The index of the shared folder.
+    pub index: IndexHandle,
+    index_thread: std::thread::JoinHandle<()>,
     home: Home,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -66,6 +71,14 @@ impl RunningNode {
         self.shutdown.cancelled().await;
         self.tasks.close();
         self.tasks.wait().await;
+        self.index.stop();
+        let thread = self.index_thread;
+        if tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .is_err()
+        {
+            tracing::error!("the indexer thread panicked");
+        }
     }
 
     /// Stops the node and waits for its tasks to end.
@@ -152,10 +165,18 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     };
     let (net, event_loop) = net::spawn(keypair, net_config, shutdown.child_token())?;
     tasks.spawn(event_loop.run());
+    let (index, index_thread) = match share::spawn(home.database(), folders.shared_dir.clone()) {
+        Ok(started) => started,
+        Err(e) => {
+            shutdown.cancel();
+            return Err(e.into());
+        }
+    };
 
     let (folders_tx, folders_rx) = watch::channel(folders);
     let state = Arc::new(State {
         net: net.clone(),
+        index: index.clone(),
         home: home.clone(),
         config: Mutex::new(config),
         folders: folders_tx,
@@ -173,6 +194,8 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         net,
         first_run,
         folders: folders_rx,
+        index,
+        index_thread,
         home,
         shutdown,
         tasks,
@@ -182,6 +205,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
 /// What the control handler needs.
 struct State {
     net: NetworkClient,
+    index: IndexHandle,
     home: Home,
     /// The config as last saved; the lock serialises folder changes.
     config: Mutex<Config>,
@@ -198,7 +222,7 @@ impl State {
                     .await
                     .map_err(|e| ControlError::new(ErrorKind::ShuttingDown, e.to_string()))?;
                 let folders = self.folders.borrow().clone();
-                Ok(Response::Status(StatusReply {
+                Ok(Response::Status(Box::new(StatusReply {
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     peer_id: net.peer_id,
                     listen_addrs: net.listen_addrs,
@@ -206,7 +230,18 @@ impl State {
                     shared_dir: folders.shared_dir,
                     download_dir: folders.download_dir,
                     home: self.home.root().to_path_buf(),
-                }))
+                    index: self.index.status(),
+                    leader: net.leader,
+                    term: net.term,
+                })))
+            }
+            Request::List { errors: false } => {
+                let entries = self.index.entries().await.map_err(internal)?;
+                Ok(Response::Entries { entries })
+            }
+            Request::List { errors: true } => {
+                let errors = self.index.errors().await.map_err(internal)?;
+                Ok(Response::ScanErrors { errors })
             }
             Request::Config => Ok(Response::Folders(self.folders.borrow().clone())),
             Request::SetShared { path } => self.set_folders(Some(path), None).await,
@@ -231,12 +266,17 @@ impl State {
             .map_err(|e| ControlError::new(ErrorKind::InvalidFolders, e.to_string()))?;
         next.shared_dir = folders.shared_dir.clone();
         next.download_dir = folders.download_dir.clone();
-        self.home
-            .save_config(&next)
-            .map_err(|e| ControlError::new(ErrorKind::Internal, e.to_string()))?;
+        self.home.save_config(&next).map_err(internal)?;
+        if next.shared_dir != config.shared_dir {
+            self.index.set_root(next.shared_dir.clone()).await;
+        }
         *config = next;
         tracing::info!(shared = %folders.shared_dir.display(), download = %folders.download_dir.display(), "folders changed");
         self.folders.send_replace(folders.clone());
         Ok(Response::Folders(folders))
     }
+}
+
+fn internal(e: impl std::fmt::Display) -> ControlError {
+    ControlError::new(ErrorKind::Internal, e.to_string())
 }

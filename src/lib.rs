@@ -17,4 +17,5 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod net;
+pub mod share;
 pub mod store;

@@ -6,12 +6,14 @@
 //!
 //! - [`connections`]: one live connection per peer, kept alive while the peer is an iwant node.
 //! - [`peer_exchange`]: nodes tell each other about the iwant nodes they know.
+//! - [`election`]: the nodes elect one leader per LAN (`/iwant/election/1`).
 //!
 //! This crate knows nothing about disks, configuration files or the command line: it is the
 //! network vocabulary that the `iwant` node speaks. Wire formats are specified in
 //! `docs/protocols.md`.
 
 pub mod connections;
+pub mod election;
 pub mod peer_exchange;
 
 use std::time::Duration;
@@ -47,6 +49,8 @@ pub struct Config {
     pub mdns_ttl: Duration,
     /// How often mDNS asks the network again once it has settled. Default: 30 s.
     pub mdns_query_interval: Duration,
+    /// The leader election's timers. Default: [`election::Config::default`].
+    pub election: election::Config,
 }
 
 impl Default for Config {
@@ -58,6 +62,7 @@ impl Default for Config {
             ping_timeout: Duration::from_secs(2),
             mdns_ttl: Duration::from_secs(120),
             mdns_query_interval: Duration::from_secs(30),
+            election: election::Config::default(),
         }
     }
 }
@@ -89,6 +94,8 @@ pub struct NodeBehaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Peer exchange (`/iwant/peers/1.0.0`).
     pub peer_exchange: peer_exchange::Behaviour,
+    /// Leader election (`/iwant/election/1`).
+    pub election: election::Behaviour,
 }
 
 impl NodeBehaviour {
@@ -118,6 +125,7 @@ impl NodeBehaviour {
             ),
             mdns: mdns.into(),
             peer_exchange: peer_exchange::behaviour(),
+            election: election::Behaviour::new(local_peer_id, config.election),
         })
     }
 }

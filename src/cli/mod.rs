@@ -5,6 +5,7 @@
 //! to stderr, once, with their cause chain.
 
 mod folders;
+mod ls;
 mod node;
 mod status;
 
@@ -47,6 +48,14 @@ enum Command {
     Status(JsonArg),
     /// Show the shared and download folders
     Config(JsonArg),
+    /// List what this node shares: path, size, id, kind
+    Ls {
+        /// List the entries that could not be indexed, and why
+        #[arg(long)]
+        errors: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Share the folder PATH (replaces the shared folder)
     Share {
         /// The folder to share; created if missing
@@ -107,6 +116,9 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
         Command::Node(args) => node::run(home, args),
         Command::Status(a) => client_runtime()?.block_on(status::run(home, a.json)),
         Command::Config(a) => client_runtime()?.block_on(folders::show(home, a.json)),
+        Command::Ls { errors, json } => {
+            client_runtime()?.block_on(ls::run(home, errors, json.json))
+        }
         Command::Share { path, json } => {
             client_runtime()?.block_on(folders::set(home, folders::Which::Shared, path, json.json))
         }

@@ -25,6 +25,33 @@ fn render(s: &StatusReply) -> String {
     let _ = writeln!(out, "Home:             {}", s.home.display());
     let _ = writeln!(out, "Shared folder:    {}", s.shared_dir.display());
     let _ = writeln!(out, "Download folder:  {}", s.download_dir.display());
+    let i = &s.index;
+    let _ = writeln!(
+        out,
+        "Index:            {} files, {} directories, {} (version {}){}",
+        i.files,
+        i.dirs,
+        super::ls::human_bytes(i.bytes),
+        i.version,
+        if i.ready { "" } else { ", first scan running" }
+    );
+    if let Some(h) = &i.hashing {
+        let _ = writeln!(
+            out,
+            "Hashing:          {}/{} files, {} of {}",
+            h.files_done,
+            h.files_total,
+            super::ls::human_bytes(h.bytes_done),
+            super::ls::human_bytes(h.bytes_total)
+        );
+    }
+    if i.errors > 0 {
+        let _ = writeln!(
+            out,
+            "Not indexed:      {} entries (see `iwant ls --errors`)",
+            i.errors
+        );
+    }
     if s.listen_addrs.is_empty() {
         let _ = writeln!(out, "Listening on:     (nothing yet)");
     }
@@ -32,6 +59,12 @@ fn render(s: &StatusReply) -> String {
         let label = if i == 0 { "Listening on:" } else { "" };
         let _ = writeln!(out, "{label:<18}{addr}");
     }
+    let leader = match &s.leader {
+        Some(l) if *l == s.peer_id => format!("{l} (this node), term {}", s.term),
+        Some(l) => format!("{l}, term {}", s.term),
+        None => format!("(electing), term {}", s.term),
+    };
+    let _ = writeln!(out, "Leader:           {leader}");
     let _ = writeln!(out, "Peers:            {}", s.peers.len());
     for p in &s.peers {
         let addr = p.addrs.first().map(String::as_str).unwrap_or("-");
@@ -69,8 +102,30 @@ mod tests {
             shared_dir: "/s".into(),
             download_dir: "/d".into(),
             home: "/h".into(),
+            index: crate::share::IndexStatus {
+                ready: true,
+                files: 3,
+                dirs: 2,
+                bytes: 2048,
+                errors: 1,
+                version: 7,
+                hashing: None,
+                hashed_files: 0,
+                hashed_bytes: 0,
+            },
+            leader: Some("12D3Self".into()),
+            term: 4,
         };
         let text = render(&s);
+        assert!(
+            text.contains("Leader:           12D3Self (this node), term 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Index:            3 files, 2 directories, 2.0 KiB (version 7)\n"),
+            "{text}"
+        );
+        assert!(text.contains("Not indexed:      1 entries"), "{text}");
         assert!(
             text.contains("Listening on:     /ip4/10.0.0.1/tcp/4747\n"),
             "{text}"

@@ -6,7 +6,8 @@ use tokio::io::BufReader;
 
 use super::{
     proto::{read_message, write_message, FrameError},
-    transport, ControlError, Envelope, Reply, Request, Response, PROTOCOL_VERSION,
+    transport, ControlError, Envelope, Reply, Request, Response, MAX_MESSAGE, MAX_REPLY,
+    PROTOCOL_VERSION,
 };
 use crate::config::Home;
 
@@ -76,8 +77,8 @@ impl Client {
                 version: PROTOCOL_VERSION,
                 request,
             };
-            write_message(&mut stream, &envelope).await?;
-            read_message::<Reply>(&mut stream).await
+            write_message(&mut stream, &envelope, MAX_MESSAGE).await?;
+            read_message::<Reply>(&mut stream, MAX_REPLY).await
         };
         let reply = match tokio::time::timeout(REPLY_TIMEOUT, exchange).await {
             Err(_) => return Err(ClientError::Timeout),

@@ -11,8 +11,11 @@ use crate::config::Folders;
 /// [`ErrorKind::UnsupportedVersion`].
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// The largest message either side accepts, newline included.
+/// The largest request a server accepts, newline included.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// The largest reply a client accepts (a listing of a large share is big), newline included.
+pub const MAX_REPLY: usize = 256 * 1024 * 1024;
 
 /// What the client sends.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -40,6 +43,12 @@ pub enum Request {
     SetDownload {
         /// The new download folder.
         path: PathBuf,
+    },
+    /// Everything this node shares, or with `errors`, what it could not index.
+    List {
+        /// List the entries that could not be indexed instead.
+        #[serde(default)]
+        errors: bool,
     },
 }
 
@@ -76,10 +85,20 @@ impl Reply {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
     /// Answer to [`Request::Status`].
-    Status(StatusReply),
+    Status(Box<StatusReply>),
     /// Answer to [`Request::Config`], [`Request::SetShared`] and [`Request::SetDownload`]:
     /// the folders now in force.
     Folders(Folders),
+    /// Answer to [`Request::List`]: every indexed entry, sorted by path.
+    Entries {
+        /// The entries.
+        entries: Vec<crate::share::IndexEntry>,
+    },
+    /// Answer to [`Request::List`] with `errors`: what could not be indexed, and why.
+    ScanErrors {
+        /// The entries.
+        errors: Vec<crate::store::ScanError>,
+    },
 }
 
 /// The node's state, as `iwant status --json` prints it.
@@ -99,6 +118,13 @@ pub struct StatusReply {
     pub download_dir: PathBuf,
     /// The node's home directory.
     pub home: PathBuf,
+    /// The index of the shared folder.
+    pub index: crate::share::IndexStatus,
+    /// The elected leader's peer id (this node's own when it leads); `None` while there is
+    /// none.
+    pub leader: Option<String>,
+    /// The election term.
+    pub term: u64,
 }
 
 /// A connected peer, as listed by `iwant status`.
@@ -150,28 +176,30 @@ pub enum FrameError {
     /// The transport failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The message is larger than [`MAX_MESSAGE`].
-    #[error("message larger than {MAX_MESSAGE} bytes")]
+    /// The message is larger than allowed ([`MAX_MESSAGE`] or [`MAX_REPLY`]).
+    #[error("message larger than allowed")]
     TooLarge,
     /// The message is not the expected JSON.
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
 }
 
-/// Reads one newline-terminated JSON message; `None` at a clean end of stream.
+/// Reads one newline-terminated JSON message of at most `limit` bytes; `None` at a clean end
+/// of stream.
 pub(crate) async fn read_message<T: DeserializeOwned>(
     reader: &mut (impl AsyncBufRead + Unpin),
+    limit: usize,
 ) -> Result<Option<T>, FrameError> {
     let mut line = Vec::new();
     let n = reader
-        .take(MAX_MESSAGE as u64 + 1)
+        .take(limit as u64 + 1)
         .read_until(b'\n', &mut line)
         .await?;
     if n == 0 {
         return Ok(None);
     }
     if line.last() != Some(&b'\n') {
-        return Err(if n > MAX_MESSAGE {
+        return Err(if n > limit {
             FrameError::TooLarge
         } else {
             FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
@@ -180,13 +208,14 @@ pub(crate) async fn read_message<T: DeserializeOwned>(
     Ok(Some(serde_json::from_slice(&line)?))
 }
 
-/// Writes one message followed by a newline, and flushes.
+/// Writes one message of at most `limit` bytes followed by a newline, and flushes.
 pub(crate) async fn write_message<T: Serialize>(
     writer: &mut (impl AsyncWrite + Unpin),
     message: &T,
+    limit: usize,
 ) -> Result<(), FrameError> {
     let mut bytes = serde_json::to_vec(message)?;
-    if bytes.len() >= MAX_MESSAGE {
+    if bytes.len() >= limit {
         return Err(FrameError::TooLarge);
     }
     bytes.push(b'\n');
@@ -229,16 +258,16 @@ mod tests {
     async fn oversized_and_truncated_messages_are_errors() {
         let big = vec![b' '; MAX_MESSAGE + 10];
         let mut reader = &big[..];
-        let r: Result<Option<Envelope>, _> = read_message(&mut reader).await;
+        let r: Result<Option<Envelope>, _> = read_message(&mut reader, MAX_MESSAGE).await;
         assert!(matches!(r, Err(FrameError::TooLarge)), "{r:?}");
         let mut reader = &b"{\"version\":1"[..];
-        let r: Result<Option<Envelope>, _> = read_message(&mut reader).await;
+        let r: Result<Option<Envelope>, _> = read_message(&mut reader, MAX_MESSAGE).await;
         assert!(matches!(r, Err(FrameError::Io(_))), "{r:?}");
         let mut reader = &b"not json\n"[..];
-        let r: Result<Option<Envelope>, _> = read_message(&mut reader).await;
+        let r: Result<Option<Envelope>, _> = read_message(&mut reader, MAX_MESSAGE).await;
         assert!(matches!(r, Err(FrameError::Malformed(_))), "{r:?}");
         let mut reader = &b""[..];
-        let r: Option<Envelope> = read_message(&mut reader).await.unwrap();
+        let r: Option<Envelope> = read_message(&mut reader, MAX_MESSAGE).await.unwrap();
         assert!(r.is_none());
     }
 }

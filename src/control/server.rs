@@ -8,7 +8,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use super::{
     proto::{read_message, write_message, FrameError},
     transport::{Conn, Listener},
-    ControlError, Envelope, ErrorKind, Reply, Request, Response, PROTOCOL_VERSION,
+    ControlError, Envelope, ErrorKind, Reply, Request, Response, MAX_MESSAGE, MAX_REPLY,
+    PROTOCOL_VERSION,
 };
 
 /// Most control connections served at once; more wait in the accept queue.
@@ -76,8 +77,11 @@ where
     let mut stream = BufReader::new(stream);
     // Read the request first even when refusing, so the client gets the refusal rather than a
     // broken pipe.
-    let request =
-        tokio::time::timeout(REQUEST_TIMEOUT, read_message::<Envelope>(&mut stream)).await;
+    let request = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_message::<Envelope>(&mut stream, MAX_MESSAGE),
+    )
+    .await;
     let result = match request {
         _ if !same_user => Err(ControlError::new(
             ErrorKind::PermissionDenied,
@@ -96,5 +100,5 @@ where
         )),
         Ok(Ok(Some(env))) => handler(env.request).await,
     };
-    write_message(&mut stream, &Reply::new(result)).await
+    write_message(&mut stream, &Reply::new(result), MAX_REPLY).await
 }

@@ -7,6 +7,7 @@ use std::{
 
 use futures::StreamExt;
 use iwant_behaviours::{
+    election,
     peer_exchange::{self, Ack, Announce},
     NodeBehaviour, NodeBehaviourEvent,
 };
@@ -23,12 +24,16 @@ use libp2p::{
     },
     tcp, yamux, Multiaddr, PeerId, Swarm,
 };
-use tokio::{sync::mpsc, time::MissedTickBehavior};
+use tokio::{
+    sync::{mpsc, watch},
+    time::MissedTickBehavior,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Command, NetStatus, NetworkClient, PeerStatus, COMMAND_QUEUE, DIAL_TIMEOUT, GOSSIP_TTL,
-    IDLE_TIMEOUT, LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS, REDIAL_INTERVAL,
+    Command, LeaderView, NetStatus, NetworkClient, PeerStatus, COMMAND_QUEUE, DIAL_TIMEOUT,
+    GOODBYE_LIMIT, GOSSIP_TTL, IDLE_TIMEOUT, LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS,
+    REDIAL_INTERVAL,
 };
 use crate::config::DEFAULT_PORT;
 
@@ -100,6 +105,8 @@ pub struct EventLoop {
     discovered: HashMap<PeerId, Vec<Multiaddr>>,
     /// Peers other nodes told us about, with when we last heard of them.
     gossiped: HashMap<PeerId, (Vec<Multiaddr>, Instant)>,
+    /// The election's leader and term, for [`NetworkClient::leader_watch`].
+    leader: watch::Sender<LeaderView>,
 }
 
 /// Builds the swarm, starts listening and dialing, and returns the client and the loop.
@@ -147,6 +154,7 @@ pub fn spawn(
     }
 
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (leader_tx, leader_rx) = watch::channel(LeaderView::default());
     let known_addrs = config
         .peers
         .into_iter()
@@ -165,10 +173,12 @@ pub fn spawn(
         known_addrs,
         discovered: HashMap::new(),
         gossiped: HashMap::new(),
+        leader: leader_tx,
     };
     let client = NetworkClient {
         commands: tx,
         local_peer_id,
+        leader: leader_rx,
     };
     Ok((client, event_loop))
 }
@@ -214,7 +224,55 @@ impl EventLoop {
                 _ = watchdog.tick() => self.close_silent_connections(),
             }
         }
+        self.say_goodbye().await;
         tracing::debug!("network event loop stopped");
+    }
+
+    /// Lets the election send its goodbyes (only a leader has any), for at most
+    /// [`GOODBYE_LIMIT`], so the others elect a new leader at once instead of waiting for a
+    /// timeout.
+    async fn say_goodbye(&mut self) {
+        self.swarm.behaviour_mut().election.leave();
+        let goodbyes = async {
+            loop {
+                if let SwarmEvent::Behaviour(NodeBehaviourEvent::Election(election::Event::Left)) =
+                    self.swarm.select_next_some().await
+                {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(GOODBYE_LIMIT, goodbyes).await.is_err() {
+            tracing::debug!("goodbyes not all written in {GOODBYE_LIMIT:?}; leaving anyway");
+        }
+    }
+
+    fn on_election(&mut self, event: election::Event) {
+        let local = *self.swarm.local_peer_id();
+        match event {
+            election::Event::LeaderElected { leader, term } => {
+                let previous = self.leader.borrow().leader;
+                if leader == local {
+                    tracing::info!(%leader, term, "this node is the leader");
+                } else if previous == Some(leader) {
+                    tracing::info!(%leader, term, "the leader moved to a new term");
+                } else {
+                    tracing::info!(%leader, term, "following a new leader");
+                }
+                self.leader.send_replace(LeaderView {
+                    leader: Some(leader),
+                    term,
+                });
+            }
+            election::Event::LeaderLost { term } => {
+                let lost = self.leader.borrow().leader;
+                if let Some(leader) = lost {
+                    tracing::info!(%leader, term, "lost the leader; electing another");
+                }
+                self.leader.send_replace(LeaderView { leader: None, term });
+            }
+            election::Event::Left => {}
+        }
     }
 
     /// Closes every connection that answered no ping for [`LIVENESS_TIMEOUT`]. (libp2p ping
@@ -279,10 +337,13 @@ impl EventLoop {
             })
             .collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        let election = &self.swarm.behaviour().election;
         NetStatus {
             peer_id: self.swarm.local_peer_id().to_string(),
             listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
             peers,
+            leader: election.leader().map(|p| p.to_string()),
+            term: election.term(),
         }
     }
 
@@ -558,6 +619,7 @@ impl EventLoop {
                 }
             }
             NodeBehaviourEvent::PeerExchange(event) => self.on_peer_exchange(event),
+            NodeBehaviourEvent::Election(event) => self.on_election(event),
             NodeBehaviourEvent::Connections(never) => match never {},
         }
     }

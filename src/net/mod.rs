@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use event_loop::{spawn, EventLoop, NetConfig, NetError};
 
@@ -46,6 +46,20 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most peers remembered from mDNS at once; beyond it, new discoveries are ignored.
 pub const MAX_DISCOVERED_PEERS: usize = 1024;
+
+/// How long a shutting-down node may spend saying goodbye (a leader's last message to the
+/// election participants) before the `Swarm` is dropped.
+pub const GOODBYE_LIMIT: Duration = Duration::from_millis(300);
+
+/// The leader this node follows (itself when it leads) and the term, as the election last
+/// reported them; see [`NetworkClient::leader_watch`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaderView {
+    /// The leader, or `None` while there is none (before the first election, between two).
+    pub leader: Option<PeerId>,
+    /// The term of the leader, or of the last one while there is none.
+    pub term: u64,
+}
 
 /// Requests to the event loop.
 #[derive(Debug)]
@@ -73,6 +87,10 @@ pub struct NetStatus {
     pub listen_addrs: Vec<String>,
     /// Connected peers, sorted by peer id.
     pub peers: Vec<PeerStatus>,
+    /// The leader this node follows (its peer id; this node's own when it leads), if any.
+    pub leader: Option<String>,
+    /// The election term.
+    pub term: u64,
 }
 
 /// One connected peer.
@@ -100,12 +118,20 @@ pub struct NetworkStopped;
 pub struct NetworkClient {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
+    leader: watch::Receiver<LeaderView>,
 }
 
 impl NetworkClient {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// The current leader and term, updated at every leader change (a new leader, a lost
+    /// leader, or the same leader in a higher term). For work that must follow the leader,
+    /// such as sending it this node's index.
+    pub fn leader_watch(&self) -> watch::Receiver<LeaderView> {
+        self.leader.clone()
     }
 
     /// The current network state.

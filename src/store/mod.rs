@@ -11,7 +11,41 @@ use rusqlite::Connection;
 const MIGRATIONS: &[&str] = &[
     // 1: node-level facts (creation time, last start).
     "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) STRICT;",
+    // 2: the index of shared folders. Rows are keyed by the share root they were found under
+    // and their path relative to it ('/'-separated). Rows of earlier roots stay as a hash
+    // cache: a file seen before (same inode, size and mtime) is not hashed again.
+    "CREATE TABLE files (
+        root TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        inode INTEGER,
+        id BLOB NOT NULL,
+        piece_size INTEGER NOT NULL,
+        pieces BLOB NOT NULL,
+        PRIMARY KEY (root, path)
+    ) STRICT;
+    CREATE INDEX files_by_id ON files (id);
+    CREATE INDEX files_by_inode ON files (inode, size, mtime_ns);
+    CREATE TABLE dirs (
+        root TEXT NOT NULL,
+        path TEXT NOT NULL,
+        id BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        files INTEGER NOT NULL,
+        PRIMARY KEY (root, path)
+    ) STRICT;
+    CREATE INDEX dirs_by_id ON dirs (id);
+    CREATE TABLE scan_errors (
+        root TEXT NOT NULL,
+        path TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (root, path)
+    ) STRICT;",
 ];
+
+mod index;
+pub use index::{DirRow, EntryRow, FileRow, IndexChange, IndexCounts, ScanError};
 
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use iwant::{
 };
 use libp2p::{multiaddr::Protocol, Multiaddr};
 
-use crate::util::wait_for_async;
+use crate::util::{start_in_process, wait_for_async};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -20,19 +20,8 @@ struct Node {
 
 async fn start_node(peers: Vec<Multiaddr>) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let node = start_at(dir.path(), "/ip4/127.0.0.1/tcp/0".parse().unwrap(), peers).await;
+    let node = start_in_process(dir.path(), "/ip4/127.0.0.1/tcp/0".parse().unwrap(), peers).await;
     Node { node, _dir: dir }
-}
-
-async fn start_at(home: &std::path::Path, listen: Multiaddr, peers: Vec<Multiaddr>) -> RunningNode {
-    daemon::start(NodeOptions {
-        home: Home::resolve(Some(home.to_path_buf())).unwrap(),
-        listen: vec![listen],
-        peers,
-        no_mdns: true,
-    })
-    .await
-    .expect("node starts")
 }
 
 impl Node {
@@ -133,7 +122,7 @@ async fn a_configured_peer_is_redialed_after_it_restarts() {
         probe.local_addr().unwrap().port()
     };
     let listen_b: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
-    let b = start_at(dir_b.path(), listen_b.clone(), vec![]).await;
+    let b = start_in_process(dir_b.path(), listen_b.clone(), vec![]).await;
     let b_id = b.peer_id();
     let a = start_node(vec![listen_b.clone()]).await;
     let connected = || async {
@@ -149,7 +138,7 @@ async fn a_configured_peer_is_redialed_after_it_restarts() {
         connected().await.is_none().then_some(())
     })
     .await;
-    let b = start_at(dir_b.path(), listen_b, vec![]).await;
+    let b = start_in_process(dir_b.path(), listen_b, vec![]).await;
     assert_eq!(b.peer_id(), b_id, "same home, same identity");
     wait_for_async(LIMIT, "the redial to reconnect", connected).await;
     b.stop().await;
@@ -268,5 +257,24 @@ async fn peers_of_a_peer_are_met_through_peer_exchange() {
     let c = start_node(vec![a.addr().await]).await;
     for (x, y) in [(&b, &c), (&c, &b)] {
         wait_for_async(LIMIT, "B and C to meet", || async { x.peer(y).await }).await;
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_elect_one_leader_seen_in_status_and_on_the_leader_watch() {
+    let a = start_node(vec![]).await;
+    let b = start_node(vec![a.addr().await]).await;
+    let (leader, term) = wait_for_async(LIMIT, "both nodes follow one leader", || async {
+        let (sa, sb) = (a.status().await, b.status().await);
+        (sa.leader.is_some() && sa.leader == sb.leader && sa.term == sb.term)
+            .then(|| (sa.leader.unwrap(), sa.term))
+    })
+    .await;
+    assert!(leader == a.node.peer_id().to_string() || leader == b.node.peer_id().to_string());
+    assert!(term >= 1);
+    for node in [&a, &b] {
+        let view = *node.node.net.leader_watch().borrow();
+        assert_eq!(view.leader.map(|p| p.to_string()), Some(leader.clone()));
+        assert_eq!(view.term, term);
     }
 }

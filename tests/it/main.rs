@@ -6,6 +6,7 @@
 //!   Needs root and `ip`; in CI (`CI=true`) it must run, elsewhere it skips with one line.
 
 mod cli;
+mod index;
 mod lab;
 mod loopback;
 mod util;

@@ -82,6 +82,23 @@ pub fn peer_ids(status: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Starts a node in this process with its home at `home`, listening on `listen` (a loopback
+/// address: mDNS is off), dialing `peers`.
+pub async fn start_in_process(
+    home: &Path,
+    listen: libp2p::Multiaddr,
+    peers: Vec<libp2p::Multiaddr>,
+) -> iwant::daemon::RunningNode {
+    iwant::daemon::start(iwant::daemon::NodeOptions {
+        home: iwant::config::Home::resolve(Some(home.to_path_buf())).unwrap(),
+        listen: vec![listen],
+        peers,
+        no_mdns: true,
+    })
+    .await
+    .expect("node starts")
+}
+
 /// A daemon started from the real binary in the root namespace: always on 127.0.0.1 with mDNS
 /// off. Killed when dropped; its output is kept in its home for post-mortems.
 pub struct Daemon {

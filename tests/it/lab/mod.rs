@@ -33,6 +33,7 @@
 //! log filter (default [`NODE_LOG`]).
 
 mod discovery;
+mod election;
 
 use std::{
     fmt::Write as _,
@@ -460,6 +461,37 @@ impl Lab {
     /// Removes the shaping of node `i`; panics if it was not shaped.
     pub fn unshape(&self, i: usize) {
         self.tc(i, &format!("qdisc del dev {NODE_IF} root"));
+    }
+
+    /// Delays everything node `i` sends by `delay` and drops `loss_percent` % of it at random
+    /// (a `netem` qdisc on its interface; replaces any earlier shaping). Panics if the kernel
+    /// has no `netem`; check [`Lab::has_netem`] first.
+    #[cfg(feature = "lab-netem")]
+    pub fn netem(&self, i: usize, delay: Duration, loss_percent: u32) {
+        self.tc(
+            i,
+            &format!(
+                "qdisc replace dev {NODE_IF} root netem delay {}ms loss {loss_percent}%",
+                delay.as_millis()
+            ),
+        );
+    }
+
+    /// Whether this kernel has the `netem` qdisc (tried on node 0's `lo`, then removed).
+    #[cfg(feature = "lab-netem")]
+    pub fn has_netem(&self) -> bool {
+        let Some(tc) = find_on_path("tc") else {
+            return false;
+        };
+        let (code, _, _) = run(self
+            .in_netns(0, &tc)
+            .args(["qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]));
+        if code == 0 {
+            run(self
+                .in_netns(0, &tc)
+                .args(["qdisc", "del", "dev", "lo", "root"]));
+        }
+        code == 0
     }
 
     /// The queueing disciplines on node `i`'s interface, as `tc qdisc show` prints them.

@@ -1,0 +1,1247 @@
+//! The election as a pure state machine: inputs and `now` in, [`Action`]s out.
+//!
+//! [`State`] does no I/O and owns no timer. Its owner (the [`Behaviour`](super::Behaviour))
+//! feeds it [`Input`]s with the current time, carries out the returned actions (send a message,
+//! report a leader change) and calls [`State::handle`] with [`Input::Tick`] once
+//! [`State::next_deadline`] has passed. The algorithm is written down in `docs/election.md`.
+//!
+//! Randomness (the jitter of election timeouts) comes from a small generator seeded by the
+//! owner, so tests are deterministic.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use libp2p::PeerId;
+
+use super::{protocol::Message, Config};
+
+/// Something that happened, for [`State::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A peer that speaks the election protocol is connected.
+    PeerConnected(PeerId),
+    /// The last connection to a peer closed.
+    PeerDisconnected(PeerId),
+    /// A message arrived from an authenticated peer.
+    Received {
+        /// The sender, as Noise authenticated it.
+        from: PeerId,
+        /// What it said.
+        message: Message,
+    },
+    /// Time passed: [`State::next_deadline`] may have been reached.
+    Tick,
+    /// This node is shutting down: a leader says goodbye, then the machine stops.
+    Leave,
+}
+
+/// What the owner must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `message` to `to`.
+    Send {
+        /// The peer.
+        to: PeerId,
+        /// The message.
+        message: Message,
+    },
+    /// This node now follows `leader` (which may be this node) in `term`.
+    LeaderElected {
+        /// The leader.
+        leader: PeerId,
+        /// Its term.
+        term: u64,
+    },
+    /// This node no longer follows anyone; `term` was the term of the lost leader.
+    LeaderLost {
+        /// The term of the leader that was lost.
+        term: u64,
+    },
+}
+
+/// Where this node stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Follows `leader`, or waits for one.
+    Follower {
+        /// The leader, once known.
+        leader: Option<PeerId>,
+        /// When the leader was last heard (a heartbeat).
+        last_heard: Option<Instant>,
+        /// When to stand as a candidate unless the leader is heard again.
+        deadline: Instant,
+    },
+    /// Asks for votes in the current term.
+    Candidate {
+        /// Who granted their vote, this node included.
+        votes: BTreeSet<PeerId>,
+        /// Whether a peer answered in this term (granted or not). A round nobody answered is
+        /// repeated in the same term; only a contested round moves to the next term.
+        contested: bool,
+        /// When this round ends without a majority and the next one starts.
+        deadline: Instant,
+    },
+    /// Leads the current term.
+    Leader {
+        /// When the next heartbeat is due.
+        next_heartbeat: Instant,
+    },
+    /// Shut down: ignores everything.
+    Left,
+}
+
+/// The election state of one node. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct State {
+    local: PeerId,
+    config: Config,
+    term: u64,
+    /// The candidate this node voted for in `term`.
+    voted_for: Option<PeerId>,
+    role: Role,
+    /// Connected peers that speak the protocol and have not said goodbye.
+    peers: BTreeSet<PeerId>,
+    /// Still in the start-up wait: the first deadline adds the ranked election delay before
+    /// standing, once the node knows its peers.
+    starting: bool,
+    rng: u64,
+}
+
+impl State {
+    /// A node that has just started: a follower without a leader that waits
+    /// [`Config::startup_wait`] for one before it stands.
+    pub fn new(local: PeerId, config: Config, seed: u64, now: Instant) -> Self {
+        let mut state = Self {
+            local,
+            config,
+            term: 0,
+            voted_for: None,
+            role: Role::Left,
+            peers: BTreeSet::new(),
+            starting: true,
+            rng: seed,
+        };
+        let wait = state.config.startup_wait + state.jitter();
+        state.role = Role::Follower {
+            leader: None,
+            last_heard: None,
+            deadline: now + wait,
+        };
+        state
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// The leader this node follows (itself when it leads).
+    pub fn leader(&self) -> Option<PeerId> {
+        match &self.role {
+            Role::Follower { leader, .. } => *leader,
+            Role::Leader { .. } => Some(self.local),
+            Role::Candidate { .. } | Role::Left => None,
+        }
+    }
+
+    /// Where this node stands.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// The participants this node counts, itself excluded.
+    pub fn peers(&self) -> &BTreeSet<PeerId> {
+        &self.peers
+    }
+
+    /// When [`Input::Tick`] is next needed; `None` after [`Input::Leave`].
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match &self.role {
+            Role::Follower { deadline, .. } | Role::Candidate { deadline, .. } => Some(*deadline),
+            Role::Leader { next_heartbeat } => Some(*next_heartbeat),
+            Role::Left => None,
+        }
+    }
+
+    /// Applies `input` at `now` and returns what to do, in order.
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.role == Role::Left {
+            return out;
+        }
+        match input {
+            Input::PeerConnected(peer) => self.on_connected(peer, &mut out),
+            Input::PeerDisconnected(peer) => self.on_gone(now, peer, &mut out),
+            Input::Received { from, message } => match message {
+                Message::Heartbeat { term } => self.on_heartbeat(now, from, term, &mut out),
+                Message::VoteRequest { term } => self.on_vote_request(now, from, term, &mut out),
+                Message::VoteReply { term, granted } => {
+                    self.on_vote_reply(now, from, term, granted, &mut out)
+                }
+                Message::Goodbye { term } => {
+                    if term >= self.term {
+                        self.on_gone(now, from, &mut out)
+                    } else {
+                        // A stale goodbye still means the sender is leaving.
+                        self.peers.remove(&from);
+                    }
+                }
+            },
+            Input::Tick => self.on_tick(now, &mut out),
+            Input::Leave => {
+                if matches!(self.role, Role::Leader { .. }) {
+                    self.broadcast(Message::Goodbye { term: self.term }, &mut out);
+                }
+                self.role = Role::Left;
+            }
+        }
+        out
+    }
+
+    fn on_connected(&mut self, peer: PeerId, out: &mut Vec<Action>) {
+        if peer == self.local || !self.peers.insert(peer) {
+            return;
+        }
+        let term = self.term;
+        match &self.role {
+            Role::Leader { .. } => send(out, peer, Message::Heartbeat { term }),
+            Role::Candidate { .. } => send(out, peer, Message::VoteRequest { term }),
+            Role::Follower { .. } | Role::Left => {}
+        }
+    }
+
+    /// `peer` disconnected or said goodbye.
+    fn on_gone(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
+        self.peers.remove(&peer);
+        match &self.role {
+            Role::Follower {
+                leader: Some(leader),
+                ..
+            } if *leader == peer => {
+                out.push(Action::LeaderLost { term: self.term });
+                let deadline = now + self.election_delay();
+                self.role = Role::Follower {
+                    leader: None,
+                    last_heard: None,
+                    deadline,
+                };
+            }
+            Role::Candidate { .. } => self.check_majority(now, out),
+            _ => {}
+        }
+    }
+
+    fn on_heartbeat(&mut self, now: Instant, from: PeerId, term: u64, out: &mut Vec<Action>) {
+        if term < self.term || from == self.local {
+            return;
+        }
+        let follow = match &self.role {
+            Role::Leader { .. } => term > self.term || from < self.local,
+            Role::Candidate { .. } => true,
+            Role::Follower { leader, .. } => match leader {
+                _ if term > self.term => true,
+                None => true,
+                Some(current) => *current == from || from < *current,
+            },
+            Role::Left => false,
+        };
+        if follow {
+            self.follow(now, from, term, out);
+        }
+    }
+
+    /// Follows `leader` in `term` (`term` ≥ the current term), heard at `now`.
+    fn follow(&mut self, now: Instant, leader: PeerId, term: u64, out: &mut Vec<Action>) {
+        let changed = self.leader() != Some(leader) || self.term != term;
+        self.starting = false;
+        if term > self.term {
+            self.voted_for = None;
+        }
+        self.term = term;
+        let deadline = now + self.config.leader_timeout + self.election_delay();
+        self.role = Role::Follower {
+            leader: Some(leader),
+            last_heard: Some(now),
+            deadline,
+        };
+        if changed {
+            out.push(Action::LeaderElected { leader, term });
+        }
+    }
+
+    fn on_vote_request(&mut self, now: Instant, from: PeerId, term: u64, out: &mut Vec<Action>) {
+        if from == self.local {
+            return;
+        }
+        let deny = |out: &mut Vec<Action>, term| {
+            send(
+                out,
+                from,
+                Message::VoteReply {
+                    term,
+                    granted: false,
+                },
+            )
+        };
+        if term < self.term {
+            return deny(out, self.term);
+        }
+        match &self.role {
+            Role::Leader { .. } => {
+                // A working leader stays: it takes the candidate's term if higher and tells
+                // everyone at once, which turns the candidate into a follower.
+                if term > self.term {
+                    self.term = term;
+                    self.voted_for = None;
+                    out.push(Action::LeaderElected {
+                        leader: self.local,
+                        term,
+                    });
+                    self.broadcast(Message::Heartbeat { term }, out);
+                    self.role = Role::Leader {
+                        next_heartbeat: now + self.config.heartbeat_interval,
+                    };
+                } else {
+                    send(out, from, Message::Heartbeat { term: self.term });
+                }
+                deny(out, self.term);
+            }
+            Role::Follower {
+                leader: Some(_),
+                last_heard: Some(heard),
+                ..
+            } if now.saturating_duration_since(*heard) < self.config.leader_lease => {
+                // Leader stickiness: a leader heard recently is not abandoned.
+                deny(out, self.term);
+            }
+            _ => {
+                if term > self.term {
+                    if let Some(_leader) = self.leader() {
+                        out.push(Action::LeaderLost { term: self.term });
+                    }
+                    self.term = term;
+                    self.voted_for = None;
+                    let deadline = now + self.config.round_timeout + self.election_delay();
+                    self.role = Role::Follower {
+                        leader: None,
+                        last_heard: None,
+                        deadline,
+                    };
+                }
+                let free = self.voted_for.is_none() || self.voted_for == Some(from);
+                if free && matches!(self.role, Role::Follower { leader: None, .. }) {
+                    self.voted_for = Some(from);
+                    // Give the candidate time to win before standing ourselves.
+                    let until = now + self.config.round_timeout + self.election_delay();
+                    if let Role::Follower { deadline, .. } = &mut self.role {
+                        *deadline = until;
+                    }
+                    send(
+                        out,
+                        from,
+                        Message::VoteReply {
+                            term,
+                            granted: true,
+                        },
+                    );
+                } else {
+                    deny(out, self.term);
+                }
+            }
+        }
+    }
+
+    fn on_vote_reply(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        term: u64,
+        granted: bool,
+        out: &mut Vec<Action>,
+    ) {
+        if term > self.term {
+            if let Some(_leader) = self.leader() {
+                out.push(Action::LeaderLost { term: self.term });
+            }
+            self.term = term;
+            self.voted_for = None;
+            let deadline = now + self.election_delay();
+            self.role = Role::Follower {
+                leader: None,
+                last_heard: None,
+                deadline,
+            };
+            return;
+        }
+        if term < self.term {
+            return;
+        }
+        if let Role::Candidate {
+            votes, contested, ..
+        } = &mut self.role
+        {
+            *contested = true;
+            if granted && self.peers.contains(&from) {
+                votes.insert(from);
+            }
+            self.check_majority(now, out);
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.starting && self.next_deadline().is_some_and(|d| now >= d) {
+            self.starting = false;
+            if let Role::Follower { leader: None, .. } = self.role {
+                let until = now + self.election_delay();
+                if let Role::Follower { deadline, .. } = &mut self.role {
+                    *deadline = until;
+                }
+                return;
+            }
+        }
+        match &self.role {
+            Role::Candidate {
+                deadline,
+                contested: false,
+                ..
+            } if now >= *deadline => {
+                // Nobody answered in this term (unreachable peers): ask again in the same
+                // term, so that a cut-off node does not inflate its term.
+                let term = self.term;
+                let until = now + self.config.round_timeout + self.jitter();
+                if let Role::Candidate { deadline, .. } = &mut self.role {
+                    *deadline = until;
+                }
+                self.broadcast(Message::VoteRequest { term }, out);
+            }
+            Role::Follower { deadline, .. } | Role::Candidate { deadline, .. }
+                if now >= *deadline =>
+            {
+                self.stand(now, out)
+            }
+            Role::Leader { next_heartbeat } if now >= *next_heartbeat => {
+                self.broadcast(Message::Heartbeat { term: self.term }, out);
+                self.role = Role::Leader {
+                    next_heartbeat: now + self.config.heartbeat_interval,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts a new term as a candidate.
+    fn stand(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if let Some(_leader) = self.leader() {
+            out.push(Action::LeaderLost { term: self.term });
+        }
+        self.term += 1;
+        self.voted_for = Some(self.local);
+        let deadline = now + self.config.round_timeout + self.jitter();
+        self.role = Role::Candidate {
+            votes: BTreeSet::from([self.local]),
+            contested: false,
+            deadline,
+        };
+        self.broadcast(Message::VoteRequest { term: self.term }, out);
+        self.check_majority(now, out);
+    }
+
+    /// Becomes leader if the votes are a majority of the participants this node sees.
+    fn check_majority(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Role::Candidate { votes, .. } = &self.role else {
+            return;
+        };
+        let counted = votes
+            .iter()
+            .filter(|v| **v == self.local || self.peers.contains(v))
+            .count();
+        if counted * 2 > self.peers.len() + 1 {
+            let term = self.term;
+            self.role = Role::Leader {
+                next_heartbeat: now + self.config.heartbeat_interval,
+            };
+            out.push(Action::LeaderElected {
+                leader: self.local,
+                term,
+            });
+            self.broadcast(Message::Heartbeat { term }, out);
+        }
+    }
+
+    fn broadcast(&self, message: Message, out: &mut Vec<Action>) {
+        for peer in &self.peers {
+            send(out, *peer, message);
+        }
+    }
+
+    /// How long to wait before standing once the leader is gone: one
+    /// [`Config::election_step`] per participant with a smaller peer id, plus jitter, so the
+    /// smallest id usually stands first and alone.
+    fn election_delay(&mut self) -> Duration {
+        let rank = self.peers.iter().filter(|p| **p < self.local).count() as u32;
+        self.config.election_step * rank + self.jitter()
+    }
+
+    /// A random duration in `[0, Config::election_jitter)`.
+    fn jitter(&mut self) -> Duration {
+        let max = self.config.election_jitter.as_micros() as u64;
+        if max == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.next_random() % max)
+    }
+
+    /// splitmix64.
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn send(out: &mut Vec<Action>, to: PeerId, message: Message) {
+    out.push(Action::Send { to, message });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// `n` peer ids in ascending order.
+    fn ids(n: usize) -> Vec<PeerId> {
+        let mut ids: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        ids.sort();
+        ids
+    }
+
+    fn quiet() -> Config {
+        Config::default().with_election_jitter(Duration::ZERO)
+    }
+
+    fn hb(term: u64) -> Message {
+        Message::Heartbeat { term }
+    }
+
+    fn sends(actions: &[Action]) -> Vec<(PeerId, Message)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { to, message } => Some((*to, *message)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A node `local` following `leader` in `term`, with `others` connected, at `t0`.
+    fn follower(local: PeerId, leader: PeerId, term: u64, others: &[PeerId], t0: Instant) -> State {
+        let mut s = State::new(local, quiet(), 1, t0);
+        s.handle(t0, Input::PeerConnected(leader));
+        for p in others {
+            s.handle(t0, Input::PeerConnected(*p));
+        }
+        s.handle(
+            t0,
+            Input::Received {
+                from: leader,
+                message: hb(term),
+            },
+        );
+        assert_eq!((s.leader(), s.term()), (Some(leader), term));
+        s
+    }
+
+    #[test]
+    fn a_node_alone_leads_after_the_startup_wait() {
+        let t0 = Instant::now();
+        let me = PeerId::random();
+        let mut s = State::new(me, quiet(), 1, t0);
+        assert!(s.handle(t0 + 500 * MS, Input::Tick).is_empty());
+        let mut now = t0;
+        while s.leader().is_none() {
+            now = s.next_deadline().unwrap();
+            s.handle(now, Input::Tick);
+            assert!(now - t0 < Duration::from_secs(2), "not leader in time");
+        }
+        assert_eq!((s.leader(), s.term()), (Some(me), 1));
+        assert_eq!(now - t0, quiet().startup_wait);
+    }
+
+    /// Single-node cases: a follower of `leader` (term 5, `other` also connected) gets one
+    /// message; what does it follow afterwards, and what does it answer?
+    #[test]
+    fn follower_table() {
+        let [leader, other, me, stranger]: [PeerId; 4] = ids(4).try_into().unwrap();
+        let deny = |term| Message::VoteReply {
+            term,
+            granted: false,
+        };
+        let grant = |term| Message::VoteReply {
+            term,
+            granted: true,
+        };
+        // (name, ms after the last heartbeat, from, message, expected leader, term, replies)
+        type Case = (
+            &'static str,
+            u64,
+            PeerId,
+            Message,
+            Option<PeerId>,
+            u64,
+            Vec<(PeerId, Message)>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "stale heartbeat is ignored",
+                10,
+                other,
+                hb(4),
+                Some(leader),
+                5,
+                vec![],
+            ),
+            (
+                "heartbeat of the same leader refreshes",
+                10,
+                leader,
+                hb(5),
+                Some(leader),
+                5,
+                vec![],
+            ),
+            (
+                "higher term from another leader wins",
+                10,
+                other,
+                hb(6),
+                Some(other),
+                6,
+                vec![],
+            ),
+            // `leader` has the smallest id: a same-term rival with a bigger id is ignored.
+            (
+                "same term, bigger id is ignored",
+                10,
+                other,
+                hb(5),
+                Some(leader),
+                5,
+                vec![],
+            ),
+            (
+                "stale vote request is denied with our term",
+                10,
+                other,
+                Message::VoteRequest { term: 3 },
+                Some(leader),
+                5,
+                vec![(other, deny(5))],
+            ),
+            (
+                "vote request while the leader is fresh is denied",
+                100,
+                other,
+                Message::VoteRequest { term: 6 },
+                Some(leader),
+                5,
+                vec![(other, deny(5))],
+            ),
+            (
+                "vote request after the lease is granted",
+                800,
+                other,
+                Message::VoteRequest { term: 6 },
+                None,
+                6,
+                vec![(other, grant(6))],
+            ),
+            (
+                "stale goodbye keeps the leader",
+                10,
+                leader,
+                Message::Goodbye { term: 4 },
+                Some(leader),
+                5,
+                vec![],
+            ),
+            (
+                "goodbye of the leader loses it",
+                10,
+                leader,
+                Message::Goodbye { term: 5 },
+                None,
+                5,
+                vec![],
+            ),
+            (
+                "stale vote reply is ignored",
+                10,
+                other,
+                grant(2),
+                Some(leader),
+                5,
+                vec![],
+            ),
+            (
+                "heartbeat from an unknown sender at a higher term still counts",
+                10,
+                stranger,
+                hb(9),
+                Some(stranger),
+                9,
+                vec![],
+            ),
+        ];
+        for (name, after, from, message, leader_after, term_after, replies) in cases {
+            let t0 = Instant::now();
+            let mut s = follower(me, leader, 5, &[other], t0);
+            let actions = s.handle(
+                t0 + Duration::from_millis(after),
+                Input::Received { from, message },
+            );
+            assert_eq!(s.leader(), leader_after, "{name}: leader");
+            assert_eq!(s.term(), term_after, "{name}: term");
+            assert_eq!(sends(&actions), replies, "{name}: replies");
+        }
+    }
+
+    #[test]
+    fn a_candidate_grants_no_second_vote_in_its_term() {
+        let [a, b, c]: [PeerId; 3] = ids(3).try_into().unwrap();
+        let t0 = Instant::now();
+        let mut s = State::new(c, quiet(), 1, t0);
+        s.handle(t0, Input::PeerConnected(a));
+        s.handle(t0, Input::PeerConnected(b));
+        let first = s.handle(
+            t0 + 2000 * MS,
+            Input::Received {
+                from: a,
+                message: Message::VoteRequest { term: 1 },
+            },
+        );
+        let second = s.handle(
+            t0 + 2001 * MS,
+            Input::Received {
+                from: b,
+                message: Message::VoteRequest { term: 1 },
+            },
+        );
+        assert_eq!(
+            sends(&first),
+            vec![(
+                a,
+                Message::VoteReply {
+                    term: 1,
+                    granted: true
+                }
+            )]
+        );
+        assert_eq!(
+            sends(&second),
+            vec![(
+                b,
+                Message::VoteReply {
+                    term: 1,
+                    granted: false
+                }
+            )]
+        );
+        // The same candidate asking again (a lost reply) gets the vote again.
+        let again = s.handle(
+            t0 + 2002 * MS,
+            Input::Received {
+                from: a,
+                message: Message::VoteRequest { term: 1 },
+            },
+        );
+        assert_eq!(
+            sends(&again),
+            vec![(
+                a,
+                Message::VoteReply {
+                    term: 1,
+                    granted: true
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn a_leader_keeps_leading_when_a_candidate_asks_with_a_higher_term() {
+        let [l, f, newcomer]: [PeerId; 3] = ids(3).try_into().unwrap();
+        let mut sim = Sim::new(&[l, f], quiet());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        let (leader, term) = sim.agreed().unwrap();
+        // A node with a higher term (a partitioned follower coming back) asks for votes.
+        let i = sim.nodes.iter().position(|n| n.local == leader).unwrap();
+        let now = sim.now;
+        let actions = sim.nodes[i].handle(now, Input::PeerConnected(newcomer));
+        assert_eq!(
+            sends(&actions),
+            vec![(newcomer, hb(term))],
+            "a new participant hears at once"
+        );
+        let actions = sim.nodes[i].handle(
+            now,
+            Input::Received {
+                from: newcomer,
+                message: Message::VoteRequest { term: term + 3 },
+            },
+        );
+        assert_eq!(sim.nodes[i].leader(), Some(leader), "the leader stays");
+        assert_eq!(sim.nodes[i].term(), term + 3, "at the candidate's term");
+        assert!(sends(&actions).contains(&(newcomer, hb(term + 3))));
+        assert!(sends(&actions).contains(&(
+            newcomer,
+            Message::VoteReply {
+                term: term + 3,
+                granted: false
+            }
+        )));
+    }
+
+    /// Whether the message from node `.0` to node `.1` is lost.
+    type DropRule = Box<dyn FnMut(usize, usize, &Message) -> bool>;
+
+    /// A tiny network of state machines: messages are delivered at once, in order, along the
+    /// links that are up, unless `drop` says otherwise; time moves in 10 ms steps.
+    struct Sim {
+        now: Instant,
+        nodes: Vec<State>,
+        links: BTreeSet<(usize, usize)>,
+        /// Messages in flight, with when they arrive.
+        queue: VecDeque<(Instant, usize, usize, Message)>,
+        /// How long every message takes.
+        latency: Duration,
+        drop: DropRule,
+        /// Every (node, leader) change reported, in order.
+        changes: Vec<(usize, Option<PeerId>)>,
+    }
+
+    impl Sim {
+        fn new(ids: &[PeerId], config: Config) -> Sim {
+            let now = Instant::now();
+            let nodes = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| State::new(*id, config.clone(), i as u64 + 7, now))
+                .collect();
+            Sim {
+                now,
+                nodes,
+                links: BTreeSet::new(),
+                queue: VecDeque::new(),
+                latency: Duration::ZERO,
+                drop: Box::new(|_, _, _| false),
+                changes: Vec::new(),
+            }
+        }
+
+        fn index(&self, peer: PeerId) -> usize {
+            self.nodes.iter().position(|n| n.local == peer).unwrap()
+        }
+
+        fn apply(&mut self, i: usize, actions: Vec<Action>) {
+            for action in actions {
+                match action {
+                    Action::Send { to, message } => {
+                        let j = self.index(to);
+                        if self.links.contains(&(i.min(j), i.max(j)))
+                            && !(self.drop)(i, j, &message)
+                        {
+                            self.queue
+                                .push_back((self.now + self.latency, i, j, message));
+                        }
+                    }
+                    Action::LeaderElected { leader, .. } => self.changes.push((i, Some(leader))),
+                    Action::LeaderLost { .. } => self.changes.push((i, None)),
+                }
+            }
+        }
+
+        fn input(&mut self, i: usize, input: Input) {
+            let actions = self.nodes[i].handle(self.now, input);
+            self.apply(i, actions);
+        }
+
+        fn connect(&mut self, i: usize, j: usize) {
+            if self.links.insert((i.min(j), i.max(j))) {
+                let (pi, pj) = (self.nodes[i].local, self.nodes[j].local);
+                self.input(i, Input::PeerConnected(pj));
+                self.input(j, Input::PeerConnected(pi));
+            }
+        }
+
+        fn disconnect(&mut self, i: usize, j: usize) {
+            if self.links.remove(&(i.min(j), i.max(j))) {
+                let (pi, pj) = (self.nodes[i].local, self.nodes[j].local);
+                self.input(i, Input::PeerDisconnected(pj));
+                self.input(j, Input::PeerDisconnected(pi));
+            }
+        }
+
+        fn mesh(&mut self) {
+            let n = self.nodes.len();
+            for i in 0..n {
+                for j in i + 1..n {
+                    self.connect(i, j);
+                }
+            }
+        }
+
+        fn deliver(&mut self) {
+            while self.queue.front().is_some_and(|(at, ..)| *at <= self.now) {
+                let Some((_, from, to, message)) = self.queue.pop_front() else {
+                    break;
+                };
+                let from = self.nodes[from].local;
+                self.input(to, Input::Received { from, message });
+            }
+        }
+
+        fn step(&mut self) {
+            self.now += 10 * MS;
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].next_deadline().is_some_and(|d| d <= self.now) {
+                    self.input(i, Input::Tick);
+                }
+                self.deliver();
+            }
+        }
+
+        fn run(&mut self, d: Duration) {
+            let end = self.now + d;
+            while self.now < end {
+                self.step();
+            }
+        }
+
+        /// Runs until `done`, at most `limit`; returns the time it took.
+        fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> Duration {
+            let start = self.now;
+            while !done(self) {
+                assert!(
+                    self.now - start < limit,
+                    "not done within {limit:?}: {:?}",
+                    self.view()
+                );
+                self.step();
+            }
+            self.now - start
+        }
+
+        fn view(&self) -> Vec<(Option<PeerId>, u64)> {
+            self.nodes.iter().map(|n| (n.leader(), n.term())).collect()
+        }
+
+        /// The leader and term all running nodes among `nodes` agree on.
+        fn agreed_among(&self, nodes: &[usize]) -> Option<(PeerId, u64)> {
+            let first = &self.nodes[nodes[0]];
+            let leader = first.leader()?;
+            nodes
+                .iter()
+                .all(|&i| {
+                    self.nodes[i].leader() == Some(leader) && self.nodes[i].term() == first.term()
+                })
+                .then_some((leader, first.term()))
+        }
+
+        fn agreed(&self) -> Option<(PeerId, u64)> {
+            let all: Vec<usize> = (0..self.nodes.len()).collect();
+            self.agreed_among(&all)
+        }
+
+        fn leaders(&self) -> usize {
+            self.nodes
+                .iter()
+                .filter(|n| matches!(n.role, Role::Leader { .. }))
+                .count()
+        }
+    }
+
+    #[test]
+    fn cold_starts_of_2_3_and_5_nodes_elect_one_leader() {
+        for n in [2, 3, 5] {
+            let mut sim = Sim::new(&ids(n), Config::default());
+            sim.mesh();
+            sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+            sim.run(Duration::from_secs(5));
+            assert!(sim.agreed().is_some(), "{n} nodes: {:?}", sim.view());
+            assert_eq!(sim.leaders(), 1);
+            assert_eq!(
+                sim.changes.len(),
+                n,
+                "{n} nodes: one change each, no flapping"
+            );
+        }
+    }
+
+    #[test]
+    fn simultaneous_candidates_end_with_one_leader() {
+        // Nobody waits for its rank: everyone stands at the same moment, every round, until
+        // the jitter separates them.
+        let config = Config::default()
+            .with_election_step(Duration::ZERO)
+            .with_election_jitter(Duration::from_millis(100));
+        for seed in 0..20u64 {
+            let mut sim = Sim::new(&ids(5), config.clone());
+            for (k, node) in sim.nodes.iter_mut().enumerate() {
+                node.rng = seed * 31 + k as u64;
+            }
+            sim.mesh();
+            // Force one round where all five stand at once.
+            sim.now += Duration::from_secs(2);
+            for i in 0..5 {
+                sim.input(i, Input::Tick);
+                sim.input(i, Input::Tick);
+            }
+            sim.deliver();
+            sim.run_until(Duration::from_secs(5), |s| s.agreed().is_some());
+            sim.run(Duration::from_secs(2));
+            assert_eq!(sim.leaders(), 1, "seed {seed}: {:?}", sim.view());
+        }
+    }
+
+    #[test]
+    fn killed_leader_is_replaced_in_a_new_term() {
+        let mut sim = Sim::new(&ids(5), Config::default());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        let (old, term) = sim.agreed().unwrap();
+        let dead = sim.index(old);
+        for j in 0..5 {
+            if j != dead {
+                sim.disconnect(dead, j);
+            }
+        }
+        let rest: Vec<usize> = (0..5).filter(|&j| j != dead).collect();
+        let took = sim.run_until(Duration::from_secs(3), |s| s.agreed_among(&rest).is_some());
+        let (new, new_term) = sim.agreed_among(&rest).unwrap();
+        assert_ne!(new, old);
+        assert!(new_term > term);
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
+
+    #[test]
+    fn silent_leader_is_replaced_after_the_leader_timeout() {
+        let mut sim = Sim::new(&ids(4), Config::default());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        let (old, _) = sim.agreed().unwrap();
+        let dead = sim.index(old);
+        // A cut link: the connections stay up, nothing gets through.
+        sim.drop = Box::new(move |from, to, _| from == dead || to == dead);
+        let rest: Vec<usize> = (0..4).filter(|&j| j != dead).collect();
+        sim.run_until(Duration::from_secs(3), |s| {
+            s.agreed_among(&rest).is_some_and(|(l, _)| l != old)
+        });
+    }
+
+    #[test]
+    fn goodbye_of_the_leader_starts_an_election_at_once() {
+        let mut sim = Sim::new(&ids(5), Config::default());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        let (old, _) = sim.agreed().unwrap();
+        let leaving = sim.index(old);
+        sim.input(leaving, Input::Leave);
+        sim.deliver();
+        assert_eq!(sim.nodes[leaving].next_deadline(), None);
+        let rest: Vec<usize> = (0..5).filter(|&j| j != leaving).collect();
+        let took = sim.run_until(Duration::from_secs(1), |s| s.agreed_among(&rest).is_some());
+        assert!(took < Duration::from_millis(700), "took {took:?}");
+    }
+
+    #[test]
+    fn newcomers_and_restarted_nodes_do_not_depose_the_leader() {
+        let ids = ids(6);
+        // The node with the smallest id joins late: it would win any fair election.
+        let mut sim = Sim::new(&ids, Config::default());
+        for i in 1..6 {
+            for j in i + 1..6 {
+                sim.connect(i, j);
+            }
+        }
+        let old: Vec<usize> = (1..6).collect();
+        sim.run_until(Duration::from_secs(3), |s| s.agreed_among(&old).is_some());
+        let (leader, term) = sim.agreed_among(&old).unwrap();
+        for round in 0..3 {
+            // Node 0 (re)starts with term 0 and meets everyone, late or early in its wait.
+            sim.nodes[0] = State::new(ids[0], Config::default(), round, sim.now);
+            for j in 1..6 {
+                sim.disconnect(0, j);
+            }
+            sim.run(Duration::from_millis(300 * round));
+            for j in 1..6 {
+                sim.connect(0, j);
+            }
+            sim.run(Duration::from_secs(3));
+            assert_eq!(
+                sim.agreed(),
+                Some((leader, term)),
+                "round {round}: {:?}",
+                sim.view()
+            );
+        }
+    }
+
+    #[test]
+    fn a_leader_returning_after_a_partition_follows_the_newer_leader() {
+        let mut sim = Sim::new(&ids(5), Config::default());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        let (old, _) = sim.agreed().unwrap();
+        let l = sim.index(old);
+        let other = (l + 1) % 5;
+        let minority = [l, other];
+        let majority: Vec<usize> = (0..5).filter(|j| !minority.contains(j)).collect();
+        for &i in &minority {
+            for &j in &majority {
+                sim.disconnect(i, j);
+            }
+        }
+        sim.run_until(Duration::from_secs(3), |s| {
+            s.agreed_among(&majority).is_some()
+        });
+        assert_eq!(sim.agreed_among(&minority).map(|(p, _)| p), Some(old));
+        let (new, new_term) = sim.agreed_among(&majority).unwrap();
+        sim.mesh();
+        let took = sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        assert_eq!(sim.agreed(), Some((new, new_term)), "the higher term wins");
+        assert!(took <= Duration::from_millis(20), "took {took:?}");
+        assert_eq!(sim.leaders(), 1);
+    }
+
+    #[test]
+    fn both_sides_of_a_partition_elect_and_the_heal_keeps_one() {
+        let mut sim = Sim::new(&ids(5), Config::default());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        let (a, b) = ([0, 1], [2, 3, 4]);
+        for i in a {
+            for j in b {
+                sim.disconnect(i, j);
+            }
+        }
+        sim.run_until(Duration::from_secs(3), |s| {
+            s.agreed_among(&a).is_some() && s.agreed_among(&b).is_some()
+        });
+        assert_eq!(sim.leaders(), 2);
+        sim.mesh();
+        sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        sim.run(Duration::from_secs(3));
+        assert_eq!(sim.leaders(), 1);
+        assert!(sim.agreed().is_some());
+    }
+
+    #[test]
+    fn a_cut_off_node_asks_again_in_the_same_term() {
+        let mut sim = Sim::new(&ids(3), Config::default());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        let (leader, term) = sim.agreed().unwrap();
+        let cut = (sim.index(leader) + 1) % 3;
+        // Its links stay up but carry nothing, as before the liveness watchdog closes them.
+        sim.drop = Box::new(move |from, to, _| from == cut || to == cut);
+        sim.run(Duration::from_secs(5));
+        assert!(matches!(sim.nodes[cut].role, Role::Candidate { .. }));
+        assert_eq!(
+            sim.nodes[cut].term(),
+            term + 1,
+            "one term, asked again and again"
+        );
+        // The watchdog closes its connections: alone, it leads in that same term.
+        for j in 0..3 {
+            if j != cut {
+                sim.disconnect(cut, j);
+            }
+        }
+        sim.run(Duration::from_secs(1));
+        assert_eq!(sim.nodes[cut].leader(), Some(sim.nodes[cut].local));
+        assert_eq!(sim.nodes[cut].term(), term + 1);
+    }
+
+    #[test]
+    fn lost_vote_replies_only_delay_the_election() {
+        let mut sim = Sim::new(&ids(3), Config::default());
+        let mut lost = 0;
+        sim.drop = Box::new(move |_, _, m| {
+            let drop = matches!(m, Message::VoteReply { granted: true, .. }) && lost < 4;
+            lost += drop as u32;
+            drop
+        });
+        sim.mesh();
+        sim.run_until(Duration::from_secs(5), |s| s.agreed().is_some());
+        assert_eq!(sim.leaders(), 1);
+        // Asked again in the same term, the voters grant the same candidate again.
+        assert_eq!(sim.agreed().unwrap().1, 1);
+    }
+
+    #[test]
+    fn lost_heartbeats_within_the_timeout_change_nothing() {
+        let mut sim = Sim::new(&ids(4), Config::default());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        let agreed = sim.agreed();
+        let changes = sim.changes.len();
+        // Every other heartbeat is lost for 10 s.
+        let mut n = 0u32;
+        sim.drop = Box::new(move |_, _, m| {
+            n += 1;
+            matches!(m, Message::Heartbeat { .. }) && n.is_multiple_of(2)
+        });
+        sim.run(Duration::from_secs(10));
+        assert_eq!(sim.agreed(), agreed);
+        assert_eq!(sim.changes.len(), changes);
+    }
+
+    #[test]
+    fn five_percent_loss_and_50_ms_latency_do_not_make_the_leader_flap() {
+        for seed in 0..5u64 {
+            let mut sim = Sim::new(&ids(5), Config::default());
+            sim.mesh();
+            sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+            let agreed = sim.agreed();
+            let changes = sim.changes.len();
+            // Harsher than the lab: a lost message is never retransmitted.
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            sim.drop = Box::new(move |_, _, _| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % 100 < 5
+            });
+            sim.latency = Duration::from_millis(50);
+            sim.run(Duration::from_secs(60));
+            assert_eq!(sim.changes.len(), changes, "seed {seed}: {:?}", sim.view());
+            assert_eq!(sim.agreed().map(|a| a.0), agreed.map(|a| a.0));
+        }
+    }
+
+    #[test]
+    fn a_node_that_left_ignores_everything() {
+        let [a, b]: [PeerId; 2] = ids(2).try_into().unwrap();
+        let t0 = Instant::now();
+        let mut s = follower(a, b, 3, &[], t0);
+        s.handle(t0, Input::Leave);
+        assert_eq!(s.leader(), None);
+        for input in [
+            Input::Tick,
+            Input::PeerConnected(PeerId::random()),
+            Input::Received {
+                from: b,
+                message: Message::VoteRequest { term: 9 },
+            },
+        ] {
+            assert!(s.handle(t0 + Duration::from_secs(5), input).is_empty());
+        }
+    }
+}

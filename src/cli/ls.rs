@@ -1,0 +1,112 @@
+//! `iwant ls`: what this node shares.
+
+use crate::{
+    config::Home,
+    control::{Client, Request, Response},
+    share::{IndexEntry, Kind},
+    store::ScanError,
+};
+
+pub(super) async fn run(home: Home, errors: bool, json: bool) -> anyhow::Result<()> {
+    match Client::new(home).request(Request::List { errors }).await? {
+        Response::Entries { entries } if json => super::print_json(&entries),
+        Response::ScanErrors { errors } if json => super::print_json(&errors),
+        Response::Entries { entries } => {
+            print!("{}", render_entries(&entries));
+            Ok(())
+        }
+        Response::ScanErrors { errors } => {
+            print!("{}", render_errors(&errors));
+            Ok(())
+        }
+        other => anyhow::bail!("the node answered a listing with {other:?}"),
+    }
+}
+
+fn render_entries(entries: &[IndexEntry]) -> String {
+    use std::fmt::Write;
+    let mut out = format!("{:<4}  {:>10}  {:<16}  PATH\n", "KIND", "SIZE", "ID");
+    for e in entries {
+        let kind = match e.kind {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+        };
+        let path = if e.path.is_empty() { "." } else { &e.path };
+        let path = if e.kind == Kind::Dir && !e.path.is_empty() {
+            format!("{path}/")
+        } else {
+            path.to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{kind:<4}  {:>10}  {:<16}  {path}",
+            human_bytes(e.size),
+            &e.id.to_hex()[..16]
+        );
+    }
+    out
+}
+
+fn render_errors(errors: &[ScanError]) -> String {
+    if errors.is_empty() {
+        return "Every entry of the shared folder is indexed.\n".into();
+    }
+    errors
+        .iter()
+        .map(|e| format!("{}: {}\n", e.path, e.reason))
+        .collect()
+}
+
+/// `1536` → `1.5 KiB`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn listing_shows_kind_size_short_id_and_path() {
+        let entries = vec![
+            IndexEntry {
+                path: String::new(),
+                kind: Kind::Dir,
+                size: 5,
+                id: blake3::hash(b"root"),
+            },
+            IndexEntry {
+                path: "a.txt".into(),
+                kind: Kind::File,
+                size: 5,
+                id: blake3::hash(b"hello"),
+            },
+        ];
+        let text = render_entries(&entries);
+        let hello = blake3::hash(b"hello").to_hex();
+        assert!(
+            text.contains(&format!("file         5 B  {}  a.txt", &hello[..16])),
+            "{text}"
+        );
+        assert!(text.lines().nth(1).unwrap().ends_with("  ."), "{text}");
+    }
+}

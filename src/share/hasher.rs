@@ -1,0 +1,103 @@
+//! Hashing files: the id and the piece hashes in one pass, pieces in parallel.
+
+use std::{fs::File, io, path::Path};
+
+use rayon::prelude::*;
+
+use super::pieces::{root_of_pieces, FileHash, Layout};
+
+/// Bytes read per `read` call while hashing.
+const READ_BUF: usize = 1024 * 1024;
+
+/// Hashes the file at `path`. Pieces are hashed in parallel on the current rayon pool. Fails
+/// with `UnexpectedEof` if the file shrinks while it is read.
+pub fn hash_file(path: &Path) -> io::Result<FileHash> {
+    hash_open_file(&File::open(path)?)
+}
+
+/// Hashes the file at `path` and returns its metadata as it was once read, so the caller can
+/// tell whether it changed while it was hashed.
+pub fn hash_file_with_metadata(path: &Path) -> io::Result<(FileHash, std::fs::Metadata)> {
+    let file = File::open(path)?;
+    let hash = hash_open_file(&file)?;
+    Ok((hash, file.metadata()?))
+}
+
+fn hash_open_file(file: &File) -> io::Result<FileHash> {
+    let len = file.metadata()?.len();
+    let layout = Layout::for_len(len);
+    if layout.count() == 1 {
+        let mut hasher = blake3::Hasher::new();
+        let read = hash_range(file, 0, len, &mut hasher)?;
+        debug_assert_eq!(read, len);
+        return Ok(FileHash {
+            id: hasher.finalize(),
+            layout,
+            pieces: Vec::new(),
+        });
+    }
+    let pieces = (0..layout.count())
+        .into_par_iter()
+        .map(|i| {
+            use blake3::hazmat::HasherExt;
+            let range = layout.piece_range(i).expect("bug: index in range");
+            let mut hasher = blake3::Hasher::new();
+            hasher.set_input_offset(range.start);
+            hash_range(file, range.start, range.end - range.start, &mut hasher)?;
+            Ok(hasher.finalize_non_root())
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let id = root_of_pieces(&layout, &pieces).expect("bug: full piece list");
+    Ok(FileHash { id, layout, pieces })
+}
+
+/// Feeds `len` bytes of `file` from `offset` into `hasher`.
+fn hash_range(file: &File, offset: u64, len: u64, hasher: &mut blake3::Hasher) -> io::Result<u64> {
+    let mut buf = vec![0u8; READ_BUF.min(len as usize).max(1)];
+    let mut done = 0u64;
+    while done < len {
+        let want = buf.len().min((len - done) as usize);
+        let n = read_at(file, &mut buf[..want], offset + done)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was hashed",
+            ));
+        }
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(done)
+}
+
+/// Positional read, safe to call from several threads on one `File`.
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        file.seek_read(buf, offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_hash_equals_plain_blake3_for_one_and_many_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0usize, 1, 300_000, 3 * 262_144 + 5] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let path = dir.path().join(format!("f{len}"));
+            std::fs::write(&path, &data).unwrap();
+            let hash = hash_file(&path).unwrap();
+            assert_eq!(hash.id, blake3::hash(&data), "len {len}");
+            assert_eq!(hash, FileHash::of_bytes(Layout::for_len(len as u64), &data));
+        }
+    }
+}

@@ -1,0 +1,849 @@
+//! The indexer thread: the one owner of the index.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use notify::{
+    event::AccessKind, event::AccessMode, EventKind, RecommendedWatcher, RecursiveMode, Watcher,
+};
+use rayon::prelude::*;
+use tokio::sync::broadcast;
+
+use super::{
+    hasher, manifest, scan, HashingProgress, IndexDelta, IndexEntry, IndexStatus, Kind,
+    DELTA_QUEUE, RESCAN_INTERVAL, SETTLE,
+};
+use crate::store::{DirRow, EntryRow, FileRow, IndexChange, ScanError, Store, StoreError};
+
+/// Filesystem events that may wait for the indexer; beyond, the next step is a full rescan.
+pub const EVENT_QUEUE: usize = 4096;
+
+/// Most files hashed between two commits (so progress and `ls` move during a long scan).
+const BATCH_FILES: usize = 512;
+
+/// Most bytes hashed between two commits.
+const BATCH_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The longest the thread sleeps before checking its flags again.
+const MAX_IDLE: Duration = Duration::from_millis(250);
+
+/// The `meta` key of the index version.
+const VERSION_KEY: &str = "index_version";
+
+enum Msg {
+    /// Paths the watcher reported (absolute).
+    Fs(Vec<PathBuf>),
+    /// Share another folder.
+    SetRoot(PathBuf),
+}
+
+struct Shared {
+    status: Mutex<IndexStatus>,
+    root: Mutex<PathBuf>,
+    /// The watcher lost events: rescan everything.
+    overflow: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// A handle to the indexer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct IndexHandle {
+    tx: SyncSender<Msg>,
+    shared: Arc<Shared>,
+    deltas: broadcast::Sender<Arc<IndexDelta>>,
+    db: PathBuf,
+}
+
+impl IndexHandle {
+    /// The indexer's current state.
+    pub fn status(&self) -> IndexStatus {
+        self.shared.status.lock().expect("bug: poisoned").clone()
+    }
+
+    /// The shared folder being indexed.
+    pub fn root(&self) -> PathBuf {
+        self.shared.root.lock().expect("bug: poisoned").clone()
+    }
+
+    /// Every future change of the index. A subscriber that falls [`DELTA_QUEUE`] deltas behind
+    /// gets `Lagged` and must start over from [`IndexHandle::entries`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<IndexDelta>> {
+        self.deltas.subscribe()
+    }
+
+    /// Switches to another shared folder; returns at once, the indexer catches up.
+    pub async fn set_root(&self, root: PathBuf) {
+        let tx = self.tx.clone();
+        // The queue may be full of watcher events: wait on a blocking thread, not here.
+        let _ = tokio::task::spawn_blocking(move || tx.send(Msg::SetRoot(root))).await;
+    }
+
+    /// Every indexed entry (files and directories, the shared folder as ""), sorted by path.
+    pub async fn entries(&self) -> Result<Vec<IndexEntry>, StoreError> {
+        let (db, root) = (self.db.clone(), self.root());
+        tokio::task::spawn_blocking(move || all_entries(&Store::open(&db)?, &root_key(&root)))
+            .await
+            .expect("bug: index query panicked")
+    }
+
+    /// The entries that could not be indexed, sorted by path.
+    pub async fn errors(&self) -> Result<Vec<ScanError>, StoreError> {
+        let (db, root) = (self.db.clone(), self.root());
+        tokio::task::spawn_blocking(move || Store::open(&db)?.scan_errors(&root_key(&root)))
+            .await
+            .expect("bug: index query panicked")
+    }
+
+    /// Asks the thread to stop after the batch it is working on.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The store key of a share root.
+fn root_key(root: &Path) -> String {
+    root.to_string_lossy().into_owned()
+}
+
+/// Opens the database at `db` and starts indexing `root` (an existing, canonical directory)
+/// on a thread of its own. The thread ends after [`IndexHandle::stop`].
+pub fn spawn(
+    db: PathBuf,
+    root: PathBuf,
+) -> Result<(IndexHandle, std::thread::JoinHandle<()>), StoreError> {
+    let store = Store::open(&db)?;
+    let version = store
+        .meta(VERSION_KEY)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
+    let (deltas, _) = broadcast::channel(DELTA_QUEUE);
+    let shared = Arc::new(Shared {
+        status: Mutex::new(IndexStatus {
+            version,
+            ..Default::default()
+        }),
+        root: Mutex::new(root.clone()),
+        overflow: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+    });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("iwant-hash-{i}"))
+        .build()
+        .map_err(|e| StoreError::Sqlite {
+            path: db.clone(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
+    let handle = IndexHandle {
+        tx: tx.clone(),
+        shared: shared.clone(),
+        deltas: deltas.clone(),
+        db,
+    };
+    let indexer = Indexer {
+        store,
+        key: root_key(&root),
+        root,
+        version,
+        shared,
+        deltas,
+        pool: Arc::new(pool),
+        tx,
+        watcher: None,
+        pending: HashMap::new(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("iwant-index".into())
+        .spawn(move || indexer.run(rx))
+        .expect("cannot start the indexer thread");
+    Ok((handle, thread))
+}
+
+struct Indexer {
+    store: Store,
+    root: PathBuf,
+    key: String,
+    version: u64,
+    shared: Arc<Shared>,
+    deltas: broadcast::Sender<Arc<IndexDelta>>,
+    pool: Arc<rayon::ThreadPool>,
+    tx: SyncSender<Msg>,
+    watcher: Option<RecommendedWatcher>,
+    /// Relative paths reported changed, with when they last were.
+    pending: HashMap<String, Instant>,
+}
+
+/// The outcome of one reconcile, before directory ids.
+struct Delta {
+    upserted: Vec<IndexEntry>,
+    removed: Vec<String>,
+}
+
+impl Indexer {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        self.full_scan(false);
+        let mut last_rescan = Instant::now();
+        while !self.stopping() {
+            let next_settle = self.pending.values().min().map(|t| *t + SETTLE);
+            let wake = next_settle
+                .unwrap_or_else(|| last_rescan + RESCAN_INTERVAL)
+                .min(last_rescan + RESCAN_INTERVAL);
+            let wait = wake.saturating_duration_since(Instant::now()).min(MAX_IDLE);
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Fs(paths)) => {
+                    let now = Instant::now();
+                    for p in paths {
+                        if let Some(rel) = self.rel_of(&p) {
+                            self.pending.insert(rel, now);
+                        }
+                    }
+                    // Fall through: paths that have settled are indexed even while other
+                    // paths keep changing.
+                }
+                Ok(Msg::SetRoot(root)) => {
+                    self.switch_root(root);
+                    last_rescan = Instant::now();
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.shared.overflow.swap(false, Ordering::Relaxed) {
+                tracing::info!("the watcher lost events; rescanning the shared folder");
+                self.pending.clear();
+                self.reconcile_logged("", false);
+                last_rescan = Instant::now();
+                continue;
+            }
+            let now = Instant::now();
+            let ready: Vec<String> = self
+                .pending
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) >= SETTLE)
+                .map(|(p, _)| p.clone())
+                .collect();
+            if !ready.is_empty() {
+                for rel in &ready {
+                    self.pending.remove(rel);
+                }
+                for rel in outermost(ready) {
+                    self.reconcile_logged(&rel, false);
+                }
+            }
+            if last_rescan.elapsed() >= RESCAN_INTERVAL {
+                self.reconcile_logged("", false);
+                last_rescan = Instant::now();
+            }
+        }
+        tracing::debug!("indexer stopped");
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    /// Starts watching the root; failures are logged and the periodic rescan carries on.
+    fn watch(&mut self) {
+        let tx = self.tx.clone();
+        let shared = self.shared.clone();
+        let handler = move |res: notify::Result<notify::Event>| {
+            let event = match res {
+                Ok(e) => e,
+                Err(_) => {
+                    shared.overflow.store(true, Ordering::Relaxed);
+                    return;
+                }
+            };
+            if event.need_rescan() {
+                shared.overflow.store(true, Ordering::Relaxed);
+                return;
+            }
+            // Reads (our own hashing among them) change nothing.
+            if let EventKind::Access(kind) = event.kind {
+                if kind != AccessKind::Close(AccessMode::Write) {
+                    return;
+                }
+            }
+            match tx.try_send(Msg::Fs(event.paths)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => shared.overflow.store(true, Ordering::Relaxed),
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        };
+        self.watcher = None;
+        match notify::recommended_watcher(handler) {
+            Ok(mut w) => match w
+                .configure(notify::Config::default().with_follow_symlinks(false))
+                .and_then(|_| w.watch(&self.root, RecursiveMode::Recursive))
+            {
+                Ok(()) => self.watcher = Some(w),
+                Err(e) => {
+                    tracing::warn!(root = %self.root.display(), error = %e, "cannot watch the shared folder; changes are picked up by the periodic rescan only")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no filesystem watcher; changes are picked up by the periodic rescan only")
+            }
+        }
+    }
+
+    /// The relative path of a watcher path; non-UTF-8 names map to their nearest UTF-8
+    /// ancestor. `None` outside the root.
+    fn rel_of(&self, abs: &Path) -> Option<String> {
+        let mut rel = abs.strip_prefix(&self.root).ok()?;
+        loop {
+            if let Some(s) = scan::rel_string(rel) {
+                return Some(s);
+            }
+            rel = rel.parent()?;
+        }
+    }
+
+    fn switch_root(&mut self, root: PathBuf) {
+        if root == self.root {
+            return;
+        }
+        tracing::info!(from = %self.root.display(), to = %root.display(), "switching the shared folder");
+        let old = std::mem::replace(&mut self.key, root_key(&root));
+        if let Err(e) = self.store.forget_other_roots(&[&old, &self.key]) {
+            tracing::warn!(error = %e, "cannot prune the old index");
+        }
+        self.root = root.clone();
+        *self.shared.root.lock().expect("bug: poisoned") = root;
+        self.pending.clear();
+        self.full_scan(true);
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.shared.status.lock().expect("bug: poisoned").ready = ready;
+    }
+
+    /// Indexes the whole share: a first pass without the watcher (inotify reports every open,
+    /// which would slow hashing down), then the watcher, then a catch-up walk that re-indexes
+    /// whatever changed during the first pass. `ready` is set at the end.
+    fn full_scan(&mut self, reset: bool) {
+        self.watcher = None;
+        self.set_ready(false);
+        let walk = scan::walk(&self.root, "");
+        let mut files: HashMap<String, (u64, i64, Option<u64>)> = walk
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), (f.size, f.mtime_ns, f.inode)))
+            .collect();
+        let mut dirs: HashSet<String> = walk.dirs.iter().cloned().collect();
+        self.reconcile_walk_logged("", walk, reset);
+        self.watch();
+        let again = scan::walk(&self.root, "");
+        let mut changed = Vec::new();
+        for f in again.files {
+            if files.remove(&f.path) != Some((f.size, f.mtime_ns, f.inode)) {
+                changed.push(f.path);
+            }
+        }
+        for d in again.dirs {
+            if !dirs.remove(&d) {
+                changed.push(d);
+            }
+        }
+        changed.extend(files.into_keys().chain(dirs));
+        for rel in outermost(changed) {
+            self.reconcile_logged(&rel, false);
+        }
+        self.set_ready(true);
+    }
+
+    fn reconcile_logged(&mut self, rel: &str, reset: bool) {
+        let walk = scan::walk(&self.root, rel);
+        self.reconcile_walk_logged(rel, walk, reset);
+    }
+
+    fn reconcile_walk_logged(&mut self, rel: &str, walk: scan::Walk, reset: bool) {
+        if let Err(e) = self.reconcile(rel, walk, reset) {
+            tracing::error!(path = rel, error = %e, "indexing failed; retrying at the next rescan");
+        }
+        self.refresh_counts();
+    }
+
+    /// Brings the index of `rel` (and its ancestors' directory ids) in line with `walk`, a
+    /// fresh walk of `rel`.
+    fn reconcile(&mut self, rel: &str, walk: scan::Walk, reset: bool) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let mut old_files: HashMap<String, FileRow> = self
+            .store
+            .files_under(&self.key, rel)?
+            .into_iter()
+            .map(|f| (f.path.clone(), f))
+            .collect();
+        let old_dirs: HashSet<String> = self
+            .store
+            .dirs_under(&self.key, rel)?
+            .into_iter()
+            .map(|d| d.path)
+            .collect();
+
+        let mut change = IndexChange {
+            errors_under: Some(rel.to_string()),
+            errors: walk.errors,
+            ..Default::default()
+        };
+        let mut to_hash = Vec::new();
+        // An empty table (a first scan) has nothing to reuse: skip one query per file.
+        let may_reuse = !old_files.is_empty() || self.store.has_files()?;
+        for found in walk.files {
+            match old_files.remove(&found.path) {
+                Some(row)
+                    if row.size == found.size
+                        && row.mtime_ns == found.mtime_ns
+                        && row.inode == found.inode => {}
+                _ if !may_reuse => to_hash.push(found),
+                _ => match self.reusable(&found)? {
+                    Some(row) => change.upsert_files.push(row),
+                    None => to_hash.push(found),
+                },
+            }
+        }
+        change.remove_files = old_files.into_keys().collect();
+
+        // Directories: the walked ones, and every ancestor of `rel` while something exists there.
+        let mut new_dirs: BTreeSet<String> = walk.dirs.into_iter().collect();
+        if !new_dirs.is_empty() || !change.upsert_files.is_empty() || !to_hash.is_empty() {
+            new_dirs.extend(ancestors(rel));
+        }
+        new_dirs.insert(String::new());
+        change.remove_dirs = old_dirs
+            .iter()
+            .filter(|d| !new_dirs.contains(*d))
+            .cloned()
+            .collect();
+        // New directories get a placeholder row now and their id in `update_dir_ids`.
+        change.upsert_dirs = new_dirs
+            .iter()
+            .filter(|d| is_at_or_below(d, rel) && !old_dirs.contains(*d))
+            .map(|d| DirRow {
+                path: d.clone(),
+                id: [0; 32],
+                size: 0,
+                files: 0,
+            })
+            .collect();
+        let mut delta = Delta {
+            upserted: Vec::new(),
+            removed: change
+                .remove_files
+                .iter()
+                .chain(&change.remove_dirs)
+                .cloned()
+                .collect(),
+        };
+
+        let unchanged = to_hash.is_empty() && !change.touches_entries();
+        self.hash_and_commit(to_hash, change, &mut delta)?;
+        if unchanged && !reset {
+            // The common case of the periodic rescan: nothing to recompute.
+            return Ok(());
+        }
+        // Directory ids: every directory at or below `rel`, and every ancestor.
+        let mut affected: BTreeSet<String> = new_dirs
+            .into_iter()
+            .filter(|d| is_at_or_below(d, rel))
+            .collect();
+        affected.extend(ancestors(rel));
+        self.update_dir_ids(&affected, &mut delta)?;
+        if reset || !delta.upserted.is_empty() || !delta.removed.is_empty() {
+            self.publish(delta, reset)?;
+        }
+        tracing::debug!(path = rel, elapsed = ?started.elapsed(), "reconciled");
+        Ok(())
+    }
+
+    /// A file hashed before (same inode, size, mtime, under any root), re-keyed to `found`.
+    fn reusable(&self, found: &scan::FoundFile) -> Result<Option<FileRow>, StoreError> {
+        let Some(inode) = found.inode else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .reusable_hash(inode, found.size, found.mtime_ns)?
+            .map(|row| FileRow {
+                path: found.path.clone(),
+                ..row
+            }))
+    }
+
+    /// Hashes `to_hash` in batches, committing each batch; then commits `change` (reused
+    /// hashes, removals, directories, errors) in one transaction.
+    fn hash_and_commit(
+        &mut self,
+        to_hash: Vec<scan::FoundFile>,
+        mut change: IndexChange,
+        delta: &mut Delta,
+    ) -> Result<(), StoreError> {
+        let mut progress = HashingProgress {
+            files_total: to_hash.len() as u64,
+            bytes_total: to_hash.iter().map(|f| f.size).sum(),
+            ..Default::default()
+        };
+        let mut hashed = Vec::new();
+        let mut queue = to_hash.into_iter().peekable();
+        let pool = self.pool.clone();
+        let root = self.root.clone();
+        // A pipeline: the pool hashes batch n + 1 while this thread records batch n.
+        let mut in_flight: Option<Vec<Hashed>> = None;
+        loop {
+            if progress.files_total > 0 {
+                self.set_progress(Some(progress.clone()));
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(f) = queue.next_if(|f| {
+                !self.stopping()
+                    && batch.len() < BATCH_FILES
+                    && (batch.is_empty() || bytes + f.size <= BATCH_BYTES)
+            }) {
+                bytes += f.size;
+                batch.push(f);
+            }
+            let mut next = None;
+            let mut recorded = Ok(());
+            pool.in_place_scope(|scope| {
+                if !batch.is_empty() {
+                    let (root, next) = (&root, &mut next);
+                    scope.spawn(move |_| *next = Some(hash_batch(root, batch)));
+                }
+                if let Some(results) = in_flight.take() {
+                    recorded =
+                        self.record_batch(results, &mut progress, &mut change, delta, &mut hashed);
+                }
+            });
+            recorded?;
+            match next {
+                Some(results) => in_flight = Some(results),
+                None => break,
+            }
+        }
+        self.set_progress(None);
+        self.store.apply_index_change(&self.key, &change)?;
+        delta.upserted.extend(
+            change
+                .upsert_files
+                .into_iter()
+                .chain(hashed)
+                .map(file_entry),
+        );
+        Ok(())
+    }
+
+    /// Records one hashed batch: counters, rows (committed at once), errors and retries.
+    fn record_batch(
+        &mut self,
+        results: Vec<Hashed>,
+        progress: &mut HashingProgress,
+        change: &mut IndexChange,
+        delta: &mut Delta,
+        hashed: &mut Vec<FileRow>,
+    ) -> Result<(), StoreError> {
+        let mut part = IndexChange::default();
+        for (found, result) in results {
+            progress.files_done += 1;
+            progress.bytes_done += found.size;
+            {
+                let mut status = self.shared.status.lock().expect("bug: poisoned");
+                status.hashed_files += 1;
+                status.hashed_bytes += found.size;
+            }
+            let unchanged = |m: &std::fs::Metadata| {
+                m.len() == found.size && scan::mtime_ns(m) == found.mtime_ns
+            };
+            match result {
+                Ok((hash, after)) if unchanged(&after) => part.upsert_files.push(FileRow {
+                    path: found.path,
+                    size: found.size,
+                    mtime_ns: found.mtime_ns,
+                    inode: found.inode,
+                    id: *hash.id.as_bytes(),
+                    piece_size: hash.layout.piece_size(),
+                    pieces: hash.pieces_bytes(),
+                }),
+                // Deleted since the walk.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    delta.removed.push(found.path.clone());
+                    change.remove_files.push(found.path);
+                }
+                // Changed while we read it: index it once it has settled.
+                Ok(_) => {
+                    self.pending.insert(found.path, Instant::now());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    self.pending.insert(found.path, Instant::now());
+                }
+                Err(e) => change.errors.push(ScanError {
+                    path: found.path,
+                    reason: format!("cannot read it: {e}"),
+                }),
+            }
+        }
+        self.store.apply_index_change(&self.key, &part)?;
+        hashed.append(&mut part.upsert_files);
+        Ok(())
+    }
+
+    /// Recomputes the ids of `dirs` from the stored entries; writes and reports the changed ones.
+    fn update_dir_ids(
+        &mut self,
+        dirs: &BTreeSet<String>,
+        delta: &mut Delta,
+    ) -> Result<(), StoreError> {
+        let entries = self.store.entries(&self.key)?;
+        let old: HashMap<String, DirRow> = self
+            .store
+            .dirs_under(&self.key, "")?
+            .into_iter()
+            .map(|d| (d.path.clone(), d))
+            .collect();
+        let mut change = IndexChange::default();
+        // Only directories that are indexed (new ones have a placeholder row by now).
+        for dir in dirs.iter().filter(|d| old.contains_key(*d)) {
+            let row = dir_row(&entries, dir);
+            if old.get(dir) != Some(&row) {
+                delta.upserted.push(dir_entry(row.clone()));
+                change.upsert_dirs.push(row);
+            }
+        }
+        self.store.apply_index_change(&self.key, &change)
+    }
+
+    fn publish(&mut self, delta: Delta, reset: bool) -> Result<(), StoreError> {
+        self.version += 1;
+        self.store
+            .set_meta(VERSION_KEY, &self.version.to_string())?;
+        let delta = if reset {
+            let all = all_entries(&self.store, &self.key)?;
+            IndexDelta {
+                version: self.version,
+                reset,
+                upserted: all,
+                removed: Vec::new(),
+            }
+        } else {
+            IndexDelta {
+                version: self.version,
+                reset,
+                upserted: delta.upserted,
+                removed: delta.removed,
+            }
+        };
+        tracing::debug!(
+            version = delta.version,
+            upserted = delta.upserted.len(),
+            removed = delta.removed.len(),
+            "index changed"
+        );
+        // No subscriber is fine: nobody needs the delta yet.
+        let _ = self.deltas.send(Arc::new(delta));
+        Ok(())
+    }
+
+    fn set_progress(&self, progress: Option<HashingProgress>) {
+        self.shared.status.lock().expect("bug: poisoned").hashing = progress;
+    }
+
+    fn refresh_counts(&self) {
+        match self.store.index_counts(&self.key) {
+            Ok(c) => {
+                let mut status = self.shared.status.lock().expect("bug: poisoned");
+                status.files = c.files;
+                status.dirs = c.dirs;
+                status.bytes = c.bytes;
+                status.errors = c.errors;
+                status.version = self.version;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count the index"),
+        }
+    }
+}
+
+/// The stored row for directory `dir`, computed from all entries of the share (sorted).
+fn dir_row(entries: &[EntryRow], dir: &str) -> DirRow {
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let start = entries.partition_point(|e| e.path.as_str() < prefix.as_str());
+    let below = entries[start..]
+        .iter()
+        .take_while(|e| e.path.starts_with(&prefix));
+    let mut manifest_entries = Vec::new();
+    let (mut size, mut files) = (0, 0);
+    for e in below {
+        let path = e.path[prefix.len()..].to_string();
+        if e.is_dir {
+            manifest_entries.push(manifest::Entry {
+                path,
+                kind: Kind::Dir,
+                size: 0,
+                id: None,
+            });
+        } else {
+            size += e.size;
+            files += 1;
+            manifest_entries.push(manifest::Entry {
+                path,
+                kind: Kind::File,
+                size: e.size,
+                id: Some(blake3::Hash::from_bytes(e.id)),
+            });
+        }
+    }
+    let id = manifest::id_of(&manifest::encode(&mut manifest_entries));
+    DirRow {
+        path: dir.to_string(),
+        id: *id.as_bytes(),
+        size,
+        files,
+    }
+}
+
+/// Whether `path` is `dir` or below it ("" is above everything).
+fn is_at_or_below(path: &str, dir: &str) -> bool {
+    dir.is_empty()
+        || path == dir
+        || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
+}
+
+/// The proper ancestors of `rel`, the root ("") included.
+fn ancestors(rel: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut at = 0;
+    while let Some(i) = rel[at..].find('/') {
+        out.push(rel[..at + i].to_string());
+        at += i + 1;
+    }
+    out
+}
+
+/// The paths of `paths` that have no ancestor in `paths`.
+fn outermost(mut paths: Vec<String>) -> Vec<String> {
+    paths.sort();
+    let mut out: Vec<String> = Vec::new();
+    for p in paths {
+        if !out.iter().any(|o| is_at_or_below(&p, o)) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Every entry of the share at `key` (directories and files), sorted by path.
+fn all_entries(store: &Store, key: &str) -> Result<Vec<IndexEntry>, StoreError> {
+    let mut out: Vec<IndexEntry> = store
+        .dirs_under(key, "")?
+        .into_iter()
+        .map(dir_entry)
+        .collect();
+    out.extend(store.files_under(key, "")?.into_iter().map(file_entry));
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn file_entry(f: FileRow) -> IndexEntry {
+    IndexEntry {
+        path: f.path,
+        kind: Kind::File,
+        size: f.size,
+        id: blake3::Hash::from_bytes(f.id),
+    }
+}
+
+fn dir_entry(d: DirRow) -> IndexEntry {
+    IndexEntry {
+        path: d.path,
+        kind: Kind::Dir,
+        size: d.size,
+        id: blake3::Hash::from_bytes(d.id),
+    }
+}
+
+/// A file and the outcome of hashing it (with its metadata once read).
+type Hashed = (
+    scan::FoundFile,
+    std::io::Result<(super::pieces::FileHash, std::fs::Metadata)>,
+);
+
+/// Hashes a batch in parallel on the current rayon pool.
+fn hash_batch(root: &Path, batch: Vec<scan::FoundFile>) -> Vec<Hashed> {
+    batch
+        .into_par_iter()
+        .map(|f| {
+            let result = hasher::hash_file_with_metadata(&scan::native(root, &f.path));
+            (f, result)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_helpers() {
+        assert_eq!(ancestors("a/b/c"), ["", "a", "a/b"]);
+        assert_eq!(ancestors("a"), [""]);
+        assert!(is_at_or_below("a/b", "a") && is_at_or_below("a", "a") && is_at_or_below("x", ""));
+        assert!(!is_at_or_below("ab", "a") && !is_at_or_below("a", "a/b"));
+        assert_eq!(
+            outermost(vec!["a/b".into(), "a".into(), "ab".into(), "a/c/d".into()]),
+            ["a", "ab"]
+        );
+        assert_eq!(outermost(vec!["x".into(), "".into()]), [""]);
+    }
+
+    #[test]
+    fn a_directory_id_is_the_hash_of_its_manifest() {
+        let file = |p: &str, size, fill| EntryRow {
+            path: p.into(),
+            is_dir: false,
+            size,
+            id: [fill; 32],
+        };
+        let dir = |p: &str| EntryRow {
+            path: p.into(),
+            is_dir: true,
+            size: 0,
+            id: [0; 32],
+        };
+        let entries = vec![dir("d"), file("d/x", 3, 1), dir("d/y"), file("e", 4, 2)];
+        let row = dir_row(&entries, "d");
+        let mut expected = vec![
+            manifest::Entry {
+                path: "x".into(),
+                kind: Kind::File,
+                size: 3,
+                id: Some(blake3::Hash::from_bytes([1; 32])),
+            },
+            manifest::Entry {
+                path: "y".into(),
+                kind: Kind::Dir,
+                size: 0,
+                id: None,
+            },
+        ];
+        assert_eq!(
+            row.id,
+            *manifest::id_of(&manifest::encode(&mut expected)).as_bytes()
+        );
+        assert_eq!((row.size, row.files), (3, 1));
+        let root = dir_row(&entries, "");
+        assert_eq!((root.size, root.files), (7, 2));
+        let empty = dir_row(&entries, "d/y");
+        assert_eq!(empty.id, *blake3::hash(manifest::MAGIC).as_bytes());
+    }
+}

@@ -1,0 +1,307 @@
+//! Directory manifests and directory ids.
+//!
+//! A directory's manifest lists every entry below it (files and directories, empty ones
+//! included, at any depth), and its id is the BLAKE3 hash of the manifest's canonical
+//! encoding, so the same tree has the same id on every machine. Encoding (all integers little
+//! endian):
+//!
+//! ```text
+//! manifest := MAGIC entry*            MAGIC = "iwant/manifest/1\n" (17 bytes)
+//! entry    := path_len:u32 path:[u8; path_len] kind:u8 size:u64 id:[u8; 32]
+//! ```
+//!
+//! `path` is relative to the directory, UTF-8, with `/` between components; entries are sorted
+//! by the bytes of `path` and appear once each. `kind` is 0 for a file, 1 for a directory. A
+//! file's `size` is its length and `id` its BLAKE3 hash; a directory's `size` and `id` are 0.
+
+use blake3::Hash;
+
+/// The first bytes of every manifest.
+pub const MAGIC: &[u8] = b"iwant/manifest/1\n";
+
+/// The longest path a manifest may hold, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// What a manifest entry is.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+}
+
+/// One entry of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the manifest's directory, `/`-separated.
+    pub path: String,
+    /// File or directory.
+    pub kind: Kind,
+    /// File length; 0 for directories.
+    pub size: u64,
+    /// File id; `None` for directories.
+    pub id: Option<Hash>,
+}
+
+/// Encodes entries (sorted here; the caller need not) as a manifest.
+pub fn encode(entries: &mut [Entry]) -> Vec<u8> {
+    entries.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    let mut out =
+        Vec::with_capacity(MAGIC.len() + entries.iter().map(|e| e.path.len() + 45).sum::<usize>());
+    out.extend_from_slice(MAGIC);
+    for e in entries.iter() {
+        out.extend_from_slice(&(e.path.len() as u32).to_le_bytes());
+        out.extend_from_slice(e.path.as_bytes());
+        out.push(match e.kind {
+            Kind::File => 0,
+            Kind::Dir => 1,
+        });
+        out.extend_from_slice(&e.size.to_le_bytes());
+        out.extend_from_slice(e.id.as_ref().map(|h| h.as_bytes()).unwrap_or(&[0; 32]));
+    }
+    out
+}
+
+/// The id of the directory whose manifest is `encoded`.
+pub fn id_of(encoded: &[u8]) -> Hash {
+    blake3::hash(encoded)
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// It does not start with [`MAGIC`].
+    #[error("not an iwant manifest")]
+    BadMagic,
+    /// It ends inside an entry.
+    #[error("manifest truncated")]
+    Truncated,
+    /// It holds more entries than allowed.
+    #[error("manifest has more than {0} entries")]
+    TooManyEntries(usize),
+    /// A path is unsafe, too long, not UTF-8, or out of order.
+    #[error("manifest path {path:?} refused: {reason}")]
+    BadPath {
+        /// The path, lossily decoded.
+        path: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// An entry has an unknown kind, or a directory with a size or id.
+    #[error("manifest entry {0:?} is malformed")]
+    BadEntry(String),
+}
+
+/// Decodes a manifest received from anyone, refusing anything not in canonical form: at most
+/// `max_entries` entries, safe relative paths (see [`check_relative_path`]), strictly sorted.
+pub fn decode(bytes: &[u8], max_entries: usize) -> Result<Vec<Entry>, ManifestError> {
+    let mut rest = bytes.strip_prefix(MAGIC).ok_or(ManifestError::BadMagic)?;
+    let mut entries: Vec<Entry> = Vec::new();
+    while !rest.is_empty() {
+        if entries.len() == max_entries {
+            return Err(ManifestError::TooManyEntries(max_entries));
+        }
+        let take = |rest: &mut &[u8], n: usize| -> Result<Vec<u8>, ManifestError> {
+            if rest.len() < n {
+                return Err(ManifestError::Truncated);
+            }
+            let (head, tail) = rest.split_at(n);
+            *rest = tail;
+            Ok(head.to_vec())
+        };
+        let len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes")) as usize;
+        if len > MAX_PATH_LEN {
+            return Err(ManifestError::BadPath {
+                path: String::new(),
+                reason: "longer than 4096 bytes",
+            });
+        }
+        let raw = take(&mut rest, len)?;
+        let path = String::from_utf8(raw).map_err(|e| ManifestError::BadPath {
+            path: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            reason: "not UTF-8",
+        })?;
+        check_relative_path(&path).map_err(|reason| ManifestError::BadPath {
+            path: path.clone(),
+            reason,
+        })?;
+        if let Some(prev) = entries.last() {
+            if prev.path.as_bytes() >= path.as_bytes() {
+                return Err(ManifestError::BadPath {
+                    path,
+                    reason: "not sorted or repeated",
+                });
+            }
+        }
+        let kind = take(&mut rest, 1)?[0];
+        let size = u64::from_le_bytes(take(&mut rest, 8)?.try_into().expect("8 bytes"));
+        let id: [u8; 32] = take(&mut rest, 32)?.try_into().expect("32 bytes");
+        let entry = match kind {
+            0 => Entry {
+                path,
+                kind: Kind::File,
+                size,
+                id: Some(Hash::from_bytes(id)),
+            },
+            1 if size == 0 && id == [0; 32] => Entry {
+                path,
+                kind: Kind::Dir,
+                size: 0,
+                id: None,
+            },
+            _ => return Err(ManifestError::BadEntry(path)),
+        };
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// Checks that `path` is a safe relative path in the network format: non-empty `/`-separated
+/// components, none empty, `.` or `..`, no `\`, `:` or NUL, no control characters, and no name
+/// that Windows reserves (`CON`, `NUL`, `COM1`, ..., or ending in a dot or space).
+pub fn check_relative_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("empty");
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err("longer than 4096 bytes");
+    }
+    for component in path.split('/') {
+        match component {
+            "" => return Err("empty component or absolute"),
+            "." | ".." => return Err("`.` or `..` component"),
+            _ => {}
+        }
+        if component
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '\\' | ':' | '<' | '>' | '"' | '|' | '?' | '*'))
+        {
+            return Err("character not allowed in file names on every platform");
+        }
+        if component.ends_with('.') || component.ends_with(' ') {
+            return Err("name ends in a dot or space");
+        }
+        let stem = component
+            .split('.')
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+            || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+                && stem.len() == 4
+                && stem.as_bytes()[3].is_ascii_digit());
+        if reserved {
+            return Err("name reserved on Windows");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64, fill: u8) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: Kind::File,
+            size,
+            id: Some(Hash::from_bytes([fill; 32])),
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: Kind::Dir,
+            size: 0,
+            id: None,
+        }
+    }
+
+    #[test]
+    fn encoding_is_canonical_whatever_the_input_order() {
+        let mut a = vec![file("b/x", 3, 1), dir("a"), file("b", 0, 2)];
+        let mut b = vec![dir("a"), file("b", 0, 2), file("b/x", 3, 1)];
+        assert_eq!(encode(&mut a), encode(&mut b));
+        assert_eq!(id_of(&encode(&mut a)), id_of(&encode(&mut b)));
+        let mut c = vec![dir("a"), file("b", 0, 2), file("b/x", 4, 1)];
+        assert_ne!(
+            id_of(&encode(&mut a)),
+            id_of(&encode(&mut c)),
+            "size is covered"
+        );
+    }
+
+    #[test]
+    fn encoding_matches_the_documented_bytes() {
+        let mut entries = vec![file("a", 5, 7)];
+        let bytes = encode(&mut entries);
+        let mut expected = MAGIC.to_vec();
+        expected.extend_from_slice(&[1, 0, 0, 0, b'a', 0, 5, 0, 0, 0, 0, 0, 0, 0]);
+        expected.extend_from_slice(&[7; 32]);
+        assert_eq!(bytes, expected);
+        assert_eq!(
+            id_of(&encode(&mut Vec::new())),
+            blake3::hash(MAGIC),
+            "empty directory"
+        );
+    }
+
+    #[test]
+    fn decode_round_trips_and_refuses_hostile_manifests() {
+        let mut entries = vec![dir("d"), file("d/f", 10, 3), file("e", 1, 4)];
+        let bytes = encode(&mut entries);
+        assert_eq!(decode(&bytes, 10).unwrap(), entries);
+        assert_eq!(decode(&bytes, 2), Err(ManifestError::TooManyEntries(2)));
+        assert_eq!(
+            decode(&bytes[..bytes.len() - 1], 10),
+            Err(ManifestError::Truncated)
+        );
+        assert_eq!(decode(b"nope", 10), Err(ManifestError::BadMagic));
+        for bad in [
+            "../x", "/abs", "a//b", "a/./b", "C:/x", "a\\b", "nul", "COM1.txt", "x.", "a\u{0}b", "",
+        ] {
+            let mut e = vec![file(bad, 1, 1)];
+            let bytes = encode(&mut e);
+            assert!(
+                matches!(decode(&bytes, 10), Err(ManifestError::BadPath { .. })),
+                "{bad:?}"
+            );
+        }
+        // Out of order or repeated.
+        let mut twice = MAGIC.to_vec();
+        for _ in 0..2 {
+            twice.extend_from_slice(&encode(&mut [file("a", 1, 1)])[MAGIC.len()..]);
+        }
+        assert!(matches!(
+            decode(&twice, 10),
+            Err(ManifestError::BadPath { .. })
+        ));
+        // A huge declared path length is refused before anything is allocated.
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode(&huge, 10),
+            Err(ManifestError::BadPath { .. })
+        ));
+    }
+
+    #[test]
+    fn ordinary_names_are_safe() {
+        for ok in [
+            "a",
+            "a/b c/d.txt",
+            "über/日本.md",
+            ".hidden",
+            "console/x",
+            "COM10",
+        ] {
+            assert_eq!(check_relative_path(ok), Ok(()), "{ok}");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The shared folder: scanning, hashing, the watcher, and the index deltas.
+//!
+//! One thread, the indexer ([`spawn`]), owns the index: it walks the shared folder, hashes what
+//! is new or changed (pieces in parallel on a bounded rayon pool), writes the results to the
+//! store in batches, keeps directory ids up to date, and publishes every change as an
+//! [`IndexDelta`] with a monotonically increasing version. A `notify` watcher feeds it the paths
+//! that changed; each is handled once it has been quiet for [`SETTLE`], by re-walking just that
+//! path; a cheap stat-only rescan every [`RESCAN_INTERVAL`] catches whatever the watcher missed.
+//! Unchanged files (path, size, mtime, inode) are never read again; a file seen before under
+//! any root with the same inode, size and mtime reuses its hashes.
+//!
+//! - [`pieces`]: how files are cut into verifiable pieces (the id is the plain BLAKE3 hash).
+//! - [`manifest`]: directory manifests and directory ids.
+//! - [`scan`]: walking without reading contents. [`hasher`]: hashing one file.
+
+pub mod hasher;
+mod indexer;
+pub mod manifest;
+pub mod pieces;
+pub mod scan;
+
+use std::time::Duration;
+
+pub use indexer::{spawn, IndexHandle};
+pub use manifest::Kind;
+use serde::{Deserialize, Serialize};
+
+/// How long a changed path must be quiet before it is indexed.
+pub const SETTLE: Duration = Duration::from_millis(250);
+
+/// How often the whole share is re-walked (stat only) to catch missed watcher events.
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How many index deltas may wait for a slow subscriber before it must resynchronise.
+pub const DELTA_QUEUE: usize = 64;
+
+/// One entry of the index, as it may be shown or sent to other nodes: never an absolute path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// Path relative to the shared folder, `/`-separated; "" is the shared folder itself.
+    pub path: String,
+    /// File or directory.
+    pub kind: Kind,
+    /// A file's length, or the total length of the files below a directory.
+    pub size: u64,
+    /// The file's BLAKE3 hash, or the directory's manifest hash (64 hex digits in JSON).
+    #[serde(with = "hex_hash")]
+    pub id: blake3::Hash,
+}
+
+/// A change of the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexDelta {
+    /// The index version after this change; each delta is the previous version + 1.
+    pub version: u64,
+    /// When true, everything the subscriber knew is void (the shared folder changed) and
+    /// `upserted` is the whole new index.
+    pub reset: bool,
+    /// Entries added or changed.
+    pub upserted: Vec<IndexEntry>,
+    /// Paths of entries gone.
+    pub removed: Vec<String>,
+}
+
+/// The indexer's state, for `iwant status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexStatus {
+    /// Whether the first scan of the shared folder has finished.
+    pub ready: bool,
+    /// Indexed files.
+    pub files: u64,
+    /// Indexed directories, the shared folder included.
+    pub dirs: u64,
+    /// Total bytes of the indexed files.
+    pub bytes: u64,
+    /// Entries that could not be indexed (`iwant ls --errors`).
+    pub errors: u64,
+    /// The index version (see [`IndexDelta::version`]).
+    pub version: u64,
+    /// Hashing progress while a scan hashes files; `None` when idle.
+    pub hashing: Option<HashingProgress>,
+    /// Files hashed since the node started (unchanged files are never hashed again).
+    pub hashed_files: u64,
+    /// Bytes of file content read for hashing since the node started.
+    pub hashed_bytes: u64,
+}
+
+/// How far a scan's hashing has got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashingProgress {
+    /// Files hashed so far in this scan.
+    pub files_done: u64,
+    /// Files this scan hashes.
+    pub files_total: u64,
+    /// Bytes hashed so far.
+    pub bytes_done: u64,
+    /// Bytes this scan hashes.
+    pub bytes_total: u64,
+}
+
+/// Serde for hashes as hex strings.
+pub mod hex_hash {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    /// Writes 64 hex digits.
+    pub fn serialize<S: Serializer>(hash: &blake3::Hash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(hash.to_hex().as_str())
+    }
+
+    /// Reads 64 hex digits.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<blake3::Hash, D::Error> {
+        let text = <&str>::deserialize(d)?;
+        blake3::Hash::from_hex(text).map_err(D::Error::custom)
+    }
+}

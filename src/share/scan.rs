@@ -1,0 +1,240 @@
+//! Walking the shared folder: what is there, by relative path, without reading file contents.
+
+use std::{
+    fs::{self, Metadata},
+    path::{Path, PathBuf},
+    time::UNIX_EPOCH,
+};
+
+use crate::store::ScanError;
+
+/// Files whose name ends like this are downloads in progress and never indexed.
+pub const PARTIAL_SUFFIX: &str = ".iwant-part";
+
+/// A regular file found by a walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundFile {
+    /// Path relative to the share root, `/`-separated.
+    pub path: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Inode number, where the platform has one.
+    pub inode: Option<u64>,
+}
+
+/// What a walk of a subtree found.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// Regular files (and symlinks to files inside the share).
+    pub files: Vec<FoundFile>,
+    /// Directories, the walked one included when it is a directory.
+    pub dirs: Vec<String>,
+    /// Entries that cannot be indexed, with the reason.
+    pub errors: Vec<ScanError>,
+}
+
+/// The `/`-separated form of `rel`, or `None` if a component is not UTF-8.
+pub fn rel_string(rel: &Path) -> Option<String> {
+    let mut out = String::new();
+    for c in rel.components() {
+        let s = c.as_os_str().to_str()?;
+        if !out.is_empty() {
+            out.push('/');
+        }
+        out.push_str(s);
+    }
+    Some(out)
+}
+
+/// The native path of a `/`-separated relative path under `root`.
+pub fn native(root: &Path, rel: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    if !rel.is_empty() {
+        p.extend(rel.split('/'));
+    }
+    p
+}
+
+/// Modification time in nanoseconds since the Unix epoch (negative before it).
+pub fn mtime_ns(meta: &Metadata) -> i64 {
+    match meta.modified() {
+        Ok(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+        },
+        Err(_) => 0,
+    }
+}
+
+/// The inode number, where there is one.
+pub fn inode(meta: &Metadata) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+/// Walks `rel` (a file or directory, "" for the whole share) under `root`. Missing `rel` gives
+/// an empty walk. Symlinks are followed only to files inside the share; directory symlinks are
+/// not followed (no cycles, no escape). Sockets, fifos and devices are skipped.
+pub fn walk(root: &Path, rel: &str) -> Walk {
+    let mut walk = Walk::default();
+    let mut stack = vec![rel.to_string()];
+    while let Some(rel) = stack.pop() {
+        let abs = native(root, &rel);
+        let meta = match fs::symlink_metadata(&abs) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                walk.errors.push(error(&rel, e));
+                continue;
+            }
+        };
+        let meta = if meta.file_type().is_symlink() {
+            match resolve_link(root, &abs) {
+                Some(m) => m,
+                None => continue,
+            }
+        } else {
+            meta
+        };
+        if meta.is_dir() {
+            let entries = match fs::read_dir(&abs) {
+                Ok(e) => e,
+                Err(e) => {
+                    walk.errors.push(error(&rel, e));
+                    continue;
+                }
+            };
+            walk.dirs.push(rel.clone());
+            for entry in entries {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        walk.errors.push(error(&rel, e));
+                        continue;
+                    }
+                };
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    let lossy = name.to_string_lossy();
+                    walk.errors.push(ScanError {
+                        path: join(&rel, &lossy),
+                        reason: "the name is not valid UTF-8".into(),
+                    });
+                    continue;
+                };
+                stack.push(join(&rel, name));
+            }
+        } else if meta.is_file() {
+            if rel.ends_with(PARTIAL_SUFFIX) {
+                continue;
+            }
+            walk.files.push(FoundFile {
+                path: rel,
+                size: meta.len(),
+                mtime_ns: mtime_ns(&meta),
+                inode: inode(&meta),
+            });
+        }
+        // Anything else (socket, fifo, device) is skipped on purpose.
+    }
+    walk
+}
+
+/// The metadata of a symlink's target if it is a file inside `root`; `None` otherwise.
+fn resolve_link(root: &Path, link: &Path) -> Option<Metadata> {
+    let target = fs::canonicalize(link).ok()?;
+    if !target.starts_with(root) {
+        tracing::debug!(link = %link.display(), "not following a symlink out of the shared folder");
+        return None;
+    }
+    let meta = fs::metadata(&target).ok()?;
+    meta.is_file().then_some(meta)
+}
+
+fn join(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_string()
+    } else {
+        format!("{rel}/{name}")
+    }
+}
+
+fn error(rel: &str, e: std::io::Error) -> ScanError {
+    ScanError {
+        path: rel.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_finds_files_and_dirs_and_skips_what_it_must() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        fs::create_dir_all(root.join("a/empty")).unwrap();
+        fs::write(root.join("a/f.txt"), b"hello").unwrap();
+        fs::write(root.join("top"), b"x").unwrap();
+        fs::write(root.join("dl.bin.iwant-part"), b"partial").unwrap();
+        #[cfg(unix)]
+        {
+            let outside = tempfile::tempdir().unwrap();
+            fs::write(outside.path().join("secret"), b"s").unwrap();
+            std::os::unix::fs::symlink(outside.path().join("secret"), root.join("escape")).unwrap();
+            std::os::unix::fs::symlink(root.join("top"), root.join("inner-link")).unwrap();
+            std::os::unix::fs::symlink(&root, root.join("a/loop")).unwrap();
+            let _ = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+        }
+        let mut w = walk(&root, "");
+        w.files.sort_by(|a, b| a.path.cmp(&b.path));
+        w.dirs.sort();
+        let files: Vec<&str> = w.files.iter().map(|f| f.path.as_str()).collect();
+        #[cfg(unix)]
+        assert_eq!(files, ["a/f.txt", "inner-link", "top"]);
+        assert_eq!(w.dirs, ["", "a", "a/empty"]);
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        assert_eq!(w.files[0].size, 5);
+
+        let sub = walk(&root, "a");
+        assert_eq!(sub.dirs.len(), 2);
+        assert!(walk(&root, "missing").files.is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn non_utf8_names_are_reported_not_indexed() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xff")), b"x").unwrap();
+        let w = walk(&root, "");
+        assert!(w.files.is_empty());
+        assert_eq!(w.errors.len(), 1);
+        assert!(w.errors[0].reason.contains("UTF-8"));
+    }
+
+    #[test]
+    fn relative_paths_use_slashes() {
+        assert_eq!(
+            rel_string(Path::new("a").join("b").as_path()).unwrap(),
+            "a/b"
+        );
+        assert_eq!(
+            native(Path::new("/r"), "a/b"),
+            Path::new("/r").join("a").join("b")
+        );
+        assert_eq!(native(Path::new("/r"), ""), Path::new("/r"));
+    }
+}

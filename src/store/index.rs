@@ -1,0 +1,386 @@
+//! Queries on the index tables (`files`, `dirs`, `scan_errors`).
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{Store, StoreError};
+
+/// One indexed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    /// Path relative to the share root, `/`-separated.
+    pub path: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Inode number, where the platform has one.
+    pub inode: Option<u64>,
+    /// BLAKE3 hash of the content.
+    pub id: [u8; 32],
+    /// Piece size used for `pieces`.
+    pub piece_size: u64,
+    /// Piece hashes, 32 bytes each; empty for one-piece files.
+    pub pieces: Vec<u8>,
+}
+
+/// One indexed directory (the share root has the path "").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirRow {
+    /// Path relative to the share root.
+    pub path: String,
+    /// The directory id (hash of its manifest).
+    pub id: [u8; 32],
+    /// Total bytes of the files below it.
+    pub size: u64,
+    /// Number of files below it.
+    pub files: u64,
+}
+
+/// A file or directory as a manifest needs it: no piece hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRow {
+    /// Path relative to the share root.
+    pub path: String,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+    /// File length (directories: their stored total).
+    pub size: u64,
+    /// File id (directories: their stored id).
+    pub id: [u8; 32],
+}
+
+/// An entry that could not be indexed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScanError {
+    /// Path relative to the share root (lossy if the name is not UTF-8).
+    pub path: String,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// Totals of one root's index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexCounts {
+    /// Indexed files.
+    pub files: u64,
+    /// Indexed directories, the root included.
+    pub dirs: u64,
+    /// Total bytes of the indexed files.
+    pub bytes: u64,
+    /// Entries that could not be indexed.
+    pub errors: u64,
+}
+
+/// One batch of changes, written in one transaction.
+#[derive(Debug, Default)]
+pub struct IndexChange {
+    /// Files added or changed.
+    pub upsert_files: Vec<FileRow>,
+    /// Files gone, by path.
+    pub remove_files: Vec<String>,
+    /// Directories added or whose id changed.
+    pub upsert_dirs: Vec<DirRow>,
+    /// Directories gone, by path.
+    pub remove_dirs: Vec<String>,
+    /// Replace the scan errors at and below this path (`Some("")`: all) with `errors`.
+    pub errors_under: Option<String>,
+    /// The new scan errors.
+    pub errors: Vec<ScanError>,
+}
+
+impl IndexChange {
+    /// Whether the batch changes files or directories (scan errors aside).
+    pub fn touches_entries(&self) -> bool {
+        !(self.upsert_files.is_empty()
+            && self.remove_files.is_empty()
+            && self.upsert_dirs.is_empty()
+            && self.remove_dirs.is_empty())
+    }
+}
+
+/// The SQL condition "path is `rel` or below it" on parameters ?2 (rel), ?3 (rel + "/"),
+/// ?4 (rel + "0"): '0' is the byte after '/', so the range holds exactly the paths below.
+const UNDER: &str = "(?2 = '' OR path = ?2 OR (path >= ?3 AND path < ?4))";
+
+fn under_params(rel: &str) -> (String, String) {
+    (format!("{rel}/"), format!("{rel}0"))
+}
+
+fn file_row(row: &Row<'_>) -> rusqlite::Result<FileRow> {
+    Ok(FileRow {
+        path: row.get(0)?,
+        size: row.get::<_, i64>(1)? as u64,
+        mtime_ns: row.get(2)?,
+        inode: row.get::<_, Option<i64>>(3)?.map(|i| i as u64),
+        id: row.get(4)?,
+        piece_size: row.get::<_, i64>(5)? as u64,
+        pieces: row.get(6)?,
+    })
+}
+
+const FILE_COLUMNS: &str = "path, size, mtime_ns, inode, id, piece_size, pieces";
+
+impl Store {
+    /// The files of `root` at or below `rel` ("" for all).
+    pub fn files_under(&self, root: &str, rel: &str) -> Result<Vec<FileRow>, StoreError> {
+        let (lo, hi) = under_params(rel);
+        let sql =
+            format!("SELECT {FILE_COLUMNS} FROM files WHERE root = ?1 AND {UNDER} ORDER BY path");
+        self.query(&sql, params![root, rel, lo, hi], file_row)
+    }
+
+    /// The directory paths of `root` at or below `rel`.
+    pub fn dirs_under(&self, root: &str, rel: &str) -> Result<Vec<DirRow>, StoreError> {
+        let (lo, hi) = under_params(rel);
+        let sql = format!(
+            "SELECT path, id, size, files FROM dirs WHERE root = ?1 AND {UNDER} ORDER BY path"
+        );
+        self.query(&sql, params![root, rel, lo, hi], |row| {
+            Ok(DirRow {
+                path: row.get(0)?,
+                id: row.get(1)?,
+                size: row.get::<_, i64>(2)? as u64,
+                files: row.get::<_, i64>(3)? as u64,
+            })
+        })
+    }
+
+    /// Every file and directory of `root` except the root itself, sorted by path bytes.
+    pub fn entries(&self, root: &str) -> Result<Vec<EntryRow>, StoreError> {
+        self.query(
+            "SELECT path, 0, size, id FROM files WHERE root = ?1
+             UNION ALL SELECT path, 1, size, id FROM dirs WHERE root = ?1 AND path != ''
+             ORDER BY 1",
+            params![root],
+            |row| {
+                Ok(EntryRow {
+                    path: row.get(0)?,
+                    is_dir: row.get::<_, i64>(1)? == 1,
+                    size: row.get::<_, i64>(2)? as u64,
+                    id: row.get(3)?,
+                })
+            },
+        )
+    }
+
+    /// Removes every index row of roots other than `keep` (at most two roots are kept: the
+    /// current one and, as a hash cache, the previous one).
+    pub fn forget_other_roots(&mut self, keep: &[&str]) -> Result<(), StoreError> {
+        let placeholders = vec!["?"; keep.len()].join(", ");
+        for table in ["files", "dirs", "scan_errors"] {
+            let sql = format!("DELETE FROM {table} WHERE root NOT IN ({placeholders})");
+            self.conn
+                .execute(&sql, rusqlite::params_from_iter(keep))
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(())
+    }
+
+    /// The scan errors of `root`, sorted by path.
+    pub fn scan_errors(&self, root: &str) -> Result<Vec<ScanError>, StoreError> {
+        self.query(
+            "SELECT path, reason FROM scan_errors WHERE root = ?1 ORDER BY path",
+            params![root],
+            |row| {
+                Ok(ScanError {
+                    path: row.get(0)?,
+                    reason: row.get(1)?,
+                })
+            },
+        )
+    }
+
+    /// A file hashed before, under any root, with this inode, size and mtime: its hashes can be
+    /// reused.
+    pub fn reusable_hash(
+        &self,
+        inode: u64,
+        size: u64,
+        mtime_ns: i64,
+    ) -> Result<Option<FileRow>, StoreError> {
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM files WHERE inode = ?1 AND size = ?2 AND mtime_ns = ?3 LIMIT 1"
+        );
+        self.conn
+            .query_row(&sql, params![inode as i64, size as i64, mtime_ns], file_row)
+            .optional()
+            .map_err(|e| self.error(e))
+    }
+
+    /// Whether any file is indexed under any root.
+    pub fn has_files(&self) -> Result<bool, StoreError> {
+        self.conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM files)", [], |r| r.get(0))
+            .map_err(|e| self.error(e))
+    }
+
+    /// Totals of `root`'s index.
+    pub fn index_counts(&self, root: &str) -> Result<IndexCounts, StoreError> {
+        let (files, bytes): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM files WHERE root = ?1",
+                [root],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.error(e))?;
+        let count = |table: &str| -> Result<u64, StoreError> {
+            self.conn
+                .query_row(
+                    &format!("SELECT count(*) FROM {table} WHERE root = ?1"),
+                    [root],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+                .map_err(|e| self.error(e))
+        };
+        Ok(IndexCounts {
+            files: files as u64,
+            bytes: bytes as u64,
+            dirs: count("dirs")?,
+            errors: count("scan_errors")?,
+        })
+    }
+
+    /// Writes one batch of index changes for `root` in one transaction.
+    pub fn apply_index_change(
+        &mut self,
+        root: &str,
+        change: &IndexChange,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut del = tx
+                .prepare_cached("DELETE FROM files WHERE root = ?1 AND path = ?2")
+                .map_err(err)?;
+            for p in &change.remove_files {
+                del.execute(params![root, p]).map_err(err)?;
+            }
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO files (root, path, size, mtime_ns, inode, id, piece_size, pieces)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(err)?;
+            for f in &change.upsert_files {
+                put.execute(params![
+                    root,
+                    f.path,
+                    f.size as i64,
+                    f.mtime_ns,
+                    f.inode.map(|i| i as i64),
+                    f.id,
+                    f.piece_size as i64,
+                    f.pieces
+                ])
+                .map_err(err)?;
+            }
+            let mut del = tx
+                .prepare_cached("DELETE FROM dirs WHERE root = ?1 AND path = ?2")
+                .map_err(err)?;
+            for p in &change.remove_dirs {
+                del.execute(params![root, p]).map_err(err)?;
+            }
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO dirs (root, path, id, size, files) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(err)?;
+            for d in &change.upsert_dirs {
+                put.execute(params![root, d.path, d.id, d.size as i64, d.files as i64])
+                    .map_err(err)?;
+            }
+            if let Some(rel) = &change.errors_under {
+                let (lo, hi) = under_params(rel);
+                tx.execute(
+                    &format!("DELETE FROM scan_errors WHERE root = ?1 AND {UNDER}"),
+                    params![root, rel, lo, hi],
+                )
+                .map_err(err)?;
+                let mut put = tx
+                    .prepare_cached("INSERT OR REPLACE INTO scan_errors (root, path, reason) VALUES (?1, ?2, ?3)")
+                    .map_err(err)?;
+                for e in &change.errors {
+                    put.execute(params![root, e.path, e.reason]).map_err(err)?;
+                }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    fn query<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.error(e))?;
+        let rows = stmt.query_map(params, map).map_err(|e| self.error(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, inode: u64) -> FileRow {
+        FileRow {
+            path: path.into(),
+            size: 10,
+            mtime_ns: 5,
+            inode: Some(inode),
+            id: [inode as u8; 32],
+            piece_size: 262_144,
+            pieces: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn under_selects_exactly_the_subtree() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let change = IndexChange {
+            upsert_files: ["a", "a/b", "a/b/c", "a-b", "a0", "ab", "b"]
+                .iter()
+                .enumerate()
+                .map(|(i, p)| file(p, i as u64))
+                .collect(),
+            ..Default::default()
+        };
+        store.apply_index_change("/r", &change).unwrap();
+        fn paths(store: &Store, rel: &str) -> Vec<String> {
+            store
+                .files_under("/r", rel)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.path)
+                .collect()
+        }
+        assert_eq!(paths(&store, "a"), ["a", "a/b", "a/b/c"]);
+        assert_eq!(paths(&store, "a/b"), ["a/b", "a/b/c"]);
+        assert_eq!(paths(&store, "").len(), 7);
+        assert!(store.files_under("/other", "").unwrap().is_empty());
+        assert_eq!(store.reusable_hash(3, 10, 5).unwrap().unwrap().path, "a-b");
+        assert_eq!(store.index_counts("/r").unwrap().files, 7);
+
+        let change = IndexChange {
+            remove_files: vec!["a/b".into()],
+            errors_under: Some("a".into()),
+            errors: vec![ScanError {
+                path: "a/x".into(),
+                reason: "permission denied".into(),
+            }],
+            ..Default::default()
+        };
+        store.apply_index_change("/r", &change).unwrap();
+        assert_eq!(paths(&store, "a"), ["a", "a/b/c"]);
+        assert_eq!(store.scan_errors("/r").unwrap().len(), 1);
+    }
+}
