@@ -95,8 +95,10 @@ fn install_tracing() {
         eprintln!("warning: ignoring the log filter {filter:?}: {e}");
         EnvFilter::new("info")
     });
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -28,9 +28,9 @@ fn render(s: &StatusReply) -> String {
     let i = &s.index;
     let _ = writeln!(
         out,
-        "Index:            {} files, {} directories, {} (version {}){}",
-        i.files,
-        i.dirs,
+        "Index:            {}, {}, {} (version {}){}",
+        super::count(i.files, "file", "files"),
+        super::count(i.dirs, "directory", "directories"),
         super::ls::human_bytes(i.bytes),
         i.version,
         if i.ready { "" } else { ", first scan running" }
@@ -48,8 +48,8 @@ fn render(s: &StatusReply) -> String {
     if i.errors > 0 {
         let _ = writeln!(
             out,
-            "Not indexed:      {} entries (see `iwant ls --errors`)",
-            i.errors
+            "Not indexed:      {} (see `iwant ls --errors`)",
+            super::count(i.errors, "entry", "entries")
         );
     }
     if s.listen_addrs.is_empty() {
@@ -125,7 +125,7 @@ mod tests {
             text.contains("Index:            3 files, 2 directories, 2.0 KiB (version 7)\n"),
             "{text}"
         );
-        assert!(text.contains("Not indexed:      1 entries"), "{text}");
+        assert!(text.contains("Not indexed:      1 entry"), "{text}");
         assert!(
             text.contains("Listening on:     /ip4/10.0.0.1/tcp/4747\n"),
             "{text}"

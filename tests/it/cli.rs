@@ -451,7 +451,7 @@ fn ls_lists_shared_files_with_the_ids_b3sum_prints() {
     assert_eq!(status["index"]["ready"], true);
     let (_, out, _) = run(iwant(&home).arg("status"));
     assert!(
-        out.contains("Index:            1 files, 2 directories, 683.6 KiB"),
+        out.contains("Index:            1 file, 2 directories, 683.6 KiB"),
         "{out}"
     );
 }
