@@ -51,9 +51,29 @@ fn hash_open_file(file: &File) -> io::Result<FileHash> {
     Ok(FileHash { id, layout, pieces })
 }
 
+thread_local! {
+    /// Each hashing thread's read buffer, allocated once rather than per piece.
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Feeds `len` bytes of `file` from `offset` into `hasher`.
 fn hash_range(file: &File, offset: u64, len: u64, hasher: &mut blake3::Hasher) -> io::Result<u64> {
-    let mut buf = vec![0u8; READ_BUF.min(len as usize).max(1)];
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.len() < READ_BUF {
+            buf.resize(READ_BUF, 0);
+        }
+        hash_range_with(file, offset, len, hasher, &mut buf)
+    })
+}
+
+fn hash_range_with(
+    file: &File,
+    offset: u64,
+    len: u64,
+    hasher: &mut blake3::Hasher,
+    buf: &mut [u8],
+) -> io::Result<u64> {
     let mut done = 0u64;
     while done < len {
         let want = buf.len().min((len - done) as usize);

@@ -347,6 +347,61 @@ mod other_users {
     }
 
     #[test]
+    fn unreadable_files_are_reported_and_the_rest_is_indexed() {
+        use std::os::unix::fs::PermissionsExt;
+        if !can_run("unreadable_files_are_reported_and_the_rest_is_indexed") {
+            return;
+        }
+        // The node runs as `nobody`, so a root-owned file of mode 000 is really unreadable.
+        let dir = world_reachable_dir();
+        let home = dir.path().join("h");
+        fs::create_dir(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+        let share = dir.path().join("share");
+        fs::create_dir(&share).unwrap();
+        fs::set_permissions(&share, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(share.join("ok.txt"), b"readable").unwrap();
+        fs::set_permissions(share.join("ok.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(share.join("secret.txt"), b"not for you").unwrap();
+        fs::set_permissions(share.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+        let (code, _, err) = as_nobody(&home, &["share", share.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let mut child = iwant(&home)
+            .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let listed =
+            crate::util::wait_for(std::time::Duration::from_secs(20), "the first scan", || {
+                let (code, out, _) = as_nobody(&home, &["status", "--json"]);
+                let status: serde_json::Value = serde_json::from_str(&out).ok()?;
+                (code == 0 && status["index"]["ready"] == true).then_some(status)
+            });
+        let (_, errors, _) = as_nobody(&home, &["ls", "--errors", "--json"]);
+        let (_, entries, _) = as_nobody(&home, &["ls", "--json"]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(listed["index"]["files"], 1, "{listed}");
+        assert_eq!(listed["index"]["errors"], 1, "{listed}");
+        let errors: serde_json::Value = serde_json::from_str(&errors).unwrap();
+        assert_eq!(errors[0]["path"], "secret.txt", "{errors}");
+        assert!(
+            errors[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("ermission denied"),
+            "{errors}"
+        );
+        assert!(
+            entries.contains("ok.txt") && !entries.contains("secret.txt"),
+            "{entries}"
+        );
+    }
+
+    #[test]
     fn a_node_refuses_clients_running_as_another_user() {
         if !can_run("a_node_refuses_clients_running_as_another_user") {
             return;
