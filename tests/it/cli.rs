@@ -318,6 +318,42 @@ mod other_users {
         dir
     }
 
+    /// A home directory below `dir` that `nobody` owns.
+    fn nobody_home(dir: &Path) -> std::path::PathBuf {
+        let home = dir.join("h");
+        fs::create_dir(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+        home
+    }
+
+    /// `iwant node` running as `nobody` (root namespace, so mDNS off); killed when dropped.
+    struct NobodyNode(std::process::Child);
+
+    impl NobodyNode {
+        fn start(home: &Path) -> Self {
+            let child = iwant(home)
+                .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+                .uid(NOBODY)
+                .gid(NOBODY)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            Self(child)
+        }
+
+        fn kill(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Drop for NobodyNode {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
     fn as_nobody(home: &Path, args: &[&str]) -> (i32, String, String) {
         let mut cmd = iwant(home);
         cmd.args(args).uid(NOBODY).gid(NOBODY);
@@ -354,9 +390,7 @@ mod other_users {
         }
         // The node runs as `nobody`, so a root-owned file of mode 000 is really unreadable.
         let dir = world_reachable_dir();
-        let home = dir.path().join("h");
-        fs::create_dir(&home).unwrap();
-        std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+        let home = nobody_home(dir.path());
         let share = dir.path().join("share");
         fs::create_dir(&share).unwrap();
         fs::set_permissions(&share, fs::Permissions::from_mode(0o755)).unwrap();
@@ -366,14 +400,7 @@ mod other_users {
         fs::set_permissions(share.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
         let (code, _, err) = as_nobody(&home, &["share", share.to_str().unwrap()]);
         assert_eq!(code, 0, "{err}");
-        let mut child = iwant(&home)
-            .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .uid(NOBODY)
-            .gid(NOBODY)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = NobodyNode::start(&home);
         let listed =
             crate::util::wait_for(std::time::Duration::from_secs(20), "the first scan", || {
                 let (code, out, _) = as_nobody(&home, &["status", "--json"]);
@@ -382,8 +409,7 @@ mod other_users {
             });
         let (_, errors, _) = as_nobody(&home, &["ls", "--errors", "--json"]);
         let (_, entries, _) = as_nobody(&home, &["ls", "--json"]);
-        let _ = child.kill();
-        let _ = child.wait();
+        child.kill();
         assert_eq!(listed["index"]["files"], 1, "{listed}");
         assert_eq!(listed["index"]["errors"], 1, "{listed}");
         let errors: serde_json::Value = serde_json::from_str(&errors).unwrap();
@@ -409,17 +435,8 @@ mod other_users {
         // The node runs as `nobody`; root can open any file, so only the server's peer
         // credential check stands between root and the node.
         let dir = world_reachable_dir();
-        let home = dir.path().join("h");
-        fs::create_dir(&home).unwrap();
-        std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
-        let mut child = iwant(&home)
-            .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .uid(NOBODY)
-            .gid(NOBODY)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let home = nobody_home(dir.path());
+        let mut child = NobodyNode::start(&home);
         let err = crate::util::wait_for(
             std::time::Duration::from_secs(20),
             "the nobody node to listen",
@@ -428,8 +445,7 @@ mod other_users {
                 (code != 3).then_some((code, err))
             },
         );
-        let _ = child.kill();
-        let _ = child.wait();
+        child.kill();
         assert_ne!(err.0, 0, "root must be refused");
         assert!(
             err.1
