@@ -82,6 +82,10 @@ pub enum Role {
         contested: bool,
         /// When this round ends without a majority and the next one starts.
         deadline: Instant,
+        /// The leader whose silence started this election, while its connection is still open:
+        /// it is not counted among the voters (it would never answer), so two nodes whose link
+        /// is cut do not wait for the liveness watchdog to close the dead connection.
+        silent_leader: Option<PeerId>,
     },
     /// Leads the current term.
     Leader {
@@ -433,6 +437,11 @@ impl State {
 
     /// Starts a new term as a candidate.
     fn stand(&mut self, now: Instant, out: &mut Vec<Action>) {
+        // Only reached by a deadline: a followed leader here has gone silent.
+        let silent_leader = match &self.role {
+            Role::Candidate { silent_leader, .. } => *silent_leader,
+            _ => self.leader(),
+        };
         if let Some(_leader) = self.leader() {
             out.push(Action::LeaderLost { term: self.term });
         }
@@ -443,6 +452,7 @@ impl State {
             votes: BTreeSet::from([self.local]),
             contested: false,
             deadline,
+            silent_leader,
         };
         self.broadcast(Message::VoteRequest { term: self.term }, out);
         self.check_majority(now, out);
@@ -450,14 +460,21 @@ impl State {
 
     /// Becomes leader if the votes are a majority of the participants this node sees.
     fn check_majority(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Role::Candidate { votes, .. } = &self.role else {
+        let Role::Candidate {
+            votes,
+            silent_leader,
+            ..
+        } = &self.role
+        else {
             return;
         };
         let counted = votes
             .iter()
             .filter(|v| **v == self.local || self.peers.contains(v))
             .count();
-        if counted * 2 > self.peers.len() + 1 {
+        let silent = silent_leader.is_some_and(|l| self.peers.contains(&l));
+        let voters = self.peers.len() + 1 - usize::from(silent);
+        if counted * 2 > voters {
             let term = self.term;
             self.role = Role::Leader {
                 next_heartbeat: now + self.config.heartbeat_interval,
@@ -1043,6 +1060,26 @@ mod tests {
         sim.run_until(Duration::from_secs(3), |s| {
             s.agreed_among(&rest).is_some_and(|(l, _)| l != old)
         });
+    }
+
+    #[test]
+    fn the_survivor_of_a_two_node_cut_leads_before_the_dead_connection_closes() {
+        let mut sim = Sim::new(&ids(2), Config::default());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        let (old, _) = sim.agreed().unwrap();
+        let dead = sim.index(old);
+        let survivor = 1 - dead;
+        // The link is cut but the connection is not closed yet (the liveness watchdog takes 3 s).
+        sim.drop = Box::new(|_, _, _| true);
+        let took = sim.run_until(Duration::from_secs(3), |s| {
+            s.agreed_among(&[survivor]).is_some_and(|(l, _)| l != old)
+        });
+        assert!(took < Duration::from_millis(2500), "took {took:?}");
+        assert!(
+            sim.nodes[survivor].peers().contains(&old),
+            "still connected"
+        );
     }
 
     #[test]

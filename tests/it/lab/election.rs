@@ -117,6 +117,24 @@ fn leader_reelected_after_leader_is_killed_and_after_it_stops() {
 }
 
 #[test]
+fn the_survivor_of_a_two_node_cut_leads_within_3_s() {
+    let Some(mut lab) = Lab::new("the_survivor_of_a_two_node_cut_leads_within_3_s", 2) else {
+        return;
+    };
+    lab.start_all(&[]);
+    let leader = lab.wait_until(FIRST_LEADER_LIMIT, "2 nodes agree on a leader", || {
+        agreed(&lab, &[0, 1])
+    });
+    let survivor = 1 - leader;
+    let cut = Instant::now();
+    lab.cut(leader);
+    let at = lab.wait_until(CUT_FAILOVER_LIMIT, "the survivor leads", || {
+        (view(&lab, survivor)?.0 == Some(survivor)).then(Instant::now)
+    });
+    println!("two_node_cut_ms={}", at.duration_since(cut).as_millis());
+}
+
+#[test]
 fn a_node_alone_becomes_leader() {
     let Some(mut lab) = Lab::new("a_node_alone_becomes_leader", 1) else {
         return;
