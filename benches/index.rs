@@ -38,6 +38,7 @@ fn main() {
     let big = dir.path().join("big");
     fs::create_dir_all(&big).unwrap();
     write_pseudo_random(&big.join("one.bin"), 1 << 30);
+    settle_disk();
     let (t, _) = cold_index(&dir.path().join("db-big"), &big);
     let b = has_b3sum.then(|| time(|| b3sum(&[big.join("one.bin")])));
     rows.push(throughput_row("cold index, one 1 GiB file", 1 << 30, t, b));
@@ -53,6 +54,7 @@ fn main() {
         fs::write(&p, pseudo_random(10_000, i as u64)).unwrap();
         paths.push(p);
     }
+    settle_disk();
     let (t, _) = cold_index(&dir.path().join("db-small"), &small);
     let b = has_b3sum.then(|| time(|| b3sum(&paths)));
     rows.push(throughput_row(
@@ -141,6 +143,11 @@ fn main() {
     });
 
     print_table(&rows);
+}
+
+/// Flushes freshly written data, so writeback does not run beside the measurement.
+fn settle_disk() {
+    let _ = Command::new("sync").status();
 }
 
 fn cold_index(db: &Path, root: &Path) -> (Duration, share::IndexStatus) {

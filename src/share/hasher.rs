@@ -12,19 +12,20 @@ const READ_BUF: usize = 1024 * 1024;
 /// Hashes the file at `path`. Pieces are hashed in parallel on the current rayon pool. Fails
 /// with `UnexpectedEof` if the file shrinks while it is read.
 pub fn hash_file(path: &Path) -> io::Result<FileHash> {
-    hash_open_file(&File::open(path)?)
+    let file = File::open(path)?;
+    hash_open_file(&file, file.metadata()?.len())
 }
 
-/// Hashes the file at `path` and returns its metadata as it was once read, so the caller can
-/// tell whether it changed while it was hashed.
-pub fn hash_file_with_metadata(path: &Path) -> io::Result<(FileHash, std::fs::Metadata)> {
+/// Hashes the first `len` bytes of the file at `path` (the length a walk just saw, which saves
+/// a `stat`) and returns the file's metadata as it was once read: the hash is the file's only
+/// if that metadata still shows `len` bytes and the walk's mtime.
+pub fn hash_file_with_metadata(path: &Path, len: u64) -> io::Result<(FileHash, std::fs::Metadata)> {
     let file = File::open(path)?;
-    let hash = hash_open_file(&file)?;
+    let hash = hash_open_file(&file, len)?;
     Ok((hash, file.metadata()?))
 }
 
-fn hash_open_file(file: &File) -> io::Result<FileHash> {
-    let len = file.metadata()?.len();
+fn hash_open_file(file: &File, len: u64) -> io::Result<FileHash> {
     let layout = Layout::for_len(len);
     if layout.count() == 1 {
         let mut hasher = blake3::Hasher::new();
@@ -119,5 +120,19 @@ mod tests {
             assert_eq!(hash.id, blake3::hash(&data), "len {len}");
             assert_eq!(hash, FileHash::of_bytes(Layout::for_len(len as u64), &data));
         }
+    }
+
+    #[test]
+    fn a_file_that_changed_since_the_walk_is_visible_in_the_returned_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, [7u8; 100]).unwrap();
+        // Grew after a walk that saw 50 bytes: the metadata says 100, so the caller discards it.
+        let (hash, meta) = hash_file_with_metadata(&path, 50).unwrap();
+        assert_eq!(hash.id, blake3::hash(&[7u8; 50]));
+        assert_eq!(meta.len(), 100);
+        // Shrank: reading stops short.
+        let err = hash_file_with_metadata(&path, 300_000).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

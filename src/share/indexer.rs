@@ -783,7 +783,7 @@ fn hash_batch(root: &Path, batch: Vec<scan::FoundFile>) -> Vec<Hashed> {
     batch
         .into_par_iter()
         .map(|f| {
-            let result = hasher::hash_file_with_metadata(&scan::native(root, &f.path));
+            let result = hasher::hash_file_with_metadata(&scan::native(root, &f.path), f.size);
             (f, result)
         })
         .collect()
