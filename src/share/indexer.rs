@@ -21,7 +21,9 @@ use super::{
     hasher, manifest, scan, HashingProgress, IndexDelta, IndexEntry, IndexStatus, Kind,
     DELTA_QUEUE, RESCAN_INTERVAL, SETTLE,
 };
-use crate::store::{DirRow, EntryRow, FileRow, IndexChange, ScanError, Store, StoreError};
+use crate::store::{
+    DirRow, EntryRow, FileRow, FileStat, IndexChange, ScanError, Store, StoreError,
+};
 
 /// Filesystem events that may wait for the indexer; beyond, the next step is a full rescan.
 pub const EVENT_QUEUE: usize = 4096;
@@ -376,9 +378,9 @@ impl Indexer {
     /// fresh walk of `rel`.
     fn reconcile(&mut self, rel: &str, walk: scan::Walk, reset: bool) -> Result<(), StoreError> {
         let started = Instant::now();
-        let mut old_files: HashMap<String, FileRow> = self
+        let mut old_files: HashMap<String, FileStat> = self
             .store
-            .files_under(&self.key, rel)?
+            .file_stats_under(&self.key, rel)?
             .into_iter()
             .map(|f| (f.path.clone(), f))
             .collect();
@@ -744,14 +746,18 @@ fn outermost(mut paths: Vec<String>) -> Vec<String> {
 
 /// Every entry of the share at `key` (directories and files), sorted by path.
 fn all_entries(store: &Store, key: &str) -> Result<Vec<IndexEntry>, StoreError> {
-    let mut out: Vec<IndexEntry> = store
+    // The root is the only directory `entries` leaves out; it sorts first.
+    let root = store
         .dirs_under(key, "")?
         .into_iter()
-        .map(dir_entry)
-        .collect();
-    out.extend(store.files_under(key, "")?.into_iter().map(file_entry));
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+        .find(|d| d.path.is_empty());
+    let rest = store.entries(key)?.into_iter().map(|e| IndexEntry {
+        path: e.path,
+        kind: if e.is_dir { Kind::Dir } else { Kind::File },
+        size: e.size,
+        id: blake3::Hash::from_bytes(e.id),
+    });
+    Ok(root.map(dir_entry).into_iter().chain(rest).collect())
 }
 
 fn file_entry(f: FileRow) -> IndexEntry {

@@ -23,6 +23,19 @@ pub struct FileRow {
     pub pieces: Vec<u8>,
 }
 
+/// What identifies a file's version on disk, without its hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStat {
+    /// Path relative to the share root, `/`-separated.
+    pub path: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Inode number, where the platform has one.
+    pub inode: Option<u64>,
+}
+
 /// One indexed directory (the share root has the path "").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirRow {
@@ -121,12 +134,21 @@ fn file_row(row: &Row<'_>) -> rusqlite::Result<FileRow> {
 const FILE_COLUMNS: &str = "path, size, mtime_ns, inode, id, piece_size, pieces";
 
 impl Store {
-    /// The files of `root` at or below `rel` ("" for all).
-    pub fn files_under(&self, root: &str, rel: &str) -> Result<Vec<FileRow>, StoreError> {
+    /// What a rescan compares of the files of `root` at or below `rel` ("" for all): no
+    /// hashes, so a rescan does not read piece lists it does not need.
+    pub fn file_stats_under(&self, root: &str, rel: &str) -> Result<Vec<FileStat>, StoreError> {
         let (lo, hi) = under_params(rel);
-        let sql =
-            format!("SELECT {FILE_COLUMNS} FROM files WHERE root = ?1 AND {UNDER} ORDER BY path");
-        self.query(&sql, params![root, rel, lo, hi], file_row)
+        let sql = format!(
+            "SELECT path, size, mtime_ns, inode FROM files WHERE root = ?1 AND {UNDER} ORDER BY path"
+        );
+        self.query(&sql, params![root, rel, lo, hi], |row| {
+            Ok(FileStat {
+                path: row.get(0)?,
+                size: row.get::<_, i64>(1)? as u64,
+                mtime_ns: row.get(2)?,
+                inode: row.get::<_, Option<i64>>(3)?.map(|i| i as u64),
+            })
+        })
     }
 
     /// The directory paths of `root` at or below `rel`.
@@ -357,7 +379,7 @@ mod tests {
         store.apply_index_change("/r", &change).unwrap();
         fn paths(store: &Store, rel: &str) -> Vec<String> {
             store
-                .files_under("/r", rel)
+                .file_stats_under("/r", rel)
                 .unwrap()
                 .into_iter()
                 .map(|f| f.path)
@@ -366,7 +388,7 @@ mod tests {
         assert_eq!(paths(&store, "a"), ["a", "a/b", "a/b/c"]);
         assert_eq!(paths(&store, "a/b"), ["a/b", "a/b/c"]);
         assert_eq!(paths(&store, "").len(), 7);
-        assert!(store.files_under("/other", "").unwrap().is_empty());
+        assert!(store.file_stats_under("/other", "").unwrap().is_empty());
         assert_eq!(store.reusable_hash(3, 10, 5).unwrap().unwrap().path, "a-b");
         assert_eq!(store.index_counts("/r").unwrap().files, 7);
 

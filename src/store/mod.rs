@@ -45,7 +45,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 mod index;
-pub use index::{DirRow, EntryRow, FileRow, IndexChange, IndexCounts, ScanError};
+pub use index::{DirRow, EntryRow, FileRow, FileStat, IndexChange, IndexCounts, ScanError};
 
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]
