@@ -1,0 +1,1 @@
+//! The leader's in-memory index of every node's entries, and search over it.

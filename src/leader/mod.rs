@@ -1,0 +1,3 @@
+//! What only the leader does: hold the network-wide index and answer searches.
+
+pub mod index;
