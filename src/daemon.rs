@@ -1,7 +1,8 @@
 //! The daemon: starts a node's tasks in order and owns their shutdown.
 //!
 //! Start-up order: home and config → folder rules → identity → control channel (refuses to
-//! start a second daemon on the same home) → database → network → indexer → control server.
+//! start a second daemon on the same home) → database → network → leader service → indexer →
+//! index publisher → control server.
 //! Shutdown: one [`CancellationToken`] is cancelled; the control server stops accepting and
 //! finishes the requests in flight, the network loop drops the `Swarm` (peers see the
 //! connections close at once); a [`TaskTracker`] waits for both; then the indexer thread
@@ -15,7 +16,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     config::{check_folders, Config, ConfigError, Folders, Home},
-    control::{self, ControlError, ErrorKind, Request, Response, StatusReply},
+    control::{self, ControlError, ErrorKind, Request, Response, SearchReply, StatusReply},
+    leader::{self, ask::AskError, LeaderHandle},
     net::{self, NetConfig, NetworkClient},
     share::{self, IndexHandle},
     store::Store,
@@ -163,8 +165,14 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         peers,
         mdns: config.mdns && !options.no_mdns,
     };
-    let (net, event_loop) = net::spawn(keypair, net_config, shutdown.child_token())?;
+    let net::Spawned {
+        client: net,
+        event_loop,
+        inbound,
+    } = net::spawn(keypair, net_config, shutdown.child_token())?;
     tasks.spawn(event_loop.run());
+    let (leader, service) = leader::spawn(net.clone(), inbound, shutdown.child_token());
+    tasks.spawn(service.run());
     let (index, index_thread) = match share::spawn(home.database(), folders.shared_dir.clone()) {
         Ok(started) => started,
         Err(e) => {
@@ -172,10 +180,17 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
             return Err(e.into());
         }
     };
+    tasks.spawn(leader::publish::run(
+        index.clone(),
+        net.clone(),
+        leader.clone(),
+        shutdown.child_token(),
+    ));
 
     let (folders_tx, folders_rx) = watch::channel(folders);
     let state = Arc::new(State {
         net: net.clone(),
+        leader,
         index: index.clone(),
         home: home.clone(),
         config: Mutex::new(config),
@@ -205,6 +220,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
 /// What the control handler needs.
 struct State {
     net: NetworkClient,
+    leader: LeaderHandle,
     index: IndexHandle,
     home: Home,
     /// The config as last saved; the lock serialises folder changes.
@@ -243,10 +259,81 @@ impl State {
                 let errors = self.index.errors().await.map_err(internal)?;
                 Ok(Response::ScanErrors { errors })
             }
+            Request::Search {
+                text,
+                kind,
+                limit,
+                offset,
+            } => self.search(text, kind, limit, offset).await,
             Request::Config => Ok(Response::Folders(self.folders.borrow().clone())),
             Request::SetShared { path } => self.set_folders(Some(path), None).await,
             Request::SetDownload { path } => self.set_folders(None, Some(path)).await,
         }
+    }
+
+    async fn search(
+        &self,
+        text: String,
+        kind: Option<share::Kind>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Response, ControlError> {
+        use iwant_behaviours::search;
+        let bad = |m: String| ControlError::new(ErrorKind::BadRequest, m);
+        if text.trim().is_empty() {
+            return Err(bad("nothing to search for: give one or more words".into()));
+        }
+        if text.len() > search::MAX_QUERY {
+            return Err(bad(format!(
+                "the search is {} bytes long; at most {} are allowed",
+                text.len(),
+                search::MAX_QUERY
+            )));
+        }
+        if !(1..=search::MAX_PAGE).contains(&limit) {
+            return Err(bad(format!(
+                "--limit must be between 1 and {}",
+                search::MAX_PAGE
+            )));
+        }
+        let request = search::Request::Search(search::Query {
+            text: text.clone(),
+            kind: kind.map(leader::wire_kind),
+            offset,
+            limit,
+        });
+        let answer = leader::ask::ask(&self.net, &self.leader, request, leader::ask::ASK_DEADLINE)
+            .await
+            .map_err(|e| match e {
+                AskError::NoLeader { .. } => ControlError::new(ErrorKind::NoLeader, e.to_string()),
+                AskError::Refused(_) => ControlError::new(ErrorKind::BadRequest, e.to_string()),
+                AskError::Stopped => ControlError::new(ErrorKind::ShuttingDown, e.to_string()),
+            })?;
+        let local = self.net.local_peer_id().to_string();
+        let results = answer
+            .results
+            .hits
+            .into_iter()
+            .map(|hit| control::SearchResult {
+                name: hit.path.rsplit('/').next().unwrap_or_default().to_string(),
+                local: hit.holders.contains(&local),
+                path: hit.path,
+                kind: leader::local_kind(hit.kind),
+                size: hit.size,
+                id: blake3::Hash::from_bytes(hit.id.0),
+                score: hit.score,
+                holders: hit.holders,
+                holder_count: hit.holder_count,
+            })
+            .collect();
+        Ok(Response::SearchResults(SearchReply {
+            query: text,
+            leader: answer.leader.to_string(),
+            total: answer.results.total,
+            indexed: answer.results.indexed,
+            nodes: answer.results.nodes,
+            results,
+        }))
     }
 
     async fn set_folders(

@@ -7,6 +7,8 @@
 //! - [`connections`]: one live connection per peer, kept alive while the peer is an iwant node.
 //! - [`peer_exchange`]: nodes tell each other about the iwant nodes they know.
 //! - [`election`]: the nodes elect one leader per LAN (`/iwant/election/1`).
+//! - [`index_sync`]: every node pushes its index to the leader (`/iwant/index/1.0.0`).
+//! - [`search`]: searches and id lookups, answered by the leader (`/iwant/search/1.0.0`).
 //!
 //! This crate knows nothing about disks, configuration files or the command line: it is the
 //! network vocabulary that the `iwant` node speaks. Wire formats are specified in
@@ -14,7 +16,10 @@
 
 pub mod connections;
 pub mod election;
+pub mod index_sync;
 pub mod peer_exchange;
+pub mod search;
+pub mod wire;
 
 use std::time::Duration;
 
@@ -96,6 +101,10 @@ pub struct NodeBehaviour {
     pub peer_exchange: peer_exchange::Behaviour,
     /// Leader election (`/iwant/election/1`).
     pub election: election::Behaviour,
+    /// Index sync to the leader (`/iwant/index/1.0.0`).
+    pub index_sync: index_sync::Behaviour,
+    /// Search at the leader (`/iwant/search/1.0.0`).
+    pub search: search::Behaviour,
 }
 
 impl NodeBehaviour {
@@ -126,6 +135,8 @@ impl NodeBehaviour {
             mdns: mdns.into(),
             peer_exchange: peer_exchange::behaviour(),
             election: election::Behaviour::new(local_peer_id, config.election),
+            index_sync: index_sync::behaviour(),
+            search: search::behaviour(),
         })
     }
 }

@@ -7,6 +7,7 @@
 mod folders;
 mod ls;
 mod node;
+mod search;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -56,6 +57,22 @@ enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Find files and folders shared anywhere on the network, by name
+    #[command(long_about = "Find files and folders shared anywhere on the network, by name.\n\nMatching is forgiving: case-insensitive, letters in order but not together (`btmn` finds batman), words in any order, small typos. An exact name ranks first, then names that start with the words, then names containing them, then looser matches; a match in the name beats one in the folder path. Each result is one piece of content, however many peers hold it.")]
+    Search {
+        /// The words to look for
+        #[arg(required = true, value_name = "WORDS")]
+        words: Vec<String>,
+        /// Show at most N results
+        #[arg(long, short = 'n', value_name = "N", default_value_t = 20,
+              value_parser = clap::value_parser!(u32).range(1..=200))]
+        limit: u32,
+        /// Only files or only directories
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Share the folder PATH (replaces the shared folder)
     Share {
         /// The folder to share; created if missing
@@ -85,6 +102,15 @@ struct NodeArgs {
     /// Do not discover peers with mDNS
     #[arg(long)]
     no_mdns: bool,
+}
+
+/// `--kind` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    /// Files only
+    File,
+    /// Directories only
+    Dir,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +144,18 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
         Command::Config(a) => client_runtime()?.block_on(folders::show(home, a.json)),
         Command::Ls { errors, json } => {
             client_runtime()?.block_on(ls::run(home, errors, json.json))
+        }
+        Command::Search {
+            words,
+            limit,
+            kind,
+            json,
+        } => {
+            let kind = kind.map(|k| match k {
+                KindArg::File => crate::share::Kind::File,
+                KindArg::Dir => crate::share::Kind::Dir,
+            });
+            client_runtime()?.block_on(search::run(home, words, kind, limit, json.json))
         }
         Command::Share { path, json } => {
             client_runtime()?.block_on(folders::set(home, folders::Which::Shared, path, json.json))

@@ -50,6 +50,19 @@ pub enum Request {
         #[serde(default)]
         errors: bool,
     },
+    /// Search what the whole network shares, by name (asks the leader).
+    Search {
+        /// The words.
+        text: String,
+        /// Only files or only directories.
+        #[serde(default)]
+        kind: Option<crate::share::Kind>,
+        /// How many results, best first (1 to 200).
+        limit: u32,
+        /// How many of the best results to skip.
+        #[serde(default)]
+        offset: u32,
+    },
 }
 
 /// What the server sends back: exactly one of `ok` and `error` is present.
@@ -99,6 +112,49 @@ pub enum Response {
         /// The entries.
         errors: Vec<crate::store::ScanError>,
     },
+    /// Answer to [`Request::Search`].
+    SearchResults(SearchReply),
+}
+
+/// Search results, as `iwant search --json` prints them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SearchReply {
+    /// The query as asked.
+    pub query: String,
+    /// The leader that answered.
+    pub leader: String,
+    /// How many distinct results matched (capped at 1,000).
+    pub total: u64,
+    /// Entries the leader holds, over all nodes.
+    pub indexed: u64,
+    /// Nodes whose index the leader holds.
+    pub nodes: u32,
+    /// The results, best first.
+    pub results: Vec<SearchResult>,
+}
+
+/// One search result: a distinct piece of content.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SearchResult {
+    /// The file or directory name.
+    pub name: String,
+    /// Its path in the holder's shared folder (the best-matching one).
+    pub path: String,
+    /// File or directory.
+    pub kind: crate::share::Kind,
+    /// Size in bytes (for a directory, of the files below it).
+    pub size: u64,
+    /// The content id, 64 hex digits.
+    #[serde(with = "crate::share::hex_hash")]
+    pub id: blake3::Hash,
+    /// The rank: higher is better.
+    pub score: i64,
+    /// Peer ids of (up to 32) holders.
+    pub holders: Vec<String>,
+    /// How many peers hold it.
+    pub holder_count: u32,
+    /// Whether this node holds it.
+    pub local: bool,
 }
 
 /// The node's state, as `iwant status --json` prints it.
@@ -165,6 +221,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The node is shutting down.
     ShuttingDown,
+    /// No leader was elected or none answered in time.
+    NoLeader,
     /// Anything else; the message says what.
     #[serde(other)]
     Internal,

@@ -1,15 +1,15 @@
 //! The task that owns the `Swarm`.
 
 use std::{
-    collections::{hash_map::Entry, HashMap},
+    collections::{hash_map::Entry, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
 use futures::StreamExt;
 use iwant_behaviours::{
-    election,
+    election, index_sync,
     peer_exchange::{self, Ack, Announce},
-    NodeBehaviour, NodeBehaviourEvent,
+    search, NodeBehaviour, NodeBehaviourEvent,
 };
 use libp2p::{
     core::{muxing::StreamMuxerBox, transport::Boxed, upgrade, Transport},
@@ -17,7 +17,8 @@ use libp2p::{
     identity::Keypair,
     mdns,
     multiaddr::Protocol,
-    noise, ping, request_response,
+    noise, ping,
+    request_response::{self, OutboundRequestId},
     swarm::{
         dial_opts::{DialOpts, PeerCondition},
         ConnectionId, SwarmEvent,
@@ -31,9 +32,9 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Command, LeaderView, NetStatus, NetworkClient, PeerStatus, COMMAND_QUEUE, DIAL_TIMEOUT,
-    GOODBYE_LIMIT, GOSSIP_TTL, IDLE_TIMEOUT, LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS,
-    REDIAL_INTERVAL,
+    Command, Inbound, LeaderView, NetStatus, NetworkClient, PeerStatus, RequestError,
+    COMMAND_QUEUE, DIAL_TIMEOUT, GOODBYE_LIMIT, GOSSIP_TTL, IDLE_TIMEOUT, INBOUND_QUEUE,
+    LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS, REDIAL_INTERVAL,
 };
 use crate::config::DEFAULT_PORT;
 
@@ -107,14 +108,35 @@ pub struct EventLoop {
     gossiped: HashMap<PeerId, (Vec<Multiaddr>, Instant)>,
     /// The election's leader and term, for [`NetworkClient::leader_watch`].
     leader: watch::Sender<LeaderView>,
+    /// Requests from peers, to the leader task.
+    inbound: mpsc::Sender<Inbound>,
+    /// Our index sync requests waiting for their answers.
+    pending_index: HashMap<OutboundRequestId, Reply<index_sync::Response>>,
+    /// Our search requests waiting for their answers.
+    pending_search: HashMap<OutboundRequestId, Reply<search::Response>>,
+    /// Peers to disconnect once their index sync answer is sent (they broke a rule).
+    disconnect_after_response: HashSet<PeerId>,
 }
 
-/// Builds the swarm, starts listening and dialing, and returns the client and the loop.
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, RequestError>>;
+
+/// What [`spawn`] returns.
+pub struct Spawned {
+    /// The handle for everyone else.
+    pub client: NetworkClient,
+    /// The loop; run it with [`EventLoop::run`].
+    pub event_loop: EventLoop,
+    /// Requests from peers and peer arrivals/departures, for the leader task.
+    pub inbound: mpsc::Receiver<Inbound>,
+}
+
+/// Builds the swarm, starts listening and dialing, and returns the client, the loop and the
+/// inbound request queue.
 pub fn spawn(
     keypair: Keypair,
     config: NetConfig,
     shutdown: CancellationToken,
-) -> Result<(NetworkClient, EventLoop), NetError> {
+) -> Result<Spawned, NetError> {
     let local_peer_id = keypair.public().to_peer_id();
     let behaviour_config = iwant_behaviours::Config::default().with_mdns(config.mdns);
     let transport = build_transport(&keypair).map_err(|e| NetError::Setup(e.to_string()))?;
@@ -155,6 +177,7 @@ pub fn spawn(
 
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (leader_tx, leader_rx) = watch::channel(LeaderView::default());
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let known_addrs = config
         .peers
         .into_iter()
@@ -174,13 +197,21 @@ pub fn spawn(
         discovered: HashMap::new(),
         gossiped: HashMap::new(),
         leader: leader_tx,
+        inbound: inbound_tx,
+        pending_index: HashMap::new(),
+        pending_search: HashMap::new(),
+        disconnect_after_response: HashSet::new(),
     };
     let client = NetworkClient {
         commands: tx,
         local_peer_id,
         leader: leader_rx,
     };
-    Ok((client, event_loop))
+    Ok(Spawned {
+        client,
+        event_loop,
+        inbound: inbound_rx,
+    })
 }
 
 /// TCP, then Noise, then Yamux, with a deadline on the whole dial.
@@ -317,6 +348,170 @@ impl EventLoop {
                 self.known_addrs.push(known);
                 let _ = reply.send(result);
             }
+            Command::SyncIndex {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .index_sync
+                    .send_request(&peer, request);
+                self.pending_index.insert(id, reply);
+            }
+            Command::Search {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self.swarm.behaviour_mut().search.send_request(&peer, request);
+                self.pending_search.insert(id, reply);
+            }
+            Command::RespondIndex {
+                channel,
+                response,
+                then_disconnect,
+            } => {
+                // The requester may be gone; nothing to do then.
+                let sent = self
+                    .swarm
+                    .behaviour_mut()
+                    .index_sync
+                    .send_response(channel, response);
+                if let Some(peer) = then_disconnect {
+                    if sent.is_ok() && self.disconnect_after_response.len() < INBOUND_QUEUE {
+                        self.disconnect_after_response.insert(peer);
+                    } else {
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
+            }
+            Command::RespondSearch { channel, response } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .search
+                    .send_response(channel, response);
+            }
+        }
+    }
+
+    /// Hands an inbound request to the leader task, or answers it here when the task is
+    /// overloaded or gone.
+    fn on_index_sync(&mut self, event: index_sync::Event) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let inbound = Inbound::Index {
+                    peer,
+                    request,
+                    channel,
+                };
+                if let Err(e) = self.inbound.try_send(inbound) {
+                    if let Inbound::Index { channel, .. } = e.into_inner() {
+                        tracing::debug!(%peer, "leader task busy; index push refused");
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .index_sync
+                            .send_response(channel, index_sync::Response::Busy);
+                    }
+                }
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_index.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "index sync request failed");
+                if let Some(reply) = self.pending_index.remove(&request_id) {
+                    let _ = reply.send(Err(RequestError::Failed(error.to_string())));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                // An undecodable request (too large, malformed) lands here.
+                tracing::warn!(%peer, %error, "bad index sync request");
+                if self.disconnect_after_response.remove(&peer) {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+            Event::ResponseSent { peer, .. } => {
+                if self.disconnect_after_response.remove(&peer) {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+        }
+    }
+
+    fn on_search(&mut self, event: search::Event) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let inbound = Inbound::Search {
+                    peer,
+                    request,
+                    channel,
+                };
+                if self.inbound.try_send(inbound).is_err() {
+                    // Dropping the channel tells the requester it failed.
+                    tracing::debug!(%peer, "leader task busy; search dropped");
+                }
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_search.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "search request failed");
+                if let Some(reply) = self.pending_search.remove(&request_id) {
+                    let _ = reply.send(Err(RequestError::Failed(error.to_string())));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "bad search request");
+            }
+            Event::ResponseSent { .. } => {}
         }
     }
 
@@ -620,6 +815,8 @@ impl EventLoop {
             }
             NodeBehaviourEvent::PeerExchange(event) => self.on_peer_exchange(event),
             NodeBehaviourEvent::Election(event) => self.on_election(event),
+            NodeBehaviourEvent::IndexSync(event) => self.on_index_sync(event),
+            NodeBehaviourEvent::Search(event) => self.on_search(event),
             NodeBehaviourEvent::Connections(never) => match never {},
         }
     }

@@ -19,11 +19,12 @@ mod event_loop;
 
 use std::time::Duration;
 
-use libp2p::{Multiaddr, PeerId};
+use iwant_behaviours::{index_sync, search};
+use libp2p::{request_response::ResponseChannel, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use event_loop::{spawn, EventLoop, NetConfig, NetError};
+pub use event_loop::{spawn, EventLoop, NetConfig, NetError, Spawned};
 
 /// How many commands may wait for the event loop before senders wait.
 pub const COMMAND_QUEUE: usize = 64;
@@ -61,6 +62,51 @@ pub struct LeaderView {
     pub term: u64,
 }
 
+/// How many inbound requests (index sync, search) may wait for the leader task; beyond it the
+/// event loop answers "busy" (index sync) or drops the request (search) itself.
+pub const INBOUND_QUEUE: usize = 256;
+
+/// What the network hands to the leader task: requests from peers.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A peer pushed (part of) its index.
+    Index {
+        /// The authenticated sender.
+        peer: PeerId,
+        /// What it sent (bounds not checked yet).
+        request: index_sync::Request,
+        /// Where the answer goes ([`NetworkClient::respond_index`]).
+        channel: ResponseChannel<index_sync::Response>,
+    },
+    /// A peer asked a search.
+    Search {
+        /// The authenticated sender.
+        peer: PeerId,
+        /// The query (bounds not checked yet).
+        request: search::Request,
+        /// Where the answer goes ([`NetworkClient::respond_search`]).
+        channel: ResponseChannel<search::Response>,
+    },
+}
+
+/// A request to a peer failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    /// The network task is not running.
+    #[error("the network task is not running")]
+    Stopped,
+    /// The request was not answered: not connected, connection lost, timed out, protocol not
+    /// supported...
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<NetworkStopped> for RequestError {
+    fn from(_: NetworkStopped) -> Self {
+        RequestError::Stopped
+    }
+}
+
 /// Requests to the event loop.
 #[derive(Debug)]
 pub enum Command {
@@ -75,6 +121,40 @@ pub enum Command {
         addr: Multiaddr,
         /// Whether the dial could be started.
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Send an index sync request to a peer.
+    SyncIndex {
+        /// The leader.
+        peer: PeerId,
+        /// The request.
+        request: index_sync::Request,
+        /// The answer, or why there is none.
+        reply: oneshot::Sender<Result<index_sync::Response, RequestError>>,
+    },
+    /// Send a search request to a peer.
+    Search {
+        /// The leader.
+        peer: PeerId,
+        /// The request.
+        request: search::Request,
+        /// The answer, or why there is none.
+        reply: oneshot::Sender<Result<search::Response, RequestError>>,
+    },
+    /// Answer an inbound index sync request.
+    RespondIndex {
+        /// The request's channel.
+        channel: ResponseChannel<index_sync::Response>,
+        /// The answer.
+        response: index_sync::Response,
+        /// Close the connection to the peer once the answer is sent (it broke a rule).
+        then_disconnect: Option<PeerId>,
+    },
+    /// Answer an inbound search request.
+    RespondSearch {
+        /// The request's channel.
+        channel: ResponseChannel<search::Response>,
+        /// The answer.
+        response: search::Response,
     },
 }
 
@@ -146,6 +226,82 @@ impl NetworkClient {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Dial { addr, reply }).await?;
         rx.await.map_err(|_| NetworkStopped)
+    }
+
+    /// Sends an index sync request to `peer` and waits for its answer.
+    pub async fn sync_index(
+        &self,
+        peer: PeerId,
+        request: index_sync::Request,
+    ) -> Result<index_sync::Response, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::SyncIndex {
+            peer,
+            request,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Sends a search request to `peer` and waits for its answer.
+    pub async fn search(
+        &self,
+        peer: PeerId,
+        request: search::Request,
+    ) -> Result<search::Response, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Search {
+            peer,
+            request,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Answers an inbound index sync request.
+    pub async fn respond_index(
+        &self,
+        channel: ResponseChannel<index_sync::Response>,
+        response: index_sync::Response,
+    ) {
+        let then_disconnect = None;
+        let _ = self
+            .send(Command::RespondIndex {
+                channel,
+                response,
+                then_disconnect,
+            })
+            .await;
+    }
+
+    /// Answers an inbound index sync request, then closes every connection to `peer`, which
+    /// broke a rule (it will be redialed later, like any known peer).
+    pub async fn respond_index_and_disconnect(
+        &self,
+        channel: ResponseChannel<index_sync::Response>,
+        response: index_sync::Response,
+        peer: PeerId,
+    ) {
+        let _ = self
+            .send(Command::RespondIndex {
+                channel,
+                response,
+                then_disconnect: Some(peer),
+            })
+            .await;
+    }
+
+    /// Answers an inbound search request.
+    pub async fn respond_search(
+        &self,
+        channel: ResponseChannel<search::Response>,
+        response: search::Response,
+    ) {
+        let _ = self
+            .send(Command::RespondSearch { channel, response })
+            .await;
     }
 
     async fn send(&self, command: Command) -> Result<(), NetworkStopped> {

@@ -96,6 +96,23 @@ impl IndexHandle {
             .expect("bug: index query panicked")
     }
 
+    /// The index version and every entry, consistent with [`IndexHandle::subscribe`]: a
+    /// subscriber that subscribed before calling this and applies, on top of the entries,
+    /// every delta with a higher version than the one returned, holds the index. (The
+    /// entries may already include some of those deltas; applying them again changes nothing.)
+    pub async fn snapshot(&self) -> Result<(u64, Vec<IndexEntry>), StoreError> {
+        let (db, root) = (self.db.clone(), self.root());
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open(&db)?;
+            // The indexer writes a change, then its version, then publishes it: reading the
+            // version first means the entries hold at least that version.
+            let version = stored_version(&store)?;
+            Ok((version, all_entries(&store, &root_key(&root))?))
+        })
+        .await
+        .expect("bug: index query panicked")
+    }
+
     /// The entries that could not be indexed, sorted by path.
     pub async fn errors(&self) -> Result<Vec<ScanError>, StoreError> {
         let (db, root) = (self.db.clone(), self.root());
@@ -110,6 +127,14 @@ impl IndexHandle {
     }
 }
 
+/// The index version last written to the store.
+fn stored_version(store: &Store) -> Result<u64, StoreError> {
+    Ok(store
+        .meta(VERSION_KEY)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
 /// The store key of a share root.
 fn root_key(root: &Path) -> String {
     root.to_string_lossy().into_owned()
@@ -122,10 +147,7 @@ pub fn spawn(
     root: PathBuf,
 ) -> Result<(IndexHandle, std::thread::JoinHandle<()>), StoreError> {
     let store = Store::open(&db)?;
-    let version = store
-        .meta(VERSION_KEY)?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let version = stored_version(&store)?;
     let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
     let (deltas, _) = broadcast::channel(DELTA_QUEUE);
     let shared = Arc::new(Shared {

@@ -1,0 +1,245 @@
+//! Search (`/iwant/search/1.0.0`): ask the leader what the network shares.
+//!
+//! Any peer may send the leader a [`Request`]: a ranked, paged [`Query`] by name, or a
+//! [`Request::Locate`] of an id prefix. The leader answers with one page of [`Hit`]s: every
+//! distinct id once, with the peers that hold it. A node that is not the leader answers
+//! [`Response::NotLeader`].
+//!
+//! Limits: queries of at most [`MAX_QUERY`] bytes, pages of at most [`MAX_PAGE`] hits, at most
+//! [`MAX_HOLDERS`] holders listed per hit (with the full count), at most [`MAX_RESULTS`]
+//! results per query in total. `docs/protocols.md` has the spec.
+
+use std::time::Duration;
+
+use libp2p::{
+    request_response::{self, cbor, ProtocolSupport},
+    StreamProtocol,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Id, Kind};
+
+/// The protocol id.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/iwant/search/1.0.0");
+
+/// Longest query text, in bytes.
+pub const MAX_QUERY: usize = 256;
+
+/// Most hits in one response.
+pub const MAX_PAGE: u32 = 200;
+
+/// Most results a query can page through.
+pub const MAX_RESULTS: u32 = 1000;
+
+/// Most holders listed per hit.
+pub const MAX_HOLDERS: usize = 32;
+
+/// Largest encoded request, in bytes.
+pub const MAX_REQUEST: u64 = 4 * 1024;
+
+/// Largest encoded response, in bytes: a full page of hits with the longest paths.
+pub const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
+
+/// How long a request may wait for its response.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a node asks the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Search by name.
+    Search(Query),
+    /// The ids that start with a hex prefix, with their holders.
+    Locate {
+        /// 1 to 64 lower-case hex digits.
+        prefix: String,
+        /// Most ids to return (at most [`MAX_PAGE`]).
+        max: u32,
+    },
+}
+
+/// A search by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// The words, as the user typed them.
+    pub text: String,
+    /// Only files or only directories.
+    pub kind: Option<Kind>,
+    /// How many ranked results to skip.
+    pub offset: u32,
+    /// How many to return (at most [`MAX_PAGE`]).
+    pub limit: u32,
+}
+
+/// The leader's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// One page of results.
+    Results(Results),
+    /// This node is not the leader (any more).
+    NotLeader,
+    /// The leader runs too many searches at once; try again shortly.
+    Busy,
+    /// The request broke a limit.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One page of results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Results {
+    /// Distinct ids that matched (at most [`MAX_RESULTS`]).
+    pub total: u64,
+    /// Entries the leader holds, over all nodes.
+    pub indexed: u64,
+    /// Nodes whose index the leader holds.
+    pub nodes: u32,
+    /// This page, best first.
+    pub hits: Vec<Hit>,
+}
+
+/// One distinct piece of content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hit {
+    /// The content id.
+    pub id: Id,
+    /// File or directory.
+    pub kind: Kind,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The best-matching path among its holders' (relative, `/`-separated).
+    pub path: String,
+    /// The rank: higher is better (see `docs/protocols.md`).
+    pub score: i64,
+    /// Peer ids (base58) of holders, at most [`MAX_HOLDERS`].
+    pub holders: Vec<String>,
+    /// How many peers hold it.
+    pub holder_count: u32,
+}
+
+/// The behaviour: request-response with the CBOR codec and the limits above.
+pub type Behaviour = cbor::Behaviour<Request, Response>;
+
+/// The behaviour's events.
+pub type Event = request_response::Event<Request, Response>;
+
+/// A search behaviour with iwant's limits.
+pub fn behaviour() -> Behaviour {
+    let codec = cbor::codec::Codec::default()
+        .set_request_size_maximum(MAX_REQUEST)
+        .set_response_size_maximum(MAX_RESPONSE);
+    cbor::Behaviour::with_codec(
+        codec,
+        [(PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
+    )
+}
+
+impl Request {
+    /// Checks every bound of the request; the error says which one was broken.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Request::Search(query) => {
+                if query.text.len() > MAX_QUERY {
+                    return Err(format!(
+                        "a query of {} bytes, more than {MAX_QUERY}",
+                        query.text.len()
+                    ));
+                }
+                if query.limit > MAX_PAGE {
+                    return Err(format!(
+                        "a page of {} results, more than {MAX_PAGE}",
+                        query.limit
+                    ));
+                }
+                Ok(())
+            }
+            Request::Locate { prefix, max } => {
+                if prefix.is_empty()
+                    || prefix.len() > 64
+                    || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(format!("{prefix:?} is not 1 to 64 hex digits"));
+                }
+                if *max > MAX_PAGE {
+                    return Err(format!("{max} ids asked for, more than {MAX_PAGE}"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_page_of_the_longest_hits_fits_the_response_limit() {
+        let hit = Hit {
+            id: Id([0xab; 32]),
+            kind: Kind::File,
+            size: u64::MAX,
+            path: "p".repeat(crate::wire::MAX_PATH),
+            score: i64::MIN,
+            holders: vec![libp2p::PeerId::random().to_string(); MAX_HOLDERS],
+            holder_count: u32::MAX,
+        };
+        let results = Response::Results(Results {
+            total: u64::MAX,
+            indexed: u64::MAX,
+            nodes: u32::MAX,
+            hits: vec![hit; MAX_PAGE as usize],
+        });
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &results).unwrap();
+        assert!(buf.len() as u64 <= MAX_RESPONSE, "{} bytes", buf.len());
+        let back: Response = cbor4ii::serde::from_slice(&buf).unwrap();
+        assert_eq!(back, results);
+    }
+
+    #[test]
+    fn the_largest_valid_request_fits_and_bad_ones_are_refused() {
+        let request = Request::Search(Query {
+            text: "\u{10ffff}".repeat(MAX_QUERY / 4),
+            kind: Some(Kind::Dir),
+            offset: u32::MAX,
+            limit: MAX_PAGE,
+        });
+        request.check().unwrap();
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &request).unwrap();
+        assert!(buf.len() as u64 <= MAX_REQUEST);
+
+        let long = Request::Search(Query {
+            text: "a".repeat(MAX_QUERY + 1),
+            kind: None,
+            offset: 0,
+            limit: 10,
+        });
+        assert!(long.check().is_err());
+        let big_page = Request::Search(Query {
+            text: "a".into(),
+            kind: None,
+            offset: 0,
+            limit: MAX_PAGE + 1,
+        });
+        assert!(big_page.check().is_err());
+        for prefix in ["", "xyz", &"a".repeat(65)] {
+            let locate = Request::Locate {
+                prefix: prefix.into(),
+                max: 1,
+            };
+            assert!(locate.check().is_err(), "{prefix:?}");
+        }
+        Request::Locate {
+            prefix: "AB12".into(),
+            max: 10,
+        }
+        .check()
+        .unwrap();
+    }
+}

@@ -1,0 +1,219 @@
+//! `iwant search`: what the whole network shares, by name.
+
+use std::fmt::Write;
+
+use super::ls::human_bytes;
+use crate::{
+    config::Home,
+    control::{Client, Request, Response, SearchReply},
+    share::Kind,
+};
+
+/// How many hex digits of an id the table shows (`iwant get` accepts any unique prefix).
+pub(crate) const SHORT_ID: usize = 12;
+
+/// Longest name or path shown in the table before it is shortened in the middle.
+const MAX_COLUMN: usize = 48;
+
+pub(super) async fn run(
+    home: Home,
+    words: Vec<String>,
+    kind: Option<Kind>,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<()> {
+    let text = words.join(" ");
+    let request = Request::Search {
+        text,
+        kind,
+        limit,
+        offset: 0,
+    };
+    match Client::new(home).request(request).await? {
+        Response::SearchResults(reply) if json => super::print_json(&reply),
+        Response::SearchResults(reply) => {
+            print!("{}", render(&reply));
+            Ok(())
+        }
+        other => anyhow::bail!("the node answered a search with {other:?}"),
+    }
+}
+
+fn render(reply: &SearchReply) -> String {
+    let nodes = super::count(reply.nodes as u64, "node", "nodes");
+    if reply.results.is_empty() {
+        return format!(
+            "Nothing matches {:?} among {} shared by {nodes}.\n",
+            reply.query,
+            super::count(reply.indexed, "entry", "entries"),
+        );
+    }
+    let rows: Vec<[String; 6]> = reply
+        .results
+        .iter()
+        .map(|r| {
+            let kind = match r.kind {
+                Kind::File => "file",
+                Kind::Dir => "dir",
+            };
+            let peers = if r.local {
+                format!("{} (local)", r.holder_count)
+            } else {
+                r.holder_count.to_string()
+            };
+            let dir = match r.path.rfind('/') {
+                Some(i) => &r.path[..i + 1],
+                None => "",
+            };
+            let name = if r.kind == Kind::Dir {
+                format!("{}/", r.name)
+            } else {
+                r.name.clone()
+            };
+            [
+                shorten(&name),
+                human_bytes(r.size),
+                kind.to_string(),
+                r.id.to_hex()[..SHORT_ID].to_string(),
+                peers,
+                shorten(if dir.is_empty() { "." } else { dir }),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "SIZE", "KIND", "ID", "PEERS", "IN"];
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..header.len()).map(width).collect();
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[&str]| {
+        let _ = writeln!(
+            out,
+            "{:<w0$}  {:>w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4],
+        );
+    };
+    line(&mut out, &header);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&mut out, &cells);
+    }
+    let shown = reply.results.len() as u64;
+    let more = if reply.total > shown {
+        format!(
+            " ({} more: --limit)",
+            reply.total.min(crate::leader::index::MAX_MATCHES as u64) - shown
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "{} of {} shared by {nodes}{more}. Fetch one with `iwant get <ID>`.",
+        super::count(shown, "result", "results"),
+        super::count(reply.indexed, "entry", "entries"),
+    );
+    out
+}
+
+/// Shortens long text in the middle, keeping both ends.
+fn shorten(text: &str) -> String {
+    let count = text.chars().count();
+    if count <= MAX_COLUMN {
+        return text.to_string();
+    }
+    let keep = (MAX_COLUMN - 1) / 2;
+    let head: String = text.chars().take(keep).collect();
+    let tail: String = text.chars().skip(count - (MAX_COLUMN - 1 - keep)).collect();
+    format!("{head}…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::SearchResult;
+
+    fn result(path: &str, kind: Kind, holders: u32, local: bool) -> SearchResult {
+        SearchResult {
+            name: path.rsplit('/').next().unwrap().to_string(),
+            path: path.into(),
+            kind,
+            size: 1536,
+            id: blake3::hash(path.as_bytes()),
+            score: 1,
+            holders: vec![],
+            holder_count: holders,
+            local,
+        }
+    }
+
+    #[test]
+    fn the_table_shows_name_size_kind_short_id_peers_and_folder() {
+        let reply = SearchReply {
+            query: "bat".into(),
+            leader: "L".into(),
+            total: 3,
+            indexed: 10,
+            nodes: 2,
+            results: vec![
+                result("movies/batman.mkv", Kind::File, 2, true),
+                result("bats", Kind::Dir, 1, false),
+            ],
+        };
+        let text = render(&reply);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NAME"), "{text}");
+        let id = blake3::hash(b"movies/batman.mkv").to_hex();
+        assert!(lines[1].starts_with("batman.mkv"), "{text}");
+        assert!(lines[1].contains("1.5 KiB"), "{text}");
+        assert!(lines[1].contains(&id[..SHORT_ID]), "{text}");
+        assert!(!lines[1].contains(&id[..SHORT_ID + 1]), "{text}");
+        assert!(lines[1].contains("2 (local)"), "{text}");
+        assert!(lines[1].ends_with("movies/"), "{text}");
+        assert!(lines[2].starts_with("bats/"), "{text}");
+        assert!(lines[2].ends_with(" ."), "{text}");
+        assert!(
+            lines[3].starts_with("2 results of 10 entries shared by 2 nodes (1 more"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_match_says_what_was_searched() {
+        let reply = SearchReply {
+            query: "zzz".into(),
+            leader: "L".into(),
+            total: 0,
+            indexed: 1,
+            nodes: 1,
+            results: vec![],
+        };
+        assert_eq!(
+            render(&reply),
+            "Nothing matches \"zzz\" among 1 entry shared by 1 node.\n"
+        );
+    }
+
+    #[test]
+    fn long_names_are_shortened_in_the_middle() {
+        let long = format!("{}.mkv", "a".repeat(100));
+        let short = shorten(&long);
+        assert_eq!(short.chars().count(), MAX_COLUMN);
+        assert!(short.ends_with(".mkv") && short.contains('…'));
+        assert_eq!(shorten("ok"), "ok");
+    }
+}

@@ -1,0 +1,127 @@
+//! Asking the leader: a search or an id lookup, from this node.
+//!
+//! The question goes to the current leader (this node's own service when it leads). While
+//! there is no leader, or the leader goes away mid-question, it waits for the next one and asks
+//! again, until [`ASK_DEADLINE`]; then it says so plainly. It never fails just because an
+//! election is running.
+
+use std::time::Duration;
+
+use iwant_behaviours::search::{Request, Response, Results};
+use libp2p::PeerId;
+use tokio::{sync::watch, time::Instant};
+
+use super::LeaderHandle;
+use crate::net::{LeaderView, NetworkClient, RequestError};
+
+/// How long a question may wait for a leader and its answer, in all.
+pub const ASK_DEADLINE: Duration = Duration::from_secs(8);
+
+/// How long to wait before asking again when the leader was busy or is not the leader any
+/// more but no other was announced yet.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// Why there is no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// No leader was elected, or none answered, in time.
+    #[error("no leader answered within {}s ({last}). The nodes elect one within about 2 seconds of meeting; check `iwant status` (peers, leader) and try again", .waited.as_secs())]
+    NoLeader {
+        /// How long we waited.
+        waited: Duration,
+        /// What happened last.
+        last: String,
+    },
+    /// The leader refused the question.
+    #[error("the leader refused the search: {0}")]
+    Refused(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// The leader's answer and who gave it.
+#[derive(Debug)]
+pub struct Answer {
+    /// The results page.
+    pub results: Results,
+    /// The leader that answered.
+    pub leader: PeerId,
+}
+
+/// Asks the leader `request`, waiting at most `deadline` for a leader and its answer.
+pub async fn ask(
+    net: &NetworkClient,
+    local: &LeaderHandle,
+    request: Request,
+    deadline: Duration,
+) -> Result<Answer, AskError> {
+    let start = Instant::now();
+    let until = start + deadline;
+    let mut leader = net.leader_watch();
+    let mut last = String::from("no leader elected yet");
+    loop {
+        if Instant::now() >= until {
+            return Err(AskError::NoLeader {
+                waited: start.elapsed(),
+                last,
+            });
+        }
+        let view = match tokio::time::timeout_at(until, leader.wait_for(|v| v.leader.is_some()))
+            .await
+        {
+            Ok(Ok(view)) => *view,
+            Ok(Err(_)) => return Err(AskError::Stopped),
+            Err(_) => {
+                return Err(AskError::NoLeader {
+                    waited: start.elapsed(),
+                    last,
+                })
+            }
+        };
+        let target = view.leader.expect("bug: waited for a leader");
+        leader.mark_unchanged();
+        let asked = async {
+            if target == net.local_peer_id() {
+                local.search(request.clone()).await.ok_or(RequestError::Stopped)
+            } else {
+                net.search(target, request.clone()).await
+            }
+        };
+        // Give up on this leader as soon as another one is elected.
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout_at(until, asked) => outcome,
+            _ = leader_moves(&mut leader, target) => {
+                last = format!("leader {target} was replaced while answering");
+                continue;
+            }
+        };
+        match outcome {
+            Err(_) => {
+                last = format!("leader {target} did not answer");
+                continue;
+            }
+            Ok(Ok(Response::Results(results))) => {
+                return Ok(Answer {
+                    results,
+                    leader: target,
+                })
+            }
+            Ok(Ok(Response::Refused { reason })) => return Err(AskError::Refused(reason)),
+            Ok(Ok(Response::NotLeader)) => last = format!("{target} is no longer the leader"),
+            Ok(Ok(Response::Busy)) => last = format!("leader {target} is busy"),
+            Ok(Err(RequestError::Stopped)) => return Err(AskError::Stopped),
+            Ok(Err(RequestError::Failed(e))) => last = format!("leader {target}: {e}"),
+        }
+        tracing::debug!(reason = %last, "asking the leader again");
+        // Wait for a new leader, or a moment if the same one stays.
+        let _ = tokio::time::timeout_at(until.min(Instant::now() + RETRY), leader_moves(&mut leader, target)).await;
+    }
+}
+
+/// Returns when the leader is no longer `target`.
+async fn leader_moves(leader: &mut watch::Receiver<LeaderView>, target: PeerId) {
+    if leader.wait_for(|v| v.leader != Some(target)).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

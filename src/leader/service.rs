@@ -1,0 +1,511 @@
+//! The leader service: while this node leads, it holds every node's index and answers
+//! searches.
+//!
+//! One task ([`Service::run`]) takes the requests: from peers (through the network's inbound
+//! queue) and from this node itself (through a [`LeaderHandle`]), in the order they arrive, so a
+//! node's pages and deltas apply in order. Index writes and searches run on blocking threads;
+//! searches run concurrently (at most [`MAX_SEARCHES`]) under a read lock.
+//!
+//! Rules:
+//! - A node's entries are keyed by its authenticated peer id; a node can only touch its own.
+//! - A message that breaks a bound is refused, the sender's entries are dropped and its
+//!   connection is closed, with the reason logged.
+//! - A node whose connection is gone keeps its entries for [`GRACE`], so a blip does not empty
+//!   the index; then they go.
+//! - When this node becomes the leader it starts empty and every node sends it a snapshot;
+//!   searches wait until the nodes connected at that moment have sent theirs, or at most
+//!   [`WARMUP`], so the first searches after a failover see the whole network.
+//! - When this node stops leading, it forgets everything.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use iwant_behaviours::{index_sync, search, wire};
+use libp2p::{request_response::ResponseChannel, PeerId};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::index::{self, Limits, NetworkIndex};
+use crate::net::{Inbound, LeaderView, NetworkClient};
+
+/// How long the entries of a node whose connection is gone are kept.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// Longest a new leader makes searches wait for the connected nodes' snapshots.
+pub const WARMUP: Duration = Duration::from_secs(3);
+
+/// Most searches running at once; beyond, the leader answers busy.
+pub const MAX_SEARCHES: usize = 16;
+
+/// How many requests from this node may wait for the service.
+const LOCAL_QUEUE: usize = 16;
+
+/// How often connected peers are compared with those whose entries are held.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A handle for this node's own requests to the service (when this node is the leader).
+#[derive(Clone, Debug)]
+pub struct LeaderHandle {
+    tx: mpsc::Sender<Local>,
+}
+
+#[derive(Debug)]
+enum Local {
+    Index {
+        request: index_sync::Request,
+        reply: oneshot::Sender<index_sync::Response>,
+    },
+    Search {
+        request: search::Request,
+        reply: oneshot::Sender<search::Response>,
+    },
+}
+
+impl LeaderHandle {
+    /// Applies this node's own index request, as if it came over the network.
+    pub async fn index(&self, request: index_sync::Request) -> Option<index_sync::Response> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Local::Index { request, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Runs a search at this node's service.
+    pub async fn search(&self, request: search::Request) -> Option<search::Response> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Local::Search { request, reply }).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Where an answer goes.
+enum Responder<T> {
+    Net(ResponseChannel<T>),
+    Local(oneshot::Sender<T>),
+}
+
+/// What the service knows of one node's sync.
+#[derive(Default)]
+struct PeerSync {
+    /// The version of its index the service holds, once a snapshot completed.
+    version: Option<u64>,
+    /// The snapshot under way: session, next page, version.
+    snapshot: Option<(u64, u32, u64)>,
+    /// Since when it has not been connected.
+    absent_since: Option<Instant>,
+}
+
+/// The service task's state.
+pub struct Service {
+    local: PeerId,
+    net: NetworkClient,
+    leader: watch::Receiver<LeaderView>,
+    inbound: mpsc::Receiver<Inbound>,
+    own: mpsc::Receiver<Local>,
+    shutdown: CancellationToken,
+    leading: bool,
+    index: Arc<RwLock<NetworkIndex>>,
+    peers: HashMap<PeerId, PeerSync>,
+    /// Nodes connected when this node became leader, whose snapshot searches wait for.
+    awaited: HashSet<PeerId>,
+    /// `true` once searches may run (see [`WARMUP`]).
+    warm: watch::Sender<bool>,
+    warm_deadline: Instant,
+    searches: Arc<Semaphore>,
+}
+
+/// Creates the service; run the returned [`Service`] with [`Service::run`].
+pub fn spawn(
+    net: NetworkClient,
+    inbound: mpsc::Receiver<Inbound>,
+    shutdown: CancellationToken,
+) -> (LeaderHandle, Service) {
+    let (tx, own) = mpsc::channel(LOCAL_QUEUE);
+    let (warm, _) = watch::channel(false);
+    let service = Service {
+        local: net.local_peer_id(),
+        leader: net.leader_watch(),
+        net,
+        inbound,
+        own,
+        shutdown,
+        leading: false,
+        index: Arc::new(RwLock::new(NetworkIndex::new(Limits::default()))),
+        peers: HashMap::new(),
+        awaited: HashSet::new(),
+        warm,
+        warm_deadline: Instant::now(),
+        searches: Arc::new(Semaphore::new(MAX_SEARCHES)),
+    };
+    (LeaderHandle { tx }, service)
+}
+
+impl Service {
+    /// Serves until the shutdown token is cancelled.
+    pub async fn run(mut self) {
+        let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.on_leader_change().await;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                changed = self.leader.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.on_leader_change().await;
+                }
+                Some(inbound) = self.inbound.recv() => match inbound {
+                    Inbound::Index { peer, request, channel } => {
+                        self.on_index(peer, request, Responder::Net(channel)).await;
+                    }
+                    Inbound::Search { peer, request, channel } => {
+                        self.on_search(peer, request, Responder::Net(channel)).await;
+                    }
+                },
+                Some(own) = self.own.recv() => match own {
+                    Local::Index { request, reply } => {
+                        self.on_index(self.local, request, Responder::Local(reply)).await;
+                    }
+                    Local::Search { request, reply } => {
+                        self.on_search(self.local, request, Responder::Local(reply)).await;
+                    }
+                },
+                _ = reconcile.tick() => self.reconcile().await,
+            }
+        }
+    }
+
+    async fn on_leader_change(&mut self) {
+        let leading = self.leader.borrow_and_update().leader == Some(self.local);
+        if leading == self.leading {
+            return;
+        }
+        self.leading = leading;
+        let dropped = {
+            let mut index = self.index.write().expect("bug: poisoned");
+            let dropped = index.len();
+            *index = NetworkIndex::new(Limits::default());
+            dropped
+        };
+        self.peers.clear();
+        self.warm.send_replace(false);
+        if leading {
+            // Wait for the nodes we know now; the rest join whenever they do.
+            self.awaited = self.connected_iwant_peers().await;
+            self.awaited.insert(self.local);
+            self.warm_deadline = Instant::now() + WARMUP;
+            tracing::info!(
+                nodes = self.awaited.len(),
+                "leading: collecting every node's index"
+            );
+        } else {
+            self.awaited.clear();
+            tracing::info!(entries = dropped, "no longer leading: network index dropped");
+        }
+    }
+
+    async fn connected_iwant_peers(&self) -> HashSet<PeerId> {
+        let Ok(status) = self.net.status().await else {
+            return HashSet::new();
+        };
+        status
+            .peers
+            .iter()
+            .filter(|p| {
+                p.agent
+                    .as_deref()
+                    .is_some_and(iwant_behaviours::is_iwant_agent)
+            })
+            .filter_map(|p| p.peer_id.parse().ok())
+            .collect()
+    }
+
+    /// Starts the grace period of nodes that left, drops those whose grace is over, and lets
+    /// searches run once warm.
+    async fn reconcile(&mut self) {
+        if !self.leading {
+            return;
+        }
+        let connected = self.connected_iwant_peers().await;
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        for (peer, sync) in &mut self.peers {
+            if *peer == self.local || connected.contains(peer) {
+                sync.absent_since = None;
+                continue;
+            }
+            let since = *sync.absent_since.get_or_insert(now);
+            if now.duration_since(since) >= GRACE {
+                gone.push(*peer);
+            }
+        }
+        for peer in gone {
+            self.peers.remove(&peer);
+            let removed = self.write(move |index| index.remove_peer(&peer)).await;
+            tracing::info!(%peer, entries = removed, "node gone; its entries are dropped");
+        }
+        self.awaited.retain(|p| *p == self.local || connected.contains(p));
+        self.update_warm();
+    }
+
+    fn update_warm(&mut self) {
+        if *self.warm.borrow() || !self.leading {
+            return;
+        }
+        let synced = self
+            .awaited
+            .iter()
+            .all(|p| self.peers.get(p).is_some_and(|s| s.version.is_some()));
+        if synced || Instant::now() >= self.warm_deadline {
+            if !synced {
+                tracing::info!("answering searches before every node's index arrived");
+            }
+            self.warm.send_replace(true);
+        }
+    }
+
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut NetworkIndex) -> R + Send + 'static,
+    ) -> R {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || f(&mut index.write().expect("bug: poisoned")))
+            .await
+            .expect("bug: index update panicked")
+    }
+
+    async fn on_index(
+        &mut self,
+        peer: PeerId,
+        request: index_sync::Request,
+        respond: Responder<index_sync::Response>,
+    ) {
+        let response = self.apply(peer, request).await;
+        let refused = matches!(response, index_sync::Response::Refused { .. });
+        if let index_sync::Response::Refused { reason } = &response {
+            tracing::warn!(%peer, %reason, "index push refused; dropping the node's entries and its connection");
+            self.peers.remove(&peer);
+            self.write(move |index| index.remove_peer(&peer)).await;
+        }
+        self.update_warm();
+        match respond {
+            Responder::Net(channel) if refused => {
+                self.net
+                    .respond_index_and_disconnect(channel, response, peer)
+                    .await
+            }
+            Responder::Net(channel) => self.net.respond_index(channel, response).await,
+            Responder::Local(reply) => {
+                let _ = reply.send(response);
+            }
+        }
+    }
+
+    async fn apply(&mut self, peer: PeerId, request: index_sync::Request) -> index_sync::Response {
+        use index_sync::Response;
+        if !self.leading {
+            return Response::NotLeader;
+        }
+        if let Err(reason) = request.check() {
+            return Response::Refused { reason };
+        }
+        let sync = self.peers.entry(peer).or_default();
+        sync.absent_since = None;
+        match request {
+            index_sync::Request::Snapshot(page) => {
+                let first = page.page == 0;
+                match sync.snapshot {
+                    _ if first => {
+                        sync.snapshot = Some((page.session, 1, page.version));
+                    }
+                    Some((session, next, version))
+                        if session == page.session
+                            && next == page.page
+                            && version == page.version =>
+                    {
+                        sync.snapshot = Some((session, next + 1, version));
+                    }
+                    _ => {
+                        sync.snapshot = None;
+                        return Response::NeedSnapshot;
+                    }
+                }
+                if page.last {
+                    sync.snapshot = None;
+                }
+                let (version, last) = (page.version, page.last);
+                let entries: Vec<index::Entry> =
+                    page.entries.into_iter().map(super::index_entry).collect();
+                let result = self
+                    .write(move |index| {
+                        if first {
+                            index.begin_snapshot(peer);
+                        }
+                        index.upsert(peer, entries)?;
+                        Ok::<_, index::LimitError>(last.then(|| index.finish_snapshot(peer)))
+                    })
+                    .await;
+                match result {
+                    Ok(finished) => {
+                        if let Some(stale) = finished {
+                            let sync = self.peers.entry(peer).or_default();
+                            sync.version = Some(version);
+                            tracing::debug!(%peer, version, stale, "snapshot complete");
+                        }
+                        Response::Ack { version }
+                    }
+                    Err(e) => Response::Refused {
+                        reason: e.to_string(),
+                    },
+                }
+            }
+            index_sync::Request::Delta(delta) => {
+                if sync.version == Some(delta.version) {
+                    // Already applied (a resend, or an empty delta that checks the version).
+                    return Response::Ack {
+                        version: delta.version,
+                    };
+                }
+                if sync.version != Some(delta.base) {
+                    return Response::NeedSnapshot;
+                }
+                let version = delta.version;
+                let upserted: Vec<index::Entry> =
+                    delta.upserted.into_iter().map(super::index_entry).collect();
+                let removed = delta.removed;
+                let result = self
+                    .write(move |index| {
+                        index.remove(peer, &removed);
+                        index.upsert(peer, upserted)
+                    })
+                    .await;
+                match result {
+                    Ok(()) => {
+                        self.peers.entry(peer).or_default().version = Some(version);
+                        Response::Ack { version }
+                    }
+                    Err(e) => Response::Refused {
+                        reason: e.to_string(),
+                    },
+                }
+            }
+        }
+    }
+
+    async fn on_search(
+        &mut self,
+        peer: PeerId,
+        request: search::Request,
+        respond: Responder<search::Response>,
+    ) {
+        let immediate = if !self.leading {
+            Some(search::Response::NotLeader)
+        } else if let Err(reason) = request.check() {
+            tracing::debug!(%peer, %reason, "search refused");
+            Some(search::Response::Refused { reason })
+        } else {
+            None
+        };
+        let permit = match immediate {
+            Some(_) => None,
+            None => match self.searches.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    tracing::debug!(%peer, "too many searches at once");
+                    None
+                }
+            },
+        };
+        let net = self.net.clone();
+        let Some(permit) = permit else {
+            let response = immediate.unwrap_or(search::Response::Busy);
+            send_search(&net, respond, response).await;
+            return;
+        };
+        let index = self.index.clone();
+        let mut warm = self.warm.subscribe();
+        let deadline = tokio::time::Instant::from_std(self.warm_deadline);
+        tokio::spawn(async move {
+            let _permit = permit;
+            // Wait for the nodes' snapshots after a leader change, at most until the deadline.
+            let _ = tokio::time::timeout_at(deadline, warm.wait_for(|w| *w)).await;
+            let response = tokio::task::spawn_blocking(move || {
+                run_search(&index.read().expect("bug: poisoned"), request, peer)
+            })
+            .await
+            .expect("bug: search panicked");
+            send_search(&net, respond, response).await;
+        });
+    }
+}
+
+async fn send_search(
+    net: &NetworkClient,
+    respond: Responder<search::Response>,
+    response: search::Response,
+) {
+    match respond {
+        Responder::Net(channel) => net.respond_search(channel, response).await,
+        Responder::Local(reply) => {
+            let _ = reply.send(response);
+        }
+    }
+}
+
+/// Answers a (checked) search request from the index; `requester` is listed first among the
+/// holders of a hit it holds itself.
+fn run_search(
+    index: &NetworkIndex,
+    request: search::Request,
+    requester: PeerId,
+) -> search::Response {
+    let wire_hit = |hit| wire_hit(hit, requester);
+    let hits = match request {
+        search::Request::Search(query) => {
+            let results = index.search(&index::Query {
+                text: query.text,
+                kind: query.kind.map(super::local_kind),
+                offset: query.offset as usize,
+                limit: query.limit as usize,
+            });
+            return search::Response::Results(search::Results {
+                total: results.total as u64,
+                indexed: index.len() as u64,
+                nodes: index.peers() as u32,
+                hits: results.hits.into_iter().map(wire_hit).collect(),
+            });
+        }
+        search::Request::Locate { prefix, max } => {
+            index.locate(&prefix.to_ascii_lowercase(), max as usize)
+        }
+    };
+    search::Response::Results(search::Results {
+        total: hits.len() as u64,
+        indexed: index.len() as u64,
+        nodes: index.peers() as u32,
+        hits: hits.into_iter().map(wire_hit).collect(),
+    })
+}
+
+fn wire_hit(mut hit: index::Hit, requester: PeerId) -> search::Hit {
+    if let Some(i) = hit.holders.iter().position(|(p, _)| *p == requester) {
+        hit.holders[..=i].rotate_right(1);
+    }
+    search::Hit {
+        id: wire::Id(hit.id),
+        kind: super::wire_kind(hit.kind),
+        size: hit.size,
+        path: hit.path,
+        score: hit.score,
+        holders: hit
+            .holders
+            .into_iter()
+            .take(search::MAX_HOLDERS)
+            .map(|(peer, _)| peer.to_string())
+            .collect(),
+        holder_count: hit.holder_count.min(u32::MAX as usize) as u32,
+    }
+}
