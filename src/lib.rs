@@ -20,3 +20,4 @@ pub mod leader;
 pub mod net;
 pub mod share;
 pub mod store;
+pub mod transfer;
