@@ -68,13 +68,18 @@ pub fn check_path(path: &str) -> Result<(), String> {
         return Ok(());
     }
     if path.contains('\0') {
-        return Err(format!("a path with a NUL byte: {:?}", path.replace('\0', "\\0")));
+        return Err(format!(
+            "a path with a NUL byte: {:?}",
+            path.replace('\0', "\\0")
+        ));
     }
     if path
         .split('/')
         .any(|c| c.is_empty() || c == "." || c == "..")
     {
-        return Err(format!("a path that is not a plain relative path: {path:?}"));
+        return Err(format!(
+            "a path that is not a plain relative path: {path:?}"
+        ));
     }
     Ok(())
 }

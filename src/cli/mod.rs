@@ -58,7 +58,9 @@ enum Command {
         json: JsonArg,
     },
     /// Find files and folders shared anywhere on the network, by name
-    #[command(long_about = "Find files and folders shared anywhere on the network, by name.\n\nMatching is forgiving: case-insensitive, letters in order but not together (`btmn` finds batman), words in any order, small typos. An exact name ranks first, then names that start with the words, then names containing them, then looser matches; a match in the name beats one in the folder path. Each result is one piece of content, however many peers hold it.")]
+    #[command(
+        long_about = "Find files and folders shared anywhere on the network, by name.\n\nMatching is forgiving: case-insensitive, letters in order but not together (`btmn` finds batman), words in any order, small typos. An exact name ranks first, then names that start with the words, then names containing them, then looser matches; a match in the name beats one in the folder path. Each result is one piece of content, however many peers hold it."
+    )]
     Search {
         /// The words to look for
         #[arg(required = true, value_name = "WORDS")]

@@ -67,23 +67,25 @@ pub async fn ask(
                 last,
             });
         }
-        let view = match tokio::time::timeout_at(until, leader.wait_for(|v| v.leader.is_some()))
-            .await
-        {
-            Ok(Ok(view)) => *view,
-            Ok(Err(_)) => return Err(AskError::Stopped),
-            Err(_) => {
-                return Err(AskError::NoLeader {
-                    waited: start.elapsed(),
-                    last,
-                })
-            }
-        };
+        let view =
+            match tokio::time::timeout_at(until, leader.wait_for(|v| v.leader.is_some())).await {
+                Ok(Ok(view)) => *view,
+                Ok(Err(_)) => return Err(AskError::Stopped),
+                Err(_) => {
+                    return Err(AskError::NoLeader {
+                        waited: start.elapsed(),
+                        last,
+                    })
+                }
+            };
         let target = view.leader.expect("bug: waited for a leader");
         leader.mark_unchanged();
         let asked = async {
             if target == net.local_peer_id() {
-                local.search(request.clone()).await.ok_or(RequestError::Stopped)
+                local
+                    .search(request.clone())
+                    .await
+                    .ok_or(RequestError::Stopped)
             } else {
                 net.search(target, request.clone()).await
             }
@@ -115,7 +117,11 @@ pub async fn ask(
         }
         tracing::debug!(reason = %last, "asking the leader again");
         // Wait for a new leader, or a moment if the same one stays.
-        let _ = tokio::time::timeout_at(until.min(Instant::now() + RETRY), leader_moves(&mut leader, target)).await;
+        let _ = tokio::time::timeout_at(
+            until.min(Instant::now() + RETRY),
+            leader_moves(&mut leader, target),
+        )
+        .await;
     }
 }
 

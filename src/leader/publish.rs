@@ -237,7 +237,10 @@ fn merge(known: u64, batch: &[Arc<IndexDelta>]) -> Merged {
         return Merged::Nothing;
     }
     if changes.len() > index_sync::MAX_ENTRIES
-        || changes.keys().map(|p| p.len() + index_sync::ENTRY_OVERHEAD).sum::<usize>()
+        || changes
+            .keys()
+            .map(|p| p.len() + index_sync::ENTRY_OVERHEAD)
+            .sum::<usize>()
             > index_sync::PAGE_BUDGET
     {
         return Merged::Resync;
@@ -311,10 +314,7 @@ mod tests {
             merge(9, &[delta(8, vec![], &[]), delta(9, vec![], &[])]),
             Merged::Nothing
         ));
-        assert!(matches!(
-            merge(3, &[delta(5, vec![], &[])]),
-            Merged::Resync
-        ));
+        assert!(matches!(merge(3, &[delta(5, vec![], &[])]), Merged::Resync));
         let mut reset = (*delta(4, vec![], &[])).clone();
         reset.reset = true;
         assert!(matches!(merge(3, &[Arc::new(reset)]), Merged::Resync));

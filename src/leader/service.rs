@@ -203,7 +203,10 @@ impl Service {
             );
         } else {
             self.awaited.clear();
-            tracing::info!(entries = dropped, "no longer leading: network index dropped");
+            tracing::info!(
+                entries = dropped,
+                "no longer leading: network index dropped"
+            );
         }
     }
 
@@ -247,7 +250,8 @@ impl Service {
             let removed = self.write(move |index| index.remove_peer(&peer)).await;
             tracing::info!(%peer, entries = removed, "node gone; its entries are dropped");
         }
-        self.awaited.retain(|p| *p == self.local || connected.contains(p));
+        self.awaited
+            .retain(|p| *p == self.local || connected.contains(p));
         self.update_warm();
     }
 

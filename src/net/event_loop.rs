@@ -365,7 +365,11 @@ impl EventLoop {
                 request,
                 reply,
             } => {
-                let id = self.swarm.behaviour_mut().search.send_request(&peer, request);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .search
+                    .send_request(&peer, request);
                 self.pending_search.insert(id, reply);
             }
             Command::RespondIndex {

@@ -15,9 +15,7 @@ use iwant_behaviours::{
     search,
     wire::{Id, Kind},
 };
-use libp2p::{
-    noise, request_response, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId, Swarm,
-};
+use libp2p::{noise, request_response, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId, Swarm};
 use tempfile::TempDir;
 
 use crate::util::{start_in_process, wait_for_async};
@@ -132,7 +130,10 @@ async fn files_are_found_from_every_node_and_follow_renames_and_deletes() {
     assert_eq!(hit.holders, [a.node.peer_id().to_string()]);
     assert!(!hit.local);
     let own = a.search("quarterly").await.unwrap();
-    assert!(own.results[0].local, "A's own file is marked local: {own:?}");
+    assert!(
+        own.results[0].local,
+        "A's own file is marked local: {own:?}"
+    );
 
     // The same content on B too: one row, two holders.
     b.write("copy of the report.pdf", b"q4 numbers");
@@ -186,7 +187,10 @@ async fn a_search_right_after_start_waits_for_the_election() {
     a.write("alone.txt", b"alone");
     // No leader yet: the search waits for one instead of failing.
     assert!(a.leader().await.is_none());
-    let reply = a.search("alone").await.expect("the search waits for a leader");
+    let reply = a
+        .search("alone")
+        .await
+        .expect("the search waits for a leader");
     assert_eq!(reply.leader, a.node.peer_id().to_string());
     a.node.stop().await;
 }
@@ -201,10 +205,7 @@ async fn a_node_that_leaves_takes_its_files_after_the_grace_period() {
         .position(|n| n.node.peer_id() != leader)
         .unwrap();
     let leaving = nodes.remove(i);
-    let asker = nodes
-        .iter()
-        .find(|n| n.node.peer_id() != leader)
-        .unwrap();
+    let asker = nodes.iter().find(|n| n.node.peer_id() != leader).unwrap();
     leaving.write("leaving/soon.bin", b"bye");
     asker
         .wait_search("soon", "the leaving node's file", |r| {
@@ -276,13 +277,16 @@ mod hostile {
 
     pub fn swarm() -> Swarm<Behaviour> {
         let big = 64 * 1024 * 1024;
-        let config = request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(10));
+        let config =
+            request_response::Config::default().with_request_timeout(Duration::from_secs(10));
         let index = request_response::cbor::Behaviour::with_codec(
             request_response::cbor::codec::Codec::default()
                 .set_request_size_maximum(big)
                 .set_response_size_maximum(big),
-            [(index_sync::PROTOCOL, request_response::ProtocolSupport::Full)],
+            [(
+                index_sync::PROTOCOL,
+                request_response::ProtocolSupport::Full,
+            )],
             config.clone(),
         );
         let search = request_response::cbor::Behaviour::with_codec(
@@ -320,8 +324,10 @@ mod hostile {
     ) -> Outcome<index_sync::Response> {
         let id = swarm.behaviour_mut().index.send_request(&peer, request);
         loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::Behaviour(BehaviourEvent::Index(event)) => match event {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Index(event)) =
+                swarm.select_next_some().await
+            {
+                match event {
                     request_response::Event::Message {
                         message:
                             request_response::Message::Response {
@@ -334,8 +340,7 @@ mod hostile {
                         request_id, error, ..
                     } if request_id == id => return Outcome::Failed(error.to_string()),
                     _ => {}
-                },
-                _ => {}
+                }
             }
         }
     }
@@ -432,17 +437,31 @@ async fn hostile_peers_cannot_touch_others_entries_and_are_cut_off() {
         removed: vec!["secret plans.txt".into()],
     });
     let r = hostile::index(&mut evil, target, delta).await;
-    assert!(matches!(r, Answered(index_sync::Response::NeedSnapshot)), "{r:?}");
+    assert!(
+        matches!(r, Answered(index_sync::Response::NeedSnapshot)),
+        "{r:?}"
+    );
 
     // Entries at the same path are the hostile peer's own; removing them leaves the node's.
-    let r = hostile::index(&mut evil, target, hostile::snapshot(vec![hostile::entry("secret plans.txt")])).await;
-    assert!(matches!(r, Answered(index_sync::Response::Ack { version: 1 })), "{r:?}");
+    let r = hostile::index(
+        &mut evil,
+        target,
+        hostile::snapshot(vec![hostile::entry("secret plans.txt")]),
+    )
+    .await;
+    assert!(
+        matches!(r, Answered(index_sync::Response::Ack { version: 1 })),
+        "{r:?}"
+    );
     let reply = hostile::driving(
         &mut evil,
         node.wait_search("secret plans", "both holders", |r| r.results.len() == 2),
     )
     .await;
-    assert!(reply.results.iter().any(|h| h.id == plans && h.holder_count == 1));
+    assert!(reply
+        .results
+        .iter()
+        .any(|h| h.id == plans && h.holder_count == 1));
     let remove = index_sync::Request::Delta(Delta {
         base: 1,
         version: 2,
@@ -450,7 +469,10 @@ async fn hostile_peers_cannot_touch_others_entries_and_are_cut_off() {
         removed: vec!["secret plans.txt".into()],
     });
     let r = hostile::index(&mut evil, target, remove).await;
-    assert!(matches!(r, Answered(index_sync::Response::Ack { version: 2 })), "{r:?}");
+    assert!(
+        matches!(r, Answered(index_sync::Response::Ack { version: 2 })),
+        "{r:?}"
+    );
     let reply = hostile::driving(&mut evil, node.search("secret plans"))
         .await
         .unwrap();
@@ -466,7 +488,10 @@ async fn hostile_peers_cannot_touch_others_entries_and_are_cut_off() {
         limit: 10,
     });
     let r = hostile::search(&mut evil, target, long).await;
-    assert!(matches!(r, Answered(search::Response::Refused { .. })), "{r:?}");
+    assert!(
+        matches!(r, Answered(search::Response::Refused { .. })),
+        "{r:?}"
+    );
     let locate = search::Request::Locate {
         prefix: plans.to_hex()[..6].to_string(),
         max: 5,
@@ -512,7 +537,10 @@ async fn hostile_peers_cannot_touch_others_entries_and_are_cut_off() {
         }
     })
     .await;
-    assert!(closed.is_ok(), "the node closes the connection of a peer that broke a bound");
+    assert!(
+        closed.is_ok(),
+        "the node closes the connection of a peer that broke a bound"
+    );
 
     // The node is fine and its own file is still found.
     let reply = node.search("plans").await.unwrap();

@@ -34,6 +34,7 @@
 
 mod discovery;
 mod election;
+mod search;
 
 use std::{
     fmt::Write as _,
