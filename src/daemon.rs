@@ -21,6 +21,7 @@ use crate::{
     net::{self, NetConfig, NetworkClient},
     share::{self, IndexHandle},
     store::Store,
+    transfer::{self, GetError, Transfers},
 };
 
 /// How to start a node: its home plus command-line overrides of the config.
@@ -169,6 +170,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         client: net,
         event_loop,
         inbound,
+        content_inbound,
     } = net::spawn(keypair, net_config, shutdown.child_token())?;
     tasks.spawn(event_loop.run());
     let (leader, service) = leader::spawn(net.clone(), inbound, shutdown.child_token());
@@ -187,8 +189,29 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         shutdown.child_token(),
     ));
 
+    tasks.spawn(transfer::serve::run(
+        net.clone(),
+        index.clone(),
+        content_inbound,
+        shutdown.child_token(),
+    ));
+
     let (folders_tx, folders_rx) = watch::channel(folders);
+    let transfers = Transfers::new(
+        net.clone(),
+        leader.clone(),
+        index.clone(),
+        folders_rx.clone(),
+        shutdown.child_token(),
+        tasks.clone(),
+    );
+    match transfers.resume_all().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(downloads = n, "resuming downloads"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the downloads to resume"),
+    }
     let state = Arc::new(State {
+        transfers,
         net: net.clone(),
         leader,
         index: index.clone(),
@@ -219,6 +242,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
 
 /// What the control handler needs.
 struct State {
+    transfers: Transfers,
     net: NetworkClient,
     leader: LeaderHandle,
     index: IndexHandle,
@@ -249,6 +273,7 @@ impl State {
                     index: self.index.status(),
                     leader: net.leader,
                     term: net.term,
+                    downloads: self.transfers.list(),
                 })))
             }
             Request::List { errors: false } => {
@@ -268,6 +293,26 @@ impl State {
             Request::Config => Ok(Response::Folders(self.folders.borrow().clone())),
             Request::SetShared { path } => self.set_folders(Some(path), None).await,
             Request::SetDownload { path } => self.set_folders(None, Some(path)).await,
+            Request::Get { id } => self
+                .transfers
+                .get(&id)
+                .await
+                .map(Response::Download)
+                .map_err(get_error),
+            Request::Downloads { id: None } => Ok(Response::Downloads {
+                downloads: self.transfers.list(),
+            }),
+            Request::Downloads { id: Some(id) } => self
+                .transfers
+                .find(&id)
+                .map(Response::Download)
+                .ok_or_else(|| get_error(GetError::NoDownload(id))),
+            Request::Cancel { id } => self
+                .transfers
+                .cancel(&id)
+                .await
+                .map(Response::Download)
+                .map_err(get_error),
         }
     }
 
@@ -362,6 +407,19 @@ impl State {
         self.folders.send_replace(folders.clone());
         Ok(Response::Folders(folders))
     }
+}
+
+fn get_error(e: GetError) -> ControlError {
+    let kind = match &e {
+        GetError::BadId(_) => ErrorKind::BadRequest,
+        GetError::NotFound(_) | GetError::NoDownload(_) => ErrorKind::NotFound,
+        GetError::Ambiguous { .. } => ErrorKind::Ambiguous,
+        GetError::Ask(AskError::NoLeader { .. }) => ErrorKind::NoLeader,
+        GetError::Ask(AskError::Stopped) => ErrorKind::ShuttingDown,
+        GetError::Ask(AskError::Refused(_)) => ErrorKind::BadRequest,
+        GetError::Store(_) => ErrorKind::Internal,
+    };
+    ControlError::new(kind, e.to_string())
 }
 
 fn internal(e: impl std::fmt::Display) -> ControlError {

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod fsio;
 pub mod leader;
 pub mod net;
 pub mod share;

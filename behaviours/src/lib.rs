@@ -9,17 +9,27 @@
 //! - [`election`]: the nodes elect one leader per LAN (`/iwant/election/1`).
 //! - [`index_sync`]: every node pushes its index to the leader (`/iwant/index/1.0.0`).
 //! - [`search`]: searches and id lookups, answered by the leader (`/iwant/search/1.0.0`).
+//! - [`content`]: piece lists and directory manifests, answered by holders
+//!   (`/iwant/content/1.0.0`).
+//! - [`chunk`]: the wire format of piece streams (`/iwant/chunk/1`), opened and accepted through
+//!   [`libp2p_stream`] ([`NodeBehaviour::chunk`]).
 //!
 //! This crate knows nothing about disks, configuration files or the command line: it is the
 //! network vocabulary that the `iwant` node speaks. Wire formats are specified in
 //! `docs/protocols.md`.
 
+pub mod chunk;
 pub mod connections;
+pub mod content;
 pub mod election;
 pub mod index_sync;
 pub mod peer_exchange;
 pub mod search;
 pub mod wire;
+
+/// The generic stream behaviour that carries [`chunk`] streams; its
+/// [`Control`](libp2p_stream::Control) opens and accepts them.
+pub use libp2p_stream;
 
 use std::time::Duration;
 
@@ -105,6 +115,10 @@ pub struct NodeBehaviour {
     pub index_sync: index_sync::Behaviour,
     /// Search at the leader (`/iwant/search/1.0.0`).
     pub search: search::Behaviour,
+    /// Piece lists and manifests (`/iwant/content/1.0.0`).
+    pub content: content::Behaviour,
+    /// Piece streams (`/iwant/chunk/1`).
+    pub chunk: libp2p_stream::Behaviour,
 }
 
 impl NodeBehaviour {
@@ -137,6 +151,8 @@ impl NodeBehaviour {
             election: election::Behaviour::new(local_peer_id, config.election),
             index_sync: index_sync::behaviour(),
             search: search::behaviour(),
+            content: content::behaviour(),
+            chunk: libp2p_stream::Behaviour::new(),
         })
     }
 }

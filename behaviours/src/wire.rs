@@ -1,6 +1,6 @@
 //! Wire types shared by iwant's request-response protocols.
 
-use std::fmt;
+use std::{fmt, ops::Deref};
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
@@ -42,6 +42,55 @@ impl<'de> Deserialize<'de> for Id {
             }
         }
         d.deserialize_bytes(Visitor)
+    }
+}
+
+/// Opaque bytes: a CBOR byte string on the wire (major type 2), never an array of integers.
+/// `Debug` prints only the length, so logging a message never dumps its payload.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Bytes(pub Vec<u8>);
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Self(v)
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(Visitor)
     }
 }
 
@@ -110,5 +159,41 @@ mod tests {
     }
     fn serde_bytes_of(b: &[u8]) -> Bytes<'_> {
         Bytes(b)
+    }
+}
+
+#[cfg(test)]
+mod bytes_tests {
+    use super::Bytes;
+
+    #[test]
+    fn bytes_are_cbor_byte_strings_and_debug_shows_only_the_length() {
+        for len in [0usize, 1, 23, 24, 255, 256, 70_000] {
+            let data = Bytes((0..len).map(|i| i as u8).collect());
+            let mut buf = Vec::new();
+            cbor4ii::serde::to_writer(&mut buf, &data).unwrap();
+            assert_eq!(buf[0] >> 5, 2, "major type 2 (byte string) for {len} bytes");
+            let header = match len {
+                0..=23 => 1,
+                24..=255 => 2,
+                256..=65_535 => 3,
+                _ => 5,
+            };
+            assert_eq!(buf.len(), header + len);
+            let back: Bytes = cbor4ii::serde::from_slice(&buf).unwrap();
+            assert_eq!(back, data);
+            let from_reader: Bytes =
+                cbor4ii::serde::from_reader(std::io::BufReader::new(&buf[..])).unwrap();
+            assert_eq!(from_reader, data);
+        }
+        assert_eq!(format!("{:?}", Bytes(vec![9; 1000])), "Bytes(1000 bytes)");
+        let b = Bytes::from(vec![1, 2, 3]);
+        assert_eq!(&b[..], &[1, 2, 3]);
+        assert_eq!(b.len(), 3);
+        // An array of integers is not a byte string.
+        let mut array = Vec::new();
+        cbor4ii::serde::to_writer(&mut array, &vec![1u8, 2, 3]).unwrap();
+        assert_eq!(array[0] >> 5, 4);
+        assert!(cbor4ii::serde::from_slice::<Bytes>(&array).is_err());
     }
 }

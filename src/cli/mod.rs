@@ -5,6 +5,7 @@
 //! to stderr, once, with their cause chain.
 
 mod folders;
+mod get;
 mod ls;
 mod node;
 mod search;
@@ -72,6 +73,29 @@ enum Command {
         /// Only files or only directories
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Download a file or folder by id from every node that has it
+    #[command(
+        long_about = "Download a file or folder by id from every node that has it, into the download folder.\n\nThe id (or its first digits) is what `iwant search` shows. The download belongs to the node: leaving with Ctrl-C does not stop it (watch it with `iwant status`, or run the same `iwant get` again to follow it), and it resumes by itself after a restart. Every piece is verified; a name that exists already is never overwritten (the new one gets a ` (1)` suffix)."
+    )]
+    Get {
+        /// The content id, or a unique prefix of it (at least 4 hex digits)
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Start the download and return at once
+        #[arg(long)]
+        detach: bool,
+        /// Print progress as JSON lines, then the result (also when stdout is not a terminal)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a download and remove its partial data
+    Cancel {
+        /// The content id, or a unique prefix of it
+        #[arg(value_name = "ID")]
+        id: String,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -158,6 +182,12 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
                 KindArg::Dir => crate::share::Kind::Dir,
             });
             client_runtime()?.block_on(search::run(home, words, kind, limit, json.json))
+        }
+        Command::Get { id, detach, json } => {
+            client_runtime()?.block_on(get::get(home, id, detach, json))
+        }
+        Command::Cancel { id, json } => {
+            client_runtime()?.block_on(get::cancel(home, id, json.json))
         }
         Command::Share { path, json } => {
             client_runtime()?.block_on(folders::set(home, folders::Which::Shared, path, json.json))

@@ -75,6 +75,36 @@ fn render(s: &StatusReply) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(out, "  {}  {addr}  {agent}  rtt {rtt}", p.peer_id);
     }
+    if !s.downloads.is_empty() {
+        let _ = writeln!(out, "Downloads:        {}", s.downloads.len());
+    }
+    for d in &s.downloads {
+        let pct = if d.bytes_total == 0 {
+            100.0
+        } else {
+            d.bytes_done as f64 * 100.0 / d.bytes_total as f64
+        };
+        let state = match d.state {
+            crate::transfer::State::Done => format!(
+                "done: {}",
+                d.path
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            crate::transfer::State::Failed => {
+                format!("failed: {}", d.message.as_deref().unwrap_or_default())
+            }
+            crate::transfer::State::Cancelled => "cancelled".into(),
+            _ => format!(
+                "{pct:.0}% of {}, {}/s, {}",
+                super::ls::human_bytes(d.bytes_total),
+                super::ls::human_bytes(d.rate),
+                super::get::details(d)
+            ),
+        };
+        let _ = writeln!(out, "  {}  {}  {state}", &d.id.to_hex()[..12], d.name);
+    }
     out
 }
 
@@ -115,6 +145,7 @@ mod tests {
             },
             leader: Some("12D3Self".into()),
             term: 4,
+            downloads: Vec::new(),
         };
         let text = render(&s);
         assert!(

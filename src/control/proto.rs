@@ -63,6 +63,23 @@ pub enum Request {
         #[serde(default)]
         offset: u32,
     },
+    /// Download the content whose id starts with `id` (or find the download of it that runs).
+    Get {
+        /// An id or a unique prefix of at least 4 hex digits.
+        id: String,
+    },
+    /// The downloads of this run (running and recently ended), or with `id`, the one whose id
+    /// starts with it.
+    Downloads {
+        /// Only the download whose id starts with this.
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// Stop a running download and remove its partial data.
+    Cancel {
+        /// An id or a unique prefix of at least 4 hex digits.
+        id: String,
+    },
 }
 
 /// What the server sends back: exactly one of `ok` and `error` is present.
@@ -114,6 +131,13 @@ pub enum Response {
     },
     /// Answer to [`Request::Search`].
     SearchResults(SearchReply),
+    /// Answer to [`Request::Get`] and [`Request::Cancel`]: that download's progress.
+    Download(crate::transfer::Progress),
+    /// Answer to [`Request::Downloads`].
+    Downloads {
+        /// Running downloads first, then those that ended.
+        downloads: Vec<crate::transfer::Progress>,
+    },
 }
 
 /// Search results, as `iwant search --json` prints them.
@@ -181,6 +205,9 @@ pub struct StatusReply {
     pub leader: Option<String>,
     /// The election term.
     pub term: u64,
+    /// Downloads of this run: running ones first, then those that ended.
+    #[serde(default)]
+    pub downloads: Vec<crate::transfer::Progress>,
 }
 
 /// A connected peer, as listed by `iwant status`.
@@ -223,6 +250,10 @@ pub enum ErrorKind {
     ShuttingDown,
     /// No leader was elected or none answered in time.
     NoLeader,
+    /// No node shares the id, or no download has it.
+    NotFound,
+    /// An id prefix matches several ids; the message lists them.
+    Ambiguous,
     /// Anything else; the message says what.
     #[serde(other)]
     Internal,

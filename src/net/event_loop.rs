@@ -7,7 +7,7 @@ use std::{
 
 use futures::StreamExt;
 use iwant_behaviours::{
-    election, index_sync,
+    content, election, index_sync,
     peer_exchange::{self, Ack, Announce},
     search, NodeBehaviour, NodeBehaviourEvent,
 };
@@ -32,9 +32,9 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Command, Inbound, LeaderView, NetStatus, NetworkClient, PeerStatus, RequestError,
-    COMMAND_QUEUE, DIAL_TIMEOUT, GOODBYE_LIMIT, GOSSIP_TTL, IDLE_TIMEOUT, INBOUND_QUEUE,
-    LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS, REDIAL_INTERVAL,
+    Command, ContentInbound, Inbound, LeaderView, NetStatus, NetworkClient, PeerStatus,
+    RequestError, COMMAND_QUEUE, DIAL_TIMEOUT, GOODBYE_LIMIT, GOSSIP_TTL, IDLE_TIMEOUT,
+    INBOUND_QUEUE, LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS, REDIAL_INTERVAL,
 };
 use crate::config::DEFAULT_PORT;
 
@@ -114,6 +114,10 @@ pub struct EventLoop {
     pending_index: HashMap<OutboundRequestId, Reply<index_sync::Response>>,
     /// Our search requests waiting for their answers.
     pending_search: HashMap<OutboundRequestId, Reply<search::Response>>,
+    /// Content requests from peers, to the transfer server.
+    content_inbound: mpsc::Sender<ContentInbound>,
+    /// Our content requests waiting for their answers.
+    pending_content: HashMap<OutboundRequestId, Reply<content::Response>>,
     /// Peers to disconnect once their index sync answer is sent (they broke a rule).
     disconnect_after_response: HashSet<PeerId>,
 }
@@ -128,6 +132,8 @@ pub struct Spawned {
     pub event_loop: EventLoop,
     /// Requests from peers and peer arrivals/departures, for the leader task.
     pub inbound: mpsc::Receiver<Inbound>,
+    /// Content requests from peers, for the transfer server.
+    pub content_inbound: mpsc::Receiver<ContentInbound>,
 }
 
 /// Builds the swarm, starts listening and dialing, and returns the client, the loop and the
@@ -178,6 +184,8 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (leader_tx, leader_rx) = watch::channel(LeaderView::default());
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (content_tx, content_rx) = mpsc::channel(INBOUND_QUEUE);
+    let chunk = swarm.behaviour().chunk.new_control();
     let known_addrs = config
         .peers
         .into_iter()
@@ -200,17 +208,21 @@ pub fn spawn(
         inbound: inbound_tx,
         pending_index: HashMap::new(),
         pending_search: HashMap::new(),
+        content_inbound: content_tx,
+        pending_content: HashMap::new(),
         disconnect_after_response: HashSet::new(),
     };
     let client = NetworkClient {
         commands: tx,
         local_peer_id,
         leader: leader_rx,
+        chunk,
     };
     Ok(Spawned {
         client,
         event_loop,
         inbound: inbound_rx,
+        content_inbound: content_rx,
     })
 }
 
@@ -398,6 +410,82 @@ impl EventLoop {
                     .search
                     .send_response(channel, response);
             }
+            Command::Content {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .content
+                    .send_request(&peer, request);
+                self.pending_content.insert(id, reply);
+            }
+            Command::RespondContent { channel, response } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .content
+                    .send_response(channel, response);
+            }
+        }
+    }
+
+    /// Hands an inbound content request to the transfer server (answering `busy` here when
+    /// it is overloaded), and our requests' answers to their callers.
+    fn on_content(&mut self, event: content::Event) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let inbound = ContentInbound {
+                    peer,
+                    request,
+                    channel,
+                };
+                if let Err(e) = self.content_inbound.try_send(inbound) {
+                    tracing::debug!(%peer, "transfer server busy; content request refused");
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .content
+                        .send_response(e.into_inner().channel, content::Response::Busy);
+                }
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_content.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "content request failed");
+                if let Some(reply) = self.pending_content.remove(&request_id) {
+                    let _ = reply.send(Err(RequestError::Failed(error.to_string())));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "bad content request");
+            }
+            Event::ResponseSent { .. } => {}
         }
     }
 
@@ -821,6 +909,8 @@ impl EventLoop {
             NodeBehaviourEvent::Election(event) => self.on_election(event),
             NodeBehaviourEvent::IndexSync(event) => self.on_index_sync(event),
             NodeBehaviourEvent::Search(event) => self.on_search(event),
+            NodeBehaviourEvent::Content(event) => self.on_content(event),
+            NodeBehaviourEvent::Chunk(()) => {}
             NodeBehaviourEvent::Connections(never) => match never {},
         }
     }

@@ -19,7 +19,7 @@ mod event_loop;
 
 use std::time::Duration;
 
-use iwant_behaviours::{index_sync, search};
+use iwant_behaviours::{chunk, content, index_sync, libp2p_stream, search};
 use libp2p::{request_response::ResponseChannel, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -89,6 +89,17 @@ pub enum Inbound {
     },
 }
 
+/// A content request from a peer (piece lists, manifests), for the transfer server.
+#[derive(Debug)]
+pub struct ContentInbound {
+    /// The authenticated sender.
+    pub peer: PeerId,
+    /// What it asked (bounds not checked yet).
+    pub request: content::Request,
+    /// Where the answer goes ([`NetworkClient::respond_content`]).
+    pub channel: ResponseChannel<content::Response>,
+}
+
 /// A request to a peer failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RequestError {
@@ -156,6 +167,22 @@ pub enum Command {
         /// The answer.
         response: search::Response,
     },
+    /// Send a content request (piece list, manifest page) to a peer.
+    Content {
+        /// The holder.
+        peer: PeerId,
+        /// The request.
+        request: content::Request,
+        /// The answer, or why there is none.
+        reply: oneshot::Sender<Result<content::Response, RequestError>>,
+    },
+    /// Answer an inbound content request.
+    RespondContent {
+        /// The request's channel.
+        channel: ResponseChannel<content::Response>,
+        /// The answer.
+        response: content::Response,
+    },
 }
 
 /// A snapshot of the node's network state.
@@ -194,11 +221,20 @@ pub struct PeerStatus {
 pub struct NetworkStopped;
 
 /// A cloneable handle to the event loop.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NetworkClient {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
     leader: watch::Receiver<LeaderView>,
+    chunk: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for NetworkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkClient")
+            .field("local_peer_id", &self.local_peer_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NetworkClient {
@@ -302,6 +338,48 @@ impl NetworkClient {
         let _ = self
             .send(Command::RespondSearch { channel, response })
             .await;
+    }
+
+    /// Sends a content request to `peer` and waits for its answer.
+    pub async fn content(
+        &self,
+        peer: PeerId,
+        request: content::Request,
+    ) -> Result<content::Response, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Content {
+            peer,
+            request,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Answers an inbound content request.
+    pub async fn respond_content(
+        &self,
+        channel: ResponseChannel<content::Response>,
+        response: content::Response,
+    ) {
+        let _ = self
+            .send(Command::RespondContent { channel, response })
+            .await;
+    }
+
+    /// Opens a `/iwant/chunk/1` stream to a connected `peer`.
+    pub async fn open_chunk_stream(&self, peer: PeerId) -> Result<libp2p::Stream, RequestError> {
+        self.chunk
+            .clone()
+            .open_stream(peer, chunk::PROTOCOL)
+            .await
+            .map_err(|e| RequestError::Failed(e.to_string()))
+    }
+
+    /// The inbound `/iwant/chunk/1` streams. Only one caller (the transfer server) may take
+    /// them; a second call fails.
+    pub fn accept_chunk_streams(&self) -> Option<libp2p_stream::IncomingStreams> {
+        self.chunk.clone().accept(chunk::PROTOCOL).ok()
     }
 
     async fn send(&self, command: Command) -> Result<(), NetworkStopped> {

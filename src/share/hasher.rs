@@ -5,6 +5,7 @@ use std::{fs::File, io, path::Path};
 use rayon::prelude::*;
 
 use super::pieces::{root_of_pieces, FileHash, Layout};
+use crate::fsio::read_at;
 
 /// Bytes read per `read` call while hashing.
 const READ_BUF: usize = 1024 * 1024;
@@ -89,20 +90,6 @@ fn hash_range_with(
         done += n as u64;
     }
     Ok(done)
-}
-
-/// Positional read, safe to call from several threads on one `File`.
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        file.read_at(buf, offset)
-    }
-    #[cfg(windows)]
-    {
-        use std::os::windows::fs::FileExt;
-        file.seek_read(buf, offset)
-    }
 }
 
 #[cfg(test)]

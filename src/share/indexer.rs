@@ -121,6 +121,23 @@ impl IndexHandle {
             .expect("bug: index query panicked")
     }
 
+    /// The database the index lives in (open it read-only-ish with [`Store::open`]).
+    pub fn database(&self) -> &Path {
+        &self.db
+    }
+
+    /// The store key of the current shared folder (rows of the index are keyed by it).
+    pub fn root_key(&self) -> String {
+        root_key(&self.root())
+    }
+
+    /// Tells the indexer that the file at `path` (absolute) may have changed, e.g. because a
+    /// peer asked for it and it no longer matches its index row. Never waits: when the
+    /// indexer's queue is full the next rescan catches it.
+    pub fn recheck(&self, path: PathBuf) {
+        let _ = self.tx.try_send(Msg::Fs(vec![path]));
+    }
+
     /// Asks the thread to stop after the batch it is working on.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Relaxed);
@@ -696,6 +713,18 @@ impl Indexer {
 
 /// The stored row for directory `dir`, computed from all entries of the share (sorted).
 fn dir_row(entries: &[EntryRow], dir: &str) -> DirRow {
+    let (encoded, size, files) = manifest_below(entries, dir);
+    DirRow {
+        path: dir.to_string(),
+        id: *manifest::id_of(&encoded).as_bytes(),
+        size,
+        files,
+    }
+}
+
+/// The encoded manifest of directory `dir` ("" for the root), its total file bytes and file
+/// count, from entries of the share sorted by path that hold at least everything below `dir`.
+pub(crate) fn manifest_below(entries: &[EntryRow], dir: &str) -> (Vec<u8>, u64, u64) {
     let prefix = if dir.is_empty() {
         String::new()
     } else {
@@ -727,13 +756,7 @@ fn dir_row(entries: &[EntryRow], dir: &str) -> DirRow {
             });
         }
     }
-    let id = manifest::id_of(&manifest::encode(&mut manifest_entries));
-    DirRow {
-        path: dir.to_string(),
-        id: *id.as_bytes(),
-        size,
-        files,
-    }
+    (manifest::encode(&mut manifest_entries), size, files)
 }
 
 /// Whether `path` is `dir` or below it ("" is above everything).

@@ -21,6 +21,7 @@ pub mod scan;
 
 use std::time::Duration;
 
+pub(crate) use indexer::manifest_below;
 pub use indexer::{spawn, IndexHandle};
 pub use manifest::Kind;
 use serde::{Deserialize, Serialize};

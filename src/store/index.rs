@@ -113,13 +113,13 @@ impl IndexChange {
 
 /// The SQL condition "path is `rel` or below it" on parameters ?2 (rel), ?3 (rel + "/"),
 /// ?4 (rel + "0"): '0' is the byte after '/', so the range holds exactly the paths below.
-const UNDER: &str = "(?2 = '' OR path = ?2 OR (path >= ?3 AND path < ?4))";
+pub(super) const UNDER: &str = "(?2 = '' OR path = ?2 OR (path >= ?3 AND path < ?4))";
 
-fn under_params(rel: &str) -> (String, String) {
+pub(super) fn under_params(rel: &str) -> (String, String) {
     (format!("{rel}/"), format!("{rel}0"))
 }
 
-fn file_row(row: &Row<'_>) -> rusqlite::Result<FileRow> {
+pub(super) fn file_row(row: &Row<'_>) -> rusqlite::Result<FileRow> {
     Ok(FileRow {
         path: row.get(0)?,
         size: row.get::<_, i64>(1)? as u64,
@@ -131,7 +131,7 @@ fn file_row(row: &Row<'_>) -> rusqlite::Result<FileRow> {
     })
 }
 
-const FILE_COLUMNS: &str = "path, size, mtime_ns, inode, id, piece_size, pieces";
+pub(super) const FILE_COLUMNS: &str = "path, size, mtime_ns, inode, id, piece_size, pieces";
 
 impl Store {
     /// What a rescan compares of the files of `root` at or below `rel` ("" for all): no
@@ -335,7 +335,7 @@ impl Store {
         tx.commit().map_err(err)
     }
 
-    fn query<T>(
+    pub(super) fn query<T>(
         &self,
         sql: &str,
         params: impl rusqlite::Params,

@@ -42,10 +42,25 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         PRIMARY KEY (root, path)
     ) STRICT;",
+    // 3: downloads in progress. `done` is the bitfield of verified units (see
+    // `transfer::download`); a finished or cancelled download's row is deleted.
+    "CREATE TABLE downloads (
+        id BLOB PRIMARY KEY NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        dest TEXT NOT NULL,
+        part TEXT NOT NULL,
+        meta BLOB NOT NULL,
+        done BLOB NOT NULL,
+        started_ms INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 mod index;
+mod transfer;
 pub use index::{DirRow, EntryRow, FileRow, FileStat, IndexChange, IndexCounts, ScanError};
+pub use transfer::DownloadRow;
 
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +159,7 @@ impl Store {
             .map_err(|source| self.error(source))
     }
 
-    fn error(&self, source: rusqlite::Error) -> StoreError {
+    pub(super) fn error(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),
             source,

@@ -1,5 +1,388 @@
-//! Downloads: fetching content by id from every peer that holds it.
+//! Downloads: fetching content by id from every peer that holds it, and serving it to others.
 //!
-//! - [`planner`]: which piece goes to which peer (a plain struct, no I/O).
+//! - [`Transfers`]: the daemon's downloads: start ([`Transfers::get`]), watch
+//!   ([`Transfers::list`]), cancel, and resume after a restart. Each download is one task
+//!   (`download.rs`) that finds the holders through the leader, fetches the piece list or
+//!   manifest, then pulls units from every holder at once through per-peer fetchers
+//!   (`fetch.rs`), steered by the [`planner`], and persists its progress in the store.
+//! - [`plan`]: what a download fetches, built only from data checked against the id.
+//! - [`planner`]: which unit goes to which peer (a plain struct, no I/O).
+//! - [`serve`]: answering other nodes' piece-list, manifest and piece requests.
+//! - `place.rs`: names and no-clobber placement in the download folder.
 
+mod download;
+mod fetch;
+mod place;
+pub mod plan;
 pub mod planner;
+pub mod serve;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use iwant_behaviours::search;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Folders,
+    leader::{self, ask::AskError, LeaderHandle},
+    net::NetworkClient,
+    share::{IndexHandle, Kind},
+    store::{DownloadRow, Store, StoreError},
+};
+
+/// How many finished (done, failed, cancelled) downloads `iwant status` still shows.
+pub const KEEP_FINISHED: usize = 32;
+
+/// Where a download is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Finding holders, fetching the piece list or manifest.
+    Starting,
+    /// Fetching units.
+    Fetching,
+    /// No holder is reachable (or the disk is full); it goes on by itself when that changes.
+    Waiting,
+    /// Checking the finished data once more.
+    Verifying,
+    /// Complete: `path` says where it is.
+    Done,
+    /// Gave up; `message` says why.
+    Failed,
+    /// Cancelled by the user; its partial data is removed.
+    Cancelled,
+}
+
+impl State {
+    /// Whether the download has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Done | State::Failed | State::Cancelled)
+    }
+}
+
+/// A download's progress, as `iwant get` and `iwant status` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The content id (64 hex digits).
+    #[serde(with = "crate::share::hex_hash")]
+    pub id: blake3::Hash,
+    /// The name it gets in the download folder.
+    pub name: String,
+    /// File or directory.
+    pub kind: Kind,
+    /// Where it is.
+    pub state: State,
+    /// Why it waits or failed, or what it does now.
+    pub message: Option<String>,
+    /// Bytes to fetch (identical contents counted once).
+    pub bytes_total: u64,
+    /// Bytes verified so far.
+    pub bytes_done: u64,
+    /// Distinct files in all, and complete (1 and 0/1 for a file).
+    pub files_total: u64,
+    /// Distinct files complete.
+    pub files_done: u64,
+    /// Peers it is fetching from now.
+    pub peers: u32,
+    /// Bytes per second over the last seconds.
+    pub rate: u64,
+    /// Where the finished download is.
+    pub path: Option<PathBuf>,
+    /// Bytes fetched from the network so far in this run (verified or not).
+    pub bytes_fetched: u64,
+    /// Bytes copied from this node's own shared folder instead of fetched.
+    pub bytes_local: u64,
+}
+
+/// Why a download could not be started or found.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    /// Not an id or id prefix.
+    #[error("{0:?} is not an id: give the id (or its first digits, at least 4) that `iwant search` shows")]
+    BadId(String),
+    /// Nobody shares it.
+    #[error("no node shares anything with an id starting with {0}; find ids with `iwant search <words>`")]
+    NotFound(String),
+    /// Several ids start with the prefix.
+    #[error("{prefix} is ambiguous; it starts {} ids:\n{}\nGive more digits.", .candidates.len(), .candidates.join("\n"))]
+    Ambiguous {
+        /// The prefix.
+        prefix: String,
+        /// `<id> <kind> <path>` lines.
+        candidates: Vec<String>,
+    },
+    /// No download matches (cancel).
+    #[error("no download has an id starting with {0}")]
+    NoDownload(String),
+    /// The leader could not be asked.
+    #[error(transparent)]
+    Ask(#[from] AskError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Slot {
+    progress: Arc<Mutex<Progress>>,
+    cancel: CancellationToken,
+    /// Set when the user cancelled, so the task removes its data.
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
+    /// When it ended, for pruning.
+    order: u64,
+}
+
+/// The daemon's downloads. Cheap to clone.
+#[derive(Clone)]
+pub struct Transfers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    net: NetworkClient,
+    leader: LeaderHandle,
+    index: IndexHandle,
+    db: PathBuf,
+    folders: watch::Receiver<Folders>,
+    slots: Mutex<BTreeMap<[u8; 32], Slot>>,
+    counter: std::sync::atomic::AtomicU64,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Transfers {
+    /// The downloads of a node; its tasks run on `tasks` and stop with `shutdown`.
+    pub fn new(
+        net: NetworkClient,
+        leader: LeaderHandle,
+        index: IndexHandle,
+        folders: watch::Receiver<Folders>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        let db = index.database().to_path_buf();
+        Self {
+            inner: Arc::new(Inner {
+                net,
+                leader,
+                index,
+                db,
+                folders,
+                slots: Mutex::new(BTreeMap::new()),
+                counter: Default::default(),
+                shutdown,
+                tasks,
+            }),
+        }
+    }
+
+    /// Starts again every download the store holds (after a restart or a crash).
+    pub async fn resume_all(&self) -> Result<usize, StoreError> {
+        let db = self.inner.db.clone();
+        let rows = tokio::task::spawn_blocking(move || Store::open(&db)?.downloads())
+            .await
+            .expect("bug: store task panicked")?;
+        let n = rows.len();
+        for row in rows {
+            let id = blake3::Hash::from_bytes(row.id);
+            tracing::info!(file = %row.name, id = %id, "resuming download");
+            self.spawn(download::Start::Resume(row));
+        }
+        Ok(n)
+    }
+
+    /// Starts downloading the content whose id starts with `prefix`, or returns the download
+    /// of it that already runs.
+    pub async fn get(&self, prefix: &str) -> Result<Progress, GetError> {
+        let prefix = normalise(prefix)?;
+        if let Some(p) = self.find_active(&prefix) {
+            return Ok(p);
+        }
+        let request = search::Request::Locate {
+            prefix: prefix.clone(),
+            max: 16,
+        };
+        let answer = leader::ask::ask(
+            &self.inner.net,
+            &self.inner.leader,
+            request,
+            leader::ask::ASK_DEADLINE,
+        )
+        .await?;
+        let hits = answer.results.hits;
+        let hit = match hits.len() {
+            0 => return Err(GetError::NotFound(prefix)),
+            1 => hits.into_iter().next().expect("bug: one hit"),
+            _ => {
+                return Err(GetError::Ambiguous {
+                    prefix,
+                    candidates: hits
+                        .iter()
+                        .map(|h| {
+                            let kind = match h.kind {
+                                iwant_behaviours::wire::Kind::File => "file",
+                                iwant_behaviours::wire::Kind::Dir => "dir ",
+                            };
+                            format!(
+                                "  {}  {kind}  {}",
+                                blake3::Hash::from_bytes(h.id.0).to_hex(),
+                                h.path
+                            )
+                        })
+                        .collect(),
+                })
+            }
+        };
+        let id = blake3::Hash::from_bytes(hit.id.0);
+        if let Some(p) = self.find_active(&id.to_hex()) {
+            return Ok(p);
+        }
+        let dest = self.inner.folders.borrow().download_dir.clone();
+        let name = place::download_name(&hit.path, &id);
+        let target = download::Target {
+            id,
+            kind: leader::local_kind(hit.kind),
+            name,
+            size: hit.size,
+            dest,
+        };
+        Ok(self.spawn(download::Start::New(target)))
+    }
+
+    /// Every download of this run: running ones first (oldest first), then the last
+    /// [`KEEP_FINISHED`] that ended.
+    pub fn list(&self) -> Vec<Progress> {
+        let slots = self.inner.slots.lock().expect("bug: poisoned");
+        let mut all: Vec<(u64, Progress)> = slots
+            .values()
+            .map(|s| (s.order, s.progress.lock().expect("bug: poisoned").clone()))
+            .collect();
+        all.sort_by_key(|(order, p)| (p.state.is_final(), *order));
+        all.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// The progress of the download whose id starts with `prefix` (running ones first).
+    pub fn find(&self, prefix: &str) -> Option<Progress> {
+        let prefix = normalise(prefix).ok()?;
+        self.list()
+            .into_iter()
+            .find(|p| p.id.to_hex().starts_with(&prefix))
+    }
+
+    /// Stops the running download whose id starts with `prefix` and removes its partial data.
+    pub async fn cancel(&self, prefix: &str) -> Result<Progress, GetError> {
+        let prefix = normalise(prefix)?;
+        let (progress, cancel, flag) = {
+            let slots = self.inner.slots.lock().expect("bug: poisoned");
+            let slot = slots
+                .iter()
+                .find(|(id, s)| {
+                    blake3::Hash::from_bytes(**id).to_hex().starts_with(&prefix)
+                        && !s.progress.lock().expect("bug: poisoned").state.is_final()
+                })
+                .map(|(_, s)| s)
+                .ok_or_else(|| GetError::NoDownload(prefix.clone()))?;
+            (
+                slot.progress.clone(),
+                slot.cancel.clone(),
+                slot.cancelled.clone(),
+            )
+        };
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        cancel.cancel();
+        // The task removes its data and says so; wait for it a bounded time.
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let p = progress.lock().expect("bug: poisoned").clone();
+            if p.state.is_final() || tokio::time::Instant::now() >= until {
+                return Ok(p);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn find_active(&self, prefix: &str) -> Option<Progress> {
+        let slots = self.inner.slots.lock().expect("bug: poisoned");
+        slots.iter().find_map(|(id, s)| {
+            let p = s.progress.lock().expect("bug: poisoned");
+            (blake3::Hash::from_bytes(*id).to_hex().starts_with(prefix) && !p.state.is_final())
+                .then(|| p.clone())
+        })
+    }
+
+    fn spawn(&self, start: download::Start) -> Progress {
+        let progress = Arc::new(Mutex::new(start.initial_progress()));
+        let snapshot = progress.lock().expect("bug: poisoned").clone();
+        let cancel = self.inner.shutdown.child_token();
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let order = self
+            .inner
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut slots = self.inner.slots.lock().expect("bug: poisoned");
+            slots.insert(
+                *snapshot.id.as_bytes(),
+                Slot {
+                    progress: progress.clone(),
+                    cancel: cancel.clone(),
+                    cancelled: cancelled.clone(),
+                    order,
+                },
+            );
+            prune(&mut slots);
+        }
+        let ctx = download::Context {
+            net: self.inner.net.clone(),
+            leader: self.inner.leader.clone(),
+            index: self.inner.index.clone(),
+            db: self.inner.db.clone(),
+            progress,
+            cancel,
+            cancelled,
+        };
+        self.inner.tasks.spawn(download::run(ctx, start));
+        snapshot
+    }
+}
+
+/// Drops the oldest finished downloads beyond [`KEEP_FINISHED`].
+fn prune(slots: &mut BTreeMap<[u8; 32], Slot>) {
+    let mut finished: Vec<(u64, [u8; 32])> = slots
+        .iter()
+        .filter(|(_, s)| s.progress.lock().expect("bug: poisoned").state.is_final())
+        .map(|(id, s)| (s.order, *id))
+        .collect();
+    if finished.len() > KEEP_FINISHED {
+        finished.sort_unstable();
+        for (_, id) in &finished[..finished.len() - KEEP_FINISHED] {
+            slots.remove(id);
+        }
+    }
+}
+
+/// Lower-case hex of 4 to 64 digits.
+fn normalise(prefix: &str) -> Result<String, GetError> {
+    let p = prefix.trim().to_ascii_lowercase();
+    if (4..=64).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(p)
+    } else {
+        Err(GetError::BadId(prefix.to_string()))
+    }
+}
+
+impl From<&DownloadRow> for Kind {
+    fn from(row: &DownloadRow) -> Kind {
+        if row.kind == "dir" {
+            Kind::Dir
+        } else {
+            Kind::File
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `iwant get` and `iwant cancel`: downloads, which belong to the daemon; the CLI starts them
+//! and watches them.
+
+use std::{
+    io::IsTerminal,
+    time::{Duration, Instant},
+};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::ls::human_bytes;
+use crate::{
+    config::Home,
+    control::{Client, Request, Response},
+    share::Kind,
+    transfer::{Progress, State},
+};
+
+/// How often a watching CLI asks the daemon for progress.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Exit code when the user leaves a download's progress with Ctrl-C (it goes on).
+pub const EXIT_DETACHED: i32 = 130;
+
+/// `iwant get <id>`: start (or re-attach to) a download and follow it until it ends.
+pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> anyhow::Result<()> {
+    let client = Client::new(home);
+    let progress = match client.request(Request::Get { id }).await? {
+        Response::Download(p) => p,
+        other => anyhow::bail!("the node answered a get with {other:?}"),
+    };
+    let short = &progress.id.to_hex()[..12];
+    if detach {
+        if json {
+            return super::print_json(&progress);
+        }
+        println!(
+            "Downloading {} in the background; watch it with `iwant status` or `iwant get {short}`.",
+            progress.name
+        );
+        return Ok(());
+    }
+    let lines = json || !std::io::stdout().is_terminal();
+    let full = progress.id.to_hex().to_string();
+    let bar = (!lines).then(|| new_bar(&progress));
+    let started = Instant::now();
+    let mut last = progress;
+    let mut last_line: Option<(State, u64, u64)> = None;
+    loop {
+        if lines {
+            let key = (last.state, last.bytes_done, last.files_done);
+            if last_line != Some(key) {
+                last_line = Some(key);
+                println!("{}", serde_json::to_string(&Line::of(&last))?);
+            }
+        } else if let Some(bar) = &bar {
+            draw(bar, &last);
+        }
+        if last.state.is_final() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::signal::ctrl_c() => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                eprintln!(
+                    "Left the download of {}; it continues in the background. Watch it with `iwant status` or `iwant get {short}`; stop it with `iwant cancel {short}`.",
+                    last.name
+                );
+                std::process::exit(EXIT_DETACHED);
+            }
+        }
+        last = match client
+            .request(Request::Downloads {
+                id: Some(full.clone()),
+            })
+            .await
+        {
+            Ok(Response::Download(p)) => p,
+            Ok(other) => anyhow::bail!("the node answered with {other:?}"),
+            Err(crate::control::ClientError::NotRunning { .. }) => anyhow::bail!(
+                "the node stopped; the download of {} resumes when it starts again (`iwant node`)",
+                last.name
+            ),
+            Err(e) => return Err(e.into()),
+        };
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match last.state {
+        State::Done => {
+            if !lines {
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "Downloaded {} ({}) to {} in {:.1} s{}.",
+                    last.name,
+                    human_bytes(last.bytes_total),
+                    last.path
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    secs,
+                    if secs > 0.05 {
+                        format!(
+                            ", {}/s",
+                            human_bytes((last.bytes_total as f64 / secs) as u64)
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            Ok(())
+        }
+        State::Cancelled => anyhow::bail!("the download of {} was cancelled", last.name),
+        _ => anyhow::bail!(
+            "the download of {} failed: {}",
+            last.name,
+            last.message.as_deref().unwrap_or("no reason given")
+        ),
+    }
+}
+
+/// `iwant cancel <id>`.
+pub(super) async fn cancel(home: Home, id: String, json: bool) -> anyhow::Result<()> {
+    match Client::new(home).request(Request::Cancel { id }).await? {
+        Response::Download(p) if json => super::print_json(&p),
+        Response::Download(p) => {
+            println!(
+                "Cancelled the download of {}; its partial data is removed.",
+                p.name
+            );
+            Ok(())
+        }
+        other => anyhow::bail!("the node answered a cancel with {other:?}"),
+    }
+}
+
+/// One progress line of `iwant get --json`.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    event: &'static str,
+    #[serde(flatten)]
+    progress: &'a Progress,
+}
+
+impl<'a> Line<'a> {
+    fn of(progress: &'a Progress) -> Self {
+        let event = match progress.state {
+            State::Done => "done",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+            _ => "progress",
+        };
+        Self { event, progress }
+    }
+}
+
+fn new_bar(p: &Progress) -> ProgressBar {
+    let bar = ProgressBar::new(p.bytes_total.max(1));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("bug: progress template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(p.name.clone());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// A progress line's tail: peers, files, and what it waits for.
+pub(super) fn details(p: &Progress) -> String {
+    let mut parts = vec![super::count(p.peers as u64, "peer", "peers")];
+    if p.kind == Kind::Dir {
+        parts.push(format!("{}/{} files", p.files_done, p.files_total));
+    }
+    if let Some(m) = &p.message {
+        parts.push(m.clone());
+    } else if p.state != State::Fetching {
+        parts.push(format!("{:?}", p.state).to_lowercase());
+    }
+    parts.join(" · ")
+}
+
+fn draw(bar: &ProgressBar, p: &Progress) {
+    bar.set_length(p.bytes_total.max(1));
+    bar.set_position(p.bytes_done);
+    bar.set_message(details(p));
+}

@@ -1,0 +1,199 @@
+//! Queries for transfers: what this node serves (shared files and directories by id) and the
+//! downloads in progress (`downloads`).
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{
+    index::{file_row, under_params, FILE_COLUMNS, UNDER},
+    EntryRow, FileRow, Store, StoreError,
+};
+
+/// A download in progress, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadRow {
+    /// The content id.
+    pub id: [u8; 32],
+    /// `"file"` or `"dir"`.
+    pub kind: String,
+    /// The name it gets in the download folder (before any ` (1)` suffix).
+    pub name: String,
+    /// Total bytes.
+    pub size: u64,
+    /// The download folder it lands in.
+    pub dest: String,
+    /// The partial file or directory.
+    pub part: String,
+    /// A file's verified piece list, or a directory's verified manifest.
+    pub meta: Vec<u8>,
+    /// The bitfield of verified units.
+    pub done: Vec<u8>,
+    /// When it started, milliseconds since the Unix epoch.
+    pub started_ms: i64,
+}
+
+impl Store {
+    /// A file of `root` whose content is `id`, if it is indexed there.
+    pub fn shared_file(&self, root: &str, id: &[u8; 32]) -> Result<Option<FileRow>, StoreError> {
+        let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE root = ?1 AND id = ?2 LIMIT 1");
+        self.conn
+            .query_row(&sql, params![root, id], file_row)
+            .optional()
+            .map_err(|e| self.error(e))
+    }
+
+    /// The path of a directory of `root` whose id is `id`, if it is indexed there.
+    pub fn shared_dir(&self, root: &str, id: &[u8; 32]) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT path FROM dirs WHERE root = ?1 AND id = ?2 LIMIT 1",
+                params![root, id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.error(e))
+    }
+
+    /// The files and directories strictly below `rel` in `root` ("" for everything but the
+    /// root), sorted by path bytes.
+    pub fn entries_below(&self, root: &str, rel: &str) -> Result<Vec<EntryRow>, StoreError> {
+        let (lo, hi) = under_params(rel);
+        let sql = format!(
+            "SELECT path, 0, size, id FROM files WHERE root = ?1 AND {UNDER} AND path != ?2
+             UNION ALL SELECT path, 1, size, id FROM dirs WHERE root = ?1 AND {UNDER} AND path != ?2
+             ORDER BY 1"
+        );
+        self.query(&sql, params![root, rel, lo, hi], |row| {
+            Ok(EntryRow {
+                path: row.get(0)?,
+                is_dir: row.get::<_, i64>(1)? == 1,
+                size: row.get::<_, i64>(2)? as u64,
+                id: row.get(3)?,
+            })
+        })
+    }
+
+    /// Records a new download (or replaces the row of the same id).
+    pub fn put_download(&self, row: &DownloadRow) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO downloads (id, kind, name, size, dest, part, meta, done, started_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    row.id,
+                    row.kind,
+                    row.name,
+                    row.size as i64,
+                    row.dest,
+                    row.part,
+                    row.meta,
+                    row.done,
+                    row.started_ms
+                ],
+            )
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
+    /// Saves the bitfield of verified units of download `id`.
+    pub fn set_download_done(&self, id: &[u8; 32], done: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE downloads SET done = ?2 WHERE id = ?1",
+                params![id, done],
+            )
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
+    /// Every download in progress, oldest first.
+    pub fn downloads(&self) -> Result<Vec<DownloadRow>, StoreError> {
+        self.query(
+            "SELECT id, kind, name, size, dest, part, meta, done, started_ms FROM downloads
+             ORDER BY started_ms, id",
+            [],
+            |row| {
+                Ok(DownloadRow {
+                    id: row.get(0)?,
+                    kind: row.get(1)?,
+                    name: row.get(2)?,
+                    size: row.get::<_, i64>(3)? as u64,
+                    dest: row.get(4)?,
+                    part: row.get(5)?,
+                    meta: row.get(6)?,
+                    done: row.get(7)?,
+                    started_ms: row.get(8)?,
+                })
+            },
+        )
+    }
+
+    /// Forgets download `id` (finished or cancelled).
+    pub fn delete_download(&self, id: &[u8; 32]) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM downloads WHERE id = ?1", params![id])
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DirRow, IndexChange};
+
+    #[test]
+    fn downloads_round_trip_and_shared_content_is_found_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let row = DownloadRow {
+            id: [1; 32],
+            kind: "file".into(),
+            name: "a.bin".into(),
+            size: 10,
+            dest: "/d".into(),
+            part: "/d/.a.bin.iwant-part".into(),
+            meta: vec![],
+            done: vec![0],
+            started_ms: 5,
+        };
+        store.put_download(&row).unwrap();
+        store.set_download_done(&row.id, &[3]).unwrap();
+        let back = store.downloads().unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].done, [3]);
+        store.delete_download(&row.id).unwrap();
+        assert!(store.downloads().unwrap().is_empty());
+
+        let change = IndexChange {
+            upsert_files: vec![FileRow {
+                path: "d/f".into(),
+                size: 3,
+                mtime_ns: 1,
+                inode: None,
+                id: [7; 32],
+                piece_size: 262_144,
+                pieces: vec![],
+            }],
+            upsert_dirs: vec![DirRow {
+                path: "d".into(),
+                id: [8; 32],
+                size: 3,
+                files: 1,
+            }],
+            ..Default::default()
+        };
+        store.apply_index_change("/r", &change).unwrap();
+        assert_eq!(
+            store.shared_file("/r", &[7; 32]).unwrap().unwrap().path,
+            "d/f"
+        );
+        assert!(store.shared_file("/other", &[7; 32]).unwrap().is_none());
+        assert_eq!(
+            store.shared_dir("/r", &[8; 32]).unwrap().as_deref(),
+            Some("d")
+        );
+        let below = store.entries_below("/r", "d").unwrap();
+        assert_eq!(below.len(), 1);
+        assert_eq!(below[0].path, "d/f");
+    }
+}

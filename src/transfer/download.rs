@@ -1,0 +1,886 @@
+//! One download's task, from an id to a verified file or directory in the download folder.
+//!
+//! 1. **Prepare** (a new download): the piece list of a file or the manifest of a directory,
+//!    from this node's own index if it shares the id, else from a holder the leader names;
+//!    checked against the id ([`Plan`]); persisted with an empty bitfield.
+//! 2. **Set up**: the partial file (pre-sized) or directory tree (with its empty directories)
+//!    in the download folder; units already on disk are found by verifying them (so pieces
+//!    written before a crash but not yet in the persisted bitfield are not fetched again);
+//!    contents this node shares itself are copied, not fetched.
+//! 3. **Fetch**: one fetcher per holder, the [`Planner`] deciding which unit each gets; holders
+//!    are looked up again every few seconds (and at once when none is left); a holder that
+//!    sends bad data is dropped for this download; the bitfield is saved at most once a second.
+//! 4. **Verify**: every distinct file is hashed once more from disk; a mismatch sends its bad
+//!    pieces back to step 3.
+//! 5. **Place**: copies for identical contents, then one rename into the download folder under
+//!    a name that does not exist yet (` (1)`...); the store forgets the download.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{atomic::AtomicBool, atomic::Ordering, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use iwant_behaviours::{chunk::Status, content, search, wire::Id};
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    fetch::{self, Event, Files, Job},
+    place,
+    plan::{self, Plan},
+    planner::{self, Completed, Planner},
+    Progress, State,
+};
+use crate::{
+    fsio,
+    leader::{self, LeaderHandle},
+    net::NetworkClient,
+    share::{self, scan, IndexHandle, Kind},
+    store::{DownloadRow, Store},
+};
+
+/// How often a download asks the leader for holders while it has some, and while it has none.
+const REFRESH_HOLDERS: Duration = Duration::from_secs(5);
+const REFRESH_NO_HOLDERS: Duration = Duration::from_secs(1);
+/// How long a holder whose stream failed is left alone.
+const RETRY_PEER: Duration = Duration::from_secs(2);
+/// How often the bitfield is saved, at most.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How long a download waits after a failed write before it tries again.
+const WRITE_PAUSE: Duration = Duration::from_secs(2);
+/// The progress tick: stalls, saves, rate.
+const TICK: Duration = Duration::from_millis(200);
+
+/// What to download, as the user asked it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The full id.
+    pub id: blake3::Hash,
+    /// File or directory.
+    pub kind: Kind,
+    /// The name in the download folder.
+    pub name: String,
+    /// Its size as the leader knows it.
+    pub size: u64,
+    /// The download folder.
+    pub dest: PathBuf,
+}
+
+/// How a download task starts.
+#[derive(Debug)]
+pub enum Start {
+    /// A new download.
+    New(Target),
+    /// One the store holds (the daemon restarted).
+    Resume(DownloadRow),
+}
+
+impl Start {
+    /// The progress shown before the task has done anything.
+    pub fn initial_progress(&self) -> Progress {
+        let (id, name, kind, size) = match self {
+            Start::New(t) => (t.id, t.name.clone(), t.kind, t.size),
+            Start::Resume(row) => (
+                blake3::Hash::from_bytes(row.id),
+                row.name.clone(),
+                Kind::from(row),
+                row.size,
+            ),
+        };
+        Progress {
+            id,
+            name,
+            kind,
+            state: State::Starting,
+            message: None,
+            bytes_total: size,
+            bytes_done: 0,
+            files_total: 0,
+            files_done: 0,
+            peers: 0,
+            rate: 0,
+            path: None,
+            bytes_fetched: 0,
+            bytes_local: 0,
+        }
+    }
+}
+
+/// What a download task needs.
+pub struct Context {
+    pub net: NetworkClient,
+    pub leader: LeaderHandle,
+    pub index: IndexHandle,
+    pub db: PathBuf,
+    pub progress: Arc<Mutex<Progress>>,
+    pub cancel: CancellationToken,
+    pub cancelled: Arc<AtomicBool>,
+}
+
+/// Why a download stopped before the end.
+enum Stop {
+    /// Cancelled by the user or stopped by shutdown.
+    Interrupted,
+    /// Cannot go on.
+    Failed(String),
+}
+
+impl Context {
+    fn update(&self, f: impl FnOnce(&mut Progress)) {
+        f(&mut self.progress.lock().expect("bug: poisoned"));
+    }
+
+    fn set_state(&self, state: State, message: Option<String>) {
+        self.update(|p| {
+            p.state = state;
+            p.message = message;
+        });
+    }
+
+    async fn store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, Stop> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&Store::open(&db)?))
+            .await
+            .expect("bug: store task panicked")
+            .map_err(|e| Stop::Failed(e.to_string()))
+    }
+
+    /// Sleeps, unless interrupted first.
+    async fn pause(&self, d: Duration) -> Result<(), Stop> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = self.cancel.cancelled() => Err(Stop::Interrupted),
+        }
+    }
+}
+
+/// Runs one download to its end (or until cancelled or the node stops).
+pub async fn run(ctx: Context, start: Start) {
+    let id = ctx.progress.lock().expect("bug: poisoned").id;
+    let outcome = drive(&ctx, start).await;
+    match outcome {
+        Ok(path) => {
+            tracing::info!(id = %id, path = %path.display(), "download complete");
+            ctx.update(|p| {
+                p.state = State::Done;
+                p.message = None;
+                p.bytes_done = p.bytes_total;
+                p.files_done = p.files_total;
+                p.peers = 0;
+                p.rate = 0;
+                p.path = Some(path);
+            });
+        }
+        Err(Stop::Interrupted) if ctx.cancelled.load(Ordering::SeqCst) => {
+            let key = *id.as_bytes();
+            let part = ctx
+                .store(move |s| {
+                    let row = s.downloads()?.into_iter().find(|r| r.id == key);
+                    s.delete_download(&key)?;
+                    Ok(row.map(|r| r.part))
+                })
+                .await;
+            if let Ok(Some(part)) = part {
+                remove_part(Path::new(&part));
+            }
+            tracing::info!(id = %id, "download cancelled; partial data removed");
+            ctx.set_state(State::Cancelled, None);
+        }
+        Err(Stop::Interrupted) => {
+            tracing::debug!(id = %id, "download stopped with the node; it resumes at the next start");
+        }
+        Err(Stop::Failed(reason)) => {
+            tracing::warn!(id = %id, %reason, "download failed");
+            ctx.set_state(State::Failed, Some(reason));
+        }
+    }
+}
+
+fn remove_part(part: &Path) {
+    let result = if part.is_dir() {
+        std::fs::remove_dir_all(part)
+    } else {
+        std::fs::remove_file(part)
+    };
+    if let Err(e) = result {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %part.display(), error = %e, "cannot remove partial download");
+        }
+    }
+}
+
+async fn drive(ctx: &Context, start: Start) -> Result<PathBuf, Stop> {
+    let row = match start {
+        Start::New(target) => prepare(ctx, target).await?,
+        Start::Resume(row) => row,
+    };
+    let id = blake3::Hash::from_bytes(row.id);
+    let built = if row.kind == "dir" {
+        Plan::dir(id, &row.meta)
+    } else {
+        Plan::file(id, row.size, &row.meta)
+    };
+    let mut plan = match built {
+        Ok(plan) => plan,
+        Err(e) => {
+            let key = row.id;
+            let _ = ctx.store(move |s| s.delete_download(&key)).await;
+            return Err(Stop::Failed(format!(
+                "its saved state is unusable ({e}); start it again"
+            )));
+        }
+    };
+    let part = PathBuf::from(&row.part);
+    let dest = PathBuf::from(&row.dest);
+    ctx.update(|p| {
+        p.bytes_total = plan.total_bytes();
+        p.files_total = plan.files.len() as u64;
+    });
+
+    // Set up the partial tree, find what is on disk already, copy what we share ourselves.
+    let mut done = {
+        let (plan2, part2) = (plan.clone(), part.clone());
+        let saved = plan::from_bitfield(&row.done, plan.unit_lens.len());
+        tokio::task::spawn_blocking(move || set_up(&plan2, &part2, saved))
+            .await
+            .expect("bug: set-up panicked")
+            .map_err(|e| Stop::Failed(format!("cannot create {}: {e}", part.display())))?
+    };
+    copy_local(ctx, &plan, &part, &mut done).await;
+
+    loop {
+        fetch_piece_lists(ctx, &id, &mut plan, &done).await?;
+        let plan_arc = Arc::new(plan.clone());
+        fetch_all(ctx, &row, plan_arc.clone(), &part, &done).await?;
+        ctx.set_state(State::Verifying, None);
+        let (p, d) = (plan_arc.clone(), part.clone());
+        let bad = tokio::task::spawn_blocking(move || verify_all(&p, &d))
+            .await
+            .expect("bug: verify panicked");
+        if bad.is_empty() {
+            break;
+        }
+        tracing::warn!(
+            files = bad.len(),
+            "finished files that do not verify; fetching their bad pieces again"
+        );
+        let (p, d) = (plan_arc.clone(), part.clone());
+        done = tokio::task::spawn_blocking(move || {
+            let mut done = vec![true; p.unit_lens.len()];
+            for f in bad {
+                for u in p.units_of(f) {
+                    done[u] = false;
+                }
+            }
+            recheck(&p, &d, &mut done);
+            done
+        })
+        .await
+        .expect("bug: recheck panicked");
+    }
+
+    // Copies of identical contents, then into place.
+    let (p, d, n) = (plan.clone(), part.clone(), row.name.clone());
+    let placed = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
+        for f in &p.files {
+            let first = scan::native(&d, &f.paths[0]);
+            for other in &f.paths[1..] {
+                std::fs::copy(&first, scan::native(&d, other))?;
+            }
+        }
+        sync_tree(&p, &d);
+        place::place(&d, &dest, &n, p.is_dir)
+    })
+    .await
+    .expect("bug: place panicked")
+    .map_err(|e| Stop::Failed(format!("cannot move the download into place: {e}")))?;
+    let key = row.id;
+    ctx.store(move |s| s.delete_download(&key)).await?;
+    Ok(placed)
+}
+
+/// Makes sure every finished file's data is on disk before the download counts as complete.
+fn sync_tree(plan: &Plan, part: &Path) {
+    for i in 0..plan.files.len() {
+        if let Ok(f) = File::open(plan.data_path(part, i)) {
+            let _ = f.sync_all();
+        }
+    }
+}
+
+/// Step 1: the piece list or manifest, checked, and the download's row.
+async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
+    let mut asked: HashSet<PeerId> = HashSet::new();
+    let meta = loop {
+        if let Some(meta) = local_meta(ctx, &target).await {
+            break meta;
+        }
+        let mut last = String::from("no node holding it is reachable");
+        match holders(ctx, &target.id).await {
+            Ok(holders) if holders.is_empty() => {}
+            Ok(holders) => {
+                let mut found = None;
+                for peer in holders {
+                    match fetch_meta(ctx, peer, &target).await {
+                        Ok(meta) => {
+                            found = Some(meta);
+                            break;
+                        }
+                        Err(e) => {
+                            if asked.insert(peer) {
+                                tracing::debug!(%peer, error = %e, "holder cannot give the piece list or manifest");
+                            }
+                            last = format!("{peer}: {e}");
+                        }
+                    }
+                }
+                if let Some(meta) = found {
+                    break meta;
+                }
+            }
+            Err(e) => last = e,
+        }
+        ctx.set_state(
+            State::Waiting,
+            Some(format!("waiting for a holder to come back ({last})")),
+        );
+        ctx.pause(REFRESH_NO_HOLDERS * 2).await?;
+    };
+    let part = place::part_path(&target.dest, &target.name, &target.id);
+    let row = DownloadRow {
+        id: *target.id.as_bytes(),
+        kind: match target.kind {
+            Kind::File => "file".into(),
+            Kind::Dir => "dir".into(),
+        },
+        name: target.name,
+        size: target.size,
+        dest: target.dest.to_string_lossy().into_owned(),
+        part: part.to_string_lossy().into_owned(),
+        meta,
+        done: Vec::new(),
+        started_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    };
+    let saved = row.clone();
+    ctx.store(move |s| s.put_download(&saved)).await?;
+    Ok(row)
+}
+
+/// The piece list or manifest from this node's own index, if it shares the id.
+async fn local_meta(ctx: &Context, target: &Target) -> Option<Vec<u8>> {
+    let (db, root, key, kind) = (
+        ctx.db.clone(),
+        ctx.index.root_key(),
+        *target.id.as_bytes(),
+        target.kind,
+    );
+    let id = target.id;
+    tokio::task::spawn_blocking(move || -> Option<Vec<u8>> {
+        let store = Store::open(&db).ok()?;
+        match kind {
+            Kind::File => {
+                let row = store.shared_file(&root, &key).ok()??;
+                Plan::file(id, row.size, &row.pieces).ok()?;
+                Some(row.pieces)
+            }
+            Kind::Dir => {
+                let path = store.shared_dir(&root, &key).ok()??;
+                let entries = store.entries_below(&root, &path).ok()?;
+                let (encoded, _, _) = share::manifest_below(&entries, &path);
+                Plan::dir(id, &encoded).ok()?;
+                Some(encoded)
+            }
+        }
+    })
+    .await
+    .ok()?
+}
+
+/// The peers that hold `id`, as the leader knows them, without this node.
+async fn holders(ctx: &Context, id: &blake3::Hash) -> Result<Vec<PeerId>, String> {
+    let request = search::Request::Locate {
+        prefix: id.to_hex().to_string(),
+        max: 1,
+    };
+    let answer = leader::ask::ask(&ctx.net, &ctx.leader, request, leader::ask::ASK_DEADLINE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let me = ctx.net.local_peer_id();
+    Ok(answer
+        .results
+        .hits
+        .into_iter()
+        .filter(|h| h.id.0 == *id.as_bytes())
+        .flat_map(|h| h.holders)
+        .filter_map(|p| p.parse::<PeerId>().ok())
+        .filter(|p| *p != me)
+        .collect())
+}
+
+/// A file's piece list or a directory's whole manifest from `peer`, checked against the id.
+async fn fetch_meta(ctx: &Context, peer: PeerId, target: &Target) -> Result<Vec<u8>, String> {
+    let wire_id = Id(*target.id.as_bytes());
+    match target.kind {
+        Kind::File => {
+            let (size, pieces) = piece_list(ctx, peer, wire_id).await?;
+            Plan::file(target.id, size, &pieces).map_err(|e| e.to_string())?;
+            Ok(pieces)
+        }
+        Kind::Dir => {
+            let mut manifest = Vec::new();
+            loop {
+                let request = content::Request::Manifest {
+                    id: wire_id,
+                    offset: manifest.len() as u64,
+                };
+                let response = ctx
+                    .net
+                    .content(peer, request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                response.check()?;
+                match response {
+                    content::Response::Manifest {
+                        total,
+                        offset,
+                        bytes,
+                    } if offset == manifest.len() as u64 => {
+                        manifest.extend_from_slice(&bytes);
+                        if manifest.len() as u64 >= total {
+                            break;
+                        }
+                        if bytes.is_empty() {
+                            return Err("an empty manifest page".into());
+                        }
+                    }
+                    other => return Err(describe(&other)),
+                }
+            }
+            Plan::dir(target.id, &manifest).map_err(|e| e.to_string())?;
+            Ok(manifest)
+        }
+    }
+}
+
+/// A file's size and piece list from `peer` (not yet checked against the id).
+async fn piece_list(ctx: &Context, peer: PeerId, id: Id) -> Result<(u64, Vec<u8>), String> {
+    let response = ctx
+        .net
+        .content(peer, content::Request::Pieces { id })
+        .await
+        .map_err(|e| e.to_string())?;
+    response.check()?;
+    match response {
+        content::Response::Pieces { size, pieces, .. } => Ok((size, pieces.0)),
+        other => Err(describe(&other)),
+    }
+}
+
+fn describe(response: &content::Response) -> String {
+    match response {
+        content::Response::NotFound => "does not share it (any more)".into(),
+        content::Response::Busy => "busy".into(),
+        content::Response::Refused { reason } => format!("refused: {reason}"),
+        _ => "an unexpected answer".into(),
+    }
+}
+
+/// Step 2 (blocking): creates the partial tree and returns which units are done: those the
+/// saved bitfield says, plus those found intact on disk.
+fn set_up(plan: &Plan, part: &Path, mut done: Vec<bool>) -> std::io::Result<Vec<bool>> {
+    if plan.is_dir {
+        std::fs::create_dir_all(part)?;
+        for d in &plan.dirs {
+            std::fs::create_dir_all(scan::native(part, d))?;
+        }
+        for f in &plan.files {
+            for p in &f.paths {
+                if let Some(parent) = scan::native(part, p).parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+            }
+        }
+    }
+    for i in 0..plan.files.len() {
+        let path = plan.data_path(part, i);
+        let len = plan.files[i].layout.len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        if f.metadata()?.len() != len {
+            f.set_len(len)?;
+        }
+    }
+    recheck(plan, part, &mut done);
+    Ok(done)
+}
+
+/// Verifies, from disk, every unit not marked done whose file's piece list is known, and marks
+/// the intact ones done.
+fn recheck(plan: &Plan, part: &Path, done: &mut [bool]) {
+    let mut buf = Vec::new();
+    for (i, f) in plan.files.iter().enumerate() {
+        if f.pieces.is_none() {
+            continue;
+        }
+        let units = plan.units_of(i);
+        if units.clone().all(|u| done[u]) {
+            continue;
+        }
+        let Ok(file) = File::open(plan.data_path(part, i)) else {
+            continue;
+        };
+        for u in units {
+            if done[u] {
+                continue;
+            }
+            let r = plan.unit(u);
+            buf.resize(r.len as usize, 0);
+            if fsio::read_exact_at(&file, &mut buf, r.offset).is_ok() && plan.verify(u, &buf) {
+                done[u] = true;
+            }
+        }
+    }
+}
+
+/// Copies every distinct file this node shares itself into the partial tree and marks its units
+/// done (step 4 verifies the copies like everything else).
+async fn copy_local(ctx: &Context, plan: &Plan, part: &Path, done: &mut [bool]) {
+    let missing: Vec<(usize, [u8; 32])> = (0..plan.files.len())
+        .filter(|&i| plan.units_of(i).any(|u| !done[u]))
+        .map(|i| (i, *plan.files[i].id.as_bytes()))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let (db, root_key, root) = (ctx.db.clone(), ctx.index.root_key(), ctx.index.root());
+    let targets: Vec<PathBuf> = missing
+        .iter()
+        .map(|(i, _)| plan.data_path(part, *i))
+        .collect();
+    let copied = tokio::task::spawn_blocking(move || -> Vec<(usize, u64)> {
+        let Ok(store) = Store::open(&db) else {
+            return Vec::new();
+        };
+        let mut copied = Vec::new();
+        for ((i, id), target) in missing.into_iter().zip(targets) {
+            let Ok(Some(row)) = store.shared_file(&root_key, &id) else {
+                continue;
+            };
+            let source = scan::native(&root, &row.path);
+            if std::fs::copy(&source, &target).is_ok_and(|n| n == row.size) {
+                copied.push((i, row.size));
+            }
+        }
+        copied
+    })
+    .await
+    .unwrap_or_default();
+    let mut bytes = 0;
+    for (i, size) in copied {
+        bytes += size;
+        for u in plan.units_of(i) {
+            done[u] = true;
+        }
+    }
+    if bytes > 0 {
+        tracing::info!(
+            bytes,
+            "copied content this node shares instead of fetching it"
+        );
+        ctx.update(|p| p.bytes_local += bytes);
+    }
+}
+
+/// Fetches the piece lists of the directory's multi-piece files that are not complete.
+async fn fetch_piece_lists(
+    ctx: &Context,
+    id: &blake3::Hash,
+    plan: &mut Plan,
+    done: &[bool],
+) -> Result<(), Stop> {
+    loop {
+        let needed: Vec<usize> = (0..plan.files.len())
+            .filter(|&i| plan.files[i].needs_pieces() && plan.units_of(i).any(|u| !done[u]))
+            .collect();
+        if needed.is_empty() {
+            return Ok(());
+        }
+        ctx.set_state(
+            State::Starting,
+            Some(format!(
+                "fetching the piece lists of {} files",
+                needed.len()
+            )),
+        );
+        let holders = holders(ctx, id).await.unwrap_or_default();
+        for i in needed {
+            let id = plan.files[i].id;
+            for &peer in &holders {
+                if let Ok((size, bytes)) = piece_list(ctx, peer, Id(*id.as_bytes())).await {
+                    if let Ok(p) = Plan::file(id, size, &bytes) {
+                        if size == plan.files[i].layout.len() {
+                            plan.files[i].pieces = p.files[0].pieces.clone();
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if plan.files.iter().any(|f| f.needs_pieces()) {
+            ctx.set_state(
+                State::Waiting,
+                Some("waiting for a holder to give the piece lists".into()),
+            );
+            ctx.pause(REFRESH_NO_HOLDERS * 2).await?;
+        } else {
+            return Ok(());
+        }
+    }
+}
+
+struct PeerTask {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Step 3: fetches every unit not done yet; returns when all are done.
+async fn fetch_all(
+    ctx: &Context,
+    row: &DownloadRow,
+    plan: Arc<Plan>,
+    part: &Path,
+    done: &[bool],
+) -> Result<(), Stop> {
+    let id = blake3::Hash::from_bytes(row.id);
+    let key = row.id;
+    let config = planner::Config {
+        max_window_units: fetch::MAX_IN_FLIGHT,
+        ..Default::default()
+    };
+    let mut planner: Planner<PeerId> = Planner::new(plan.unit_lens.clone(), done, config);
+    let files = Arc::new(Files::new(part.to_path_buf(), plan.clone()));
+    let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+    let mut peers: HashMap<PeerId, PeerTask> = HashMap::new();
+    let mut banned: HashSet<PeerId> = HashSet::new();
+    let mut resting: HashMap<PeerId, Instant> = HashMap::new();
+    let mut files_done = (0..plan.files.len())
+        .filter(|&i| plan.units_of(i).all(|u| planner.is_done_unit(u)))
+        .count() as u64;
+    let mut next_refresh = Instant::now();
+    let mut last_save = Instant::now();
+    let mut dirty = false;
+    let mut paused_until: Option<(Instant, String)> = None;
+    let mut rate = RateMeter::default();
+    let mut fetched: u64 = 0;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut holders_known = 0usize;
+
+    while !planner.is_done() {
+        let now = Instant::now();
+        if now >= next_refresh {
+            resting.retain(|_, until| *until > now);
+            let found = holders(ctx, &id).await;
+            holders_known = found.as_ref().map(|h| h.len()).unwrap_or(0);
+            for peer in found.unwrap_or_default() {
+                if banned.contains(&peer)
+                    || resting.contains_key(&peer)
+                    || peers.contains_key(&peer)
+                {
+                    continue;
+                }
+                let (tx, rx) = mpsc::channel(fetch::MAX_IN_FLIGHT);
+                tokio::spawn(fetch::run(
+                    ctx.net.clone(),
+                    peer,
+                    plan.clone(),
+                    files.clone(),
+                    rx,
+                    events_tx.clone(),
+                ));
+                planner.add_peer(peer, now);
+                peers.insert(peer, PeerTask { jobs: tx });
+                tracing::debug!(%peer, id = %id, "fetching from a holder");
+            }
+            next_refresh = now
+                + if peers.is_empty() {
+                    REFRESH_NO_HOLDERS
+                } else {
+                    REFRESH_HOLDERS
+                };
+        }
+        if paused_until
+            .as_ref()
+            .is_some_and(|(until, _)| *until <= now)
+        {
+            paused_until = None;
+        }
+        if paused_until.is_none() {
+            for (peer, task) in &peers {
+                while task.jobs.capacity() > 0 {
+                    let Some(unit) = planner.next(*peer, now) else {
+                        break;
+                    };
+                    if task.jobs.try_send(Job { unit }).is_err() {
+                        planner.failed(*peer, unit);
+                        break;
+                    }
+                }
+            }
+        }
+        // Progress.
+        let (state, message) = if let Some((_, why)) = &paused_until {
+            (State::Waiting, Some(why.clone()))
+        } else if peers.is_empty() {
+            (
+                State::Waiting,
+                Some(if holders_known == 0 {
+                    "no node holding it is reachable; waiting for one to come back".to_string()
+                } else {
+                    "its holders cannot serve it now; trying again".to_string()
+                }),
+            )
+        } else {
+            (State::Fetching, None)
+        };
+        ctx.update(|p| {
+            p.state = state;
+            p.message = message;
+            p.bytes_done = planner.done_bytes();
+            p.files_done = files_done;
+            p.peers = peers.len() as u32;
+            p.rate = rate.rate();
+            p.bytes_fetched = fetched;
+        });
+
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => {
+                save(ctx, key, &planner).await;
+                return Err(Stop::Interrupted);
+            }
+            event = events.recv() => {
+                let event = event.expect("bug: we hold a sender");
+                let now = Instant::now();
+                match event {
+                    Event::Done { peer, unit } => {
+                        let len = plan.unit_lens[unit];
+                        fetched += len;
+                        if let Completed::Accepted { .. } = planner.completed(peer, unit, now) {
+                            dirty = true;
+                            rate.add(now, len);
+                            let file = plan.unit(unit).file;
+                            if plan.units_of(file).all(|u| planner.is_done_unit(u)) {
+                                files.close(file);
+                                files_done += 1;
+                            }
+                        }
+                    }
+                    Event::Bad { peer, unit } => {
+                        tracing::warn!(%peer, unit, id = %id, "a holder sent data that does not verify; dropping it for this download");
+                        banned.insert(peer);
+                        planner.ban(peer);
+                        peers.remove(&peer);
+                    }
+                    Event::Refused { peer, unit, status } => {
+                        planner.failed(peer, unit);
+                        if matches!(status, Status::NotFound | Status::Unavailable) {
+                            tracing::debug!(%peer, ?status, "holder cannot serve it; leaving it alone for a while");
+                            planner.remove_peer(peer);
+                            peers.remove(&peer);
+                            resting.insert(peer, now + REFRESH_HOLDERS * 2);
+                        }
+                    }
+                    Event::WriteFailed { peer, unit, error } => {
+                        planner.failed(peer, unit);
+                        let why = format!("cannot write to {}: {error}; the download goes on when that is fixed (e.g. space is freed)", part.display());
+                        if paused_until.is_none() {
+                            tracing::warn!(%why, "download paused");
+                        }
+                        paused_until = Some((now + WRITE_PAUSE, why));
+                    }
+                    Event::Gone { peer, error } => {
+                        tracing::debug!(%peer, %error, "holder stream ended");
+                        planner.remove_peer(peer);
+                        peers.remove(&peer);
+                        resting.insert(peer, now + RETRY_PEER);
+                        next_refresh = next_refresh.min(now + RETRY_PEER);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                for (peer, units) in planner.check_stalls(now) {
+                    tracing::debug!(%peer, units = units.len(), "holder stalled; its pieces go to the others");
+                }
+                if dirty && now.duration_since(last_save) >= SAVE_EVERY {
+                    save(ctx, key, &planner).await;
+                    dirty = false;
+                    last_save = now;
+                }
+            }
+        }
+    }
+    save(ctx, key, &planner).await;
+    files.close_all();
+    Ok(())
+}
+
+/// Saves the bitfield (errors are logged: the next save or a recheck makes up for it).
+async fn save(ctx: &Context, key: [u8; 32], planner: &Planner<PeerId>) {
+    let bits = plan::bitfield((0..planner.total_units()).map(|u| planner.is_done_unit(u)));
+    if let Err(Stop::Failed(e)) = ctx.store(move |s| s.set_download_done(&key, &bits)).await {
+        tracing::warn!(error = %e, "cannot save download progress");
+    }
+}
+
+/// Step 4 (blocking): hashes every distinct file from disk; returns the ones that do not match.
+fn verify_all(plan: &Plan, part: &Path) -> Vec<usize> {
+    (0..plan.files.len())
+        .filter(|&i| {
+            let path = plan.data_path(part, i);
+            !share::hasher::hash_file(&path).is_ok_and(|h| h.id == plan.files[i].id)
+        })
+        .collect()
+}
+
+/// Bytes per second over the last few seconds.
+#[derive(Default)]
+struct RateMeter {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl RateMeter {
+    const WINDOW: Duration = Duration::from_secs(3);
+
+    fn add(&mut self, now: Instant, bytes: u64) {
+        self.samples.push_back((now, bytes));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Self::WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    fn rate(&self) -> u64 {
+        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
+            return 0;
+        };
+        let span = last.0.duration_since(first.0).as_secs_f64().max(0.2);
+        let bytes: u64 = self.samples.iter().map(|(_, b)| b).sum();
+        (bytes as f64 / span) as u64
+    }
+}

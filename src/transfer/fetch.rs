@@ -1,0 +1,262 @@
+//! One peer's share of a download: a `/iwant/chunk/1` stream on which units are requested
+//! back to back (pipelined, as many as the planner's window for the peer allows), every piece
+//! verified on arrival and written at its offset in its partial file off the async threads.
+
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use iwant_behaviours::{
+    chunk::{self, Status},
+    wire::Id,
+};
+use libp2p::PeerId;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::plan::Plan;
+use crate::{fsio, net::NetworkClient};
+
+/// Most units one peer may have requested and unanswered (the planner's window stays below).
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Pieces of one peer being verified and written at once, while its stream reads on.
+const WRITES_AT_ONCE: usize = 4;
+
+/// What a fetcher reports to its download.
+#[derive(Debug)]
+pub enum Event {
+    /// Unit `unit` arrived from `peer`, verified, and is written.
+    Done {
+        /// The peer.
+        peer: PeerId,
+        /// The unit.
+        unit: usize,
+    },
+    /// The peer sent data that does not verify.
+    Bad {
+        /// The peer.
+        peer: PeerId,
+        /// The unit.
+        unit: usize,
+    },
+    /// The peer could not serve the unit.
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// The unit.
+        unit: usize,
+        /// What it said.
+        status: Status,
+    },
+    /// Writing a verified unit failed (a full disk, a removed download folder).
+    WriteFailed {
+        /// The peer it came from.
+        peer: PeerId,
+        /// The unit.
+        unit: usize,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The stream to the peer failed or could not be opened; every unit it had is lost.
+    Gone {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        error: String,
+    },
+}
+
+/// Open partial files, shared by a download's fetchers.
+pub struct Files {
+    part: PathBuf,
+    plan: Arc<Plan>,
+    open: Mutex<HashMap<usize, Arc<File>>>,
+}
+
+impl Files {
+    /// The partial files of `plan` under `part`.
+    pub fn new(part: PathBuf, plan: Arc<Plan>) -> Self {
+        Self {
+            part,
+            plan,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Distinct file `file`, opened for writing (created and sized if missing).
+    pub fn get(&self, file: usize) -> std::io::Result<Arc<File>> {
+        if let Some(f) = self.open.lock().expect("bug: poisoned").get(&file) {
+            return Ok(f.clone());
+        }
+        let path = self.plan.data_path(&self.part, file);
+        let f = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let len = self.plan.files[file].layout.len();
+        if f.metadata()?.len() != len {
+            f.set_len(len)?;
+        }
+        let f = Arc::new(f);
+        self.open
+            .lock()
+            .expect("bug: poisoned")
+            .insert(file, f.clone());
+        Ok(f)
+    }
+
+    /// Closes distinct file `file` (it is complete).
+    pub fn close(&self, file: usize) {
+        self.open.lock().expect("bug: poisoned").remove(&file);
+    }
+
+    /// Closes every file.
+    pub fn close_all(&self) {
+        self.open.lock().expect("bug: poisoned").clear();
+    }
+}
+
+/// One unit to fetch.
+#[derive(Debug, Clone, Copy)]
+pub struct Job {
+    /// The unit.
+    pub unit: usize,
+}
+
+/// Runs one peer's fetcher until its job queue closes or its stream fails. Reports on `events`.
+pub async fn run(
+    net: NetworkClient,
+    peer: PeerId,
+    plan: Arc<Plan>,
+    files: Arc<Files>,
+    mut jobs: mpsc::Receiver<Job>,
+    events: mpsc::Sender<Event>,
+) {
+    let stream = match net.open_chunk_stream(peer).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = events
+                .send(Event::Gone {
+                    peer,
+                    error: e.to_string(),
+                })
+                .await;
+            return;
+        }
+    };
+    let (mut rd, mut wr) = stream.split();
+    let (sent_tx, mut sent_rx) = mpsc::channel::<Job>(MAX_IN_FLIGHT + 1);
+    let writer_plan = plan.clone();
+    let writer = async move {
+        while let Some(job) = jobs.recv().await {
+            let mut next = Some(job);
+            // Write every queued request, then flush once.
+            while let Some(job) = next {
+                let u = writer_plan.unit(job.unit);
+                let request = chunk::Request {
+                    id: Id(*writer_plan.files[u.file].id.as_bytes()),
+                    first: u.piece as u32,
+                    count: 1,
+                };
+                chunk::write_request(&mut wr, &request).await?;
+                if sent_tx.send(job).await.is_err() {
+                    return Ok(());
+                }
+                next = jobs.try_recv().ok();
+            }
+            wr.flush().await?;
+        }
+        wr.close().await
+    };
+    let writes = Arc::new(Semaphore::new(WRITES_AT_ONCE));
+    let reader_events = events.clone();
+    let reader = async move {
+        while let Some(job) = sent_rx.recv().await {
+            let u = plan.unit(job.unit);
+            let header = chunk::read_header(&mut rd).await?;
+            if header.status != Status::Ok {
+                let _ = reader_events
+                    .send(Event::Refused {
+                        peer,
+                        unit: job.unit,
+                        status: header.status,
+                    })
+                    .await;
+                continue;
+            }
+            if header.index as u64 != u.piece || header.len as u64 != u.len {
+                let _ = reader_events
+                    .send(Event::Bad {
+                        peer,
+                        unit: job.unit,
+                    })
+                    .await;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a piece of the wrong index or length",
+                ));
+            }
+            let mut data = vec![0u8; u.len as usize];
+            rd.read_exact(&mut data).await?;
+            let permit = writes
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("bug: semaphore closed");
+            let (plan, files, events) = (plan.clone(), files.clone(), reader_events.clone());
+            let work = move || -> Event {
+                if !plan.verify(job.unit, &data) {
+                    return Event::Bad {
+                        peer,
+                        unit: job.unit,
+                    };
+                }
+                match files
+                    .get(u.file)
+                    .and_then(|f| fsio::write_all_at(&f, &data, u.offset))
+                {
+                    Ok(()) => Event::Done {
+                        peer,
+                        unit: job.unit,
+                    },
+                    Err(error) => Event::WriteFailed {
+                        peer,
+                        unit: job.unit,
+                        error,
+                    },
+                }
+            };
+            // Verify and write off the async threads while the stream reads on.
+            tokio::spawn(async move {
+                let event =
+                    tokio::task::spawn_blocking(work)
+                        .await
+                        .unwrap_or_else(|e| Event::Gone {
+                            peer,
+                            error: e.to_string(),
+                        });
+                let _ = events.send(event).await;
+                drop(permit);
+            });
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let outcome = tokio::select! {
+        r = writer => r.err(),
+        r = reader => r.err(),
+    };
+    if let Some(e) = outcome {
+        let _ = events
+            .send(Event::Gone {
+                peer,
+                error: e.to_string(),
+            })
+            .await;
+    }
+}

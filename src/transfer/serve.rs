@@ -1,0 +1,346 @@
+//! Serving: piece lists and manifests (`/iwant/content/1.0.0`) and pieces (`/iwant/chunk/1`)
+//! to peers that download from this node.
+//!
+//! Only content that is in the index of the current shared folder is served, by id. Before a
+//! file's pieces are sent its size and mtime are compared with the index row: a file changed
+//! since it was hashed is not served under its old id (the peer gets `Unavailable`) and the
+//! indexer is told to look at it again. Partial downloads live in the download folder, which is
+//! never shared, and are never indexed (`.iwant-part`), so they are never served.
+//!
+//! Bounds: [`MAX_STREAMS_PER_PEER`] and [`MAX_STREAMS`] chunk streams at once (more are closed
+//! at once), [`MAX_CONTENT_JOBS`] content requests at once (more are answered `Busy`), one
+//! request at a time per stream (pipelined requests wait in the stream's flow-control window),
+//! at most [`chunk::MAX_PIECES_PER_REQUEST`] pieces per request.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use futures::{AsyncWriteExt, StreamExt};
+use iwant_behaviours::{
+    chunk::{self, Status},
+    content,
+    wire::{Bytes, Id},
+};
+use libp2p::{PeerId, Stream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    fsio,
+    net::{ContentInbound, NetworkClient},
+    share::{self, pieces::Layout, scan, IndexHandle},
+    store::{FileRow, Store},
+};
+
+/// Most chunk streams one peer may have open to this node at once.
+pub const MAX_STREAMS_PER_PEER: usize = 8;
+/// Most chunk streams open to this node at once, over all peers.
+pub const MAX_STREAMS: usize = 64;
+/// Most content requests (piece lists, manifest pages) worked on at once.
+pub const MAX_CONTENT_JOBS: usize = 16;
+
+/// Runs the server until `shutdown`: answers content requests from `requests` and serves
+/// every inbound chunk stream.
+pub async fn run(
+    net: NetworkClient,
+    index: IndexHandle,
+    mut requests: mpsc::Receiver<ContentInbound>,
+    shutdown: CancellationToken,
+) {
+    let Some(mut streams) = net.accept_chunk_streams() else {
+        tracing::error!("chunk streams are already taken; this node cannot serve pieces");
+        return;
+    };
+    let manifests = Arc::new(ManifestCache::default());
+    let jobs = Arc::new(Semaphore::new(MAX_CONTENT_JOBS));
+    let open = Arc::new(Mutex::new(HashMap::<PeerId, usize>::new()));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            request = requests.recv() => {
+                let Some(ContentInbound { peer, request, channel }) = request else { return };
+                let Ok(permit) = jobs.clone().try_acquire_owned() else {
+                    net.respond_content(channel, content::Response::Busy).await;
+                    continue;
+                };
+                let (net, index, manifests) = (net.clone(), index.clone(), manifests.clone());
+                tokio::spawn(async move {
+                    let response = tokio::task::spawn_blocking(move || {
+                        answer_content(&index, &manifests, request)
+                    })
+                    .await
+                    .unwrap_or_else(|_| content::Response::Refused {
+                        reason: "internal error".into(),
+                    });
+                    tracing::debug!(%peer, ?response, "content request answered");
+                    net.respond_content(channel, response).await;
+                    drop(permit);
+                });
+            }
+            stream = streams.next() => {
+                let Some((peer, stream)) = stream else { return };
+                let Some(guard) = StreamGuard::take(&open, peer) else {
+                    tracing::debug!(%peer, "too many chunk streams; closing one");
+                    drop(stream);
+                    continue;
+                };
+                let index = index.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        result = serve_stream(stream, index) => {
+                            if let Err(e) = result {
+                                tracing::debug!(%peer, error = %e, "chunk stream ended");
+                            }
+                        }
+                    }
+                    drop(guard);
+                });
+            }
+        }
+    }
+}
+
+/// Counts a peer's open streams; released on drop.
+struct StreamGuard {
+    open: Arc<Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl StreamGuard {
+    fn take(open: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Self> {
+        let mut map = open.lock().expect("bug: poisoned");
+        let total: usize = map.values().sum();
+        let mine = map.entry(peer).or_default();
+        if *mine >= MAX_STREAMS_PER_PEER || total >= MAX_STREAMS {
+            return None;
+        }
+        *mine += 1;
+        Some(Self {
+            open: open.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut map = self.open.lock().expect("bug: poisoned");
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The manifest served last, so paging through it does not rebuild it for every page.
+#[derive(Default)]
+struct ManifestCache {
+    last: Mutex<Option<(Id, Arc<Vec<u8>>)>>,
+}
+
+fn answer_content(
+    index: &IndexHandle,
+    manifests: &ManifestCache,
+    request: content::Request,
+) -> content::Response {
+    if let Err(reason) = request.check() {
+        return content::Response::Refused { reason };
+    }
+    let store = match Store::open(index.database()) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the index to serve a peer");
+            return content::Response::Busy;
+        }
+    };
+    let root = index.root_key();
+    match request {
+        content::Request::Pieces { id } => match shared_file(index, &store, &root, &id) {
+            Some((row, _)) => content::Response::Pieces {
+                size: row.size,
+                piece_size: Layout::for_len(row.size).piece_size(),
+                pieces: Bytes(row.pieces),
+            },
+            None => content::Response::NotFound,
+        },
+        content::Request::Manifest { id, offset } => {
+            let Some(manifest) = manifest(manifests, &store, &root, id) else {
+                return content::Response::NotFound;
+            };
+            let total = manifest.len() as u64;
+            let start = offset.min(total) as usize;
+            let end = (start + content::MAX_MANIFEST_PAGE).min(manifest.len());
+            content::Response::Manifest {
+                total,
+                offset: start as u64,
+                bytes: Bytes(manifest[start..end].to_vec()),
+            }
+        }
+    }
+}
+
+/// The manifest of the shared directory `id`, if it is shared and its manifest still hashes
+/// to `id` (the index may be mid-change).
+fn manifest(cache: &ManifestCache, store: &Store, root: &str, id: Id) -> Option<Arc<Vec<u8>>> {
+    if let Some((cached, bytes)) = &*cache.last.lock().expect("bug: poisoned") {
+        if *cached == id {
+            return Some(bytes.clone());
+        }
+    }
+    let path = store.shared_dir(root, &id.0).ok()??;
+    let entries = store.entries_below(root, &path).ok()?;
+    let (encoded, _, _) = share::manifest_below(&entries, &path);
+    if share::manifest::id_of(&encoded).as_bytes() != &id.0
+        || encoded.len() as u64 > content::MAX_MANIFEST
+    {
+        return None;
+    }
+    let bytes = Arc::new(encoded);
+    *cache.last.lock().expect("bug: poisoned") = Some((id, bytes.clone()));
+    Some(bytes)
+}
+
+/// The index row and the path of a shared file with content `id` whose size and mtime on disk
+/// still match the row. A file that changed is reported to the indexer and not served.
+fn shared_file(
+    index: &IndexHandle,
+    store: &Store,
+    root: &str,
+    id: &Id,
+) -> Option<(FileRow, PathBuf)> {
+    let row = store.shared_file(root, &id.0).ok()??;
+    let path = scan::native(&index.root(), &row.path);
+    if unchanged(&path, &row) {
+        Some((row, path))
+    } else {
+        index.recheck(path);
+        None
+    }
+}
+
+fn unchanged(path: &std::path::Path, row: &FileRow) -> bool {
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            meta.is_file() && meta.len() == row.size && scan::mtime_ns(&meta) == row.mtime_ns
+        }
+        Err(_) => false,
+    }
+}
+
+/// A file being served on one stream.
+struct Serving {
+    id: Id,
+    row: FileRow,
+    path: PathBuf,
+    file: Arc<File>,
+    layout: Layout,
+}
+
+/// Answers the requests of one chunk stream, one after the other, until the peer closes it.
+async fn serve_stream(mut stream: Stream, index: IndexHandle) -> std::io::Result<()> {
+    let mut current: Option<Serving> = None;
+    let mut store: Option<Store> = None;
+    let mut buf = Vec::new();
+    while let Some(request) = chunk::read_request(&mut stream).await? {
+        // Resolve the id (and re-check the file) on a blocking thread.
+        let previous = current.take().filter(|s| s.id == request.id);
+        let taken_store = store.take();
+        let idx = index.clone();
+        let (resolved, back) = tokio::task::spawn_blocking(move || {
+            let store = match taken_store {
+                Some(s) => Some(s),
+                None => Store::open(idx.database()).ok(),
+            };
+            let resolved = resolve(&idx, store.as_ref(), previous, request.id);
+            (resolved, store)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        store = back;
+        let serving = match resolved {
+            Ok(serving) => serving,
+            Err(status) => {
+                chunk::write_error(&mut stream, status, request.first).await?;
+                stream.flush().await?;
+                continue;
+            }
+        };
+        let mut status = Status::Ok;
+        let mut index_of = request.first;
+        for piece in request.first..request.first + request.count {
+            index_of = piece;
+            let Some(range) = serving.layout.piece_range(piece as u64) else {
+                status = Status::OutOfRange;
+                break;
+            };
+            let len = (range.end - range.start) as usize;
+            let file = serving.file.clone();
+            let mut data = std::mem::take(&mut buf);
+            data.resize(len, 0);
+            let read = tokio::task::spawn_blocking(move || {
+                let r = fsio::read_exact_at(&file, &mut data, range.start);
+                (r, data)
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            buf = read.1;
+            if read.0.is_err() {
+                status = Status::Unavailable;
+                break;
+            }
+            chunk::write_piece(&mut stream, piece, &buf).await?;
+        }
+        if status != Status::Ok {
+            chunk::write_error(&mut stream, status, index_of).await?;
+            if status == Status::Unavailable {
+                index.recheck(serving.path.clone());
+            }
+        }
+        stream.flush().await?;
+        // A changed file is found on the next request's re-check; keep the open file till then.
+        if status != Status::Unavailable {
+            current = Some(serving);
+        }
+    }
+    stream.close().await
+}
+
+/// Finds what to serve for `id`: the file already open on this stream if its row and disk
+/// state still match, or a fresh lookup.
+fn resolve(
+    index: &IndexHandle,
+    store: Option<&Store>,
+    previous: Option<Serving>,
+    id: Id,
+) -> Result<Serving, Status> {
+    let store = store.ok_or(Status::Busy)?;
+    let root = index.root_key();
+    if let Some(prev) = previous {
+        // Still indexed under the same path, and unchanged on disk?
+        if let Ok(Some(row)) = store.shared_file(&root, &id.0) {
+            if row == prev.row && unchanged(&prev.path, &row) {
+                return Ok(prev);
+            }
+        }
+    }
+    let (row, path) = shared_file(index, store, &root, &id).ok_or(Status::NotFound)?;
+    let file = File::open(&path).map_err(|_| {
+        index.recheck(path.clone());
+        Status::Unavailable
+    })?;
+    Ok(Serving {
+        id,
+        layout: Layout::for_len(row.size),
+        row,
+        path,
+        file: Arc::new(file),
+    })
+}
