@@ -189,10 +189,12 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         shutdown.child_token(),
     ));
 
+    let served = Arc::new(transfer::serve::Served::default());
     tasks.spawn(transfer::serve::run(
         net.clone(),
         index.clone(),
         content_inbound,
+        served.clone(),
         shutdown.child_token(),
     ));
 
@@ -212,6 +214,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     }
     let state = Arc::new(State {
         transfers,
+        served,
         net: net.clone(),
         leader,
         index: index.clone(),
@@ -243,6 +246,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
 /// What the control handler needs.
 struct State {
     transfers: Transfers,
+    served: Arc<transfer::serve::Served>,
     net: NetworkClient,
     leader: LeaderHandle,
     index: IndexHandle,
@@ -274,6 +278,7 @@ impl State {
                     leader: net.leader,
                     term: net.term,
                     downloads: self.transfers.list(),
+                    served: self.served.counts(),
                 })))
             }
             Request::List { errors: false } => {

@@ -75,6 +75,14 @@ fn render(s: &StatusReply) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(out, "  {}  {addr}  {agent}  rtt {rtt}", p.peer_id);
     }
+    if s.served.pieces > 0 {
+        let _ = writeln!(
+            out,
+            "Served:           {} in {}",
+            super::ls::human_bytes(s.served.bytes),
+            super::count(s.served.pieces, "piece", "pieces")
+        );
+    }
     if !s.downloads.is_empty() {
         let _ = writeln!(out, "Downloads:        {}", s.downloads.len());
     }
@@ -146,6 +154,7 @@ mod tests {
             leader: Some("12D3Self".into()),
             term: 4,
             downloads: Vec::new(),
+            served: Default::default(),
         };
         let text = render(&s);
         assert!(

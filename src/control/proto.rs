@@ -208,6 +208,9 @@ pub struct StatusReply {
     /// Downloads of this run: running ones first, then those that ended.
     #[serde(default)]
     pub downloads: Vec<crate::transfer::Progress>,
+    /// What this node has served to peers since it started.
+    #[serde(default)]
+    pub served: crate::transfer::serve::ServedCounts,
 }
 
 /// A connected peer, as listed by `iwant status`.

@@ -106,6 +106,7 @@ impl Start {
             path: None,
             bytes_fetched: 0,
             bytes_local: 0,
+            bytes_resumed: 0,
         }
     }
 }
@@ -253,6 +254,14 @@ async fn drive(ctx: &Context, start: Start) -> Result<PathBuf, Stop> {
             .expect("bug: set-up panicked")
             .map_err(|e| Stop::Failed(format!("cannot create {}: {e}", part.display())))?
     };
+    let resumed: u64 = (0..done.len())
+        .filter(|&u| done[u])
+        .map(|u| plan.unit_lens[u])
+        .sum();
+    ctx.update(|p| {
+        p.bytes_resumed = resumed;
+        p.bytes_done = resumed;
+    });
     copy_local(ctx, &plan, &part, &mut done).await;
 
     loop {
@@ -683,7 +692,7 @@ async fn fetch_all(
     let mut dirty = false;
     let mut paused_until: Option<(Instant, String)> = None;
     let mut rate = RateMeter::default();
-    let mut fetched: u64 = 0;
+    let mut fetched: u64 = ctx.progress.lock().expect("bug: poisoned").bytes_fetched;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut holders_known = 0usize;
@@ -834,6 +843,10 @@ async fn fetch_all(
     }
     save(ctx, key, &planner).await;
     files.close_all();
+    ctx.update(|p| {
+        p.bytes_fetched = fetched;
+        p.bytes_done = planner.done_bytes();
+    });
     Ok(())
 }
 

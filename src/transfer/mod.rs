@@ -99,6 +99,8 @@ pub struct Progress {
     pub bytes_fetched: u64,
     /// Bytes copied from this node's own shared folder instead of fetched.
     pub bytes_local: u64,
+    /// Bytes found verified on disk when this run of the download started (resume).
+    pub bytes_resumed: u64,
 }
 
 /// Why a download could not be started or found.

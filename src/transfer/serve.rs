@@ -16,7 +16,10 @@ use std::{
     collections::HashMap,
     fs::File,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use futures::{AsyncWriteExt, StreamExt};
@@ -36,19 +39,43 @@ use crate::{
     store::{FileRow, Store},
 };
 
-/// Most chunk streams one peer may have open to this node at once.
-pub const MAX_STREAMS_PER_PEER: usize = 8;
-/// Most chunk streams open to this node at once, over all peers.
-pub const MAX_STREAMS: usize = 64;
+pub use iwant_behaviours::chunk::{MAX_STREAMS, MAX_STREAMS_PER_PEER};
 /// Most content requests (piece lists, manifest pages) worked on at once.
 pub const MAX_CONTENT_JOBS: usize = 16;
 
+/// What this node has served since it started.
+#[derive(Debug, Default)]
+pub struct Served {
+    bytes: AtomicU64,
+    pieces: AtomicU64,
+}
+
+/// [`Served`] as `iwant status --json` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServedCounts {
+    /// Piece bytes sent to peers.
+    pub bytes: u64,
+    /// Pieces sent to peers.
+    pub pieces: u64,
+}
+
+impl Served {
+    /// The counts now.
+    pub fn counts(&self) -> ServedCounts {
+        ServedCounts {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            pieces: self.pieces.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Runs the server until `shutdown`: answers content requests from `requests` and serves
-/// every inbound chunk stream.
+/// every inbound chunk stream, counting what it sends in `served`.
 pub async fn run(
     net: NetworkClient,
     index: IndexHandle,
     mut requests: mpsc::Receiver<ContentInbound>,
+    served: Arc<Served>,
     shutdown: CancellationToken,
 ) {
     let Some(mut streams) = net.accept_chunk_streams() else {
@@ -88,12 +115,12 @@ pub async fn run(
                     drop(stream);
                     continue;
                 };
-                let index = index.clone();
+                let (index, served) = (index.clone(), served.clone());
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        result = serve_stream(stream, index) => {
+                        result = serve_stream(stream, index, &served) => {
                             if let Err(e) = result {
                                 tracing::debug!(%peer, error = %e, "chunk stream ended");
                             }
@@ -176,7 +203,12 @@ fn answer_content(
                 return content::Response::NotFound;
             };
             let total = manifest.len() as u64;
-            let start = offset.min(total) as usize;
+            if offset > total {
+                return content::Response::Refused {
+                    reason: format!("offset {offset} is past the manifest's end ({total} bytes)"),
+                };
+            }
+            let start = offset as usize;
             let end = (start + content::MAX_MANIFEST_PAGE).min(manifest.len());
             content::Response::Manifest {
                 total,
@@ -245,7 +277,11 @@ struct Serving {
 }
 
 /// Answers the requests of one chunk stream, one after the other, until the peer closes it.
-async fn serve_stream(mut stream: Stream, index: IndexHandle) -> std::io::Result<()> {
+async fn serve_stream(
+    mut stream: Stream,
+    index: IndexHandle,
+    served: &Served,
+) -> std::io::Result<()> {
     let mut current: Option<Serving> = None;
     let mut store: Option<Store> = None;
     let mut buf = Vec::new();
@@ -297,6 +333,8 @@ async fn serve_stream(mut stream: Stream, index: IndexHandle) -> std::io::Result
                 break;
             }
             chunk::write_piece(&mut stream, piece, &buf).await?;
+            served.bytes.fetch_add(len as u64, Ordering::Relaxed);
+            served.pieces.fetch_add(1, Ordering::Relaxed);
         }
         if status != Status::Ok {
             chunk::write_error(&mut stream, status, index_of).await?;
