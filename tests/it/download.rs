@@ -1,0 +1,556 @@
+//! Downloads on loopback: nodes in this process (mDNS off, explicit peers), driven through the
+//! control channel exactly as `iwant get` drives them; and a hostile holder, written here with
+//! bare libp2p, that serves a manifest with escaping paths and corrupt pieces.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use futures::{AsyncWriteExt, StreamExt};
+use iwant::{
+    config::Home,
+    control::{Client, ClientError, ErrorKind, Request, Response},
+    daemon::RunningNode,
+    share::{manifest, pieces::FileHash, pieces::Layout},
+    transfer::{Progress, State},
+};
+use iwant_behaviours::{
+    chunk, content,
+    index_sync::{self, Entry, SnapshotPage},
+    libp2p_stream,
+    wire::{Bytes, Id, Kind},
+};
+use libp2p::{noise, request_response, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId};
+use tempfile::TempDir;
+
+use crate::util::{start_in_process, wait_for_async};
+
+/// Generous limits for a loaded 2-core machine; speed is measured by the benchmarks.
+const LIMIT: Duration = Duration::from_secs(30);
+
+struct Node {
+    node: RunningNode,
+    home: PathBuf,
+    share: PathBuf,
+    downloads: PathBuf,
+    _dir: TempDir,
+}
+
+async fn start(peers: Vec<Multiaddr>) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let share = dir.path().join("share");
+    let downloads = dir.path().join("downloads");
+    fs::create_dir_all(&share).unwrap();
+    fs::create_dir_all(&downloads).unwrap();
+    let (share, downloads) = (
+        share.canonicalize().unwrap(),
+        downloads.canonicalize().unwrap(),
+    );
+    let h = Home::resolve(Some(home.clone())).unwrap();
+    let (mut config, _) = h.load_or_create_config().unwrap();
+    config.shared_dir = share.clone();
+    config.download_dir = downloads.clone();
+    h.save_config(&config).unwrap();
+    let node = start_in_process(&home, "/ip4/127.0.0.1/tcp/0".parse().unwrap(), peers).await;
+    Node {
+        node,
+        home,
+        share,
+        downloads,
+        _dir: dir,
+    }
+}
+
+impl Node {
+    async fn addr(&self) -> Multiaddr {
+        let status = self.node.net.status().await.unwrap();
+        let addr: Multiaddr = status.listen_addrs[0].parse().unwrap();
+        addr.with(libp2p::multiaddr::Protocol::P2p(self.node.peer_id()))
+    }
+
+    fn client(&self) -> Client {
+        Client::new(Home::resolve(Some(self.home.clone())).unwrap())
+    }
+
+    fn write(&self, path: &str, content: &[u8]) {
+        let path = self.share.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    async fn get(&self, id: &str) -> Result<Progress, ClientError> {
+        match self
+            .client()
+            .request(Request::Get { id: id.into() })
+            .await?
+        {
+            Response::Download(p) => Ok(p),
+            other => panic!("get answered {other:?}"),
+        }
+    }
+
+    async fn progress(&self, id: &blake3::Hash) -> Option<Progress> {
+        let request = Request::Downloads {
+            id: Some(id.to_hex().to_string()),
+        };
+        match self.client().request(request).await {
+            Ok(Response::Download(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Gets `id` (waiting for the leader to know it) and waits until the download has ended.
+    async fn fetch(&self, id: &blake3::Hash) -> Progress {
+        let hex = id.to_hex().to_string();
+        wait_for_async(LIMIT, "the leader to know the id", || async {
+            self.get(&hex).await.ok()
+        })
+        .await;
+        wait_for_async(LIMIT, "the download to end", || async {
+            self.progress(id).await.filter(|p| p.state.is_final())
+        })
+        .await
+    }
+
+    /// Waits until this node's index holds `id`.
+    async fn wait_indexed(&self, id: &blake3::Hash) {
+        wait_for_async(LIMIT, "the file to be indexed", || async {
+            let entries = self.node.index.entries().await.ok()?;
+            entries.iter().any(|e| e.id == *id).then_some(())
+        })
+        .await;
+    }
+
+    fn partial_files(&self) -> Vec<String> {
+        fs::read_dir(&self.downloads)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".iwant-part"))
+            .collect()
+    }
+}
+
+/// Two connected nodes with one leader.
+async fn two_nodes() -> (Node, Node) {
+    let a = start(vec![]).await;
+    let b = start(vec![a.addr().await]).await;
+    wait_for_async(LIMIT, "one leader for both nodes", || async {
+        let la = a.node.net.leader_watch().borrow().leader?;
+        (b.node.net.leader_watch().borrow().leader == Some(la)).then_some(())
+    })
+    .await;
+    (a, b)
+}
+
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interesting_sizes_arrive_intact() {
+    let (a, b) = two_nodes().await;
+    let piece = 262_144;
+    let sizes = [
+        0usize,
+        1,
+        1023,
+        1024,
+        1025,
+        piece - 1,
+        piece,
+        piece + 1,
+        3 * piece + 5,
+    ];
+    let mut ids = Vec::new();
+    for (i, len) in sizes.iter().enumerate() {
+        let bytes = data(*len, i as u32 + 1);
+        a.write(&format!("sizes/f{len}.bin"), &bytes);
+        ids.push((blake3::hash(&bytes), *len));
+    }
+    for (id, _) in &ids {
+        a.wait_indexed(id).await;
+    }
+    for (id, len) in ids {
+        let p = b.fetch(&id).await;
+        assert_eq!(p.state, State::Done, "size {len}: {p:?}");
+        let path = p.path.expect("a done download has a path");
+        let got = fs::read(&path).unwrap();
+        assert_eq!(got.len(), len);
+        assert_eq!(blake3::hash(&got), id, "size {len}");
+        assert_eq!(path.file_name().unwrap(), format!("f{len}.bin").as_str());
+    }
+    assert!(b.partial_files().is_empty(), "{:?}", b.partial_files());
+    b.node.stop().await;
+    a.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_arrives_with_empty_dirs_and_duplicates_fetched_once_and_never_overwrites() {
+    let (a, b) = two_nodes().await;
+    let big = data(600_000, 7);
+    a.write("album/disc 1/naïve café.flac", &big);
+    a.write("album/disc 2/copy.flac", &big);
+    for i in 0..40 {
+        a.write(
+            &format!("album/notes/n{i}.txt"),
+            &data(100 + i, i as u32 + 100),
+        );
+    }
+    fs::create_dir_all(a.share.join("album/empty/deeper")).unwrap();
+    let dir_id = wait_for_async(LIMIT, "the directory to be indexed", || async {
+        let entries = a.node.index.entries().await.ok()?;
+        let album = entries.iter().find(|e| e.path == "album")?;
+        // Ready once every file is in.
+        (entries
+            .iter()
+            .filter(|e| e.path.starts_with("album/notes/"))
+            .count()
+            == 40
+            && entries.iter().any(|e| e.path == "album/empty/deeper"))
+        .then_some(album.id)
+    })
+    .await;
+    // The index of the dir is final once its id stops changing: fetch by id, then compare.
+    let p = b.fetch(&dir_id).await;
+    assert_eq!(p.state, State::Done, "{p:?}");
+    let path = p.path.clone().unwrap();
+    assert_eq!(path, b.downloads.join("album"));
+    assert_same_tree(&a.share.join("album"), &path);
+    assert!(path.join("empty/deeper").is_dir());
+    // Identical contents counted (and fetched) once.
+    assert_eq!(p.files_total, 41, "{p:?}");
+    assert_eq!(
+        p.bytes_total,
+        600_000 + (0..40).map(|i| 100 + i as u64).sum::<u64>()
+    );
+
+    // Again: the existing folder is kept, the new one gets a suffix.
+    let again = b.fetch(&dir_id).await;
+    assert_eq!(again.path.unwrap(), b.downloads.join("album (1)"));
+    assert_same_tree(&a.share.join("album"), &b.downloads.join("album"));
+    b.node.stop().await;
+    a.node.stop().await;
+}
+
+fn assert_same_tree(expected: &Path, actual: &Path) {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Option<Vec<u8>>)>) {
+        let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                out.push((rel, None));
+                walk(root, &path, out);
+            } else {
+                out.push((rel, Some(fs::read(&path).unwrap())));
+            }
+        }
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    walk(expected, expected, &mut a);
+    walk(actual, actual, &mut b);
+    assert_eq!(a.len(), b.len(), "entry counts differ");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "trees differ at {}", x.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_this_node_shares_is_copied_not_fetched() {
+    let (a, b) = two_nodes().await;
+    let bytes = data(700_000, 9);
+    let id = blake3::hash(&bytes);
+    a.write("both.bin", &bytes);
+    b.write("mine.bin", &bytes);
+    b.wait_indexed(&id).await;
+    a.wait_indexed(&id).await;
+    let p = b.fetch(&id).await;
+    assert_eq!(p.state, State::Done, "{p:?}");
+    assert_eq!(p.bytes_local, 700_000, "{p:?}");
+    assert_eq!(p.bytes_fetched, 0, "{p:?}");
+    assert_eq!(blake3::hash(&fs::read(p.path.unwrap()).unwrap()), id);
+    b.node.stop().await;
+    a.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ids_unknown_ids_and_unknown_downloads_get_clear_errors() {
+    let (a, b) = two_nodes().await;
+    a.write("x.txt", b"x");
+    a.wait_indexed(&blake3::hash(b"x")).await;
+    for bad in ["", "abc", "xyz1", &"a".repeat(65)] {
+        let err = b.get(bad).await.unwrap_err();
+        match err {
+            ClientError::Remote(e) => {
+                assert_eq!(e.kind, ErrorKind::BadRequest, "{bad:?}: {e:?}");
+                assert!(e.message.contains("not an id"), "{}", e.message);
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    // Nobody shares this one.
+    let unknown = blake3::hash(b"nobody has this").to_hex().to_string();
+    match b.get(&unknown).await.unwrap_err() {
+        ClientError::Remote(e) => {
+            assert_eq!(e.kind, ErrorKind::NotFound, "{e:?}");
+            assert!(e.message.contains("no node shares"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    match b
+        .client()
+        .request(Request::Cancel {
+            id: unknown.clone(),
+        })
+        .await
+        .unwrap_err()
+    {
+        ClientError::Remote(e) => assert_eq!(e.kind, ErrorKind::NotFound, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    b.node.stop().await;
+    a.node.stop().await;
+}
+
+/// A peer that claims content and serves it wrong, written with bare libp2p.
+mod hostile {
+    use super::*;
+
+    #[derive(libp2p::swarm::NetworkBehaviour)]
+    #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+    pub struct Behaviour {
+        pub index: index_sync::Behaviour,
+        pub content: content::Behaviour,
+        pub stream: libp2p_stream::Behaviour,
+    }
+
+    /// What the hostile peer serves.
+    pub struct Script {
+        /// A file id, its true piece list and size: served with garbage pieces.
+        pub file: (Id, u64, Vec<u8>),
+        /// A directory id and its (escaping) manifest.
+        pub dir: (Id, Vec<u8>),
+        /// Chunk requests answered.
+        pub requests: Arc<AtomicU64>,
+    }
+
+    /// Connects to every node in `addrs`, pushes `entries` as its index to `leader`, then
+    /// serves `script` until the test ends (the task is dropped with the runtime).
+    pub async fn spawn(addrs: Vec<Multiaddr>, leader: PeerId, entries: Vec<Entry>, script: Script) {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| Behaviour {
+                index: index_sync::behaviour(),
+                content: content::behaviour(),
+                stream: libp2p_stream::Behaviour::new(),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        let mut incoming = swarm
+            .behaviour()
+            .stream
+            .new_control()
+            .accept(chunk::PROTOCOL)
+            .unwrap();
+        let n = addrs.len();
+        for addr in addrs {
+            swarm.dial(addr).unwrap();
+        }
+        let mut connected = 0;
+        while connected < n {
+            if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
+                connected += 1;
+            }
+        }
+        let request = index_sync::Request::Snapshot(SnapshotPage {
+            session: 1,
+            page: 0,
+            last: true,
+            version: 1,
+            entries,
+        });
+        swarm.behaviour_mut().index.send_request(&leader, request);
+        let (file_id, file_size, _) = script.file.clone();
+        let requests = script.requests.clone();
+        tokio::spawn(async move {
+            while let Some((_, mut stream)) = incoming.next().await {
+                let requests = requests.clone();
+                tokio::spawn(async move {
+                    let layout = Layout::for_len(file_size);
+                    while let Ok(Some(req)) = chunk::read_request(&mut stream).await {
+                        requests.fetch_add(1, Ordering::Relaxed);
+                        if req.id != file_id {
+                            let _ =
+                                chunk::write_error(&mut stream, chunk::Status::NotFound, req.first)
+                                    .await;
+                            continue;
+                        }
+                        for piece in req.first..req.first + req.count {
+                            let r = layout.piece_range(piece as u64).unwrap();
+                            let junk = vec![0xEE; (r.end - r.start) as usize];
+                            if chunk::write_piece(&mut stream, piece, &junk).await.is_err() {
+                                return;
+                            }
+                        }
+                        let _ = stream.flush().await;
+                    }
+                });
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                if let SwarmEvent::Behaviour(BehaviourEvent::Content(
+                    request_response::Event::Message {
+                        message:
+                            request_response::Message::Request {
+                                request, channel, ..
+                            },
+                        ..
+                    },
+                )) = swarm.select_next_some().await
+                {
+                    let response = match request {
+                        content::Request::Pieces { id } if id == script.file.0 => {
+                            content::Response::Pieces {
+                                size: script.file.1,
+                                piece_size: Layout::for_len(script.file.1).piece_size(),
+                                pieces: Bytes(script.file.2.clone()),
+                            }
+                        }
+                        content::Request::Manifest { id, .. } if id == script.dir.0 => {
+                            content::Response::Manifest {
+                                total: script.dir.1.len() as u64,
+                                offset: 0,
+                                bytes: Bytes(script.dir.1.clone()),
+                            }
+                        }
+                        _ => content::Response::NotFound,
+                    };
+                    let _ = swarm
+                        .behaviour_mut()
+                        .content
+                        .send_response(channel, response);
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_holder_can_neither_write_outside_the_download_folder_nor_corrupt_a_file() {
+    let (a, b) = two_nodes().await;
+    // The honest copy on a.
+    let bytes = data(6 * 262_144 + 99, 11);
+    let hash = FileHash::of_bytes(Layout::for_len(bytes.len() as u64), &bytes);
+    a.write("honest.bin", &bytes);
+    a.wait_indexed(&hash.id).await;
+    // The hostile peer's directory: a manifest whose paths escape, hashed to its "id".
+    let mut raw = manifest::MAGIC.to_vec();
+    for path in ["../escaped.txt"] {
+        raw.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        raw.extend_from_slice(path.as_bytes());
+        raw.push(0);
+        raw.extend_from_slice(&1u64.to_le_bytes());
+        raw.extend_from_slice(blake3::hash(b"x").as_bytes());
+    }
+    let dir_id = manifest::id_of(&raw);
+    let leader = a.node.net.leader_watch().borrow().leader.unwrap();
+    let requests = Arc::new(AtomicU64::new(0));
+    hostile::spawn(
+        vec![a.addr().await, b.addr().await],
+        leader,
+        vec![
+            Entry {
+                path: "evil".into(),
+                kind: Kind::Dir,
+                size: 1,
+                id: Id(*dir_id.as_bytes()),
+            },
+            Entry {
+                path: "honest.bin".into(),
+                kind: Kind::File,
+                size: bytes.len() as u64,
+                id: Id(*hash.id.as_bytes()),
+            },
+        ],
+        hostile::Script {
+            file: (
+                Id(*hash.id.as_bytes()),
+                bytes.len() as u64,
+                hash.pieces_bytes(),
+            ),
+            dir: (Id(*dir_id.as_bytes()), raw),
+            requests: requests.clone(),
+        },
+    )
+    .await;
+
+    // The corrupt holder is used, caught, and the file still arrives intact from `a`.
+    let hex = hash.id.to_hex().to_string();
+    wait_for_async(LIMIT, "the leader to list two holders", || async {
+        let p = b.get(&hex).await.ok()?;
+        Some(p)
+    })
+    .await;
+    let p = wait_for_async(LIMIT, "the download to end", || async {
+        b.progress(&hash.id).await.filter(|p| p.state.is_final())
+    })
+    .await;
+    assert_eq!(p.state, State::Done, "{p:?}");
+    assert_eq!(blake3::hash(&fs::read(p.path.unwrap()).unwrap()), hash.id);
+
+    // The escaping manifest is refused before anything is written.
+    let dir_hex = dir_id.to_hex().to_string();
+    let waiting = wait_for_async(
+        LIMIT,
+        "the directory download to refuse the manifest",
+        || async {
+            b.get(&dir_hex).await.ok()?;
+            let p = b.progress(&dir_id).await?;
+            (p.state == State::Waiting && p.message.as_deref()?.contains("refused")).then_some(p)
+        },
+    )
+    .await;
+    assert!(
+        waiting.message.as_deref().unwrap().contains("escaped.txt"),
+        "{waiting:?}"
+    );
+    let parent = b.downloads.parent().unwrap();
+    assert!(!parent.join("escaped.txt").exists());
+    assert!(!b.downloads.join("escaped.txt").exists());
+    assert!(b.partial_files().is_empty(), "{:?}", b.partial_files());
+    assert!(
+        requests.load(Ordering::Relaxed) > 0,
+        "the hostile holder was never asked for a piece"
+    );
+    b.node.stop().await;
+    a.node.stop().await;
+}
