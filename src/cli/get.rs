@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// How often a watching CLI asks the daemon for progress.
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(100);
 
 /// Exit code when the user leaves a download's progress with Ctrl-C (it goes on).
 pub const EXIT_DETACHED: i32 = 130;

@@ -122,6 +122,25 @@ impl Files {
     }
 }
 
+/// Writes one request for `group` (consecutive pieces of one file) and tells the reader.
+async fn send_group<W: futures::AsyncWrite + Unpin>(
+    wr: &mut W,
+    plan: &Plan,
+    sent: &mpsc::Sender<Vec<Job>>,
+    group: Vec<Job>,
+) -> std::io::Result<()> {
+    let u = plan.unit(group[0].unit);
+    let request = chunk::Request {
+        id: Id(*plan.files[u.file].id.as_bytes()),
+        first: u.piece as u32,
+        count: group.len() as u32,
+    };
+    chunk::write_request(wr, &request).await?;
+    sent.send(group)
+        .await
+        .map_err(|_| std::io::Error::other("the reader stopped"))
+}
+
 /// One unit to fetch.
 #[derive(Debug, Clone, Copy)]
 pub struct Job {
@@ -151,24 +170,29 @@ pub async fn run(
         }
     };
     let (mut rd, mut wr) = stream.split();
-    let (sent_tx, mut sent_rx) = mpsc::channel::<Job>(MAX_IN_FLIGHT + 1);
+    let (sent_tx, mut sent_rx) = mpsc::channel::<Vec<Job>>(MAX_IN_FLIGHT + 1);
     let writer_plan = plan.clone();
     let writer = async move {
         while let Some(job) = jobs.recv().await {
-            let mut next = Some(job);
-            // Write every queued request, then flush once.
-            while let Some(job) = next {
-                let u = writer_plan.unit(job.unit);
-                let request = chunk::Request {
-                    id: Id(*writer_plan.files[u.file].id.as_bytes()),
-                    first: u.piece as u32,
-                    count: 1,
-                };
-                chunk::write_request(&mut wr, &request).await?;
-                if sent_tx.send(job).await.is_err() {
-                    return Ok(());
+            // Take every queued job; runs of consecutive pieces of one file become one request.
+            let mut queued = vec![job];
+            while let Ok(job) = jobs.try_recv() {
+                queued.push(job);
+            }
+            let mut group: Vec<Job> = Vec::new();
+            for job in queued {
+                let extends = group.last().is_some_and(|last| {
+                    last.unit + 1 == job.unit
+                        && writer_plan.unit(last.unit).file == writer_plan.unit(job.unit).file
+                        && group.len() < chunk::MAX_PIECES_PER_REQUEST as usize
+                });
+                if !extends && !group.is_empty() {
+                    send_group(&mut wr, &writer_plan, &sent_tx, std::mem::take(&mut group)).await?;
                 }
-                next = jobs.try_recv().ok();
+                group.push(job);
+            }
+            if !group.is_empty() {
+                send_group(&mut wr, &writer_plan, &sent_tx, group).await?;
             }
             wr.flush().await?;
         }
@@ -177,73 +201,79 @@ pub async fn run(
     let writes = Arc::new(Semaphore::new(WRITES_AT_ONCE));
     let reader_events = events.clone();
     let reader = async move {
-        while let Some(job) = sent_rx.recv().await {
-            let u = plan.unit(job.unit);
-            let header = chunk::read_header(&mut rd).await?;
-            if header.status != Status::Ok {
-                let _ = reader_events
-                    .send(Event::Refused {
-                        peer,
-                        unit: job.unit,
-                        status: header.status,
-                    })
-                    .await;
-                continue;
-            }
-            if header.index as u64 != u.piece || header.len as u64 != u.len {
-                let _ = reader_events
-                    .send(Event::Bad {
-                        peer,
-                        unit: job.unit,
-                    })
-                    .await;
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "a piece of the wrong index or length",
-                ));
-            }
-            let mut data = vec![0u8; u.len as usize];
-            rd.read_exact(&mut data).await?;
-            let permit = writes
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("bug: semaphore closed");
-            let (plan, files, events) = (plan.clone(), files.clone(), reader_events.clone());
-            let work = move || -> Event {
-                if !plan.verify(job.unit, &data) {
-                    return Event::Bad {
-                        peer,
-                        unit: job.unit,
-                    };
+        while let Some(group) = sent_rx.recv().await {
+            let mut jobs = group.into_iter();
+            while let Some(job) = jobs.next() {
+                let u = plan.unit(job.unit);
+                let header = chunk::read_header(&mut rd).await?;
+                if header.status != Status::Ok {
+                    // The request's answer ends here: this unit and the rest of the request failed.
+                    for job in std::iter::once(job).chain(jobs.by_ref()) {
+                        let _ = reader_events
+                            .send(Event::Refused {
+                                peer,
+                                unit: job.unit,
+                                status: header.status,
+                            })
+                            .await;
+                    }
+                    break;
                 }
-                match files
-                    .get(u.file)
-                    .and_then(|f| fsio::write_all_at(&f, &data, u.offset))
-                {
-                    Ok(()) => Event::Done {
-                        peer,
-                        unit: job.unit,
-                    },
-                    Err(error) => Event::WriteFailed {
-                        peer,
-                        unit: job.unit,
-                        error,
-                    },
-                }
-            };
-            // Verify and write off the async threads while the stream reads on.
-            tokio::spawn(async move {
-                let event =
-                    tokio::task::spawn_blocking(work)
-                        .await
-                        .unwrap_or_else(|e| Event::Gone {
+                if header.index as u64 != u.piece || header.len as u64 != u.len {
+                    let _ = reader_events
+                        .send(Event::Bad {
                             peer,
-                            error: e.to_string(),
-                        });
-                let _ = events.send(event).await;
-                drop(permit);
-            });
+                            unit: job.unit,
+                        })
+                        .await;
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "a piece of the wrong index or length",
+                    ));
+                }
+                let mut data = vec![0u8; u.len as usize];
+                rd.read_exact(&mut data).await?;
+                let permit = writes
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("bug: semaphore closed");
+                let (plan, files, events) = (plan.clone(), files.clone(), reader_events.clone());
+                let work = move || -> Event {
+                    if !plan.verify(job.unit, &data) {
+                        return Event::Bad {
+                            peer,
+                            unit: job.unit,
+                        };
+                    }
+                    match files
+                        .get(u.file)
+                        .and_then(|f| fsio::write_all_at(&f, &data, u.offset))
+                    {
+                        Ok(()) => Event::Done {
+                            peer,
+                            unit: job.unit,
+                        },
+                        Err(error) => Event::WriteFailed {
+                            peer,
+                            unit: job.unit,
+                            error,
+                        },
+                    }
+                };
+                // Verify and write off the async threads while the stream reads on.
+                tokio::spawn(async move {
+                    let event =
+                        tokio::task::spawn_blocking(work)
+                            .await
+                            .unwrap_or_else(|e| Event::Gone {
+                                peer,
+                                error: e.to_string(),
+                            });
+                    let _ = events.send(event).await;
+                    drop(permit);
+                });
+            }
         }
         Ok::<(), std::io::Error>(())
     };

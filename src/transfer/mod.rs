@@ -101,6 +101,8 @@ pub struct Progress {
     pub bytes_local: u64,
     /// Bytes found verified on disk when this run of the download started (resume).
     pub bytes_resumed: u64,
+    /// Milliseconds from the start of this run of the download to now, or to its end.
+    pub elapsed_ms: u64,
 }
 
 /// Why a download could not be started or found.

@@ -270,13 +270,29 @@ fn unchanged(path: &std::path::Path, row: &FileRow) -> bool {
 /// A file being served on one stream.
 struct Serving {
     id: Id,
+    /// The share root it was found under.
+    root: String,
     row: FileRow,
     path: PathBuf,
     file: Arc<File>,
     layout: Layout,
 }
 
+/// Reads piece `index` of `serving` on a blocking thread, into `buf`.
+fn read_piece(serving: &Serving, index: u32, mut buf: Vec<u8>) -> Option<ReadPiece> {
+    let range = serving.layout.piece_range(index as u64)?;
+    let file = serving.file.clone();
+    Some(tokio::task::spawn_blocking(move || {
+        buf.resize((range.end - range.start) as usize, 0);
+        let result = fsio::read_exact_at(&file, &mut buf, range.start);
+        (result, buf)
+    }))
+}
+
+type ReadPiece = tokio::task::JoinHandle<(std::io::Result<()>, Vec<u8>)>;
+
 /// Answers the requests of one chunk stream, one after the other, until the peer closes it.
+/// Within a request, the next piece is read from disk while the current one is sent.
 async fn serve_stream(
     mut stream: Stream,
     index: IndexHandle,
@@ -284,7 +300,7 @@ async fn serve_stream(
 ) -> std::io::Result<()> {
     let mut current: Option<Serving> = None;
     let mut store: Option<Store> = None;
-    let mut buf = Vec::new();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
     while let Some(request) = chunk::read_request(&mut stream).await? {
         // Resolve the id (and re-check the file) on a blocking thread.
         let previous = current.take().filter(|s| s.id == request.id);
@@ -310,40 +326,44 @@ async fn serve_stream(
             }
         };
         let mut status = Status::Ok;
-        let mut index_of = request.first;
-        for piece in request.first..request.first + request.count {
-            index_of = piece;
-            let Some(range) = serving.layout.piece_range(piece as u64) else {
+        let mut failed_at = request.first;
+        let end = request.first + request.count;
+        let mut next = read_piece(&serving, request.first, spare.pop().unwrap_or_default());
+        for piece in request.first..end {
+            let Some(reading) = next.take() else {
                 status = Status::OutOfRange;
+                failed_at = piece;
                 break;
             };
-            let len = (range.end - range.start) as usize;
-            let file = serving.file.clone();
-            let mut data = std::mem::take(&mut buf);
-            data.resize(len, 0);
-            let read = tokio::task::spawn_blocking(move || {
-                let r = fsio::read_exact_at(&file, &mut data, range.start);
-                (r, data)
-            })
-            .await
-            .map_err(std::io::Error::other)?;
-            buf = read.1;
-            if read.0.is_err() {
+            let (result, data) = reading.await.map_err(std::io::Error::other)?;
+            if result.is_err() {
                 status = Status::Unavailable;
+                failed_at = piece;
                 break;
             }
-            chunk::write_piece(&mut stream, piece, &buf).await?;
-            served.bytes.fetch_add(len as u64, Ordering::Relaxed);
+            if piece + 1 < end {
+                next = read_piece(&serving, piece + 1, spare.pop().unwrap_or_default());
+            }
+            chunk::write_piece(&mut stream, piece, &data).await?;
+            served.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             served.pieces.fetch_add(1, Ordering::Relaxed);
+            spare.push(data);
         }
+        if let Some(reading) = next {
+            // A read started for a piece that will not be sent (the request ended early).
+            if let Ok((_, data)) = reading.await {
+                spare.push(data);
+            }
+        }
+        spare.truncate(2);
         if status != Status::Ok {
-            chunk::write_error(&mut stream, status, index_of).await?;
+            chunk::write_error(&mut stream, status, failed_at).await?;
             if status == Status::Unavailable {
                 index.recheck(serving.path.clone());
             }
         }
         stream.flush().await?;
-        // A changed file is found on the next request's re-check; keep the open file till then.
+        // A file that could not be read is looked up afresh next time.
         if status != Status::Unavailable {
             current = Some(serving);
         }
@@ -351,24 +371,22 @@ async fn serve_stream(
     stream.close().await
 }
 
-/// Finds what to serve for `id`: the file already open on this stream if its row and disk
-/// state still match, or a fresh lookup.
+/// Finds what to serve for `id`: the file already open on this stream if it is still under the
+/// same share root with the size and mtime of its row (a changed, moved or deleted file fails
+/// that `stat`), or a fresh lookup in the index.
 fn resolve(
     index: &IndexHandle,
     store: Option<&Store>,
     previous: Option<Serving>,
     id: Id,
 ) -> Result<Serving, Status> {
-    let store = store.ok_or(Status::Busy)?;
     let root = index.root_key();
     if let Some(prev) = previous {
-        // Still indexed under the same path, and unchanged on disk?
-        if let Ok(Some(row)) = store.shared_file(&root, &id.0) {
-            if row == prev.row && unchanged(&prev.path, &row) {
-                return Ok(prev);
-            }
+        if prev.root == root && unchanged(&prev.path, &prev.row) {
+            return Ok(prev);
         }
     }
+    let store = store.ok_or(Status::Busy)?;
     let (row, path) = shared_file(index, store, &root, &id).ok_or(Status::NotFound)?;
     let file = File::open(&path).map_err(|_| {
         index.recheck(path.clone());
@@ -376,6 +394,7 @@ fn resolve(
     })?;
     Ok(Serving {
         id,
+        root,
         layout: Layout::for_len(row.size),
         row,
         path,

@@ -474,13 +474,12 @@ async fn a_hostile_holder_can_neither_write_outside_the_download_folder_nor_corr
     a.wait_indexed(&hash.id).await;
     // The hostile peer's directory: a manifest whose paths escape, hashed to its "id".
     let mut raw = manifest::MAGIC.to_vec();
-    for path in ["../escaped.txt"] {
-        raw.extend_from_slice(&(path.len() as u32).to_le_bytes());
-        raw.extend_from_slice(path.as_bytes());
-        raw.push(0);
-        raw.extend_from_slice(&1u64.to_le_bytes());
-        raw.extend_from_slice(blake3::hash(b"x").as_bytes());
-    }
+    let path = "../escaped.txt";
+    raw.extend_from_slice(&(path.len() as u32).to_le_bytes());
+    raw.extend_from_slice(path.as_bytes());
+    raw.push(0); // a file
+    raw.extend_from_slice(&1u64.to_le_bytes());
+    raw.extend_from_slice(blake3::hash(b"x").as_bytes());
     let dir_id = manifest::id_of(&raw);
     let leader = a.node.net.leader_watch().borrow().leader.unwrap();
     let requests = Arc::new(AtomicU64::new(0));
@@ -551,6 +550,232 @@ async fn a_hostile_holder_can_neither_write_outside_the_download_folder_nor_corr
         requests.load(Ordering::Relaxed) > 0,
         "the hostile holder was never asked for a piece"
     );
+    b.node.stop().await;
+    a.node.stop().await;
+}
+
+/// A bare libp2p client of the chunk protocol.
+async fn chunk_client(
+    addr: Multiaddr,
+) -> (libp2p_stream::Control, PeerId, tokio::task::JoinHandle<()>) {
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    let control = swarm.behaviour().new_control();
+    swarm.dial(addr).unwrap();
+    let peer = loop {
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await {
+            break peer_id;
+        }
+    };
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    (control, peer, driver)
+}
+
+/// Sends one request and reads its answer: the Ok pieces, then the error frame if any.
+async fn ask_pieces(
+    stream: &mut libp2p::Stream,
+    id: blake3::Hash,
+    first: u32,
+    count: u32,
+) -> (Vec<Vec<u8>>, Option<chunk::Status>) {
+    let request = chunk::Request {
+        id: Id(*id.as_bytes()),
+        first,
+        count,
+    };
+    chunk::write_request(stream, &request).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut pieces = Vec::new();
+    for _ in 0..count {
+        let header = chunk::read_header(stream).await.unwrap();
+        if header.status != chunk::Status::Ok {
+            return (pieces, Some(header.status));
+        }
+        let mut data = Vec::new();
+        chunk::read_piece(stream, &header, header.len, &mut data)
+            .await
+            .unwrap();
+        pieces.push(data);
+    }
+    (pieces, None)
+}
+
+/// One one-piece request; the answer's status, or `None` if the stream failed.
+async fn try_ask(stream: &mut libp2p::Stream, id: blake3::Hash) -> Option<chunk::Status> {
+    let request = chunk::Request {
+        id: Id(*id.as_bytes()),
+        first: 0,
+        count: 1,
+    };
+    chunk::write_request(stream, &request).await.ok()?;
+    stream.flush().await.ok()?;
+    let header = chunk::read_header(stream).await.ok()?;
+    if header.status == chunk::Status::Ok {
+        let mut data = Vec::new();
+        chunk::read_piece(stream, &header, header.len, &mut data)
+            .await
+            .ok()?;
+    }
+    Some(header.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_only_what_it_shares_now_and_bounds_streams() {
+    let a = start(vec![]).await;
+    let bytes = data(2 * 262_144 + 10, 21);
+    let id = blake3::hash(&bytes);
+    a.write("served.bin", &bytes);
+    a.wait_indexed(&id).await;
+    let (control, peer, driver) = chunk_client(a.addr().await).await;
+    let mut stream = control
+        .clone()
+        .open_stream(peer, chunk::PROTOCOL)
+        .await
+        .unwrap();
+
+    // The shared file, piece by piece; a range past its end stops with OutOfRange.
+    let (pieces, end) = ask_pieces(&mut stream, id, 0, 4).await;
+    assert_eq!(end, Some(chunk::Status::OutOfRange));
+    assert_eq!(pieces.concat(), bytes);
+    // An id nobody shares here.
+    let (pieces, end) = ask_pieces(&mut stream, blake3::hash(b"other"), 0, 1).await;
+    assert!(pieces.is_empty());
+    assert_eq!(end, Some(chunk::Status::NotFound));
+
+    // Changed on disk since it was hashed (other size): not served as the old id.
+    let path = a.share.join("served.bin");
+    let mut changed = bytes.clone();
+    changed.push(1);
+    fs::write(&path, &changed).unwrap();
+    let (pieces, end) = ask_pieces(&mut stream, id, 0, 1).await;
+    assert!(pieces.is_empty());
+    assert!(
+        matches!(
+            end,
+            Some(chunk::Status::NotFound | chunk::Status::Unavailable)
+        ),
+        "{end:?}"
+    );
+    // ... and the indexer is told: the new content gets indexed without waiting for a rescan.
+    a.wait_indexed(&blake3::hash(&changed)).await;
+
+    // A file outside the shared folder is never served, even after it was shared once.
+    let moved = a._dir.path().join("elsewhere");
+    fs::create_dir_all(&moved).unwrap();
+    let other_share = moved.canonicalize().unwrap();
+    match a
+        .client()
+        .request(Request::SetShared {
+            path: other_share.clone(),
+        })
+        .await
+        .unwrap()
+    {
+        Response::Folders(f) => assert_eq!(f.shared_dir, other_share),
+        other => panic!("{other:?}"),
+    }
+    let new_id = blake3::hash(&changed);
+    wait_for_async(LIMIT, "the old share to stop being served", || async {
+        let mut s = control
+            .clone()
+            .open_stream(peer, chunk::PROTOCOL)
+            .await
+            .ok()?;
+        let (_, end) = ask_pieces(&mut s, new_id, 0, 1).await;
+        (end == Some(chunk::Status::NotFound)).then_some(())
+    })
+    .await;
+
+    // At most 8 streams per peer: with 8 working ones open, a 9th is closed unanswered.
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut open = Vec::new();
+    while open.len() < 8 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "could not open 8 working streams"
+        );
+        let mut s = control
+            .clone()
+            .open_stream(peer, chunk::PROTOCOL)
+            .await
+            .unwrap();
+        if try_ask(&mut s, new_id).await.is_some() {
+            open.push(s);
+        } else {
+            // A stream of an earlier step still counted; the server notices its end soon.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut ninth = control
+        .clone()
+        .open_stream(peer, chunk::PROTOCOL)
+        .await
+        .unwrap();
+    assert_eq!(
+        try_ask(&mut ninth, new_id).await,
+        None,
+        "a 9th stream was served"
+    );
+    for s in &mut open {
+        assert_eq!(try_ask(s, new_id).await, Some(chunk::Status::NotFound));
+    }
+    driver.abort();
+    a.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_prefix_lists_the_candidates_and_downloads_nothing() {
+    let (a, b) = two_nodes().await;
+    // Two contents whose ids share their first 4 hex digits (found by trying).
+    let mut seen = std::collections::HashMap::new();
+    let (x, y) = (0u32..)
+        .find_map(|i| {
+            let content = format!("candidate {i}");
+            let prefix = blake3::hash(content.as_bytes()).to_hex()[..4].to_string();
+            seen.insert(prefix.clone(), content.clone())
+                .map(|other| (other, content))
+        })
+        .unwrap();
+    a.write("x.txt", x.as_bytes());
+    a.write("y.txt", y.as_bytes());
+    let (ix, iy) = (blake3::hash(x.as_bytes()), blake3::hash(y.as_bytes()));
+    a.wait_indexed(&ix).await;
+    a.wait_indexed(&iy).await;
+    let prefix = ix.to_hex()[..4].to_string();
+    let err = wait_for_async(LIMIT, "the leader to know both ids", || async {
+        match b.get(&prefix).await {
+            Err(ClientError::Remote(e)) if e.kind == ErrorKind::Ambiguous => Some(e),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(
+        err.message.contains(ix.to_hex().as_str()),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains(iy.to_hex().as_str()),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("x.txt") && err.message.contains("y.txt"));
+    assert!(fs::read_dir(&b.downloads).unwrap().next().is_none());
     b.node.stop().await;
     a.node.stop().await;
 }

@@ -33,6 +33,7 @@
 //! log filter (default [`NODE_LOG`]).
 
 mod discovery;
+mod download;
 mod election;
 mod search;
 
