@@ -36,20 +36,16 @@ impl Store {
     pub fn shared_file(&self, root: &str, id: &[u8; 32]) -> Result<Option<FileRow>, StoreError> {
         let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE root = ?1 AND id = ?2 LIMIT 1");
         self.conn
-            .query_row(&sql, params![root, id], file_row)
-            .optional()
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| stmt.query_row(params![root, id], file_row).optional())
             .map_err(|e| self.error(e))
     }
 
     /// The path of a directory of `root` whose id is `id`, if it is indexed there.
     pub fn shared_dir(&self, root: &str, id: &[u8; 32]) -> Result<Option<String>, StoreError> {
         self.conn
-            .query_row(
-                "SELECT path FROM dirs WHERE root = ?1 AND id = ?2 LIMIT 1",
-                params![root, id],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT path FROM dirs WHERE root = ?1 AND id = ?2 LIMIT 1")
+            .and_then(|mut stmt| stmt.query_row(params![root, id], |r| r.get(0)).optional())
             .map_err(|e| self.error(e))
     }
 

@@ -249,6 +249,7 @@ async fn drive(ctx: &Context, start: Start) -> Result<PathBuf, Stop> {
     });
 
     // Set up the partial tree, find what is on disk already, copy what we share ourselves.
+    tracing::debug!(id = %id, "download prepared");
     let mut done = {
         let (plan2, part2) = (plan.clone(), part.clone());
         let saved = plan::from_bitfield(&row.done, plan.unit_lens.len());
@@ -265,13 +266,32 @@ async fn drive(ctx: &Context, start: Start) -> Result<PathBuf, Stop> {
         p.bytes_resumed = resumed;
         p.bytes_done = resumed;
     });
+    tracing::debug!(id = %id, "partial data set up");
     copy_local(ctx, &plan, &part, &mut done).await;
+    tracing::debug!(id = %id, "local copies checked");
 
     loop {
+        let unknown: Vec<bool> = plan.files.iter().map(|f| f.pieces.is_none()).collect();
         fetch_piece_lists(ctx, &id, &mut plan, &done).await?;
+        if unknown.iter().any(|&u| u) {
+            // Pieces of those files written before a restart can be verified now.
+            let (p, d, known_before) = (
+                plan.clone(),
+                part.clone(),
+                unknown.iter().map(|u| !u).collect::<Vec<_>>(),
+            );
+            let mut checked = std::mem::take(&mut done);
+            done = tokio::task::spawn_blocking(move || {
+                recheck(&p, &d, &mut checked, &known_before);
+                checked
+            })
+            .await
+            .expect("bug: recheck panicked");
+        }
         let plan_arc = Arc::new(plan.clone());
         fetch_all(ctx, &row, plan_arc.clone(), &part, &done).await?;
         ctx.set_state(State::Verifying, None);
+        tracing::debug!(id = %id, "fetched; verifying");
         let (p, d) = (plan_arc.clone(), part.clone());
         let bad = tokio::task::spawn_blocking(move || verify_all(&p, &d))
             .await
@@ -291,7 +311,7 @@ async fn drive(ctx: &Context, start: Start) -> Result<PathBuf, Stop> {
                     done[u] = false;
                 }
             }
-            recheck(&p, &d, &mut done);
+            recheck(&p, &d, &mut done, &[]);
             done
         })
         .await
@@ -520,44 +540,71 @@ fn describe(response: &content::Response) -> String {
     }
 }
 
-/// Step 2 (blocking): creates the partial tree and returns which units are done: those the
-/// saved bitfield says, plus those found intact on disk.
+/// Step 2 (blocking): creates the partial tree's directories and empty files and returns which
+/// units are done: those the saved bitfield says, plus those found intact in files already
+/// there. Other files are created when their first piece arrives (`fetch::Files`).
 fn set_up(plan: &Plan, part: &Path, mut done: Vec<bool>) -> std::io::Result<Vec<bool>> {
     if plan.is_dir {
         std::fs::create_dir_all(part)?;
-        for d in &plan.dirs {
-            std::fs::create_dir_all(scan::native(part, d))?;
-        }
-        for f in &plan.files {
-            for p in &f.paths {
-                if let Some(parent) = scan::native(part, p).parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
+        let mut made = HashSet::new();
+        let parents = plan.files.iter().flat_map(|f| &f.paths).filter_map(|p| {
+            let path = scan::native(part, p);
+            path.parent().map(Path::to_path_buf)
+        });
+        for dir in plan
+            .dirs
+            .iter()
+            .map(|d| scan::native(part, d))
+            .chain(parents)
+        {
+            if made.insert(dir.clone()) {
+                std::fs::create_dir_all(&dir)?;
             }
         }
     }
-    for i in 0..plan.files.len() {
+    let mut absent = vec![false; plan.files.len()];
+    for (i, absent) in absent.iter_mut().enumerate() {
         let path = plan.data_path(part, i);
         let len = plan.files[i].layout.len();
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
-        if f.metadata()?.len() != len {
-            f.set_len(len)?;
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => {
+                if meta.len() != len {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)?
+                        .set_len(len)?;
+                }
+            }
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} is in the way", path.display()),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if len == 0 {
+                    File::create(&path)?;
+                } else {
+                    *absent = true;
+                    // Saved bits of a file that is gone mean nothing.
+                    for u in plan.units_of(i) {
+                        done[u] = false;
+                    }
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
-    recheck(plan, part, &mut done);
+    recheck(plan, part, &mut done, &absent);
     Ok(done)
 }
 
 /// Verifies, from disk, every unit not marked done whose file's piece list is known, and marks
 /// the intact ones done.
-fn recheck(plan: &Plan, part: &Path, done: &mut [bool]) {
+fn recheck(plan: &Plan, part: &Path, done: &mut [bool], skip: &[bool]) {
     let mut buf = Vec::new();
     for (i, f) in plan.files.iter().enumerate() {
-        if f.pieces.is_none() {
+        if f.pieces.is_none() || skip.get(i) == Some(&true) {
             continue;
         }
         let units = plan.units_of(i);

@@ -99,9 +99,12 @@ impl Files {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        let len = self.plan.files[file].layout.len();
-        if f.metadata()?.len() != len {
-            f.set_len(len)?;
+        // Files of several pieces are pre-sized, so pieces land anywhere in them; a one-piece
+        // file gets its length from its one write (sizing a new file first costs a metadata
+        // update per file, which dominates a tree of small files).
+        let layout = self.plan.files[file].layout;
+        if layout.count() > 1 && f.metadata()?.len() != layout.len() {
+            f.set_len(layout.len())?;
         }
         let f = Arc::new(f);
         self.open
