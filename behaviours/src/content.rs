@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use libp2p::{
-    request_response::{self, cbor, ProtocolSupport},
+    request_response::{self, cbor},
     StreamProtocol,
 };
 use serde::{Deserialize, Serialize};
@@ -110,14 +110,7 @@ pub type Event = request_response::Event<Request, Response>;
 
 /// A content behaviour with iwant's limits.
 pub fn behaviour() -> Behaviour {
-    let codec = cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_REQUEST)
-        .set_response_size_maximum(MAX_RESPONSE);
-    cbor::Behaviour::with_codec(
-        codec,
-        [(PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
-    )
+    crate::wire::cbor_behaviour(PROTOCOL, MAX_REQUEST, MAX_RESPONSE, REQUEST_TIMEOUT)
 }
 
 impl Request {

@@ -16,7 +16,7 @@
 use std::{str::FromStr, time::Duration};
 
 use libp2p::{
-    request_response::{self, cbor, ProtocolSupport},
+    request_response::{self, cbor},
     Multiaddr, PeerId, StreamProtocol,
 };
 use serde::{Deserialize, Serialize};
@@ -61,14 +61,7 @@ pub type Event = request_response::Event<Announce, Ack>;
 
 /// A peer exchange behaviour with iwant's limits.
 pub fn behaviour() -> Behaviour {
-    let codec = cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_MESSAGE)
-        .set_response_size_maximum(MAX_MESSAGE);
-    cbor::Behaviour::with_codec(
-        codec,
-        [(PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-    )
+    crate::wire::cbor_behaviour(PROTOCOL, MAX_MESSAGE, MAX_MESSAGE, Duration::from_secs(10))
 }
 
 impl Announce {

@@ -4,6 +4,30 @@ use std::{fmt, ops::Deref};
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
+/// A request-response behaviour for `protocol` with the CBOR codec, the given size caps on
+/// encoded requests and responses, and a request timeout: how every iwant request-response
+/// protocol is built.
+pub fn cbor_behaviour<Req, Resp>(
+    protocol: libp2p::StreamProtocol,
+    max_request: u64,
+    max_response: u64,
+    timeout: std::time::Duration,
+) -> libp2p::request_response::cbor::Behaviour<Req, Resp>
+where
+    Req: Send + Serialize + de::DeserializeOwned + 'static,
+    Resp: Send + Serialize + de::DeserializeOwned + 'static,
+{
+    use libp2p::request_response::{cbor, Config, ProtocolSupport};
+    let codec = cbor::codec::Codec::default()
+        .set_request_size_maximum(max_request)
+        .set_response_size_maximum(max_response);
+    cbor::Behaviour::with_codec(
+        codec,
+        [(protocol, ProtocolSupport::Full)],
+        Config::default().with_request_timeout(timeout),
+    )
+}
+
 /// Longest relative path in any message, in bytes.
 pub const MAX_PATH: usize = 4096;
 

@@ -18,7 +18,7 @@ use libp2p::{
     mdns,
     multiaddr::Protocol,
     noise, ping,
-    request_response::{self, OutboundRequestId},
+    request_response::{self, OutboundRequestId, ResponseChannel},
     swarm::{
         dial_opts::{DialOpts, PeerCondition},
         ConnectionId, SwarmEvent,
@@ -432,63 +432,6 @@ impl EventLoop {
         }
     }
 
-    /// Hands an inbound content request to the transfer server (answering `busy` here when
-    /// it is overloaded), and our requests' answers to their callers.
-    fn on_content(&mut self, event: content::Event) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let inbound = ContentInbound {
-                    peer,
-                    request,
-                    channel,
-                };
-                if let Err(e) = self.content_inbound.try_send(inbound) {
-                    tracing::debug!(%peer, "transfer server busy; content request refused");
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .content
-                        .send_response(e.into_inner().channel, content::Response::Busy);
-                }
-            }
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.pending_content.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                tracing::debug!(%peer, %error, "content request failed");
-                if let Some(reply) = self.pending_content.remove(&request_id) {
-                    let _ = reply.send(Err(RequestError::Failed(error.to_string())));
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "bad content request");
-            }
-            Event::ResponseSent { .. } => {}
-        }
-    }
-
     /// Hands an inbound request to the leader task, or answers it here when the task is
     /// overloaded or gone.
     fn on_index_sync(&mut self, event: index_sync::Event) {
@@ -557,53 +500,40 @@ impl EventLoop {
     }
 
     fn on_search(&mut self, event: search::Event) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let inbound = Inbound::Search {
-                    peer,
-                    request,
-                    channel,
-                };
-                if self.inbound.try_send(inbound).is_err() {
-                    // Dropping the channel tells the requester it failed.
-                    tracing::debug!(%peer, "leader task busy; search dropped");
-                }
-            }
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.pending_search.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                tracing::debug!(%peer, %error, "search request failed");
-                if let Some(reply) = self.pending_search.remove(&request_id) {
-                    let _ = reply.send(Err(RequestError::Failed(error.to_string())));
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "bad search request");
-            }
-            Event::ResponseSent { .. } => {}
+        let Some((peer, request, channel)) = route(event, &mut self.pending_search, "search")
+        else {
+            return;
+        };
+        let inbound = Inbound::Search {
+            peer,
+            request,
+            channel,
+        };
+        if self.inbound.try_send(inbound).is_err() {
+            // Dropping the channel tells the requester it failed.
+            tracing::debug!(%peer, "leader task busy; search dropped");
+        }
+    }
+
+    /// Hands an inbound content request to the transfer server (answering `busy` here when
+    /// it is overloaded).
+    fn on_content(&mut self, event: content::Event) {
+        let Some((peer, request, channel)) = route(event, &mut self.pending_content, "content")
+        else {
+            return;
+        };
+        let inbound = ContentInbound {
+            peer,
+            request,
+            channel,
+        };
+        if let Err(e) = self.content_inbound.try_send(inbound) {
+            tracing::debug!(%peer, "transfer server busy; content request refused");
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .content
+                .send_response(e.into_inner().channel, content::Response::Busy);
         }
     }
 
@@ -914,6 +844,54 @@ impl EventLoop {
             NodeBehaviourEvent::Connections(never) => match never {},
         }
     }
+}
+
+/// The common part of a request-response protocol's events: answers and failures of our
+/// requests go to their waiting callers, bad inbound requests are logged, and an inbound
+/// request is returned for the caller to route.
+fn route<Req, Resp>(
+    event: request_response::Event<Req, Resp>,
+    pending: &mut HashMap<OutboundRequestId, Reply<Resp>>,
+    what: &'static str,
+) -> Option<(PeerId, Req, ResponseChannel<Resp>)> {
+    use request_response::{Event, Message};
+    match event {
+        Event::Message {
+            peer,
+            message: Message::Request {
+                request, channel, ..
+            },
+            ..
+        } => return Some((peer, request, channel)),
+        Event::Message {
+            message:
+                Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => {
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Ok(response));
+            }
+        }
+        Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => {
+            tracing::debug!(%peer, %error, "{what} request failed");
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Err(RequestError::Failed(error.to_string())));
+            }
+        }
+        Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(%peer, %error, "bad {what} request");
+        }
+        Event::ResponseSent { .. } => {}
+    }
+    None
 }
 
 /// Starts a dial to a known address, unless its peer is connected or being dialed.

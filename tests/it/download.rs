@@ -29,7 +29,7 @@ use iwant_behaviours::{
 use libp2p::{noise, request_response, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId};
 use tempfile::TempDir;
 
-use crate::util::{start_in_process, wait_for_async};
+use crate::util::{configured_home, start_in_process, wait_for_async};
 
 /// Generous limits for a loaded 2-core machine; speed is measured by the benchmarks.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -44,20 +44,7 @@ struct Node {
 
 async fn start(peers: Vec<Multiaddr>) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let share = dir.path().join("share");
-    let downloads = dir.path().join("downloads");
-    fs::create_dir_all(&share).unwrap();
-    fs::create_dir_all(&downloads).unwrap();
-    let (share, downloads) = (
-        share.canonicalize().unwrap(),
-        downloads.canonicalize().unwrap(),
-    );
-    let h = Home::resolve(Some(home.clone())).unwrap();
-    let (mut config, _) = h.load_or_create_config().unwrap();
-    config.shared_dir = share.clone();
-    config.download_dir = downloads.clone();
-    h.save_config(&config).unwrap();
+    let (home, share, downloads) = configured_home(dir.path());
     let node = start_in_process(&home, "/ip4/127.0.0.1/tcp/0".parse().unwrap(), peers).await;
     Node {
         node,

@@ -18,7 +18,7 @@ use iwant_behaviours::{
 use libp2p::{noise, request_response, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId, Swarm};
 use tempfile::TempDir;
 
-use crate::util::{start_in_process, wait_for_async};
+use crate::util::{configured_home, start_in_process, wait_for_async};
 
 /// Generous: the one-second goal is measured by the benchmarks, not asserted here.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -33,14 +33,7 @@ struct Node {
 /// A node on 127.0.0.1 dialing `peers`, sharing a fresh folder.
 async fn start(peers: Vec<Multiaddr>) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let share = dir.path().join("share");
-    fs::create_dir_all(&share).unwrap();
-    let share = share.canonicalize().unwrap();
-    let h = Home::resolve(Some(home.clone())).unwrap();
-    let (mut config, _) = h.load_or_create_config().unwrap();
-    config.shared_dir = share.clone();
-    h.save_config(&config).unwrap();
+    let (home, share, _) = configured_home(dir.path());
     let node = start_in_process(&home, "/ip4/127.0.0.1/tcp/0".parse().unwrap(), peers).await;
     Node {
         node,

@@ -82,6 +82,26 @@ pub fn peer_ids(status: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A home `dir/home` whose config shares `dir/share` and downloads into `dir/downloads` (both
+/// created); returns the three paths (the folders canonical).
+pub fn configured_home(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let home = dir.join("home");
+    let share = dir.join("share");
+    let downloads = dir.join("downloads");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::create_dir_all(&downloads).unwrap();
+    let (share, downloads) = (
+        share.canonicalize().unwrap(),
+        downloads.canonicalize().unwrap(),
+    );
+    let h = iwant::config::Home::resolve(Some(home.clone())).unwrap();
+    let (mut config, _) = h.load_or_create_config().unwrap();
+    config.shared_dir = share.clone();
+    config.download_dir = downloads.clone();
+    h.save_config(&config).unwrap();
+    (home, share, downloads)
+}
+
 /// Starts a node in this process with its home at `home`, listening on `listen` (a loopback
 /// address: mDNS is off), dialing `peers`.
 pub async fn start_in_process(
