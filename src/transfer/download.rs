@@ -359,9 +359,10 @@ fn sync_tree(plan: &Plan, part: &Path) {
 /// Step 1: the piece list or manifest, checked, and the download's row.
 async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
     let mut asked: HashSet<PeerId> = HashSet::new();
-    let meta = loop {
-        if let Some(meta) = local_meta(ctx, &target).await {
-            break meta;
+    // The size goes with the piece list that proved itself (the leader's may be a liar's).
+    let (size, meta) = loop {
+        if let Some(found) = local_meta(ctx, &target).await {
+            break found;
         }
         let mut last = String::from("no node holding it is reachable");
         match holders(&ctx.net, &ctx.leader, &target.id).await {
@@ -402,7 +403,7 @@ async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
             Kind::Dir => "dir".into(),
         },
         name: target.name,
-        size: target.size,
+        size,
         dest: target.dest.to_string_lossy().into_owned(),
         part: part.to_string_lossy().into_owned(),
         meta,
@@ -417,8 +418,8 @@ async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
     Ok(row)
 }
 
-/// The piece list or manifest from this node's own index, if it shares the id.
-async fn local_meta(ctx: &Context, target: &Target) -> Option<Vec<u8>> {
+/// The size and the piece list or manifest from this node's own index, if it shares the id.
+async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
     let (db, root, key, kind) = (
         ctx.db.clone(),
         ctx.index.root_key(),
@@ -426,20 +427,20 @@ async fn local_meta(ctx: &Context, target: &Target) -> Option<Vec<u8>> {
         target.kind,
     );
     let id = target.id;
-    tokio::task::spawn_blocking(move || -> Option<Vec<u8>> {
+    tokio::task::spawn_blocking(move || -> Option<(u64, Vec<u8>)> {
         let store = Store::open(&db).ok()?;
         match kind {
             Kind::File => {
                 let row = store.shared_file(&root, &key).ok()??;
                 Plan::file(id, row.size, &row.pieces).ok()?;
-                Some(row.pieces)
+                Some((row.size, row.pieces))
             }
             Kind::Dir => {
                 let path = store.shared_dir(&root, &key).ok()??;
                 let entries = store.entries_below(&root, &path).ok()?;
-                let (encoded, _, _) = share::manifest_below(&entries, &path);
+                let (encoded, size, _) = share::manifest_below(&entries, &path);
                 Plan::dir(id, &encoded).ok()?;
-                Some(encoded)
+                Some((size, encoded))
             }
         }
     })
@@ -472,14 +473,19 @@ async fn holders(
         .collect())
 }
 
-/// A file's piece list or a directory's whole manifest from `peer`, checked against the id.
-async fn fetch_meta(ctx: &Context, peer: PeerId, target: &Target) -> Result<Vec<u8>, String> {
+/// A file's size and piece list, or a directory's size and whole manifest, from `peer`,
+/// checked against the id.
+async fn fetch_meta(
+    ctx: &Context,
+    peer: PeerId,
+    target: &Target,
+) -> Result<(u64, Vec<u8>), String> {
     let wire_id = Id(*target.id.as_bytes());
     match target.kind {
         Kind::File => {
             let (size, pieces) = piece_list(ctx, peer, wire_id).await?;
             Plan::file(target.id, size, &pieces).map_err(|e| e.to_string())?;
-            Ok(pieces)
+            Ok((size, pieces))
         }
         Kind::Dir => {
             let mut manifest = Vec::new();
@@ -511,8 +517,8 @@ async fn fetch_meta(ctx: &Context, peer: PeerId, target: &Target) -> Result<Vec<
                     other => return Err(describe(&other)),
                 }
             }
-            Plan::dir(target.id, &manifest).map_err(|e| e.to_string())?;
-            Ok(manifest)
+            let plan = Plan::dir(target.id, &manifest).map_err(|e| e.to_string())?;
+            Ok((plan.total_bytes(), manifest))
         }
     }
 }
