@@ -125,6 +125,21 @@ impl Files {
     }
 }
 
+/// Checks unit `unit`'s `data` and writes it at its place; says how that went.
+fn verify_and_write(plan: &Plan, files: &Files, peer: PeerId, unit: usize, data: &[u8]) -> Event {
+    if !plan.verify(unit, data) {
+        return Event::Bad { peer, unit };
+    }
+    let u = plan.unit(unit);
+    match files
+        .get(u.file)
+        .and_then(|f| fsio::write_all_at(&f, data, u.offset))
+    {
+        Ok(()) => Event::Done { peer, unit },
+        Err(error) => Event::WriteFailed { peer, unit, error },
+    }
+}
+
 /// Writes one request for `group` (consecutive pieces of one file) and tells the reader.
 async fn send_group<W: futures::AsyncWrite + Unpin>(
     wr: &mut W,
@@ -202,6 +217,7 @@ pub async fn run(
         wr.close().await
     };
     let writes = Arc::new(Semaphore::new(WRITES_AT_ONCE));
+    let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let reader_events = events.clone();
     let reader = async move {
         while let Some(group) = sent_rx.recv().await {
@@ -234,7 +250,13 @@ pub async fn run(
                         "a piece of the wrong index or length",
                     ));
                 }
-                let mut data = vec![0u8; u.len as usize];
+                // A buffer of an earlier piece, so that no piece pays for zeroing a new one.
+                let mut data = pool
+                    .lock()
+                    .expect("bug: poisoned")
+                    .pop()
+                    .unwrap_or_default();
+                data.resize(u.len as usize, 0);
                 rd.read_exact(&mut data).await?;
                 let permit = writes
                     .clone()
@@ -242,27 +264,14 @@ pub async fn run(
                     .await
                     .expect("bug: semaphore closed");
                 let (plan, files, events) = (plan.clone(), files.clone(), reader_events.clone());
+                let pool = pool.clone();
                 let work = move || -> Event {
-                    if !plan.verify(job.unit, &data) {
-                        return Event::Bad {
-                            peer,
-                            unit: job.unit,
-                        };
+                    let event = verify_and_write(&plan, &files, peer, job.unit, &data);
+                    let mut pool = pool.lock().expect("bug: poisoned");
+                    if pool.len() < WRITES_AT_ONCE + 1 {
+                        pool.push(data);
                     }
-                    match files
-                        .get(u.file)
-                        .and_then(|f| fsio::write_all_at(&f, &data, u.offset))
-                    {
-                        Ok(()) => Event::Done {
-                            peer,
-                            unit: job.unit,
-                        },
-                        Err(error) => Event::WriteFailed {
-                            peer,
-                            unit: job.unit,
-                            error,
-                        },
-                    }
+                    event
                 };
                 // Verify and write off the async threads while the stream reads on.
                 tokio::spawn(async move {
