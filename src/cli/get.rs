@@ -25,7 +25,18 @@ pub const EXIT_DETACHED: i32 = 130;
 /// `iwant get <id>`: start (or re-attach to) a download and follow it until it ends.
 pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> anyhow::Result<()> {
     let client = Client::new(home);
-    let progress = match client.request(Request::Get { id }).await? {
+    // One listener for the whole command, so no Ctrl-C is missed between two polls.
+    let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+    let answer = tokio::select! {
+        answer = client.request(Request::Get { id: id.clone() }) => answer?,
+        _ = &mut interrupt => {
+            eprintln!(
+                "Left `iwant get`; if the download had started it continues in the background. See `iwant status`, or run `iwant get {id}` again."
+            );
+            std::process::exit(EXIT_DETACHED);
+        }
+    };
+    let progress = match answer {
         Response::Download(p) => p,
         other => anyhow::bail!("the node answered a get with {other:?}"),
     };
@@ -59,9 +70,17 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
         if last.state.is_final() {
             break;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = tokio::signal::ctrl_c() => {
+        let poll = async {
+            tokio::time::sleep(POLL).await;
+            client
+                .request(Request::Downloads {
+                    id: Some(full.clone()),
+                })
+                .await
+        };
+        let polled = tokio::select! {
+            polled = poll => polled,
+            _ = &mut interrupt => {
                 if let Some(bar) = &bar {
                     bar.abandon();
                 }
@@ -71,13 +90,8 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
                 );
                 std::process::exit(EXIT_DETACHED);
             }
-        }
-        last = match client
-            .request(Request::Downloads {
-                id: Some(full.clone()),
-            })
-            .await
-        {
+        };
+        last = match polled {
             Ok(Response::Download(p)) => p,
             Ok(other) => anyhow::bail!("the node answered with {other:?}"),
             Err(crate::control::ClientError::NotRunning { .. }) => anyhow::bail!(

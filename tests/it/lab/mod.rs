@@ -20,9 +20,10 @@
 //! Every kernel object's name embeds the test process's pid and a per-process lab number (both
 //! hex), so tests running in parallel threads, parallel `cargo test` runs and crashed runs never
 //! collide. [`Lab::new`] first removes objects whose pid is dead (leftovers of a crashed run);
-//! objects of live processes are never touched. Dropping a [`Lab`] kills its nodes and removes
-//! everything it created, also when the test panicked; then it prints the end of each node's
-//! stderr and keeps the lab's directory (homes and logs) for a post-mortem.
+//! objects of live processes are never touched. Dropping a [`Lab`] kills its nodes (paused ones
+//! too, see [`Lab::pause`]) and removes everything it created, also when the test panicked;
+//! then it prints the end of each node's stderr and keeps the lab's directory (homes and logs)
+//! for a post-mortem.
 //!
 //! Node processes get `PR_SET_PDEATHSIG = SIGKILL`: they die when the thread that started them
 //! ends, so a killed test run leaves no nodes behind. Use a [`Lab`] from the thread that made it.
@@ -152,6 +153,8 @@ struct Node {
     /// The arguments after `node` of the last start.
     args: Vec<String>,
     child: Option<Child>,
+    /// Whether [`Lab::pause`] stopped the process (and no [`Lab::resume`] followed yet).
+    paused: bool,
     /// When the last start spawned the process.
     started_at: Option<Instant>,
     starts: u32,
@@ -217,6 +220,7 @@ impl Lab {
                     veth_created: false,
                     args: Vec::new(),
                     child: None,
+                    paused: false,
                     started_at: None,
                     starts: 0,
                     peer_id: None,
@@ -401,10 +405,69 @@ impl Lab {
     }
 
     fn take_child(&mut self, i: usize, verb: &str) -> Child {
-        self.nodes[i]
+        let child = self.nodes[i].child.take().unwrap_or_else(|| {
+            panic!("bug in the test: cannot {verb} node {i}: it is not running")
+        });
+        // A stopped process would leave SIGTERM pending forever.
+        if std::mem::take(&mut self.nodes[i].paused) {
+            signal(&child, libc::SIGCONT);
+        }
+        child
+    }
+
+    /// Freezes node `i` with SIGSTOP, like a hung process or a machine that stops scheduling
+    /// it: its sockets stay open and the kernel still accepts and acknowledges what its peers
+    /// send, but it reads, writes and answers nothing (not even `status`: do not ask a paused
+    /// node). Returns once the kernel reports it stopped. Undo with [`Lab::resume`]; stopping,
+    /// killing or dropping the lab resumes it first.
+    pub fn pause(&mut self, i: usize) {
+        assert!(
+            self.is_running(i),
+            "bug in the test: cannot pause node {i}: it is not running"
+        );
+        assert!(
+            !self.nodes[i].paused,
+            "bug in the test: node {i} is already paused"
+        );
+        let child = self.nodes[i].child.as_ref().expect("bug: checked running");
+        let pid = child.id();
+        signal(child, libc::SIGSTOP);
+        self.nodes[i].paused = true;
+        let stat = format!("/proc/{pid}/stat");
+        let stopped = || {
+            // `<pid> (<comm>) <state> ...`; the name may hold spaces and parentheses.
+            fs::read_to_string(&stat).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+        };
+        let start = Instant::now();
+        while !stopped() {
+            assert!(
+                start.elapsed() < STOP_LIMIT,
+                "node {i} (pid {pid}) did not stop within {STOP_LIMIT:?} of SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Lets node `i` run again after [`Lab::pause`] (SIGCONT).
+    pub fn resume(&mut self, i: usize) {
+        assert!(
+            self.nodes[i].paused,
+            "bug in the test: cannot resume node {i}: it is not paused"
+        );
+        let child = self.nodes[i]
             .child
-            .take()
-            .unwrap_or_else(|| panic!("bug in the test: cannot {verb} node {i}: it is not running"))
+            .as_ref()
+            .expect("bug: a paused node has a process");
+        signal(child, libc::SIGCONT);
+        self.nodes[i].paused = false;
+    }
+
+    /// Whether node `i` is paused by [`Lab::pause`].
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.nodes[i].paused
     }
 
     /// Kills node `i` with SIGKILL, like a crash or a power cut: no goodbye to its peers.
@@ -637,6 +700,11 @@ impl Lab {
         let mut out = String::from("lab state:\n");
         for i in 0..self.len() {
             let _ = write!(out, "  node {i} ({}): ", self.addr(i));
+            if self.is_paused(i) {
+                // It would not answer: each query would wait for the CLI's reply timeout.
+                out.push_str("paused\n");
+                continue;
+            }
             match self.query_status(i) {
                 Ok(None) => out.push_str("not running"),
                 Err(e) => out.push_str(&e),
@@ -666,6 +734,11 @@ impl Lab {
         self.nodes
             .iter()
             .position(|n| n.peer_id.as_deref() == Some(peer_id))
+    }
+
+    /// The file node `i`'s stderr goes to (all its starts, each after a header).
+    pub fn stderr_path(&self, i: usize) -> &Path {
+        &self.nodes[i].stderr
     }
 
     /// The last `lines` lines of node `i`'s stderr (all its starts, each after a header).
@@ -706,6 +779,11 @@ impl Drop for Lab {
         let failed = std::thread::panicking();
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
+                // SIGKILL ends a stopped process too; SIGCONT first all the same, so nothing
+                // depends on that.
+                if std::mem::take(&mut node.paused) {
+                    signal(&child, libc::SIGCONT);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -865,6 +943,14 @@ fn sweep(own_pid: bool) {
     }
 }
 
+/// Sends `signal` to a child that has not been reaped yet.
+fn signal(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("bug: a pid fits pid_t");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is an unreaped child's, so
+    // it cannot have been reused.
+    unsafe { libc::kill(pid, signal) };
+}
+
 /// Whether a process with this pid exists.
 fn is_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
@@ -1019,6 +1105,39 @@ mod selftest {
             assert!(!exists(name), "{name} is left behind");
         }
         assert!(!is_alive(node_pid), "node 0 (pid {node_pid}) still runs");
+    }
+
+    #[test]
+    fn a_paused_node_is_stopped_until_resumed_and_a_dropped_lab_reaps_it_paused() {
+        let Some(mut lab) = Lab::new(
+            "a_paused_node_is_stopped_until_resumed_and_a_dropped_lab_reaps_it_paused",
+            1,
+        ) else {
+            return;
+        };
+        lab.start(0, &["--no-mdns"]);
+        let pid = lab.nodes[0].child.as_ref().expect("node 0 runs").id();
+        let state = || {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read its stat");
+            let (_, rest) = stat.rsplit_once(')').expect("a stat line");
+            rest.trim_start().chars().next().expect("a state")
+        };
+        lab.pause(0);
+        assert_eq!(state(), 'T', "a paused node is stopped");
+        assert!(lab.is_running(0), "a paused node has not exited");
+        lab.resume(0);
+        assert_ne!(state(), 'T', "a resumed node runs");
+        assert_eq!(
+            lab.status(0)["peer_id"],
+            lab.peer_id(0),
+            "a resumed node answers"
+        );
+        lab.pause(0);
+        drop(lab);
+        assert!(
+            !is_alive(pid),
+            "the paused node 0 (pid {pid}) was not killed and reaped"
+        );
     }
 
     #[test]
