@@ -94,6 +94,9 @@ struct Conn {
     last_alive: Option<Instant>,
 }
 
+/// How long a peer that broke a rule keeps its connection after its refusal was sent.
+const DISCONNECT_GRACE: Duration = Duration::from_millis(500);
+
 /// The event loop; run it with [`EventLoop::run`].
 pub struct EventLoop {
     swarm: Swarm<NodeBehaviour>,
@@ -120,6 +123,8 @@ pub struct EventLoop {
     pending_content: HashMap<OutboundRequestId, Reply<content::Response>>,
     /// Peers to disconnect once their index sync answer is sent (they broke a rule).
     disconnect_after_response: HashSet<PeerId>,
+    /// Peers that broke a rule, to disconnect at the given time (after their answer is sent).
+    disconnect_at: HashMap<PeerId, Instant>,
 }
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, RequestError>>;
@@ -211,6 +216,7 @@ pub fn spawn(
         content_inbound: content_tx,
         pending_content: HashMap::new(),
         disconnect_after_response: HashSet::new(),
+        disconnect_at: HashMap::new(),
     };
     let client = NetworkClient {
         commands: tx,
@@ -320,7 +326,28 @@ impl EventLoop {
 
     /// Closes every connection that answered no ping for [`LIVENESS_TIMEOUT`]. (libp2p ping
     /// reports a lost peer only after its 10 s stream-negotiation timeout; this is faster.)
+    /// Closes the connection of a peer that broke a rule once [`DISCONNECT_GRACE`] has passed
+    /// (if its answer was flagged for it), so that the refusal reaches it first: closing at
+    /// once can cut the answer off in flight.
+    fn disconnect_soon(&mut self, peer: PeerId) {
+        if self.disconnect_after_response.remove(&peer) {
+            self.disconnect_at
+                .insert(peer, Instant::now() + DISCONNECT_GRACE);
+        }
+    }
+
     fn close_silent_connections(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .disconnect_at
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            self.disconnect_at.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
         let silent: Vec<(PeerId, ConnectionId)> = self
             .peers
             .iter()
@@ -487,15 +514,9 @@ impl EventLoop {
             Event::InboundFailure { peer, error, .. } => {
                 // An undecodable request (too large, malformed) lands here.
                 tracing::warn!(%peer, %error, "bad index sync request");
-                if self.disconnect_after_response.remove(&peer) {
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                }
+                self.disconnect_soon(peer);
             }
-            Event::ResponseSent { peer, .. } => {
-                if self.disconnect_after_response.remove(&peer) {
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                }
-            }
+            Event::ResponseSent { peer, .. } => self.disconnect_soon(peer),
         }
     }
 
