@@ -43,7 +43,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (root, path)
     ) STRICT;",
     // 3: downloads in progress. `done` is the bitfield of verified units (see
-    // `transfer::download`); a finished or cancelled download's row is deleted.
+    // `transfer::download`); `placed` is where a finished download was moved, until its data
+    // is known to be on disk; then (or when cancelled) the row is deleted.
     "CREATE TABLE downloads (
         id BLOB PRIMARY KEY NOT NULL,
         kind TEXT NOT NULL,
@@ -53,7 +54,8 @@ const MIGRATIONS: &[&str] = &[
         part TEXT NOT NULL,
         meta BLOB NOT NULL,
         done BLOB NOT NULL,
-        started_ms INTEGER NOT NULL
+        started_ms INTEGER NOT NULL,
+        placed TEXT
     ) STRICT;",
 ];
 

@@ -29,6 +29,8 @@ pub struct DownloadRow {
     pub done: Vec<u8>,
     /// When it started, milliseconds since the Unix epoch.
     pub started_ms: i64,
+    /// Where the finished download was moved, while its data may not be on disk yet.
+    pub placed: Option<String>,
 }
 
 impl Store {
@@ -72,8 +74,8 @@ impl Store {
     pub fn put_download(&self, row: &DownloadRow) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO downloads (id, kind, name, size, dest, part, meta, done, started_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR REPLACE INTO downloads (id, kind, name, size, dest, part, meta, done, started_ms, placed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     row.id,
                     row.kind,
@@ -83,7 +85,8 @@ impl Store {
                     row.part,
                     row.meta,
                     row.done,
-                    row.started_ms
+                    row.started_ms,
+                    row.placed
                 ],
             )
             .map(drop)
@@ -101,10 +104,25 @@ impl Store {
             .map_err(|e| self.error(e))
     }
 
+    /// Records where download `id` was moved (`None`: it was not, or that copy was bad).
+    pub fn set_download_placed(
+        &self,
+        id: &[u8; 32],
+        placed: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE downloads SET placed = ?2 WHERE id = ?1",
+                params![id, placed],
+            )
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
     /// Every download in progress, oldest first.
     pub fn downloads(&self) -> Result<Vec<DownloadRow>, StoreError> {
         self.query(
-            "SELECT id, kind, name, size, dest, part, meta, done, started_ms FROM downloads
+            "SELECT id, kind, name, size, dest, part, meta, done, started_ms, placed FROM downloads
              ORDER BY started_ms, id",
             [],
             |row| {
@@ -118,9 +136,22 @@ impl Store {
                     meta: row.get(6)?,
                     done: row.get(7)?,
                     started_ms: row.get(8)?,
+                    placed: row.get(9)?,
                 })
             },
         )
+    }
+
+    /// Forgets download `id` if its row is the one started at `started_ms` (a newer download of
+    /// the same id keeps its own).
+    pub fn forget_download(&self, id: &[u8; 32], started_ms: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM downloads WHERE id = ?1 AND started_ms = ?2",
+                params![id, started_ms],
+            )
+            .map(drop)
+            .map_err(|e| self.error(e))
     }
 
     /// Forgets download `id` (finished or cancelled).
@@ -151,12 +182,17 @@ mod tests {
             meta: vec![],
             done: vec![0],
             started_ms: 5,
+            placed: None,
         };
         store.put_download(&row).unwrap();
         store.set_download_done(&row.id, &[3]).unwrap();
+        store
+            .set_download_placed(&row.id, Some("/d/a.bin"))
+            .unwrap();
         let back = store.downloads().unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].done, [3]);
+        assert_eq!(back[0].placed.as_deref(), Some("/d/a.bin"));
         store.delete_download(&row.id).unwrap();
         assert!(store.downloads().unwrap().is_empty());
 

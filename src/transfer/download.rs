@@ -170,7 +170,7 @@ pub async fn run(ctx: Context, start: Start) {
     let outcome = drive(&ctx, start).await;
     ctx.update(|p| p.elapsed_ms = started.elapsed().as_millis() as u64);
     match outcome {
-        Ok(path) => {
+        Ok((path, plan, started_ms)) => {
             tracing::info!(id = %id, path = %path.display(), "download complete");
             ctx.update(|p| {
                 p.state = State::Done;
@@ -179,8 +179,21 @@ pub async fn run(ctx: Context, start: Start) {
                 p.files_done = p.files_total;
                 p.peers = 0;
                 p.rate = 0;
-                p.path = Some(path);
+                p.path = Some(path.clone());
             });
+            // Done for the user; the row goes once the data is surely on disk, so a crash
+            // before that re-checks the placed copy at the next start.
+            let placed = path.clone();
+            tokio::task::spawn_blocking(move || sync_tree(&plan, &placed))
+                .await
+                .expect("bug: sync panicked");
+            let key = *id.as_bytes();
+            if let Err(Stop::Failed(e)) = ctx
+                .store(move |s| s.forget_download(&key, started_ms))
+                .await
+            {
+                tracing::warn!(error = %e, "cannot forget a finished download");
+            }
         }
         Err(Stop::Interrupted) if ctx.cancelled.load(Ordering::SeqCst) => {
             let key = *id.as_bytes();
@@ -220,7 +233,8 @@ fn remove_part(part: &Path) {
     }
 }
 
-async fn drive(ctx: &Context, start: Start) -> Result<PathBuf, Stop> {
+/// Runs a download to a placed result: where it is, its plan, and its row's start time.
+async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop> {
     let row = match start {
         Start::New(target) => prepare(ctx, target).await?,
         Start::Resume(row) => row,
@@ -243,6 +257,21 @@ async fn drive(ctx: &Context, start: Start) -> Result<PathBuf, Stop> {
     };
     let part = PathBuf::from(&row.part);
     let dest = PathBuf::from(&row.dest);
+    if let Some(placed) = row.placed.as_deref().map(PathBuf::from) {
+        // Finished before a crash or a stop, maybe before its data reached the disk.
+        let (p, at) = (plan.clone(), placed.clone());
+        let intact = tokio::task::spawn_blocking(move || verify_placed(&p, &at))
+            .await
+            .expect("bug: verify panicked");
+        if intact {
+            return Ok((placed, plan, row.started_ms));
+        }
+        tracing::warn!(path = %placed.display(), "a finished download was damaged by a crash; fetching it again");
+        remove_part(&placed);
+        let key = row.id;
+        ctx.store(move |s| s.set_download_placed(&key, None))
+            .await?;
+    }
     ctx.update(|p| {
         p.bytes_total = plan.total_bytes();
         p.files_total = plan.files.len() as u64;
@@ -327,15 +356,30 @@ async fn drive(ctx: &Context, start: Start) -> Result<PathBuf, Stop> {
                 std::fs::copy(&first, scan::native(&d, other))?;
             }
         }
-        sync_tree(&p, &d);
         place::place(&d, &dest, &n, p.is_dir)
     })
     .await
     .expect("bug: place panicked")
     .map_err(|e| Stop::Failed(format!("cannot move the download into place: {e}")))?;
-    let key = row.id;
-    ctx.store(move |s| s.delete_download(&key)).await?;
-    Ok(placed)
+    let (key, at) = (row.id, placed.to_string_lossy().into_owned());
+    ctx.store(move |s| s.set_download_placed(&key, Some(&at)))
+        .await?;
+    Ok((placed, plan, row.started_ms))
+}
+
+/// Whether every file of a placed download (every copy of identical contents too) hashes to
+/// its id.
+fn verify_placed(plan: &Plan, placed: &Path) -> bool {
+    plan.files.iter().all(|f| {
+        let paths: Vec<PathBuf> = if plan.is_dir {
+            f.paths.iter().map(|p| scan::native(placed, p)).collect()
+        } else {
+            vec![placed.to_path_buf()]
+        };
+        paths
+            .iter()
+            .all(|p| share::hasher::hash_file(p).is_ok_and(|h| h.id == f.id))
+    })
 }
 
 /// Makes sure every finished file's data is on disk before the download counts as complete:
@@ -408,6 +452,7 @@ async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
         part: part.to_string_lossy().into_owned(),
         meta,
         done: Vec::new(),
+        placed: None,
         started_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)

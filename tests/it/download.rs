@@ -766,3 +766,65 @@ async fn an_ambiguous_prefix_lists_the_candidates_and_downloads_nothing() {
     b.node.stop().await;
     a.node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_download_damaged_by_a_crash_is_fetched_again_at_the_next_start() {
+    let (a, b) = two_nodes().await;
+    let bytes = data(3 * 262_144 + 1, 31);
+    let hash = FileHash::of_bytes(Layout::for_len(bytes.len() as u64), &bytes);
+    a.write("precious.bin", &bytes);
+    a.wait_indexed(&hash.id).await;
+    let a_addr = a.addr().await;
+    let (b_home, b_downloads) = (b.home.clone(), b.downloads.clone());
+    b.node.stop().await;
+    // What a crash right after the move into place, before the data reached the disk, leaves:
+    // the row with `placed` set, and a placed file whose tail never made it.
+    let placed = b_downloads.join("precious.bin");
+    fs::write(&placed, &bytes[..bytes.len() / 2]).unwrap();
+    let store = iwant::store::Store::open(&Home::resolve(Some(b_home.clone())).unwrap().database())
+        .unwrap();
+    store
+        .put_download(&iwant::store::DownloadRow {
+            id: *hash.id.as_bytes(),
+            kind: "file".into(),
+            name: "precious.bin".into(),
+            size: bytes.len() as u64,
+            dest: b_downloads.to_string_lossy().into_owned(),
+            part: b_downloads
+                .join(format!(
+                    ".precious.bin.{}.iwant-part",
+                    &hash.id.to_hex()[..12]
+                ))
+                .to_string_lossy()
+                .into_owned(),
+            meta: hash.pieces_bytes(),
+            done: vec![0xff],
+            started_ms: 1,
+            placed: Some(placed.to_string_lossy().into_owned()),
+        })
+        .unwrap();
+    drop(store);
+    let b = start_in_process(
+        &b_home,
+        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+        vec![a_addr],
+    )
+    .await;
+    let client = Client::new(Home::resolve(Some(b_home.clone())).unwrap());
+    let p = wait_for_async(LIMIT, "the resumed download to end", || async {
+        let request = Request::Downloads {
+            id: Some(hash.id.to_hex().to_string()),
+        };
+        match client.request(request).await {
+            Ok(Response::Download(p)) if p.state.is_final() => Some(p),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(p.state, State::Done, "{p:?}");
+    assert_eq!(p.path.as_deref(), Some(placed.as_path()));
+    assert_eq!(blake3::hash(&fs::read(&placed).unwrap()), hash.id);
+    assert_eq!(p.bytes_fetched, bytes.len() as u64, "{p:?}");
+    b.stop().await;
+    a.node.stop().await;
+}
