@@ -125,6 +125,27 @@ fn write_urandom(path: &Path, len: u64) {
     assert_eq!(written, len, "{} has {written} bytes", path.display());
 }
 
+/// Writes `len` random bytes, shares them as `rel` on every node of `seeders`, and waits until
+/// each has indexed it and node `at` finds all of them holding it by searching `words`.
+/// Returns the source file (outside every share) and the id.
+fn seed(
+    lab: &Lab,
+    seeders: &[usize],
+    at: usize,
+    rel: &str,
+    words: &str,
+    len: u64,
+) -> (PathBuf, String) {
+    let source = random_source(lab, words, len);
+    let id = b3sum(&source);
+    share_copies(lab, seeders, rel, &source);
+    for &i in seeders {
+        wait_indexed(lab, i, rel, &id);
+    }
+    wait_holders(lab, at, words, &id, seeders);
+    (source, id)
+}
+
 /// A fresh random file of `len` bytes in node 0's staging folder.
 fn random_source(lab: &Lab, name: &str, len: u64) -> PathBuf {
     let path = staging(lab, 0).join(format!("{name}.source"));
@@ -577,13 +598,7 @@ fn three_seeders_are_all_used() {
     for i in seeders {
         lab.shape(i, RATE);
     }
-    let source = random_source(&lab, "trio", LEN);
-    let id = b3sum(&source);
-    share_copies(&lab, &seeders, NAME, &source);
-    for i in seeders {
-        wait_indexed(&lab, i, NAME, &id);
-    }
-    wait_holders(&lab, 3, "trio", &id, &seeders);
+    let (_, id) = seed(&lab, &seeders, 3, NAME, "trio", LEN);
 
     let done = get_to_the_end(&lab, 3, &id[..12], shaped_limit(LEN, RATE, 3));
     assert_arrived(&done, &download_dir(&lab, 3), NAME, &id, LEN);
@@ -613,13 +628,7 @@ fn a_seeder_killed_mid_transfer_is_replaced_by_the_others() {
     for i in seeders {
         lab.shape(i, RATE);
     }
-    let source = random_source(&lab, "relay", LEN);
-    let id = b3sum(&source);
-    share_copies(&lab, &seeders, NAME, &source);
-    for i in seeders {
-        wait_indexed(&lab, i, NAME, &id);
-    }
-    wait_holders(&lab, 3, "relay", &id, &seeders);
+    let (_, id) = seed(&lab, &seeders, 3, NAME, "relay", LEN);
 
     let started = Instant::now();
     get_detached(&lab, 3, &id[..12]);
@@ -669,13 +678,7 @@ fn a_stalled_seeder_loses_its_pieces_to_the_others_within_2_s() {
     for i in seeders {
         lab.shape(i, RATE);
     }
-    let source = random_source(&lab, "stall", LEN);
-    let id = b3sum(&source);
-    share_copies(&lab, &seeders, NAME, &source);
-    for i in seeders {
-        wait_indexed(&lab, i, NAME, &id);
-    }
-    wait_holders(&lab, 2, "stall", &id, &seeders);
+    let (_, id) = seed(&lab, &seeders, 2, NAME, "stall", LEN);
 
     let started = Instant::now();
     get_detached(&lab, 2, &id[..12]);
@@ -786,13 +789,7 @@ fn a_download_waits_when_every_seeder_is_gone_and_finishes_when_one_returns() {
     for i in seeders {
         lab.shape(i, RATE);
     }
-    let source = random_source(&lab, "pause", LEN);
-    let id = b3sum(&source);
-    share_copies(&lab, &seeders, NAME, &source);
-    for i in seeders {
-        wait_indexed(&lab, i, NAME, &id);
-    }
-    wait_holders(&lab, 2, "pause", &id, &seeders);
+    let (_, id) = seed(&lab, &seeders, 2, NAME, "pause", LEN);
 
     get_detached(&lab, 2, &id[..12]);
     wait_fraction(&lab, 2, &id, 0.3, shaped_limit(LEN, RATE, 2));
@@ -848,11 +845,7 @@ fn a_downloader_killed_at_60_percent_resumes_without_refetching_verified_pieces(
     };
     lab.start_all(&[]);
     lab.shape(0, RATE);
-    let source = random_source(&lab, "resume", LEN);
-    let id = b3sum(&source);
-    share_copies(&lab, &[0], NAME, &source);
-    wait_indexed(&lab, 0, NAME, &id);
-    wait_holders(&lab, 1, "resume", &id, &[0]);
+    let (_, id) = seed(&lab, &[0], 1, NAME, "resume", LEN);
 
     get_detached(&lab, 1, &id[..12]);
     let at = wait_fraction(&lab, 1, &id, 0.6, shaped_limit(LEN, RATE, 1));
@@ -903,11 +896,7 @@ fn leaving_get_with_ctrl_c_keeps_the_download_running() {
     };
     lab.start_all(&[]);
     lab.shape(0, RATE);
-    let source = random_source(&lab, "ctrlc", LEN);
-    let id = b3sum(&source);
-    share_copies(&lab, &[0], NAME, &source);
-    wait_indexed(&lab, 0, NAME, &id);
-    wait_holders(&lab, 1, "ctrlc", &id, &[0]);
+    let (_, id) = seed(&lab, &[0], 1, NAME, "ctrlc", LEN);
 
     // Not detached, no --json: its stdout is a file, so it prints JSON lines anyway.
     let mut get = Cli::spawn(&lab, 1, &["get", &id[..12]]);
@@ -1146,11 +1135,7 @@ fn a_name_that_exists_is_never_overwritten() {
         return;
     };
     lab.start_all(&[]);
-    let source = random_source(&lab, "twice", LEN);
-    let id = b3sum(&source);
-    share_copies(&lab, &[0], NAME, &source);
-    wait_indexed(&lab, 0, NAME, &id);
-    wait_holders(&lab, 1, "twice", &id, &[0]);
+    let (_, id) = seed(&lab, &[0], 1, NAME, "twice", LEN);
 
     let dir = download_dir(&lab, 1);
     let limit = transfer_limit(LEN, UNSHAPED_FLOOR);
@@ -1215,11 +1200,7 @@ fn cancel_removes_partial_data() {
     };
     lab.start_all(&[]);
     lab.shape(0, RATE);
-    let source = random_source(&lab, "cancelme", LEN);
-    let id = b3sum(&source);
-    share_copies(&lab, &[0], NAME, &source);
-    wait_indexed(&lab, 0, NAME, &id);
-    wait_holders(&lab, 1, "cancelme", &id, &[0]);
+    let (_, id) = seed(&lab, &[0], 1, NAME, "cancelme", LEN);
 
     let dir = download_dir(&lab, 1);
     get_detached(&lab, 1, &id[..12]);
@@ -1262,11 +1243,7 @@ fn a_download_over_a_lossy_slow_link_completes() {
     };
     assert!(lab.has_netem(), "this kernel has no netem qdisc");
     lab.start_all(&[]);
-    let source = random_source(&lab, "lossy", LEN);
-    let id = b3sum(&source);
-    share_copies(&lab, &[0], NAME, &source);
-    wait_indexed(&lab, 0, NAME, &id);
-    wait_holders(&lab, 1, "lossy", &id, &[0]);
+    let (_, id) = seed(&lab, &[0], 1, NAME, "lossy", LEN);
 
     // Both ends lose and delay what they send: data one way, acknowledgements the other.
     for i in [0, 1] {
