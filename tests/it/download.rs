@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -16,7 +16,6 @@ use futures::{AsyncWriteExt, StreamExt};
 use iwant::{
     config::Home,
     control::{Client, ClientError, ErrorKind, Request, Response},
-    daemon::RunningNode,
     share::{manifest, pieces::FileHash, pieces::Layout},
     transfer::{Progress, State},
 };
@@ -27,51 +26,13 @@ use iwant_behaviours::{
     wire::{Bytes, Id, Kind},
 };
 use libp2p::{noise, request_response, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId};
-use tempfile::TempDir;
 
-use crate::util::{configured_home, start_in_process, wait_for_async};
+use crate::util::{start_in_process, wait_for_async, LocalNode as Node};
 
 /// Generous limits for a loaded 2-core machine; speed is measured by the benchmarks.
 const LIMIT: Duration = Duration::from_secs(30);
 
-struct Node {
-    node: RunningNode,
-    home: PathBuf,
-    share: PathBuf,
-    downloads: PathBuf,
-    _dir: TempDir,
-}
-
-async fn start(peers: Vec<Multiaddr>) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let (home, share, downloads) = configured_home(dir.path());
-    let node = start_in_process(&home, "/ip4/127.0.0.1/tcp/0".parse().unwrap(), peers).await;
-    Node {
-        node,
-        home,
-        share,
-        downloads,
-        _dir: dir,
-    }
-}
-
 impl Node {
-    async fn addr(&self) -> Multiaddr {
-        let status = self.node.net.status().await.unwrap();
-        let addr: Multiaddr = status.listen_addrs[0].parse().unwrap();
-        addr.with(libp2p::multiaddr::Protocol::P2p(self.node.peer_id()))
-    }
-
-    fn client(&self) -> Client {
-        Client::new(Home::resolve(Some(self.home.clone())).unwrap())
-    }
-
-    fn write(&self, path: &str, content: &[u8]) {
-        let path = self.share.join(path);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, content).unwrap();
-    }
-
     async fn get(&self, id: &str) -> Result<Progress, ClientError> {
         match self
             .client()
@@ -127,8 +88,8 @@ impl Node {
 
 /// Two connected nodes with one leader.
 async fn two_nodes() -> (Node, Node) {
-    let a = start(vec![]).await;
-    let b = start(vec![a.addr().await]).await;
+    let a = Node::start(vec![]).await;
+    let b = Node::start(vec![a.addr().await]).await;
     wait_for_async(LIMIT, "one leader for both nodes", || async {
         let la = a.node.net.leader_watch().borrow().leader?;
         (b.node.net.leader_watch().borrow().leader == Some(la)).then_some(())
@@ -622,7 +583,7 @@ async fn try_ask(stream: &mut libp2p::Stream, id: blake3::Hash) -> Option<chunk:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serves_only_what_it_shares_now_and_bounds_streams() {
-    let a = start(vec![]).await;
+    let a = Node::start(vec![]).await;
     let bytes = data(2 * 262_144 + 10, 21);
     let id = blake3::hash(&bytes);
     a.write("served.bin", &bytes);
@@ -661,7 +622,7 @@ async fn a_node_serves_only_what_it_shares_now_and_bounds_streams() {
     a.wait_indexed(&blake3::hash(&changed)).await;
 
     // A file outside the shared folder is never served, even after it was shared once.
-    let moved = a._dir.path().join("elsewhere");
+    let moved = a.dir.path().join("elsewhere");
     fs::create_dir_all(&moved).unwrap();
     let other_share = moved.canonicalize().unwrap();
     match a

@@ -2,13 +2,12 @@
 //! asked through the control channel exactly as `iwant search` asks; and hostile peers that
 //! speak the index and search protocols by hand.
 
-use std::{fs, future::Future, path::PathBuf, time::Duration};
+use std::{fs, future::Future, time::Duration};
 
 use futures::StreamExt;
 use iwant::{
     config::Home,
     control::{Client, ClientError, ErrorKind, Request, Response, SearchReply},
-    daemon::RunningNode,
 };
 use iwant_behaviours::{
     index_sync::{self, Delta, Entry, SnapshotPage},
@@ -16,40 +15,13 @@ use iwant_behaviours::{
     wire::{Id, Kind},
 };
 use libp2p::{noise, request_response, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId, Swarm};
-use tempfile::TempDir;
 
-use crate::util::{configured_home, start_in_process, wait_for_async};
+use crate::util::{wait_for_async, LocalNode as Node};
 
 /// Generous: the one-second goal is measured by the benchmarks, not asserted here.
 const LIMIT: Duration = Duration::from_secs(10);
 
-struct Node {
-    node: RunningNode,
-    home: PathBuf,
-    share: PathBuf,
-    _dir: TempDir,
-}
-
-/// A node on 127.0.0.1 dialing `peers`, sharing a fresh folder.
-async fn start(peers: Vec<Multiaddr>) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let (home, share, _) = configured_home(dir.path());
-    let node = start_in_process(&home, "/ip4/127.0.0.1/tcp/0".parse().unwrap(), peers).await;
-    Node {
-        node,
-        home,
-        share,
-        _dir: dir,
-    }
-}
-
 impl Node {
-    async fn addr(&self) -> Multiaddr {
-        let status = self.node.net.status().await.unwrap();
-        let addr: Multiaddr = status.listen_addrs[0].parse().unwrap();
-        addr.with(libp2p::multiaddr::Protocol::P2p(self.node.peer_id()))
-    }
-
     async fn search(&self, text: &str) -> Result<SearchReply, ClientError> {
         let client = Client::new(Home::resolve(Some(self.home.clone())).unwrap());
         let request = Request::Search {
@@ -78,12 +50,6 @@ impl Node {
         .await
     }
 
-    fn write(&self, path: &str, content: &[u8]) {
-        let path = self.share.join(path);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, content).unwrap();
-    }
-
     async fn leader(&self) -> Option<PeerId> {
         self.node.net.leader_watch().borrow().leader
     }
@@ -95,9 +61,9 @@ fn paths(reply: &SearchReply) -> Vec<&str> {
 
 /// Three nodes that all follow the same leader.
 async fn three_nodes() -> [Node; 3] {
-    let a = start(vec![]).await;
-    let b = start(vec![a.addr().await]).await;
-    let c = start(vec![a.addr().await]).await;
+    let a = Node::start(vec![]).await;
+    let b = Node::start(vec![a.addr().await]).await;
+    let c = Node::start(vec![a.addr().await]).await;
     wait_for_async(LIMIT, "one leader for all three nodes", || async {
         let l = a.leader().await?;
         (b.leader().await == Some(l) && c.leader().await == Some(l)).then_some(())
@@ -176,7 +142,7 @@ async fn files_are_found_from_every_node_and_follow_renames_and_deletes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_search_right_after_start_waits_for_the_election() {
-    let a = start(vec![]).await;
+    let a = Node::start(vec![]).await;
     a.write("alone.txt", b"alone");
     // No leader yet: the search waits for one instead of failing.
     assert!(a.leader().await.is_none());
@@ -231,7 +197,7 @@ async fn a_node_that_leaves_takes_its_files_after_the_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_searches_get_clear_errors() {
-    let a = start(vec![]).await;
+    let a = Node::start(vec![]).await;
     let client = Client::new(Home::resolve(Some(a.home.clone())).unwrap());
     for (text, limit, expected) in [
         ("   ", 10, "nothing to search for"),
@@ -411,7 +377,7 @@ mod hostile {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_peers_cannot_touch_others_entries_and_are_cut_off() {
     use hostile::Outcome::{Answered, Failed};
-    let node = start(vec![]).await;
+    let node = Node::start(vec![]).await;
     node.write("secret plans.txt", b"plans");
     let plans = blake3::hash(b"plans");
     node.wait_search("secret plans", "the node's own file", |r| {

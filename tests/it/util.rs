@@ -119,6 +119,51 @@ pub async fn start_in_process(
     .expect("node starts")
 }
 
+/// A node in this process on 127.0.0.1 (mDNS off) with a fresh home, shared folder and
+/// download folder, removed when it is dropped.
+pub struct LocalNode {
+    pub node: iwant::daemon::RunningNode,
+    pub home: PathBuf,
+    pub share: PathBuf,
+    pub downloads: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl LocalNode {
+    /// Starts a node dialing `peers`.
+    pub async fn start(peers: Vec<libp2p::Multiaddr>) -> LocalNode {
+        let dir = tempfile::tempdir().unwrap();
+        let (home, share, downloads) = configured_home(dir.path());
+        let node = start_in_process(&home, "/ip4/127.0.0.1/tcp/0".parse().unwrap(), peers).await;
+        LocalNode {
+            node,
+            home,
+            share,
+            downloads,
+            dir,
+        }
+    }
+
+    /// Its first listen address, with its peer id.
+    pub async fn addr(&self) -> libp2p::Multiaddr {
+        let status = self.node.net.status().await.unwrap();
+        let addr: libp2p::Multiaddr = status.listen_addrs[0].parse().unwrap();
+        addr.with(libp2p::multiaddr::Protocol::P2p(self.node.peer_id()))
+    }
+
+    /// A control-channel client of it, as the CLI has.
+    pub fn client(&self) -> iwant::control::Client {
+        iwant::control::Client::new(iwant::config::Home::resolve(Some(self.home.clone())).unwrap())
+    }
+
+    /// Writes `content` at `path` (relative) in its shared folder.
+    pub fn write(&self, path: &str, content: &[u8]) {
+        let path = self.share.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+}
+
 /// A daemon started from the real binary in the root namespace: always on 127.0.0.1 with mDNS
 /// off. Killed when dropped; its output is kept in its home for post-mortems.
 pub struct Daemon {
