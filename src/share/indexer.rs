@@ -121,7 +121,8 @@ impl IndexHandle {
             .expect("bug: index query panicked")
     }
 
-    /// The database the index lives in (open it read-only-ish with [`Store::open`]).
+    /// The database the index lives in (for readers: [`Store::open`] it; WAL lets them read
+    /// while the indexer writes).
     pub fn database(&self) -> &Path {
         &self.db
     }

@@ -169,20 +169,7 @@ impl Store {
 
     /// Every file and directory of `root` except the root itself, sorted by path bytes.
     pub fn entries(&self, root: &str) -> Result<Vec<EntryRow>, StoreError> {
-        self.query(
-            "SELECT path, 0, size, id FROM files WHERE root = ?1
-             UNION ALL SELECT path, 1, size, id FROM dirs WHERE root = ?1 AND path != ''
-             ORDER BY 1",
-            params![root],
-            |row| {
-                Ok(EntryRow {
-                    path: row.get(0)?,
-                    is_dir: row.get::<_, i64>(1)? == 1,
-                    size: row.get::<_, i64>(2)? as u64,
-                    id: row.get(3)?,
-                })
-            },
-        )
+        self.entries_below(root, "")
     }
 
     /// Removes every index row of roots other than `keep` (at most two roots are kept: the

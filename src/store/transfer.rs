@@ -33,6 +33,23 @@ pub struct DownloadRow {
     pub placed: Option<String>,
 }
 
+const DOWNLOAD_COLUMNS: &str = "id, kind, name, size, dest, part, meta, done, started_ms, placed";
+
+fn download_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DownloadRow> {
+    Ok(DownloadRow {
+        id: row.get(0)?,
+        kind: row.get(1)?,
+        name: row.get(2)?,
+        size: row.get::<_, i64>(3)? as u64,
+        dest: row.get(4)?,
+        part: row.get(5)?,
+        meta: row.get(6)?,
+        done: row.get(7)?,
+        started_ms: row.get(8)?,
+        placed: row.get(9)?,
+    })
+}
+
 impl Store {
     /// A file of `root` whose content is `id`, if it is indexed there.
     pub fn shared_file(&self, root: &str, id: &[u8; 32]) -> Result<Option<FileRow>, StoreError> {
@@ -121,25 +138,17 @@ impl Store {
 
     /// Every download in progress, oldest first.
     pub fn downloads(&self) -> Result<Vec<DownloadRow>, StoreError> {
-        self.query(
-            "SELECT id, kind, name, size, dest, part, meta, done, started_ms, placed FROM downloads
-             ORDER BY started_ms, id",
-            [],
-            |row| {
-                Ok(DownloadRow {
-                    id: row.get(0)?,
-                    kind: row.get(1)?,
-                    name: row.get(2)?,
-                    size: row.get::<_, i64>(3)? as u64,
-                    dest: row.get(4)?,
-                    part: row.get(5)?,
-                    meta: row.get(6)?,
-                    done: row.get(7)?,
-                    started_ms: row.get(8)?,
-                    placed: row.get(9)?,
-                })
-            },
-        )
+        let sql = format!("SELECT {DOWNLOAD_COLUMNS} FROM downloads ORDER BY started_ms, id");
+        self.query(&sql, [], download_row)
+    }
+
+    /// The download of `id`, if there is one.
+    pub fn download(&self, id: &[u8; 32]) -> Result<Option<DownloadRow>, StoreError> {
+        let sql = format!("SELECT {DOWNLOAD_COLUMNS} FROM downloads WHERE id = ?1");
+        self.conn
+            .query_row(&sql, params![id], download_row)
+            .optional()
+            .map_err(|e| self.error(e))
     }
 
     /// Forgets download `id` if its row is the one started at `started_ms` (a newer download of
@@ -193,6 +202,8 @@ mod tests {
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].done, [3]);
         assert_eq!(back[0].placed.as_deref(), Some("/d/a.bin"));
+        assert_eq!(store.download(&row.id).unwrap().unwrap().name, "a.bin");
+        assert!(store.download(&[2; 32]).unwrap().is_none());
         store.delete_download(&row.id).unwrap();
         assert!(store.downloads().unwrap().is_empty());
 

@@ -3,17 +3,20 @@
 //! 1. **Prepare** (a new download): the piece list of a file or the manifest of a directory,
 //!    from this node's own index if it shares the id, else from a holder the leader names;
 //!    checked against the id ([`Plan`]); persisted with an empty bitfield.
-//! 2. **Set up**: the partial file (pre-sized) or directory tree (with its empty directories)
-//!    in the download folder; units already on disk are found by verifying them (so pieces
-//!    written before a crash but not yet in the persisted bitfield are not fetched again);
-//!    contents this node shares itself are copied, not fetched.
+//! 2. **Set up**: the partial file or directory tree (with its empty directories) in the
+//!    download folder (files of several pieces are pre-sized when first written to); units
+//!    already on disk are found by verifying them (so pieces written before a crash but not yet
+//!    in the persisted bitfield are not fetched again); contents this node shares itself are
+//!    copied, not fetched.
 //! 3. **Fetch**: one fetcher per holder, the [`Planner`] deciding which unit each gets; holders
 //!    are looked up again every few seconds (and at once when none is left); a holder that
 //!    sends bad data is dropped for this download; the bitfield is saved at most once a second.
 //! 4. **Verify**: every distinct file is hashed once more from disk; a mismatch sends its bad
 //!    pieces back to step 3.
 //! 5. **Place**: copies for identical contents, then one rename into the download folder under
-//!    a name that does not exist yet (` (1)`...); the store forgets the download.
+//!    a name that does not exist yet (` (1)`...): done, for the user. Then a `syncfs`, and the
+//!    store forgets the download (a crash before that re-verifies the placed copy at the next
+//!    start).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -33,7 +36,7 @@ use super::{
     place,
     plan::{self, Plan},
     planner::{self, Completed, Planner},
-    Progress, State,
+    serve, Progress, State,
 };
 use crate::{
     fsio,
@@ -117,7 +120,6 @@ pub struct Context {
     pub net: NetworkClient,
     pub leader: LeaderHandle,
     pub index: IndexHandle,
-    pub db: PathBuf,
     pub progress: Arc<Mutex<Progress>>,
     pub cancel: CancellationToken,
     pub cancelled: Arc<AtomicBool>,
@@ -147,10 +149,9 @@ impl Context {
         &self,
         f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
     ) -> Result<T, Stop> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&Store::open(&db)?))
+        let db = self.index.database().to_path_buf();
+        blocking(move || f(&Store::open(&db)?))
             .await
-            .expect("bug: store task panicked")
             .map_err(|e| Stop::Failed(e.to_string()))
     }
 
@@ -184,9 +185,7 @@ pub async fn run(ctx: Context, start: Start) {
             // Done for the user; the row goes once the data is surely on disk, so a crash
             // before that re-checks the placed copy at the next start.
             let placed = path.clone();
-            tokio::task::spawn_blocking(move || sync_tree(&plan, &placed))
-                .await
-                .expect("bug: sync panicked");
+            blocking(move || sync_tree(&plan, &placed)).await;
             let key = *id.as_bytes();
             if let Err(Stop::Failed(e)) = ctx
                 .store(move |s| s.forget_download(&key, started_ms))
@@ -199,9 +198,9 @@ pub async fn run(ctx: Context, start: Start) {
             let key = *id.as_bytes();
             let part = ctx
                 .store(move |s| {
-                    let row = s.downloads()?.into_iter().find(|r| r.id == key);
+                    let part = s.download(&key)?.map(|r| r.part);
                     s.delete_download(&key)?;
-                    Ok(row.map(|r| r.part))
+                    Ok(part)
                 })
                 .await;
             if let Ok(Some(part)) = part {
@@ -218,6 +217,13 @@ pub async fn run(ctx: Context, start: Start) {
             ctx.set_state(State::Failed, Some(reason));
         }
     }
+}
+
+/// Runs blocking work (disk, SQLite, hashing) off the async threads and waits for it.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("bug: a blocking task of a download panicked")
 }
 
 fn remove_part(part: &Path) {
@@ -260,9 +266,7 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
     if let Some(placed) = row.placed.as_deref().map(PathBuf::from) {
         // Finished before a crash or a stop, maybe before its data reached the disk.
         let (p, at) = (plan.clone(), placed.clone());
-        let intact = tokio::task::spawn_blocking(move || verify_placed(&p, &at))
-            .await
-            .expect("bug: verify panicked");
+        let intact = blocking(move || verify_placed(&p, &at)).await;
         if intact {
             return Ok((placed, plan, row.started_ms));
         }
@@ -282,9 +286,8 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
     let mut done = {
         let (plan2, part2) = (plan.clone(), part.clone());
         let saved = plan::from_bitfield(&row.done, plan.unit_lens.len());
-        tokio::task::spawn_blocking(move || set_up(&plan2, &part2, saved))
+        blocking(move || set_up(&plan2, &part2, saved))
             .await
-            .expect("bug: set-up panicked")
             .map_err(|e| Stop::Failed(format!("cannot create {}: {e}", part.display())))?
     };
     let resumed: u64 = (0..done.len())
@@ -310,21 +313,18 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
                 unknown.iter().map(|u| !u).collect::<Vec<_>>(),
             );
             let mut checked = std::mem::take(&mut done);
-            done = tokio::task::spawn_blocking(move || {
+            done = blocking(move || {
                 recheck(&p, &d, &mut checked, &known_before);
                 checked
             })
-            .await
-            .expect("bug: recheck panicked");
+            .await;
         }
         let plan_arc = Arc::new(plan.clone());
         fetch_all(ctx, &row, plan_arc.clone(), &part, &done).await?;
         ctx.set_state(State::Verifying, None);
         tracing::debug!(id = %id, "fetched; verifying");
         let (p, d) = (plan_arc.clone(), part.clone());
-        let bad = tokio::task::spawn_blocking(move || verify_all(&p, &d))
-            .await
-            .expect("bug: verify panicked");
+        let bad = blocking(move || verify_all(&p, &d)).await;
         if bad.is_empty() {
             break;
         }
@@ -333,7 +333,7 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
             "finished files that do not verify; fetching their bad pieces again"
         );
         let (p, d) = (plan_arc.clone(), part.clone());
-        done = tokio::task::spawn_blocking(move || {
+        done = blocking(move || {
             let mut done = vec![true; p.unit_lens.len()];
             for f in bad {
                 for u in p.units_of(f) {
@@ -343,13 +343,12 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
             recheck(&p, &d, &mut done, &[]);
             done
         })
-        .await
-        .expect("bug: recheck panicked");
+        .await;
     }
 
     // Copies of identical contents, then into place.
     let (p, d, n) = (plan.clone(), part.clone(), row.name.clone());
-    let placed = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
+    let placed = blocking(move || -> std::io::Result<PathBuf> {
         for f in &p.files {
             let first = scan::native(&d, &f.paths[0]);
             for other in &f.paths[1..] {
@@ -359,7 +358,6 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
         place::place(&d, &dest, &n, p.is_dir)
     })
     .await
-    .expect("bug: place panicked")
     .map_err(|e| Stop::Failed(format!("cannot move the download into place: {e}")))?;
     let (key, at) = (row.id, placed.to_string_lossy().into_owned());
     ctx.store(move |s| s.set_download_placed(&key, Some(&at)))
@@ -466,13 +464,13 @@ async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
 /// The size and the piece list or manifest from this node's own index, if it shares the id.
 async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
     let (db, root, key, kind) = (
-        ctx.db.clone(),
+        ctx.index.database().to_path_buf(),
         ctx.index.root_key(),
         *target.id.as_bytes(),
         target.kind,
     );
     let id = target.id;
-    tokio::task::spawn_blocking(move || -> Option<(u64, Vec<u8>)> {
+    blocking(move || -> Option<(u64, Vec<u8>)> {
         let store = Store::open(&db).ok()?;
         match kind {
             Kind::File => {
@@ -490,7 +488,6 @@ async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
         }
     })
     .await
-    .ok()?
 }
 
 /// The peers that hold `id`, as the leader knows them, without this node.
@@ -688,29 +685,29 @@ async fn copy_local(ctx: &Context, plan: &Plan, part: &Path, done: &mut [bool]) 
     if missing.is_empty() {
         return;
     }
-    let (db, root_key, root) = (ctx.db.clone(), ctx.index.root_key(), ctx.index.root());
+    let index = ctx.index.clone();
     let targets: Vec<PathBuf> = missing
         .iter()
         .map(|(i, _)| plan.data_path(part, *i))
         .collect();
-    let copied = tokio::task::spawn_blocking(move || -> Vec<(usize, u64)> {
-        let Ok(store) = Store::open(&db) else {
+    let copied = blocking(move || -> Vec<(usize, u64)> {
+        let Ok(store) = Store::open(index.database()) else {
             return Vec::new();
         };
+        let root = index.root_key();
         let mut copied = Vec::new();
         for ((i, id), target) in missing.into_iter().zip(targets) {
-            let Ok(Some(row)) = store.shared_file(&root_key, &id) else {
+            // What this node would serve: indexed here and unchanged on disk.
+            let Some((row, source)) = serve::shared_file(&index, &store, &root, &Id(id)) else {
                 continue;
             };
-            let source = scan::native(&root, &row.path);
             if std::fs::copy(&source, &target).is_ok_and(|n| n == row.size) {
                 copied.push((i, row.size));
             }
         }
         copied
     })
-    .await
-    .unwrap_or_default();
+    .await;
     let mut bytes = 0;
     for (i, size) in copied {
         bytes += size;

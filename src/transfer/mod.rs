@@ -152,7 +152,6 @@ struct Inner {
     net: NetworkClient,
     leader: LeaderHandle,
     index: IndexHandle,
-    db: PathBuf,
     folders: watch::Receiver<Folders>,
     slots: Mutex<BTreeMap<[u8; 32], Slot>>,
     counter: std::sync::atomic::AtomicU64,
@@ -170,13 +169,11 @@ impl Transfers {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
-        let db = index.database().to_path_buf();
         Self {
             inner: Arc::new(Inner {
                 net,
                 leader,
                 index,
-                db,
                 folders,
                 slots: Mutex::new(BTreeMap::new()),
                 counter: Default::default(),
@@ -188,7 +185,7 @@ impl Transfers {
 
     /// Starts again every download the store holds (after a restart or a crash).
     pub async fn resume_all(&self) -> Result<usize, StoreError> {
-        let db = self.inner.db.clone();
+        let db = self.inner.index.database().to_path_buf();
         let rows = tokio::task::spawn_blocking(move || Store::open(&db)?.downloads())
             .await
             .expect("bug: store task panicked")?;
@@ -346,7 +343,6 @@ impl Transfers {
             net: self.inner.net.clone(),
             leader: self.inner.leader.clone(),
             index: self.inner.index.clone(),
-            db: self.inner.db.clone(),
             progress,
             cancel,
             cancelled,

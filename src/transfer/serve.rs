@@ -241,8 +241,9 @@ fn manifest(cache: &ManifestCache, store: &Store, root: &str, id: Id) -> Option<
 }
 
 /// The index row and the path of a shared file with content `id` whose size and mtime on disk
-/// still match the row. A file that changed is reported to the indexer and not served.
-fn shared_file(
+/// still match the row. A file that changed is reported to the indexer and not served (nor
+/// copied by a local download).
+pub(super) fn shared_file(
     index: &IndexHandle,
     store: &Store,
     root: &str,
