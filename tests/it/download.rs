@@ -25,7 +25,7 @@ use iwant_behaviours::{
     libp2p_stream,
     wire::{Bytes, Id, Kind},
 };
-use libp2p::{noise, request_response, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId};
+use libp2p::{request_response, swarm::SwarmEvent, Multiaddr, PeerId};
 
 use crate::util::{start_in_process, wait_for_async, LocalNode as Node};
 
@@ -306,22 +306,11 @@ mod hostile {
     /// Connects to every node in `addrs`, pushes `entries` as its index to `leader`, then
     /// serves `script` until the test ends (the task is dropped with the runtime).
     pub async fn spawn(addrs: Vec<Multiaddr>, leader: PeerId, entries: Vec<Entry>, script: Script) {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| Behaviour {
-                index: index_sync::behaviour(),
-                content: content::behaviour(),
-                stream: libp2p_stream::Behaviour::new(),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
+        let mut swarm = crate::util::bare_swarm(Behaviour {
+            index: index_sync::behaviour(),
+            content: content::behaviour(),
+            stream: libp2p_stream::Behaviour::new(),
+        });
         let mut incoming = swarm
             .behaviour()
             .stream
@@ -506,18 +495,7 @@ async fn a_hostile_holder_can_neither_write_outside_the_download_folder_nor_corr
 async fn chunk_client(
     addr: Multiaddr,
 ) -> (libp2p_stream::Control, PeerId, tokio::task::JoinHandle<()>) {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build();
+    let mut swarm = crate::util::bare_swarm(libp2p_stream::Behaviour::new());
     let control = swarm.behaviour().new_control();
     swarm.dial(addr).unwrap();
     let peer = loop {

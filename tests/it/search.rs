@@ -14,7 +14,7 @@ use iwant_behaviours::{
     search,
     wire::{Id, Kind},
 };
-use libp2p::{noise, request_response, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{request_response, swarm::SwarmEvent, Multiaddr, PeerId, Swarm};
 
 use crate::util::{wait_for_async, LocalNode as Node};
 
@@ -255,18 +255,7 @@ mod hostile {
             [(search::PROTOCOL, request_response::ProtocolSupport::Full)],
             config,
         );
-        libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| Behaviour { index, search })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build()
+        crate::util::bare_swarm(Behaviour { index, search })
     }
 
     /// What became of one request.

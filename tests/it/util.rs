@@ -119,6 +119,23 @@ pub async fn start_in_process(
     .expect("node starts")
 }
 
+/// A bare libp2p swarm with `behaviour`, over TCP + Noise + Yamux as iwant nodes use them,
+/// whose idle connections stay open for two minutes: the peer that tests write by hand.
+pub fn bare_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("TCP + Noise + Yamux")
+        .with_behaviour(|_| behaviour)
+        .expect("an infallible behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build()
+}
+
 /// A node in this process on 127.0.0.1 (mDNS off) with a fresh home, shared folder and
 /// download folder, removed when it is dropped.
 pub struct LocalNode {
