@@ -87,7 +87,8 @@ impl Files {
         }
     }
 
-    /// Distinct file `file`, opened for writing (created and sized if missing).
+    /// Distinct file `file`, opened for writing (created if missing; sized if it has several
+    /// pieces).
     pub fn get(&self, file: usize) -> std::io::Result<Arc<File>> {
         if let Some(f) = self.open.lock().expect("bug: poisoned").get(&file) {
             return Ok(f.clone());
