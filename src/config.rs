@@ -176,6 +176,16 @@ impl Home {
         (base.join("shared"), base.join("downloads"))
     }
 
+    /// The network key file `config` names, resolved against the home.
+    pub fn network_key_file(&self, config: &Config) -> Option<PathBuf> {
+        config.network_key.as_ref().map(|path| self.root.join(path))
+    }
+
+    /// Where `iwant keygen` writes a key unless told otherwise.
+    pub fn default_network_key_file(&self) -> PathBuf {
+        self.root.join("network.key")
+    }
+
     /// Loads `config.toml`, or creates it with defaults. The flag says whether it was created.
     pub fn load_or_create_config(&self) -> Result<(Config, bool), ConfigError> {
         let path = self.config_file();
@@ -196,6 +206,7 @@ impl Home {
                     listen: Vec::new(),
                     peers: Vec::new(),
                     mdns: true,
+                    network_key: None,
                 };
                 self.save_config(&config)?;
                 Ok((config, true))
@@ -278,6 +289,10 @@ pub struct Config {
     /// Whether to discover peers with mDNS.
     #[serde(default = "yes")]
     pub mdns: bool,
+    /// The private network's key file (`iwant keygen` makes one); relative paths are relative
+    /// to the home. Without it the node joins the open network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_key: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -394,7 +409,7 @@ fn create_private_dir(path: &Path) -> io::Result<()> {
 
 /// Writes a new file that only its owner can read (on Unix; on Windows the file inherits the
 /// private ACL of the per-user home).
-fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -8,7 +8,7 @@
 //! connections close at once); a [`TaskTracker`] waits for both; then the indexer thread
 //! finishes its batch and stops, and [`RunningNode::wait`] returns.
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{watch, Mutex};
@@ -35,6 +35,8 @@ pub struct NodeOptions {
     pub peers: Vec<Multiaddr>,
     /// Turn mDNS off, whatever the config says.
     pub no_mdns: bool,
+    /// The private network's key file; overrides the config's `network_key`.
+    pub network_key: Option<PathBuf>,
 }
 
 /// A node whose tasks are running.
@@ -109,6 +111,9 @@ pub enum StartError {
     /// The network could not start.
     #[error(transparent)]
     Net(#[from] net::NetError),
+    /// The private network's key could not be used.
+    #[error(transparent)]
+    NetworkKey(#[from] net::private::KeyError),
 }
 
 /// Starts a node's tasks on the current tokio runtime.
@@ -125,6 +130,17 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         home.save_config(&config)?;
     }
     let (keypair, _) = home.load_or_create_identity()?;
+    let network_key = match options
+        .network_key
+        .or_else(|| home.network_key_file(&config))
+    {
+        Some(path) => {
+            let key = net::private::load_key(&path)?;
+            tracing::info!(key = %path.display(), fingerprint = %key.fingerprint(), "private network: only nodes with this key can connect");
+            Some(key)
+        }
+        None => None,
+    };
 
     let socket = home.control_socket();
     let listener = control::Listener::bind(&socket).await.map_err(|source| {
@@ -165,6 +181,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         },
         peers,
         mdns: config.mdns && !options.no_mdns,
+        network_key,
     };
     let net::Spawned {
         client: net,
@@ -277,6 +294,7 @@ impl State {
                     index: self.index.status(),
                     leader: net.leader,
                     term: net.term,
+                    network_key: net.network_key,
                     downloads: self.transfers.list(),
                     served: self.served.counts(),
                 })))

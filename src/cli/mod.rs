@@ -113,6 +113,20 @@ enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Write a new private-network key file
+    #[command(
+        long_about = "Write a new private-network key file (readable by its owner only).\n\nNodes started with `iwant node --network-key <file>` (or `network_key = \"<file>\"` in config.toml) connect only to nodes holding the same key: others can neither connect, nor see, search or fetch anything. Copy the file to every node of the network, and keep it secret: whoever has it can join. The format is libp2p's (go-libp2p's and IPFS's `swarm.key`)."
+    )]
+    Keygen {
+        /// Where to write the key [default: network.key in the node's home]
+        #[arg(value_name = "FILE")]
+        path: Option<PathBuf>,
+        /// Replace the file if it exists
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
 }
 
 /// Options of `iwant node`.
@@ -128,6 +142,9 @@ struct NodeArgs {
     /// Do not discover peers with mDNS
     #[arg(long)]
     no_mdns: bool,
+    /// Run a private network: connect only to nodes with this key file (see `iwant keygen`)
+    #[arg(long, value_name = "FILE")]
+    network_key: Option<PathBuf>,
 }
 
 /// `--kind` values.
@@ -195,7 +212,29 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
         Command::DownloadTo { dir, json } => {
             client_runtime()?.block_on(folders::set(home, folders::Which::Download, dir, json.json))
         }
+        Command::Keygen { path, force, json } => keygen(&home, path, force, json.json),
     }
+}
+
+/// `iwant keygen`: writes a new network key and says how to use it.
+fn keygen(home: &Home, path: Option<PathBuf>, force: bool, json: bool) -> anyhow::Result<()> {
+    let path = path.unwrap_or_else(|| home.default_network_key_file());
+    let path = std::path::absolute(&path)?;
+    let key = crate::net::private::write_new_key(&path, force)?;
+    let fingerprint = key.fingerprint().to_string();
+    if json {
+        return print_json(&serde_json::json!({ "path": path, "fingerprint": fingerprint }));
+    }
+    println!("Wrote a new network key to {}", path.display());
+    println!("  Fingerprint: {fingerprint}");
+    println!(
+        "Copy it to every node of your network and keep it secret (whoever has it can join). Start each node with `iwant{} node --network-key {}`, or set `network_key = {:?}` in {}.",
+        home.cli_flag(),
+        path.display(),
+        path.display().to_string(),
+        home.config_file().display()
+    );
+    Ok(())
 }
 
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -21,6 +21,7 @@ pub(super) fn run(home: Home, args: NodeArgs) -> anyhow::Result<()> {
             listen: args.listen,
             peers: args.peer,
             no_mdns: args.no_mdns,
+            network_key: args.network_key,
         };
         let node = daemon::start(options)
             .await

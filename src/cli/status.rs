@@ -65,6 +65,11 @@ fn render(s: &StatusReply) -> String {
         None => format!("(electing), term {}", s.term),
     };
     let _ = writeln!(out, "Leader:           {leader}");
+    let network = match &s.network_key {
+        Some(fingerprint) => format!("private (network key fingerprint {fingerprint})"),
+        None => "open (no network key)".to_owned(),
+    };
+    let _ = writeln!(out, "Network:          {network}");
     let _ = writeln!(out, "Peers:            {}", s.peers.len());
     for p in &s.peers {
         let addr = p.addrs.first().map(String::as_str).unwrap_or("-");
@@ -153,6 +158,7 @@ mod tests {
             },
             leader: Some("12D3Self".into()),
             term: 4,
+            network_key: None,
             downloads: Vec::new(),
             served: Default::default(),
         };

@@ -205,6 +205,10 @@ pub struct StatusReply {
     pub leader: Option<String>,
     /// The election term.
     pub term: u64,
+    /// The fingerprint of the private network's key (`iwant node --network-key`); `None` for
+    /// an open network.
+    #[serde(default)]
+    pub network_key: Option<String>,
     /// Downloads of this run: running ones first, then those that ended.
     #[serde(default)]
     pub downloads: Vec<crate::transfer::Progress>,
@@ -290,12 +294,11 @@ pub(crate) async fn read_message<T: DeserializeOwned>(
     if n == 0 {
         return Ok(None);
     }
+    if n > limit {
+        return Err(FrameError::TooLarge);
+    }
     if line.last() != Some(&b'\n') {
-        return Err(if n > limit {
-            FrameError::TooLarge
-        } else {
-            FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
-        });
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
     }
     Ok(Some(serde_json::from_slice(&line)?))
 }
@@ -361,5 +364,140 @@ mod tests {
         let mut reader = &b""[..];
         let r: Option<Envelope> = read_message(&mut reader, MAX_MESSAGE).await.unwrap();
         assert!(r.is_none());
+    }
+
+    fn read<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<Option<T>, FrameError> {
+        futures::executor::block_on(read_message(&mut &bytes[..], limit))
+    }
+
+    fn envelopes() -> Vec<Envelope> {
+        [
+            Request::Status,
+            Request::Config,
+            Request::SetShared {
+                path: "/data/ü".into(),
+            },
+            Request::SetDownload { path: "/d".into() },
+            Request::List { errors: true },
+            Request::Search {
+                text: "a \"quoted\" \\ word\n".into(),
+                kind: None,
+                limit: 200,
+                offset: u32::MAX,
+            },
+            Request::Get { id: "abcd".into() },
+            Request::Downloads { id: None },
+            Request::Cancel { id: "ef01".into() },
+        ]
+        .into_iter()
+        .map(|request| Envelope {
+            version: PROTOCOL_VERSION,
+            request,
+        })
+        .collect()
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_truncations_are_refused() {
+        for env in envelopes() {
+            let mut out = Vec::new();
+            futures::executor::block_on(write_message(&mut out, &env, MAX_MESSAGE)).unwrap();
+            assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+            assert_eq!(read::<Envelope>(&out, MAX_MESSAGE).unwrap(), Some(env));
+            for cut in 1..out.len() {
+                assert!(
+                    read::<Envelope>(&out[..cut], MAX_MESSAGE).is_err(),
+                    "cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_and_long_lines_are_refused_on_a_small_stack() {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                for (prefix, nest) in [
+                    ("", "["),
+                    ("", "{\"a\":"),
+                    (
+                        "{\"version\":1,\"request\":{\"type\":\"status\",\"x\":",
+                        "[",
+                    ),
+                ] {
+                    let mut line = [prefix, &nest.repeat(100_000)].concat().into_bytes();
+                    line.push(b'\n');
+                    let r = read::<Envelope>(&line, MAX_MESSAGE * 2);
+                    assert!(matches!(r, Err(FrameError::Malformed(_))), "{nest}: {r:?}");
+                    let r = read::<Reply>(&line, MAX_MESSAGE * 2);
+                    assert!(matches!(r, Err(FrameError::Malformed(_))), "{nest}: {r:?}");
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // A valid message padded to exactly the limit, newline included, is read; a longer
+        // line is too large, whether or not its newline ever comes.
+        let env = r#"{"version":1,"request":{"type":"status"}}"#;
+        let padded = |len: usize| {
+            let mut line = env.as_bytes().to_vec();
+            line.resize(len - 1, b' ');
+            line.push(b'\n');
+            line
+        };
+        let limit = 100;
+        assert!(read::<Envelope>(&padded(limit), limit).unwrap().is_some());
+        for len in [limit + 2, limit + 50, 10 * limit] {
+            let r = read::<Envelope>(&padded(len), limit);
+            assert!(matches!(r, Err(FrameError::TooLarge)), "{len}: {r:?}");
+            let r = read::<Envelope>(&padded(len)[..len - 1], limit);
+            assert!(
+                matches!(r, Err(FrameError::TooLarge)),
+                "{len} without newline: {r:?}"
+            );
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::{envelopes, read};
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            /// Any bytes, or a valid envelope with bytes changed: an error or a message, never a
+            /// panic; and a message only from a whole line within the limit.
+            #[test]
+            fn arbitrary_lines_never_panic_the_reader(
+                bytes in prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..200),
+                    (
+                        prop::sample::select(envelopes()),
+                        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+                    )
+                        .prop_map(|(env, edits)| {
+                            let mut line = serde_json::to_vec(&env).unwrap();
+                            line.push(b'\n');
+                            for (i, b) in edits {
+                                let i = i.index(line.len());
+                                line[i] = b;
+                            }
+                            line
+                        }),
+                ],
+                limit in 1usize..256,
+            ) {
+                if let Ok(Some(_)) = read::<Envelope>(&bytes, limit) {
+                    let end = bytes.iter().position(|b| *b == b'\n').expect("a whole line");
+                    // The limit counts the newline.
+                    prop_assert!(end < limit);
+                }
+                let _ = read::<Reply>(&bytes, limit);
+                let _ = read::<ControlError>(&bytes, limit);
+            }
+        }
     }
 }

@@ -18,6 +18,7 @@ use libp2p::{
     mdns,
     multiaddr::Protocol,
     noise, ping,
+    pnet::{PnetConfig, PreSharedKey},
     request_response::{self, OutboundRequestId, ResponseChannel},
     swarm::{
         dial_opts::{DialOpts, PeerCondition},
@@ -26,15 +27,16 @@ use libp2p::{
     tcp, yamux, Multiaddr, PeerId, Swarm,
 };
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{broadcast, mpsc, watch},
     time::MissedTickBehavior,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Command, ContentInbound, Inbound, LeaderView, NetStatus, NetworkClient, PeerStatus,
-    RequestError, COMMAND_QUEUE, DIAL_TIMEOUT, GOODBYE_LIMIT, GOSSIP_TTL, IDLE_TIMEOUT,
-    INBOUND_QUEUE, LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS, REDIAL_INTERVAL,
+    private::HandshakeHints, Command, ContentInbound, Inbound, LeaderView, NetStatus,
+    NetworkClient, PeerStatus, RequestError, COMMAND_QUEUE, DEPARTURES_QUEUE, DIAL_TIMEOUT,
+    GOODBYE_LIMIT, GOSSIP_TTL, IDLE_TIMEOUT, INBOUND_QUEUE, LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS,
+    REDIAL_INTERVAL,
 };
 use crate::config::DEFAULT_PORT;
 
@@ -51,6 +53,8 @@ pub struct NetConfig {
     pub peers: Vec<Multiaddr>,
     /// Run mDNS discovery.
     pub mdns: bool,
+    /// The private network's pre-shared key, if this node runs one.
+    pub network_key: Option<PreSharedKey>,
 }
 
 /// The network could not start.
@@ -125,6 +129,10 @@ pub struct EventLoop {
     disconnect_after_response: HashSet<PeerId>,
     /// Peers that broke a rule, to disconnect at the given time (after their answer is sent).
     disconnect_at: HashMap<PeerId, Instant>,
+    /// Warnings for handshakes that fail (a network key mismatch).
+    hints: HandshakeHints,
+    /// Where peers whose last connection closed are announced.
+    departures: broadcast::Sender<PeerId>,
 }
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, RequestError>>;
@@ -150,7 +158,8 @@ pub fn spawn(
 ) -> Result<Spawned, NetError> {
     let local_peer_id = keypair.public().to_peer_id();
     let behaviour_config = iwant_behaviours::Config::default().with_mdns(config.mdns);
-    let transport = build_transport(&keypair).map_err(|e| NetError::Setup(e.to_string()))?;
+    let transport = build_transport(&keypair, config.network_key)
+        .map_err(|e| NetError::Setup(e.to_string()))?;
     let behaviour = NodeBehaviour::new(&keypair, behaviour_config)
         .map_err(|e| NetError::Setup(e.to_string()))?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -191,6 +200,7 @@ pub fn spawn(
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let (content_tx, content_rx) = mpsc::channel(INBOUND_QUEUE);
     let chunk = swarm.behaviour().chunk.new_control();
+    let (departures, _) = broadcast::channel(DEPARTURES_QUEUE);
     let known_addrs = config
         .peers
         .into_iter()
@@ -217,12 +227,15 @@ pub fn spawn(
         pending_content: HashMap::new(),
         disconnect_after_response: HashSet::new(),
         disconnect_at: HashMap::new(),
+        hints: HandshakeHints::new(config.network_key.as_ref()),
+        departures: departures.clone(),
     };
     let client = NetworkClient {
         commands: tx,
         local_peer_id,
         leader: leader_rx,
         chunk,
+        departures,
     };
     Ok(Spawned {
         client,
@@ -232,18 +245,39 @@ pub fn spawn(
     })
 }
 
-/// TCP, then Noise, then Yamux, with a deadline on the whole dial.
-fn build_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+/// TCP, then (in a private network) the pre-shared key handshake, then Noise, then Yamux,
+/// with a deadline on the whole dial.
+fn build_transport(
+    key: &Keypair,
+    network_key: Option<PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    match network_key {
+        None => secure(tcp, key),
+        Some(psk) => secure(
+            tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket)),
+            key,
+        ),
+    }
+}
+
+/// Noise and Yamux over any byte-stream transport.
+fn secure<T>(transport: T, key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error>
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
     let noise = noise::Config::new(key)?;
-    Ok(
-        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-            .upgrade(upgrade::Version::V1Lazy)
-            .authenticate(noise)
-            .multiplex(yamux::Config::default())
-            .timeout(DIAL_TIMEOUT)
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-    )
+    Ok(transport
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(DIAL_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
 }
 
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
@@ -582,6 +616,7 @@ impl EventLoop {
             peers,
             leader: election.leader().map(|p| p.to_string()),
             term: election.term(),
+            network_key: self.hints.fingerprint().map(str::to_owned),
         }
     }
 
@@ -739,6 +774,7 @@ impl EventLoop {
                     entry.get_mut().connections.remove(&connection_id);
                     if entry.get().connections.is_empty() {
                         entry.remove();
+                        let _ = self.departures.send(peer_id);
                         match cause {
                             Some(error) => {
                                 tracing::info!(peer = %peer_id, %error, "peer disconnected")
@@ -762,7 +798,17 @@ impl EventLoop {
                 if let Some(peer) = peer_id {
                     tracing::debug!(%peer, %error, "dial failed");
                 }
+                if let libp2p::swarm::DialError::Transport(attempts) = &error {
+                    for (addr, error) in attempts {
+                        self.hints.failed(Some(addr), false, error);
+                    }
+                }
             }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => self.hints.failed(Some(&send_back_addr), true, &error),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }

@@ -16,15 +16,19 @@
 //! - connections to iwant peers stay open; others close after [`IDLE_TIMEOUT`] without streams.
 
 mod event_loop;
+pub mod private;
 
 use std::time::Duration;
 
 use iwant_behaviours::{chunk, content, index_sync, libp2p_stream, search};
 use libp2p::{request_response::ResponseChannel, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use event_loop::{spawn, EventLoop, NetConfig, NetError, Spawned};
+
+/// How many peer departures [`NetworkClient::departures`] holds for a slow receiver.
+pub const DEPARTURES_QUEUE: usize = 256;
 
 /// How many commands may wait for the event loop before senders wait.
 pub const COMMAND_QUEUE: usize = 64;
@@ -198,6 +202,8 @@ pub struct NetStatus {
     pub leader: Option<String>,
     /// The election term.
     pub term: u64,
+    /// The fingerprint of the private network's key, if this node runs one.
+    pub network_key: Option<String>,
 }
 
 /// One connected peer.
@@ -227,6 +233,7 @@ pub struct NetworkClient {
     local_peer_id: PeerId,
     leader: watch::Receiver<LeaderView>,
     chunk: libp2p_stream::Control,
+    departures: broadcast::Sender<PeerId>,
 }
 
 impl std::fmt::Debug for NetworkClient {
@@ -374,6 +381,12 @@ impl NetworkClient {
             .open_stream(peer, chunk::PROTOCOL)
             .await
             .map_err(|e| RequestError::Failed(e.to_string()))
+    }
+
+    /// The peers whose last connection closed, as they leave. A receiver that falls more
+    /// than [`DEPARTURES_QUEUE`] behind misses some (and is told so).
+    pub fn departures(&self) -> broadcast::Receiver<PeerId> {
+        self.departures.subscribe()
     }
 
     /// The inbound `/iwant/chunk/1` streams. Only one caller (the transfer server) may take

@@ -534,3 +534,100 @@ fn ls_without_a_node_says_it_is_not_running() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("not running"), "{err}");
 }
+
+mod private_network {
+    //! `iwant keygen` and `--network-key` on loopback; the lab test
+    //! (`lab::private`) runs the same with real mDNS and four nodes.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::util::wait_for;
+
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    fn log(home: &Path) -> String {
+        fs::read_to_string(home.join("node.err")).unwrap_or_default()
+    }
+
+    #[test]
+    fn keygen_refuses_to_overwrite_and_the_node_refuses_a_bad_key_file() {
+        let dir = tmp();
+        let home = dir.path().join("h");
+        let key = dir.path().join("k").join("net.key");
+        let (code, out, err) = run(iwant(&home).args(["keygen", key.to_str().unwrap()]));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("Fingerprint:") && out.contains("--network-key"),
+            "{out}"
+        );
+        let before = fs::read(&key).unwrap();
+        let (code, _, err) = run(iwant(&home).args(["keygen", key.to_str().unwrap()]));
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("exists already") && err.contains("--force"),
+            "{err}"
+        );
+        assert_eq!(fs::read(&key).unwrap(), before, "not overwritten");
+        let (code, _, err) = run(iwant(&home).args(["keygen", key.to_str().unwrap(), "--force"]));
+        assert_eq!(code, 0, "{err}");
+        assert_ne!(fs::read(&key).unwrap(), before, "replaced with --force");
+
+        let bad = dir.path().join("bad.key");
+        fs::write(&bad, "not a key\n").unwrap();
+        for (file, says) in [
+            (bad.as_path(), "is not a network key file"),
+            (
+                &dir.path().join("missing.key"),
+                "cannot read the network key",
+            ),
+        ] {
+            let (code, _, err) = run(iwant(&home).args([
+                "node",
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--network-key",
+                file.to_str().unwrap(),
+            ]));
+            assert_eq!(code, 1, "{err}");
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn nodes_with_the_same_key_connect_and_a_node_without_it_cannot() {
+        let dir = tmp();
+        let key = dir.path().join("net.key");
+        let (code, _, err) =
+            run(iwant(&dir.path().join("k")).args(["keygen", key.to_str().unwrap()]));
+        assert_eq!(code, 0, "{err}");
+        let key = key.to_str().unwrap();
+        let a = Daemon::start(&dir.path().join("a"), &["--network-key", key]);
+        let addr = a.status()["listen_addrs"][0].as_str().unwrap().to_owned();
+        let b = Daemon::start(
+            &dir.path().join("b"),
+            &["--network-key", key, "--peer", &addr],
+        );
+        let open = Daemon::start(&dir.path().join("open"), &["--peer", &addr]);
+        let a_id = a.status()["peer_id"].as_str().unwrap().to_owned();
+        wait_for(LIMIT, "the keyed nodes connect", || {
+            let peers = crate::util::peer_ids(&b.status());
+            (peers == [a_id.clone()]).then_some(())
+        });
+        wait_for(LIMIT, "both sides log the failed handshake", || {
+            (log(&open.home).contains("this node needs the same key file")
+                && log(&a.home).contains("this node runs a private network"))
+            .then_some(())
+        });
+        assert!(crate::util::peer_ids(&open.status()).is_empty());
+        let b_id = b.status()["peer_id"].as_str().unwrap().to_owned();
+        assert_eq!(crate::util::peer_ids(&a.status()), vec![b_id]);
+        let fingerprint = a.status()["network_key"].as_str().unwrap().to_owned();
+        assert_eq!(
+            b.status()["network_key"].as_str(),
+            Some(fingerprint.as_str())
+        );
+        assert!(open.status()["network_key"].is_null());
+    }
+}

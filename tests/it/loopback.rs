@@ -223,6 +223,7 @@ async fn a_taken_default_port_falls_back_to_a_free_one() {
         listen: vec![],
         peers: vec![],
         no_mdns: true,
+        network_key: None,
     })
     .await
     .expect("starts despite the taken port");

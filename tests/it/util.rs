@@ -114,6 +114,7 @@ pub async fn start_in_process(
         listen: vec![listen],
         peers,
         no_mdns: true,
+        network_key: None,
     })
     .await
     .expect("node starts")

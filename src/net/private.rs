@@ -1,0 +1,317 @@
+//! Private networks: a pre-shared key (libp2p `pnet`) that every node of the network holds.
+//!
+//! With a key, every TCP connection starts with libp2p's private-network handshake (24-byte
+//! nonces, then XSalsa20 with the key) underneath Noise, so a node without the same key cannot
+//! even negotiate a protocol: it cannot connect, see, search or fetch anything. The key file is
+//! the format go-libp2p and IPFS use (`swarm.key`):
+//!
+//! ```text
+//! /key/swarm/psk/1.0.0/
+//! /base16/
+//! <64 hex digits>
+//! ```
+//!
+//! A wrong key or a missing one shows only as a handshake that fails; [`HandshakeHints`] turns
+//! those failures into one clear warning per remote address (repeated at most every
+//! [`HINT_INTERVAL`]), on both sides.
+
+use std::{
+    collections::HashMap,
+    fs, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use libp2p::{multiaddr::Protocol, pnet::PreSharedKey, Multiaddr};
+
+/// A network key file could not be read, parsed or written.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file could not be read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The key file.
+        path: PathBuf,
+        /// Why not.
+        source: io::Error,
+    },
+    /// The file is not a pre-shared key file.
+    #[error("{path} is not a network key file: {reason}; make one with `iwant keygen`")]
+    Invalid {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `keygen` would overwrite an existing file.
+    #[error("{0} exists already; pass --force to replace it (every node using the old key must then get the new one)")]
+    Exists(PathBuf),
+}
+
+/// Reads the key file at `path`. On Unix, warns when other users may read it.
+pub fn load_key(path: &Path) -> Result<PreSharedKey, KeyError> {
+    let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
+        what: "cannot read the network key",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let key = parse_key(&text).map_err(|reason| KeyError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "other users may read the network key; `chmod 600` it"
+                );
+            }
+        }
+    }
+    Ok(key)
+}
+
+/// Parses the text of a key file, saying what is wrong in words a person can act on.
+pub fn parse_key(text: &str) -> Result<PreSharedKey, &'static str> {
+    use libp2p::pnet::KeyParseError as E;
+    text.parse::<PreSharedKey>().map_err(|e| match e {
+        E::InvalidKeyFile => {
+            "expected three lines: `/key/swarm/psk/1.0.0/`, `/base16/` and 64 hex digits"
+        }
+        E::InvalidKeyType => "the first line must be `/key/swarm/psk/1.0.0/`",
+        E::InvalidKeyEncoding => "the second line must be `/base16/` (the only encoding supported)",
+        E::InvalidKeyLength => "the key must be exactly 64 hex digits (32 bytes)",
+        E::InvalidKeyChar(_) => "the key has a character that is not a hex digit",
+    })
+}
+
+/// Writes a new random key to `path` with owner-only permissions (mode 600 on Unix; on
+/// Windows the file inherits the folder's access list, which in a user's profile is that
+/// user's). Refuses to replace an existing file unless `force`.
+pub fn write_new_key(path: &Path, force: bool) -> Result<PreSharedKey, KeyError> {
+    if !force && fs::symlink_metadata(path).is_ok() {
+        return Err(KeyError::Exists(path.to_path_buf()));
+    }
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    let key = PreSharedKey::new(bytes);
+    let io_err = |what| {
+        move |source| KeyError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_err("cannot create the folder of"))?;
+    }
+    // Written beside the target, then renamed over it: never a half-written key.
+    let tmp = path.with_extension("key.tmp");
+    let _ = fs::remove_file(&tmp);
+    crate::config::write_private_file(&tmp, key.to_key_file().as_bytes())
+        .map_err(io_err("cannot write the network key"))?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err("cannot write the network key")(e)
+    })?;
+    Ok(key)
+}
+
+/// How often the same remote address gets the private-network warning again.
+pub const HINT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Most remote addresses remembered for [`HandshakeHints`]; the oldest are forgotten.
+const MAX_HINTED: usize = 256;
+
+/// Turns failed handshakes into clear, rate-limited warnings about the network key.
+#[derive(Debug)]
+pub struct HandshakeHints {
+    /// The local key's fingerprint, if this node runs a private network.
+    fingerprint: Option<String>,
+    last: HashMap<IpAddr, Instant>,
+}
+
+impl HandshakeHints {
+    /// Hints for a node with this key (or none).
+    pub fn new(key: Option<&PreSharedKey>) -> Self {
+        HandshakeHints {
+            fingerprint: key.map(|k| k.fingerprint().to_string()),
+            last: HashMap::new(),
+        }
+    }
+
+    /// The local key's fingerprint, if this node runs a private network.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
+    }
+
+    /// Called for a connection to or from `remote` that failed with `error`. Logs a warning
+    /// when the error is a failed handshake (not a refused or unreachable address), at most
+    /// once per [`HINT_INTERVAL`] per remote IP; other failures go to the debug log.
+    pub fn failed(
+        &mut self,
+        remote: Option<&Multiaddr>,
+        inbound: bool,
+        error: &dyn std::error::Error,
+    ) {
+        let text = error_chain(error);
+        let direction = if inbound { "from" } else { "to" };
+        let remote_text = remote.map_or_else(|| "a peer".to_owned(), Multiaddr::to_string);
+        if !is_handshake_failure(&text) {
+            tracing::debug!(remote = %remote_text, error = %text, "connection {direction} the peer failed");
+            return;
+        }
+        let ip = remote.and_then(ip_of);
+        if let Some(ip) = ip {
+            let now = Instant::now();
+            if let Some(at) = self.last.get(&ip) {
+                if now.duration_since(*at) < HINT_INTERVAL {
+                    tracing::debug!(remote = %remote_text, error = %text, "handshake failed again");
+                    return;
+                }
+            }
+            if self.last.len() >= MAX_HINTED {
+                if let Some(oldest) = self
+                    .last
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(ip, _)| *ip)
+                {
+                    self.last.remove(&oldest);
+                }
+            }
+            self.last.insert(ip, now);
+        }
+        match &self.fingerprint {
+            Some(fingerprint) => tracing::warn!(
+                remote = %remote_text,
+                error = %text,
+                "connection {direction} {remote_text} failed in the handshake: this node runs a private network (network key fingerprint {fingerprint}), and a peer with a different key or none fails exactly like this; give it the same --network-key file"
+            ),
+            None => tracing::warn!(
+                remote = %remote_text,
+                error = %text,
+                "connection {direction} {remote_text} failed in the handshake: if that peer runs a private network (iwant node --network-key), this node needs the same key file to join it"
+            ),
+        }
+    }
+}
+
+/// The error and its sources, `: `-joined.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// Whether an error chain is a failure after TCP connected: the private-network handshake,
+/// protocol negotiation or Noise failing or stalling, which a key mismatch causes (each side
+/// reads the other's bytes as garbage, which may also look like a long message to wait for,
+/// until the dial deadline).
+fn is_handshake_failure(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    [
+        "multistream",
+        "negotiat",
+        "noise",
+        "handshake",
+        "pnet",
+        "decrypt",
+        "protocol",
+        "timeout",
+        "timed out",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_key_round_trips_and_is_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("network.key");
+        let key = write_new_key(&path, false).unwrap();
+        let loaded = load_key(&path).unwrap();
+        assert_eq!(
+            key.fingerprint().to_string(),
+            loaded.fingerprint().to_string()
+        );
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("/key/swarm/psk/1.0.0/\n/base16/\n"),
+            "{text}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert!(matches!(
+            write_new_key(&path, false),
+            Err(KeyError::Exists(_))
+        ));
+        let replaced = write_new_key(&path, true).unwrap();
+        assert_ne!(
+            replaced.fingerprint().to_string(),
+            key.fingerprint().to_string()
+        );
+        assert_eq!(
+            load_key(&path).unwrap().fingerprint().to_string(),
+            replaced.fingerprint().to_string()
+        );
+        assert!(!path.with_extension("key.tmp").exists());
+    }
+
+    #[test]
+    fn bad_key_files_say_what_is_wrong() {
+        let good = "/key/swarm/psk/1.0.0/\n/base16/\n".to_owned() + &"ab".repeat(32);
+        assert!(parse_key(&good).is_ok());
+        for (text, says) in [
+            ("", "three lines"),
+            ("/key/swarm/psk/2.0.0/\n/base16/\n00", "first line"),
+            ("/key/swarm/psk/1.0.0/\n/base64/\n00", "second line"),
+            ("/key/swarm/psk/1.0.0/\n/base16/\nabcd", "64 hex digits"),
+            (
+                &("/key/swarm/psk/1.0.0/\n/base16/\n".to_owned() + &"zz".repeat(32)),
+                "hex digit",
+            ),
+        ] {
+            let reason = parse_key(text).unwrap_err();
+            assert!(reason.contains(says), "{text:?}: {reason}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_key(&dir.path().join("missing.key")).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot read the network key"),
+            "{err}"
+        );
+    }
+}
