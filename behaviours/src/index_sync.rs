@@ -74,6 +74,7 @@ pub struct SnapshotPage {
     /// The index version the snapshot shows.
     pub version: u64,
     /// Entries of this page.
+    #[serde(deserialize_with = "wire::capped::<_, _, MAX_ENTRIES>")]
     pub entries: Vec<Entry>,
 }
 
@@ -86,8 +87,10 @@ pub struct Delta {
     /// still holds `base`).
     pub version: u64,
     /// Entries added or changed.
+    #[serde(deserialize_with = "wire::capped::<_, _, MAX_ENTRIES>")]
     pub upserted: Vec<Entry>,
     /// Paths of entries removed.
+    #[serde(deserialize_with = "wire::capped::<_, _, MAX_ENTRIES>")]
     pub removed: Vec<String>,
 }
 
@@ -325,5 +328,42 @@ mod tests {
             removed: vec![],
         });
         assert!(empty_file.check().is_err());
+    }
+
+    #[test]
+    fn too_many_entries_decode_capped_and_are_still_refused() {
+        let page = Request::Snapshot(SnapshotPage {
+            session: 1,
+            page: 0,
+            last: true,
+            version: 1,
+            entries: vec![entry("a"); MAX_ENTRIES + 100],
+        });
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &page).unwrap();
+        let back: Request = cbor4ii::serde::from_slice(&buf).unwrap();
+        let Request::Snapshot(back_page) = &back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(
+            back_page.entries.len(),
+            MAX_ENTRIES + 1,
+            "one more than the cap is kept"
+        );
+        assert!(back.check().unwrap_err().contains("entries"));
+        let delta = Request::Delta(Delta {
+            base: 1,
+            version: 2,
+            upserted: vec![entry("u"); MAX_ENTRIES + 5],
+            removed: vec!["r".into(); MAX_ENTRIES + 5],
+        });
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &delta).unwrap();
+        let Request::Delta(back) = cbor4ii::serde::from_slice(&buf).unwrap() else {
+            panic!("not a delta")
+        };
+        assert_eq!(back.upserted.len(), MAX_ENTRIES + 1);
+        assert_eq!(back.removed.len(), MAX_ENTRIES + 1);
+        assert!(Request::Delta(back).check().is_err());
     }
 }

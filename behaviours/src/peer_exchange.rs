@@ -37,6 +37,7 @@ pub const MAX_MESSAGE: u64 = 32 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announce {
     /// The peers.
+    #[serde(deserialize_with = "crate::wire::capped::<_, _, MAX_PEERS>")]
     pub peers: Vec<PeerRecord>,
 }
 
@@ -46,6 +47,7 @@ pub struct PeerRecord {
     /// The peer id, base58 as libp2p prints it.
     pub peer_id: String,
     /// Its listen addresses, as multiaddr strings.
+    #[serde(deserialize_with = "crate::wire::capped::<_, _, MAX_ADDRS>")]
     pub addrs: Vec<String>,
 }
 
@@ -166,5 +168,22 @@ mod tests {
             }],
         };
         assert!(many_addrs.parse().is_err());
+    }
+
+    #[test]
+    fn too_many_records_decode_capped_and_are_still_refused() {
+        let record = PeerRecord {
+            peer_id: PeerId::random().to_string(),
+            addrs: vec!["/ip4/10.0.0.1/tcp/1".into(); MAX_ADDRS + 50],
+        };
+        let announce = Announce {
+            peers: vec![record; MAX_PEERS + 50],
+        };
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &announce).unwrap();
+        let back: Announce = cbor4ii::serde::from_slice(&buf).unwrap();
+        assert_eq!(back.peers.len(), MAX_PEERS + 1);
+        assert!(back.peers.iter().all(|r| r.addrs.len() == MAX_ADDRS + 1));
+        assert!(back.parse().is_err());
     }
 }

@@ -98,6 +98,7 @@ pub struct Results {
     /// Nodes whose index the leader holds.
     pub nodes: u32,
     /// This page, best first.
+    #[serde(deserialize_with = "crate::wire::capped::<_, _, { MAX_PAGE as usize }>")]
     pub hits: Vec<Hit>,
 }
 
@@ -115,6 +116,7 @@ pub struct Hit {
     /// The rank: higher is better (see `docs/protocols.md`).
     pub score: i64,
     /// Peer ids (base58) of holders, at most [`MAX_HOLDERS`].
+    #[serde(deserialize_with = "crate::wire::capped::<_, _, MAX_HOLDERS>")]
     pub holders: Vec<String>,
     /// How many peers hold it.
     pub holder_count: u32,
@@ -234,5 +236,31 @@ mod tests {
         }
         .check()
         .unwrap();
+    }
+
+    #[test]
+    fn hostile_result_lists_decode_capped() {
+        let hit = Hit {
+            id: Id([1; 32]),
+            kind: Kind::File,
+            size: 1,
+            path: "p".into(),
+            score: 0,
+            holders: vec![String::new(); MAX_HOLDERS + 100],
+            holder_count: 0,
+        };
+        let results = Response::Results(Results {
+            total: 0,
+            indexed: 0,
+            nodes: 0,
+            hits: vec![hit; MAX_PAGE as usize + 10],
+        });
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &results).unwrap();
+        let Response::Results(back) = cbor4ii::serde::from_slice(&buf).unwrap() else {
+            panic!("not results")
+        };
+        assert_eq!(back.hits.len(), MAX_PAGE as usize + 1);
+        assert!(back.hits.iter().all(|h| h.holders.len() == MAX_HOLDERS + 1));
     }
 }

@@ -28,6 +28,40 @@ where
     )
 }
 
+/// Deserializes a sequence into a `Vec` that keeps at most `MAX + 1` elements and skips the
+/// rest without storing them, for a field whose receiver refuses more than `MAX`: its check
+/// still sees that there were too many, but a hostile count costs `MAX + 1` elements at most.
+/// (Left to serde, a declared length reserves up to 1 MiB before any element is read, and
+/// every element is kept: a vector of strings holds 24 bytes per one-byte empty string of
+/// input, 32 MiB and more for a 1 MiB message.)
+pub(crate) fn capped<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Visitor<T, const MAX: usize>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>, const MAX: usize> de::Visitor<'de> for Visitor<T, MAX> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let keep = MAX.saturating_add(1);
+            // Reserve for what is there, not for what the header claims.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(keep).min(64));
+            while out.len() < keep {
+                match seq.next_element()? {
+                    Some(v) => out.push(v),
+                    None => return Ok(out),
+                }
+            }
+            while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Visitor::<T, MAX>(std::marker::PhantomData))
+}
+
 /// Longest relative path in any message, in bytes.
 pub const MAX_PATH: usize = 4096;
 
@@ -219,5 +253,61 @@ mod bytes_tests {
         cbor4ii::serde::to_writer(&mut array, &vec![1u8, 2, 3]).unwrap();
         assert_eq!(array[0] >> 5, 4);
         assert!(cbor4ii::serde::from_slice::<Bytes>(&array).is_err());
+    }
+}
+
+#[cfg(test)]
+mod capped_tests {
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    struct Three {
+        #[serde(deserialize_with = "super::capped::<_, _, 3>")]
+        v: Vec<String>,
+    }
+
+    fn encode(v: &[&str], definite: bool) -> Vec<u8> {
+        let mut buf = vec![0xa1, 0x61, b'v'];
+        if definite {
+            assert!(v.len() < 24);
+            buf.push(0x80 | v.len() as u8);
+        } else {
+            buf.push(0x9f);
+        }
+        for s in v {
+            buf.push(0x60 | s.len() as u8);
+            buf.extend(s.as_bytes());
+        }
+        if !definite {
+            buf.push(0xff);
+        }
+        buf
+    }
+
+    #[test]
+    fn capped_vectors_keep_one_more_than_the_cap_and_skip_the_rest() {
+        for definite in [true, false] {
+            for n in 0..10 {
+                let items: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+                let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+                let got: Three = cbor4ii::serde::from_slice(&encode(&refs, definite)).unwrap();
+                assert_eq!(got.v, items[..n.min(4)], "{n} items, definite {definite}");
+                assert!(got.v.capacity() <= 4, "{}", got.v.capacity());
+            }
+        }
+        // Skipped items are still read, as any CBOR: the message must be well formed...
+        let mut truncated = encode(&["a", "b", "c", "d", "e", "f"], true);
+        truncated.pop();
+        assert!(cbor4ii::serde::from_slice::<Three>(&truncated).is_err());
+        // ...and kept items are still typed.
+        let wrong = [0xa1, 0x61, b'v', 0x81, 0x01];
+        assert!(cbor4ii::serde::from_slice::<Three>(&wrong).is_err());
+        // A claimed length reserves nothing beyond what the cap allows.
+        let claim = [
+            0xa1, 0x61, b'v', 0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
+        assert!(cbor4ii::serde::from_slice::<Three>(&claim).is_err());
+        // Not a sequence at all.
+        assert!(cbor4ii::serde::from_slice::<Three>(&[0xa1, 0x61, b'v', 0x01]).is_err());
     }
 }

@@ -304,4 +304,260 @@ mod tests {
             assert_eq!(check_relative_path(ok), Ok(()), "{ok}");
         }
     }
+
+    /// `bytes` as a manifest of `entries` (in their order, not sorted), for hostile variants.
+    fn raw(entries: &[(&[u8], u8, u64, [u8; 32])]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        for (path, kind, size, id) in entries {
+            out.extend((path.len() as u32).to_le_bytes());
+            out.extend(*path);
+            out.push(*kind);
+            out.extend(size.to_le_bytes());
+            out.extend(id);
+        }
+        out
+    }
+
+    /// What a decoded manifest keeps in memory: the entry vector and the paths.
+    fn retained(entries: &[Entry], capacity: usize) -> usize {
+        capacity * std::mem::size_of::<Entry>()
+            + entries.iter().map(|e| e.path.capacity()).sum::<usize>()
+    }
+
+    /// The fixed part of an entry on the wire: length, kind, size, id.
+    const ENTRY_FIXED: usize = 4 + 1 + 8 + 32;
+
+    #[test]
+    fn hostile_lengths_kinds_and_limits_are_refused() {
+        let id = [5u8; 32];
+        // Paths at and just over the limit, with their bytes present.
+        let at = "a".repeat(MAX_PATH_LEN);
+        assert_eq!(
+            decode(&raw(&[(at.as_bytes(), 0, 1, id)]), 10).unwrap()[0].path,
+            at
+        );
+        let over = "a".repeat(MAX_PATH_LEN + 1);
+        assert!(matches!(
+            decode(&raw(&[(over.as_bytes(), 0, 1, id)]), 10),
+            Err(ManifestError::BadPath { .. })
+        ));
+        // Declared lengths with little or nothing behind them.
+        for len in [MAX_PATH_LEN as u32 + 1, 1 << 31, u32::MAX] {
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend(len.to_le_bytes());
+            bytes.extend(b"abc");
+            assert!(
+                matches!(decode(&bytes, 10), Err(ManifestError::BadPath { .. })),
+                "{len}"
+            );
+        }
+        for len in [5u32, MAX_PATH_LEN as u32] {
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend(len.to_le_bytes());
+            bytes.extend(b"abc");
+            assert_eq!(decode(&bytes, 10), Err(ManifestError::Truncated), "{len}");
+        }
+        // Unknown kinds; directories with a size or an id.
+        for kind in 2..=255u8 {
+            assert!(matches!(
+                decode(&raw(&[(b"a", kind, 0, [0; 32])]), 10),
+                Err(ManifestError::BadEntry(_))
+            ));
+        }
+        assert!(matches!(
+            decode(&raw(&[(b"d", 1, 1, [0; 32])]), 10),
+            Err(ManifestError::BadEntry(_))
+        ));
+        assert!(matches!(
+            decode(&raw(&[(b"d", 1, 0, id)]), 10),
+            Err(ManifestError::BadEntry(_))
+        ));
+        // A file may have any size and id, including the largest.
+        let big = decode(&raw(&[(b"f", 0, u64::MAX, [0xff; 32])]), 10).unwrap();
+        assert_eq!(big[0].size, u64::MAX);
+        // Not UTF-8; an empty path; out of order.
+        for path in [&b"\xff\xfe"[..], b"a/\xc0\x80", b""] {
+            assert!(matches!(
+                decode(&raw(&[(path, 0, 1, id)]), 10),
+                Err(ManifestError::BadPath { .. })
+            ));
+        }
+        assert!(matches!(
+            decode(&raw(&[(b"b", 0, 1, id), (b"a", 0, 1, id)]), 10),
+            Err(ManifestError::BadPath { .. })
+        ));
+        // The entry limit: exactly `max` entries decode, one more does not; 0 allows none.
+        let many: Vec<String> = (0..100).map(|i| format!("f{i:03}")).collect();
+        let entries: Vec<(&[u8], u8, u64, [u8; 32])> =
+            many.iter().map(|p| (p.as_bytes(), 0, 1, id)).collect();
+        let bytes = raw(&entries);
+        assert_eq!(decode(&bytes, 100).unwrap().len(), 100);
+        assert_eq!(decode(&bytes, 99), Err(ManifestError::TooManyEntries(99)));
+        assert_eq!(decode(&bytes, 0), Err(ManifestError::TooManyEntries(0)));
+        assert_eq!(decode(MAGIC, 0), Ok(vec![]));
+        // Magic: any other first 17 bytes, or fewer.
+        for cut in 0..MAGIC.len() {
+            assert_eq!(decode(&MAGIC[..cut], 10), Err(ManifestError::BadMagic));
+        }
+        assert_eq!(
+            decode(b"iwant/manifest/2\n", 10),
+            Err(ManifestError::BadMagic)
+        );
+    }
+
+    #[test]
+    fn the_largest_manifests_keep_a_small_multiple_of_their_size() {
+        // 65,536 of the shortest entries (directories with names of 1 to 4 hex digits):
+        // 46 to 49 bytes each on the wire, a 72-byte `Entry` and the name in memory.
+        let names: Vec<String> = (0..4 << 20 >> 6).map(|i| format!("{i:x}")).collect();
+        let mut sorted: Vec<&String> = names.iter().collect();
+        sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let entries: Vec<(&[u8], u8, u64, [u8; 32])> = sorted
+            .iter()
+            .map(|p| (p.as_bytes(), 1, 0, [0; 32]))
+            .collect();
+        let bytes = raw(&entries);
+        let decoded = decode(&bytes, usize::MAX).unwrap();
+        assert_eq!(decoded.len(), names.len());
+        let kept = retained(&decoded, decoded.capacity());
+        assert!(kept <= 4 * bytes.len(), "{kept} bytes for {}", bytes.len());
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::{raw, retained, ENTRY_FIXED};
+
+        /// A path that [`check_relative_path`] accepts, with characters from every class it
+        /// allows.
+        fn safe_path() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                "[a-zA-Z0-9_\\-]([a-zA-Z0-9_ .\\-äé日本🦀]{0,10}[a-z0-9])?",
+                1..4,
+            )
+            .prop_map(|parts| parts.join("/"))
+            .prop_filter("a safe path", |p| check_relative_path(p).is_ok())
+        }
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            prop_oneof![
+                (any::<u64>(), any::<[u8; 32]>()).prop_map(|(size, id)| (
+                    Kind::File,
+                    size,
+                    Some(Hash::from_bytes(id))
+                )),
+                Just((Kind::Dir, 0, None)),
+            ]
+            .prop_flat_map(|(kind, size, id)| {
+                safe_path().prop_map(move |path| Entry {
+                    path,
+                    kind,
+                    size,
+                    id,
+                })
+            })
+        }
+
+        fn manifest() -> impl Strategy<Value = Vec<Entry>> {
+            prop::collection::vec(entry(), 0..12).prop_map(|mut entries| {
+                entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+                entries.dedup_by(|a, b| a.path == b.path);
+                entries
+            })
+        }
+
+        /// Any bytes, bytes after the magic, and valid manifests with a few bytes changed.
+        fn input() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..200),
+                prop::collection::vec(any::<u8>(), 0..300)
+                    .prop_map(|tail| [MAGIC, &tail[..]].concat()),
+                (
+                    manifest(),
+                    prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+                    any::<prop::sample::Index>()
+                )
+                    .prop_map(|(mut entries, edits, cut)| {
+                        let mut bytes = encode(&mut entries);
+                        for (i, b) in edits {
+                            let i = i.index(bytes.len());
+                            bytes[i] = b;
+                        }
+                        let keep = bytes.len() - cut.index(bytes.len()) / 8;
+                        bytes.truncate(keep);
+                        bytes
+                    }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Anything decodes to an error or to a manifest whose canonical encoding is the
+            /// input itself (the decoder accepts only canonical manifests), within the entry
+            /// limit and keeping a small multiple of the input in memory.
+            #[test]
+            fn arbitrary_bytes_decode_to_errors_or_canonical_manifests(bytes in input(), max in 0usize..16) {
+                match decode(&bytes, max) {
+                    Ok(mut entries) => {
+                        prop_assert!(entries.len() <= max);
+                        prop_assert!(retained(&entries, entries.capacity()) <= 4 * bytes.len() + 4096);
+                        for e in &entries {
+                            prop_assert!(check_relative_path(&e.path).is_ok());
+                        }
+                        prop_assert_eq!(encode(&mut entries), bytes);
+                    }
+                    Err(ManifestError::BadMagic) => prop_assert!(!bytes.starts_with(MAGIC)),
+                    Err(_) => prop_assert!(bytes.starts_with(MAGIC)),
+                }
+            }
+
+            /// Valid manifests round-trip; cut anywhere, they are refused as truncated, except
+            /// at an entry boundary, where they are the shorter manifest (the id, checked
+            /// before decoding, is what tells it from the whole).
+            #[test]
+            fn manifests_round_trip_and_truncations_are_refused(mut entries in manifest()) {
+                let bytes = encode(&mut entries);
+                prop_assert_eq!(&decode(&bytes, entries.len()).unwrap(), &entries);
+                let mut boundaries = vec![MAGIC.len()];
+                for e in &entries {
+                    boundaries.push(boundaries.last().unwrap() + ENTRY_FIXED + e.path.len());
+                }
+                prop_assert_eq!(*boundaries.last().unwrap(), bytes.len());
+                for cut in 0..bytes.len() {
+                    let got = decode(&bytes[..cut], usize::MAX);
+                    if cut < MAGIC.len() {
+                        prop_assert_eq!(got, Err(ManifestError::BadMagic));
+                    } else if let Some(k) = boundaries.iter().position(|b| *b == cut) {
+                        prop_assert_eq!(&got.unwrap()[..], &entries[..k]);
+                    } else {
+                        prop_assert_eq!(got, Err(ManifestError::Truncated), "cut at {}", cut);
+                    }
+                }
+            }
+
+            /// Raw entries with any path bytes, kind, size and id: accepted exactly when the
+            /// path is safe and the kind is a file, or a directory with size and id zero.
+            #[test]
+            fn raw_entries_are_accepted_exactly_when_valid(
+                path in prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..12),
+                    safe_path().prop_map(String::into_bytes),
+                ],
+                kind in prop_oneof![0u8..=2, any::<u8>()],
+                size in prop_oneof![Just(0u64), any::<u64>()],
+                id in prop_oneof![Just([0u8; 32]), any::<[u8; 32]>()],
+            ) {
+                let valid_path = std::str::from_utf8(&path).is_ok_and(|p| check_relative_path(p).is_ok());
+                let valid_entry = kind == 0 || (kind == 1 && size == 0 && id == [0; 32]);
+                let got = decode(&raw(&[(&path, kind, size, id)]), 1);
+                prop_assert_eq!(got.is_ok(), valid_path && valid_entry, "{:?}", got);
+                if !valid_path {
+                    let is_bad_path = matches!(got, Err(ManifestError::BadPath { .. }));
+                    prop_assert!(is_bad_path);
+                }
+            }
+        }
+    }
 }

@@ -10,7 +10,10 @@
 //! Bounds: [`MAX_STREAMS_PER_PEER`] and [`MAX_STREAMS`] chunk streams at once (more are closed
 //! at once), [`MAX_CONTENT_JOBS`] content requests at once (more are answered `Busy`), one
 //! request at a time per stream (pipelined requests wait in the stream's flow-control window),
-//! at most [`chunk::MAX_PIECES_PER_REQUEST`] pieces per request.
+//! at most [`chunk::MAX_PIECES_PER_REQUEST`] pieces per request. A stream's slot is never held
+//! by a peer that does nothing: no complete request for [`REQUEST_IDLE`], or a frame the peer
+//! does not take within [`write_limit`], ends the stream (also when its connection is gone
+//! without the stream noticing).
 
 use std::{
     collections::HashMap,
@@ -20,6 +23,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
+    time::Duration,
 };
 
 use futures::{AsyncWriteExt, StreamExt};
@@ -42,6 +46,29 @@ use crate::{
 pub use iwant_behaviours::chunk::{MAX_STREAMS, MAX_STREAMS_PER_PEER};
 /// Most content requests (piece lists, manifest pages) worked on at once.
 pub const MAX_CONTENT_JOBS: usize = 16;
+
+/// How long a chunk stream may wait for its next complete request before it is closed.
+pub const REQUEST_IDLE: Duration = Duration::from_secs(10);
+
+/// How long the peer may take to accept a frame of `len` bytes: 10 s, plus 1 s per 256 KiB
+/// (a floor of 256 KiB/s, far below any LAN), so a client that stops reading frees its slot.
+pub fn write_limit(len: usize) -> Duration {
+    Duration::from_secs(10) + Duration::from_secs((len / (256 * 1024)) as u64)
+}
+
+/// `f`, or a `TimedOut` error saying `what` took longer than `limit`.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} took more than {limit:?}"),
+        ))
+    })
+}
 
 /// What this node has served since it started.
 #[derive(Debug, Default)]
@@ -85,9 +112,22 @@ pub async fn run(
     let manifests = Arc::new(ManifestCache::default());
     let jobs = Arc::new(Semaphore::new(MAX_CONTENT_JOBS));
     let open = Arc::new(Mutex::new(HashMap::<PeerId, usize>::new()));
+    // Ends a peer's streams when its last connection closes: a stream of a connection that
+    // this node closed may otherwise never notice, and would keep its slot.
+    let mut departures = net.departures();
+    let mut peer_streams = HashMap::<PeerId, CancellationToken>::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            gone = departures.recv() => match gone {
+                Ok(peer) => {
+                    if let Some(token) = peer_streams.remove(&peer) {
+                        token.cancel();
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
             request = requests.recv() => {
                 let Some(ContentInbound { peer, request, channel }) = request else { return };
                 let Ok(permit) = jobs.clone().try_acquire_owned() else {
@@ -117,9 +157,13 @@ pub async fn run(
                 };
                 let (index, served) = (index.clone(), served.clone());
                 let shutdown = shutdown.clone();
+                let gone = peer_streams.entry(peer).or_default().clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
+                        _ = gone.cancelled() => {
+                            tracing::debug!(%peer, "chunk stream ended with its connection");
+                        }
                         result = serve_stream(stream, index, &served) => {
                             if let Err(e) = result {
                                 tracing::debug!(%peer, error = %e, "chunk stream ended");
@@ -302,7 +346,13 @@ async fn serve_stream(
     let mut current: Option<Serving> = None;
     let mut store: Option<Store> = None;
     let mut spare: Vec<Vec<u8>> = Vec::new();
-    while let Some(request) = chunk::read_request(&mut stream).await? {
+    while let Some(request) = within(
+        REQUEST_IDLE,
+        "waiting for a request",
+        chunk::read_request(&mut stream),
+    )
+    .await?
+    {
         // Resolve the id (and re-check the file) on a blocking thread.
         let previous = current.take().filter(|s| s.id == request.id);
         let taken_store = store.take();
@@ -321,8 +371,11 @@ async fn serve_stream(
         let serving = match resolved {
             Ok(serving) => serving,
             Err(status) => {
-                chunk::write_error(&mut stream, status, request.first).await?;
-                stream.flush().await?;
+                within(write_limit(0), "sending an error frame", async {
+                    chunk::write_error(&mut stream, status, request.first).await?;
+                    stream.flush().await
+                })
+                .await?;
                 continue;
             }
         };
@@ -345,7 +398,12 @@ async fn serve_stream(
             if piece + 1 < end {
                 next = read_piece(&serving, piece + 1, spare.pop().unwrap_or_default());
             }
-            chunk::write_piece(&mut stream, piece, &data).await?;
+            within(
+                write_limit(data.len()),
+                "sending a piece",
+                chunk::write_piece(&mut stream, piece, &data),
+            )
+            .await?;
             served.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             served.pieces.fetch_add(1, Ordering::Relaxed);
             spare.push(data);
@@ -357,19 +415,22 @@ async fn serve_stream(
             }
         }
         spare.truncate(2);
-        if status != Status::Ok {
-            chunk::write_error(&mut stream, status, failed_at).await?;
-            if status == Status::Unavailable {
-                index.recheck(serving.path.clone());
+        within(write_limit(0), "ending an answer", async {
+            if status != Status::Ok {
+                chunk::write_error(&mut stream, status, failed_at).await?;
             }
+            stream.flush().await
+        })
+        .await?;
+        if status == Status::Unavailable {
+            index.recheck(serving.path.clone());
         }
-        stream.flush().await?;
         // A file that could not be read is looked up afresh next time.
         if status != Status::Unavailable {
             current = Some(serving);
         }
     }
-    stream.close().await
+    within(write_limit(0), "closing the stream", stream.close()).await
 }
 
 /// Finds what to serve for `id`: the file already open on this stream if it is still under the

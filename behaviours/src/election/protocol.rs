@@ -46,6 +46,10 @@ pub enum Message {
     },
 }
 
+/// How far ahead of a node's own term a message's term may be (2^32); messages further ahead
+/// are ignored. Honest terms grow by one per election.
+pub const MAX_TERM_JUMP: u64 = 1 << 32;
+
 impl Message {
     /// The term the message carries.
     pub fn term(&self) -> u64 {

@@ -15,7 +15,10 @@ use std::{
 
 use libp2p::PeerId;
 
-use super::{protocol::Message, Config};
+use super::{
+    protocol::{Message, MAX_TERM_JUMP},
+    Config,
+};
 
 /// Something that happened, for [`State::handle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +179,10 @@ impl State {
             return out;
         }
         match input {
+            // A term far ahead of ours comes from no honest node (terms grow by one per
+            // election): ignored, so a peer cannot push the term to where it overflows.
+            Input::Received { message, .. }
+                if message.term() > self.term.saturating_add(MAX_TERM_JUMP) => {}
             Input::PeerConnected(peer) => self.on_connected(peer, &mut out),
             Input::PeerDisconnected(peer) => self.on_gone(now, peer, &mut out),
             Input::Received { from, message } => match message {
@@ -445,7 +452,7 @@ impl State {
         if let Some(_leader) = self.leader() {
             out.push(Action::LeaderLost { term: self.term });
         }
-        self.term += 1;
+        self.term = self.term.saturating_add(1);
         self.voted_for = Some(self.local);
         let deadline = now + self.config.round_timeout + self.jitter();
         self.role = Role::Candidate {
@@ -573,6 +580,50 @@ mod tests {
         );
         assert_eq!((s.leader(), s.term()), (Some(leader), term));
         s
+    }
+
+    #[test]
+    fn a_term_far_ahead_is_ignored_and_terms_never_overflow() {
+        let t0 = Instant::now();
+        let [liar, me]: [PeerId; 2] = ids(2).try_into().unwrap();
+        let mut s = State::new(me, quiet(), 1, t0);
+        s.handle(t0, Input::PeerConnected(liar));
+        for term in [u64::MAX, MAX_TERM_JUMP + 1] {
+            for message in [
+                hb(term),
+                Message::VoteRequest { term },
+                Message::Goodbye { term },
+            ] {
+                let out = s.handle(
+                    t0,
+                    Input::Received {
+                        from: liar,
+                        message,
+                    },
+                );
+                assert!(out.is_empty(), "{message:?} gave {out:?}");
+            }
+        }
+        assert_eq!((s.leader(), s.term()), (None, 0));
+        // Within the jump it follows. A liar that walked the term up to the very end (2^32
+        // heartbeats; here the term is set close to it) makes the next election stay at
+        // u64::MAX instead of overflowing.
+        let from_liar = |term| Input::Received {
+            from: liar,
+            message: hb(term),
+        };
+        s.handle(t0, from_liar(MAX_TERM_JUMP));
+        assert_eq!((s.leader(), s.term()), (Some(liar), MAX_TERM_JUMP));
+        s.term = u64::MAX - 1;
+        s.handle(t0, from_liar(u64::MAX));
+        assert_eq!((s.leader(), s.term()), (Some(liar), u64::MAX));
+        s.handle(t0, Input::PeerDisconnected(liar));
+        while s.leader() != Some(me) {
+            let now = s.next_deadline().unwrap();
+            s.handle(now, Input::Tick);
+            assert!(now - t0 < Duration::from_secs(5), "not leader in time");
+        }
+        assert_eq!(s.term(), u64::MAX);
     }
 
     #[test]

@@ -1,0 +1,6 @@
+//! `/iwant/index/1.0.0` responses through the CBOR codec.
+#![no_main]
+use iwant_behaviours::index_sync::{self as p, Request, Response};
+
+iwant_fuzz::cbor_target!(response: Request, Response, p::PROTOCOL, p::MAX_REQUEST, p::MAX_RESPONSE,
+    |_: &Response| Ok(()));
