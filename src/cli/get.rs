@@ -70,6 +70,15 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
         if last.state.is_final() {
             break;
         }
+        if let Some(error) = &last.write_error {
+            if let Some(bar) = &bar {
+                bar.abandon();
+            }
+            anyhow::bail!(
+                "the download of {} is paused: {error}. Follow it again with `iwant get {short}`, or drop it with `iwant cancel {short}`.",
+                last.name
+            );
+        }
         let poll = async {
             tokio::time::sleep(POLL).await;
             client

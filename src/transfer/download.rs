@@ -111,6 +111,7 @@ impl Start {
             bytes_local: 0,
             bytes_resumed: 0,
             elapsed_ms: 0,
+            write_error: None,
         }
     }
 }
@@ -243,6 +244,19 @@ fn remove_part(part: &Path) {
 async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop> {
     let row = match start {
         Start::New(target) => prepare(ctx, target).await?,
+        // Persisted before its piece list or manifest arrived (or a one-piece file, whose
+        // piece list is empty: it is looked up again, which is cheap), and not placed yet:
+        // prepare it again.
+        Start::Resume(row) if row.meta.is_empty() && row.placed.is_none() => {
+            let target = Target {
+                id: blake3::Hash::from_bytes(row.id),
+                kind: Kind::from(&row),
+                name: row.name.clone(),
+                size: row.size,
+                dest: PathBuf::from(&row.dest),
+            };
+            prepare(ctx, target).await?
+        }
         Start::Resume(row) => row,
     };
     let id = blake3::Hash::from_bytes(row.id);
@@ -400,6 +414,29 @@ fn sync_tree(plan: &Plan, part: &Path) {
 
 /// Step 1: the piece list or manifest, checked, and the download's row.
 async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
+    // Persisted at once, with no piece list yet, so a download the node accepted survives a
+    // stop or a crash while it still looks for a holder.
+    let part = place::part_path(&target.dest, &target.name, &target.id);
+    let mut row = DownloadRow {
+        id: *target.id.as_bytes(),
+        kind: match target.kind {
+            Kind::File => "file".into(),
+            Kind::Dir => "dir".into(),
+        },
+        name: target.name.clone(),
+        size: target.size,
+        dest: target.dest.to_string_lossy().into_owned(),
+        part: part.to_string_lossy().into_owned(),
+        meta: Vec::new(),
+        done: Vec::new(),
+        placed: None,
+        started_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    };
+    let pending = row.clone();
+    ctx.store(move |s| s.put_download(&pending)).await?;
     let mut asked: HashSet<PeerId> = HashSet::new();
     // The size goes with the piece list that proved itself (the leader's may be a liar's).
     let (size, meta) = loop {
@@ -437,25 +474,8 @@ async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
         );
         ctx.pause(REFRESH_NO_HOLDERS * 2).await?;
     };
-    let part = place::part_path(&target.dest, &target.name, &target.id);
-    let row = DownloadRow {
-        id: *target.id.as_bytes(),
-        kind: match target.kind {
-            Kind::File => "file".into(),
-            Kind::Dir => "dir".into(),
-        },
-        name: target.name,
-        size,
-        dest: target.dest.to_string_lossy().into_owned(),
-        part: part.to_string_lossy().into_owned(),
-        meta,
-        done: Vec::new(),
-        placed: None,
-        started_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
-    };
+    row.size = size;
+    row.meta = meta;
     let saved = row.clone();
     ctx.store(move |s| s.put_download(&saved)).await?;
     Ok(row)
@@ -863,6 +883,7 @@ async fn fetch_all(
             p.peers = peers.len() as u32;
             p.rate = rate.rate();
             p.bytes_fetched = fetched;
+            p.write_error = paused_until.as_ref().map(|(_, why)| why.clone());
         });
 
         tokio::select! {
@@ -940,7 +961,7 @@ async fn fetch_all(
                     }
                     Event::WriteFailed { peer, unit, error } => {
                         planner.failed(peer, unit);
-                        let why = format!("cannot write to {}: {error}; the download goes on when that is fixed (e.g. space is freed)", part.display());
+                        let why = format!("cannot write to {}: {error}; what was fetched is kept, and the download goes on by itself once that is fixed (e.g. space is freed)", part.display());
                         if paused_until.is_none() {
                             tracing::warn!(%why, "download paused");
                         }

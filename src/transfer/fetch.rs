@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     fs::{File, OpenOptions},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use futures::{AsyncReadExt, AsyncWriteExt};
@@ -75,6 +75,9 @@ pub struct Files {
     part: PathBuf,
     plan: Arc<Plan>,
     open: Mutex<HashMap<usize, Arc<File>>>,
+    /// Set by [`Files::close_all`]: from then on no file is opened, so a late duplicate piece
+    /// cannot create a partial file again after the download was moved into place.
+    closed: RwLock<bool>,
 }
 
 impl Files {
@@ -84,12 +87,20 @@ impl Files {
             part,
             plan,
             open: Mutex::new(HashMap::new()),
+            closed: RwLock::new(false),
         }
     }
 
     /// Distinct file `file`, opened for writing (created if missing; sized if it has several
     /// pieces).
     pub fn get(&self, file: usize) -> std::io::Result<Arc<File>> {
+        // Held until the file is open, so that `close_all` waits for opens in progress.
+        let closed = self.closed.read().expect("bug: poisoned");
+        if *closed {
+            return Err(std::io::Error::other(
+                "the download has finished fetching; a late piece is dropped",
+            ));
+        }
         if let Some(f) = self.open.lock().expect("bug: poisoned").get(&file) {
             return Ok(f.clone());
         }
@@ -120,8 +131,9 @@ impl Files {
         self.open.lock().expect("bug: poisoned").remove(&file);
     }
 
-    /// Closes every file.
+    /// Closes every file; no file is opened (or created) after this.
     pub fn close_all(&self) {
+        *self.closed.write().expect("bug: poisoned") = true;
         self.open.lock().expect("bug: poisoned").clear();
     }
 }

@@ -103,6 +103,10 @@ pub struct Progress {
     pub bytes_resumed: u64,
     /// Milliseconds from the start of this run of the download to now, or to its end.
     pub elapsed_ms: u64,
+    /// Set while the download cannot write its data (a full disk, a read-only or removed
+    /// download folder): what failed. It keeps what it has and retries every few seconds.
+    #[serde(default)]
+    pub write_error: Option<String>,
 }
 
 /// Why a download could not be started or found.
