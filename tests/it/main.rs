@@ -6,10 +6,19 @@
 //! - `download`: downloads on loopback, a hostile holder included.
 //! - `lab`: real binaries in Linux network namespaces joined by a bridge, with real mDNS.
 //!   Needs root and `ip`; in CI (`CI=true`) it must run, elsewhere it skips with one line.
+//! - `interop`: js-libp2p and py-libp2p against a running node (`tests/interop/`).
+//! - `disk_full`: a download into a tmpfs that fills up (needs root).
+//!
+//! `lab`, `interop` and `disk_full` use Linux namespaces, tmpfs and `prctl`: Linux only.
 
 mod cli;
+#[cfg(target_os = "linux")]
+mod disk_full;
 mod download;
 mod index;
+#[cfg(target_os = "linux")]
+mod interop;
+#[cfg(target_os = "linux")]
 mod lab;
 mod loopback;
 mod search;

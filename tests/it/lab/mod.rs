@@ -36,7 +36,9 @@
 mod discovery;
 mod download;
 mod election;
+mod private;
 mod search;
+mod soak;
 
 use std::{
     fmt::Write as _,
@@ -997,7 +999,7 @@ fn disable_ipv6(interface: &str) {
 
 /// Makes the child get SIGKILL when the thread that spawned it ends (the test is over or the
 /// test process died), and not start at all if that already happened.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure only makes async-signal-safe system calls and does not allocate.
@@ -1015,7 +1017,7 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 /// The path of `program` in one of PATH's directories.
-fn find_on_path(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -1027,7 +1029,7 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
 }
 
 /// Whether this is a CI run (`CI=true`), where lab tests must run rather than skip.
-fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI")
         .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
 }
