@@ -93,12 +93,12 @@ fn piece_size(len: u64) -> u64 {
 }
 
 /// Node `i`'s shared folder.
-fn shared(lab: &Lab, i: usize) -> PathBuf {
+pub(super) fn shared(lab: &Lab, i: usize) -> PathBuf {
     lab.home(i).join("shared")
 }
 
 /// Node `i`'s download folder, as its `status` says.
-fn download_dir(lab: &Lab, i: usize) -> PathBuf {
+pub(super) fn download_dir(lab: &Lab, i: usize) -> PathBuf {
     let status = lab.status(i);
     let dir = status["download_dir"]
         .as_str()
@@ -108,7 +108,7 @@ fn download_dir(lab: &Lab, i: usize) -> PathBuf {
 
 /// Where node `i`'s test data is prepared before it is moved into the shared folder in one
 /// rename (same file system, outside the shared and download folders).
-fn staging(lab: &Lab, i: usize) -> PathBuf {
+pub(super) fn staging(lab: &Lab, i: usize) -> PathBuf {
     let dir = lab.home(i).join("staging");
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir
@@ -128,7 +128,7 @@ fn write_urandom(path: &Path, len: u64) {
 /// Writes `len` random bytes, shares them as `rel` on every node of `seeders`, and waits until
 /// each has indexed it and node `at` finds all of them holding it by searching `words`.
 /// Returns the source file (outside every share) and the id.
-fn seed(
+pub(super) fn seed(
     lab: &Lab,
     seeders: &[usize],
     at: usize,
@@ -155,7 +155,7 @@ fn random_source(lab: &Lab, name: &str, len: u64) -> PathBuf {
 
 /// Copies `source` into each of `nodes`' shared folders as `rel` (copy to staging, then one
 /// rename, so no indexer sees a half-written file).
-fn share_copies(lab: &Lab, nodes: &[usize], rel: &str, source: &Path) {
+pub(super) fn share_copies(lab: &Lab, nodes: &[usize], rel: &str, source: &Path) {
     for &i in nodes {
         let tmp = staging(lab, i).join("incoming");
         fs::copy(source, &tmp).unwrap_or_else(|e| panic!("copy to {}: {e}", tmp.display()));
@@ -168,7 +168,7 @@ fn share_copies(lab: &Lab, nodes: &[usize], rel: &str, source: &Path) {
 }
 
 /// The BLAKE3 hash of a file, by the real `b3sum`.
-fn b3sum(path: &Path) -> String {
+pub(super) fn b3sum(path: &Path) -> String {
     let (code, out, err) = run(Command::new("b3sum").arg("--no-names").arg(path));
     assert_eq!(code, 0, "b3sum {} failed: {err}", path.display());
     let hash = out.trim().to_owned();
@@ -177,7 +177,7 @@ fn b3sum(path: &Path) -> String {
 }
 
 /// The entries of `iwant ls --json` on node `i`.
-fn ls(lab: &Lab, i: usize) -> Vec<Value> {
+pub(super) fn ls(lab: &Lab, i: usize) -> Vec<Value> {
     let (code, out, err) = run(lab.cli(i).args(["ls", "--json"]));
     assert_eq!(code, 0, "`ls --json` on node {i} failed: {err}");
     let entries: Value = serde_json::from_str(&out)
@@ -189,7 +189,7 @@ fn ls(lab: &Lab, i: usize) -> Vec<Value> {
 }
 
 /// The id node `i`'s index gives the shared entry `rel`, if it has indexed it.
-fn shared_id(lab: &Lab, i: usize, rel: &str) -> Option<String> {
+pub(super) fn shared_id(lab: &Lab, i: usize, rel: &str) -> Option<String> {
     ls(lab, i)
         .into_iter()
         .find(|e| e["path"] == rel)
@@ -207,7 +207,7 @@ fn wait_indexed(lab: &Lab, i: usize, rel: &str, id: &str) {
 
 /// Waits until a search for `words` from node `at` names exactly `holders` for `id` (in its
 /// `holders` and its `holder_count`).
-fn wait_holders(lab: &Lab, at: usize, words: &str, id: &str, holders: &[usize]) {
+pub(super) fn wait_holders(lab: &Lab, at: usize, words: &str, id: &str, holders: &[usize]) {
     let want: BTreeSet<String> = holders.iter().map(|&i| lab.peer_id(i).to_owned()).collect();
     lab.wait_until(
         LOCATE_LIMIT,
@@ -378,7 +378,7 @@ fn get_to_the_end(lab: &Lab, i: usize, prefix: &str, limit: Duration) -> Value {
 }
 
 /// Starts `iwant get <prefix> --detach --json` on node `i`; returns the progress it prints.
-fn get_detached(lab: &Lab, i: usize, prefix: &str) -> Value {
+pub(super) fn get_detached(lab: &Lab, i: usize, prefix: &str) -> Value {
     let (code, out, err) = run_for(lab, i, &["get", prefix, "--detach", "--json"], CLI_LIMIT);
     assert_eq!(code, 0, "`get {prefix} --detach` on node {i} failed: {err}");
     serde_json::from_str(&out)
@@ -387,7 +387,7 @@ fn get_detached(lab: &Lab, i: usize, prefix: &str) -> Value {
 
 /// The download of `id` in node `i`'s `status --json`, or `None` when node `i` is not running
 /// or lists no such download.
-fn progress(lab: &Lab, i: usize, id: &str) -> Option<Value> {
+pub(super) fn progress(lab: &Lab, i: usize, id: &str) -> Option<Value> {
     let status = lab.try_status(i)?;
     status["downloads"]
         .as_array()?
@@ -396,7 +396,7 @@ fn progress(lab: &Lab, i: usize, id: &str) -> Option<Value> {
         .cloned()
 }
 
-fn state(p: &Value) -> &str {
+pub(super) fn state(p: &Value) -> &str {
     p["state"].as_str().unwrap_or("(no state)")
 }
 
@@ -453,7 +453,7 @@ fn wait_fraction(lab: &Lab, i: usize, id: &str, fraction: f64, limit: Duration) 
 }
 
 /// Waits until the download `id` on node `i` is done; returns its last progress.
-fn wait_done(lab: &Lab, i: usize, id: &str, limit: Duration) -> Value {
+pub(super) fn wait_done(lab: &Lab, i: usize, id: &str, limit: Duration) -> Value {
     wait_progress(
         lab,
         i,
@@ -505,7 +505,7 @@ fn part_entries(dir: &Path) -> Vec<String> {
 
 /// Checks a finished download: where the progress says it is, `name` in `dir`, hashing to
 /// `id`, with `len` bytes, and no partial data left.
-fn assert_arrived(p: &Value, dir: &Path, name: &str, id: &str, len: u64) -> PathBuf {
+pub(super) fn assert_arrived(p: &Value, dir: &Path, name: &str, id: &str, len: u64) -> PathBuf {
     let path = dir.join(name);
     assert_eq!(
         p["path"].as_str().map(PathBuf::from),
@@ -533,14 +533,14 @@ fn assert_arrived(p: &Value, dir: &Path, name: &str, id: &str, len: u64) -> Path
 }
 
 /// A deterministic xorshift64 generator, for content that must differ file by file.
-struct XorShift(u64);
+pub(super) struct XorShift(u64);
 
 impl XorShift {
-    fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -549,7 +549,7 @@ impl XorShift {
         x
     }
 
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
+    pub(super) fn bytes(&mut self, len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len + 8);
         while out.len() < len {
             out.extend_from_slice(&self.next().to_le_bytes());

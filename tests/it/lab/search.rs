@@ -74,7 +74,7 @@ fn view(lab: &Lab, i: usize) -> Option<(Option<usize>, u64)> {
 }
 
 /// The leader all of `nodes` follow, in the same term, if it is one of them.
-fn agreed(lab: &Lab, nodes: &[usize]) -> Option<usize> {
+pub(super) fn agreed(lab: &Lab, nodes: &[usize]) -> Option<usize> {
     let first = view(lab, nodes[0])?;
     let leader = first.0?;
     let same = nodes[1..].iter().all(|&i| view(lab, i) == Some(first));
