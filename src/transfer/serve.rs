@@ -111,20 +111,15 @@ pub async fn run(
     };
     let manifests = Arc::new(ManifestCache::default());
     let jobs = Arc::new(Semaphore::new(MAX_CONTENT_JOBS));
-    let open = Arc::new(Mutex::new(HashMap::<PeerId, usize>::new()));
+    let open = Open::default();
     // Ends a peer's streams when its last connection closes: a stream of a connection that
     // this node closed may otherwise never notice, and would keep its slot.
     let mut departures = net.departures();
-    let mut peer_streams = HashMap::<PeerId, CancellationToken>::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             gone = departures.recv() => match gone {
-                Ok(peer) => {
-                    if let Some(token) = peer_streams.remove(&peer) {
-                        token.cancel();
-                    }
-                }
+                Ok(peer) => StreamGuard::end_all(&open, peer),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
@@ -157,7 +152,7 @@ pub async fn run(
                 };
                 let (index, served) = (index.clone(), served.clone());
                 let shutdown = shutdown.clone();
-                let gone = peer_streams.entry(peer).or_default().clone();
+                let gone = guard.gone.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
@@ -177,34 +172,58 @@ pub async fn run(
     }
 }
 
+/// The open chunk streams of each peer that has some.
+type Open = Arc<Mutex<HashMap<PeerId, PeerStreams>>>;
+
+struct PeerStreams {
+    count: usize,
+    /// Cancelled when the peer's last connection closes; the streams opened after that get a
+    /// new one.
+    gone: CancellationToken,
+}
+
 /// Counts a peer's open streams; released on drop.
 struct StreamGuard {
-    open: Arc<Mutex<HashMap<PeerId, usize>>>,
+    open: Open,
     peer: PeerId,
+    /// Cancelled when the stream's peer has left: the stream must end.
+    gone: CancellationToken,
 }
 
 impl StreamGuard {
-    fn take(open: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Self> {
+    fn take(open: &Open, peer: PeerId) -> Option<Self> {
         let mut map = open.lock().expect("bug: poisoned");
-        let total: usize = map.values().sum();
-        let mine = map.entry(peer).or_default();
-        if *mine >= MAX_STREAMS_PER_PEER || total >= MAX_STREAMS {
+        let total: usize = map.values().map(|p| p.count).sum();
+        let mine = map.get(&peer).map_or(0, |p| p.count);
+        if mine >= MAX_STREAMS_PER_PEER || total >= MAX_STREAMS {
             return None;
         }
-        *mine += 1;
+        let entry = map.entry(peer).or_insert_with(|| PeerStreams {
+            count: 0,
+            gone: CancellationToken::new(),
+        });
+        entry.count += 1;
         Some(Self {
             open: open.clone(),
             peer,
+            gone: entry.gone.clone(),
         })
+    }
+
+    /// Ends every stream of `peer` opened so far.
+    fn end_all(open: &Open, peer: PeerId) {
+        if let Some(p) = open.lock().expect("bug: poisoned").get_mut(&peer) {
+            std::mem::take(&mut p.gone).cancel();
+        }
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let mut map = self.open.lock().expect("bug: poisoned");
-        if let Some(n) = map.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(p) = map.get_mut(&self.peer) {
+            p.count -= 1;
+            if p.count == 0 {
                 map.remove(&self.peer);
             }
         }

@@ -291,20 +291,8 @@ mod other_users {
 
     const NOBODY: u32 = 65534;
 
-    fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
-    }
-
     fn can_run(test: &str) -> bool {
-        if is_root() {
-            return true;
-        }
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test} needs root in CI");
-        }
-        eprintln!("skipping {test}: needs root to act as another user");
-        false
+        crate::util::root_or_skip(test, "act as another user")
     }
 
     /// A directory that `nobody` can reach and own.

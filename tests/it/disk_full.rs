@@ -14,7 +14,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::util::{configured_home, run, wait_for, Daemon};
+use crate::util::{configured_home, root_or_skip, run, wait_for, Daemon};
 
 /// The file: 3 MiB, 12 pieces of 256 KiB.
 const FILE_LEN: usize = 3 << 20;
@@ -50,18 +50,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn can_run(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root (to mount a tmpfs) in CI");
-    }
-    eprintln!("skipping {test}: needs root to mount a tmpfs");
-    false
-}
-
 /// The download of `id` in `node`'s status, if listed.
 fn download(node: &Daemon, id: &str) -> Option<Value> {
     node.status()["downloads"]
@@ -82,7 +70,7 @@ fn part_files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_full_disk_pauses_the_download_keeps_its_pieces_and_it_resumes_when_space_is_freed() {
-    if !can_run("a_full_disk_pauses_the_download") {
+    if !root_or_skip("a_full_disk_pauses_the_download", "mount a tmpfs") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -182,6 +182,22 @@ impl LocalNode {
     }
 }
 
+/// Whether test `test` can run as root, which it needs `for_what`. Without root it prints one
+/// `skipping` line and returns false, except under `CI=true`, where it panics: CI runs as root
+/// and must not skip.
+#[cfg(unix)]
+pub fn root_or_skip(test: &str, for_what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root ({for_what}) in CI");
+    }
+    eprintln!("skipping {test}: needs root to {for_what}");
+    false
+}
+
 /// A daemon started from the real binary in the root namespace: always on 127.0.0.1 with mDNS
 /// off. Killed when dropped; its output is kept in its home for post-mortems.
 pub struct Daemon {

@@ -283,19 +283,14 @@ fn check_garbage(g: &Value) {
 
 #[test]
 fn py_chunk_slots_come_back_after_the_node_closes_a_connection() {
-    let test = "py_chunk_slots_come_back_after_the_node_closes_a_connection";
-    let Some(python) = venv_python(test) else {
-        return;
-    };
-    let fx = Fixture::start();
-    let r = fx.run_misbehave(
-        &python,
+    let Some((fx, r)) = run_scenario(
+        "py_chunk_slots_come_back_after_the_node_closes_a_connection",
         "slot-leak",
         Duration::from_secs(60),
         Duration::from_secs(90),
-    );
-    println!("py slot-leak result: {r}");
-    assert_eq!(r["ok"], true, "misbehave.py failed: {}", r["error"]);
+    ) else {
+        return;
+    };
     assert_eq!(r["first_opened"], 8, "{r}");
     assert_eq!(
         r["closed_by_node"], true,
@@ -311,19 +306,14 @@ fn py_chunk_slots_come_back_after_the_node_closes_a_connection() {
 
 #[test]
 fn py_election_term_overflow_does_not_stop_the_node() {
-    let test = "py_election_term_overflow_does_not_stop_the_node";
-    let Some(python) = venv_python(test) else {
-        return;
-    };
-    let fx = Fixture::start();
-    let r = fx.run_misbehave(
-        &python,
+    let Some((fx, r)) = run_scenario(
+        "py_election_term_overflow_does_not_stop_the_node",
         "election-term",
         Duration::from_secs(90),
         Duration::from_secs(120),
-    );
-    println!("py election-term result: {r}");
-    assert_eq!(r["ok"], true, "misbehave.py failed: {}", r["error"]);
+    ) else {
+        return;
+    };
     fx.check_healthy();
     assert_eq!(
         r["good"]["ok"], true,
@@ -331,6 +321,23 @@ fn py_election_term_overflow_does_not_stop_the_node() {
         r["good"]["error"]
     );
     fx.check_good_flow(&r["good"], "good run after the term hijack");
+}
+
+/// Runs `misbehave.py --scenario <scenario>` against a fresh node (its own deadline, and how
+/// long this side waits) and returns the node and the script's result, which must be `ok`;
+/// `None` when the test skips.
+fn run_scenario(
+    test: &str,
+    scenario: &str,
+    deadline: Duration,
+    limit: Duration,
+) -> Option<(Fixture, Value)> {
+    let python = venv_python(test)?;
+    let fx = Fixture::start();
+    let r = fx.run_misbehave(&python, scenario, deadline, limit);
+    println!("py {scenario} result: {r}");
+    assert_eq!(r["ok"], true, "misbehave.py failed: {}", r["error"]);
+    Some((fx, r))
 }
 
 // ---------------------------------------------------------------------------------------------

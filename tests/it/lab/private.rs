@@ -19,9 +19,9 @@ const HINT_LIMIT: Duration = Duration::from_secs(40);
 /// What the node logs for a handshake that failed (see `src/net/private.rs`).
 const HINT: &str = "failed in the handshake";
 
-fn write_shared(lab: &Lab, i: usize, name: &str, content: &[u8]) -> String {
-    let path = lab.home(i).join("shared").join(name);
-    fs::write(&path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+/// Shares `content` as `name` on node `i`; returns its id.
+fn share(lab: &Lab, i: usize, name: &str, content: &[u8]) -> String {
+    super::search::write_shared(lab, i, name, content);
     blake3::hash(content).to_hex().to_string()
 }
 
@@ -104,9 +104,9 @@ fn only_nodes_with_the_same_key_connect_search_and_fetch() {
         );
     }
 
-    let alpha = write_shared(&lab, 0, "alpha-keyed.bin", &b"alpha ".repeat(5000));
-    let bravo = write_shared(&lab, 2, "bravo-open.bin", &b"bravo ".repeat(5000));
-    let charlie = write_shared(&lab, 3, "charlie-other.bin", &b"charlie ".repeat(5000));
+    let alpha = share(&lab, 0, "alpha-keyed.bin", &b"alpha ".repeat(5000));
+    let bravo = share(&lab, 2, "bravo-open.bin", &b"bravo ".repeat(5000));
+    let charlie = share(&lab, 3, "charlie-other.bin", &b"charlie ".repeat(5000));
 
     // The keyed pair finds each other and each other's files.
     lab.wait_until(CONNECT_LIMIT, "nodes 0 and 1 connect", || {

@@ -87,7 +87,7 @@ fn shared(lab: &Lab, i: usize) -> PathBuf {
 }
 
 /// Writes `content` to `rel` in node `i`'s shared folder (creating its folders).
-fn write_shared(lab: &Lab, i: usize, rel: &str, content: &[u8]) {
+pub(super) fn write_shared(lab: &Lab, i: usize, rel: &str, content: &[u8]) {
     let path = shared(lab, i).join(rel);
     fs::create_dir_all(path.parent().expect("a file in the shared folder"))
         .unwrap_or_else(|e| panic!("create the folder of {}: {e}", path.display()));
