@@ -375,10 +375,10 @@ impl Indexer {
         self.watcher = None;
         self.set_ready(false);
         let walk = scan::walk(&self.root, "");
-        let mut files: HashMap<String, (u64, i64, Option<u64>)> = walk
+        let mut files: HashMap<String, scan::Stamp> = walk
             .files
             .iter()
-            .map(|f| (f.path.clone(), (f.size, f.mtime_ns, f.inode)))
+            .map(|f| (f.path.clone(), f.stamp))
             .collect();
         let mut dirs: HashSet<String> = walk.dirs.iter().cloned().collect();
         self.reconcile_walk_logged("", walk, reset);
@@ -386,7 +386,7 @@ impl Indexer {
         let again = scan::walk(&self.root, "");
         let mut changed = Vec::new();
         for f in again.files {
-            if files.remove(&f.path) != Some((f.size, f.mtime_ns, f.inode)) {
+            if files.remove(&f.path) != Some(f.stamp) {
                 changed.push(f.path);
             }
         }
@@ -441,10 +441,7 @@ impl Indexer {
         let may_reuse = !old_files.is_empty() || self.store.has_files()?;
         for found in walk.files {
             match old_files.remove(&found.path) {
-                Some(row)
-                    if row.size == found.size
-                        && row.mtime_ns == found.mtime_ns
-                        && row.inode == found.inode => {}
+                Some(row) if row.stamp == found.stamp => {}
                 _ if !may_reuse => to_hash.push(found),
                 _ => match self.reusable(&found)? {
                     Some(row) => change.upsert_files.push(row),
@@ -506,18 +503,12 @@ impl Indexer {
         Ok(())
     }
 
-    /// A file hashed before (same inode, size, mtime, under any root), re-keyed to `found`.
+    /// A file hashed before (the same stamp, under any root), re-keyed to `found`.
     fn reusable(&self, found: &scan::FoundFile) -> Result<Option<FileRow>, StoreError> {
-        let Some(inode) = found.inode else {
-            return Ok(None);
-        };
-        Ok(self
-            .store
-            .reusable_hash(inode, found.size, found.mtime_ns)?
-            .map(|row| FileRow {
-                path: found.path.clone(),
-                ..row
-            }))
+        Ok(self.store.reusable_hash(&found.stamp)?.map(|row| FileRow {
+            path: found.path.clone(),
+            ..row
+        }))
     }
 
     /// Hashes `to_hash` in batches, committing each batch; then commits `change` (reused
@@ -530,7 +521,7 @@ impl Indexer {
     ) -> Result<(), StoreError> {
         let mut progress = HashingProgress {
             files_total: to_hash.len() as u64,
-            bytes_total: to_hash.iter().map(|f| f.size).sum(),
+            bytes_total: to_hash.iter().map(|f| f.stamp.size).sum(),
             ..Default::default()
         };
         let mut hashed = Vec::new();
@@ -548,9 +539,9 @@ impl Indexer {
             while let Some(f) = queue.next_if(|f| {
                 !self.stopping()
                     && batch.len() < BATCH_FILES
-                    && (batch.is_empty() || bytes + f.size <= BATCH_BYTES)
+                    && (batch.is_empty() || bytes + f.stamp.size <= BATCH_BYTES)
             }) {
-                bytes += f.size;
+                bytes += f.stamp.size;
                 batch.push(f);
             }
             let mut next = None;
@@ -595,21 +586,17 @@ impl Indexer {
         let mut part = IndexChange::default();
         for (found, result) in results {
             progress.files_done += 1;
-            progress.bytes_done += found.size;
+            progress.bytes_done += found.stamp.size;
             {
                 let mut status = self.shared.status.lock().expect("bug: poisoned");
                 status.hashed_files += 1;
-                status.hashed_bytes += found.size;
+                status.hashed_bytes += found.stamp.size;
             }
-            let unchanged = |m: &std::fs::Metadata| {
-                m.len() == found.size && scan::mtime_ns(m) == found.mtime_ns
-            };
+            let unchanged = |m: &std::fs::Metadata| scan::Stamp::of(m) == found.stamp;
             match result {
                 Ok((hash, after)) if unchanged(&after) => part.upsert_files.push(FileRow {
                     path: found.path,
-                    size: found.size,
-                    mtime_ns: found.mtime_ns,
-                    inode: found.inode,
+                    stamp: found.stamp,
                     id: *hash.id.as_bytes(),
                     piece_size: hash.layout.piece_size(),
                     pieces: hash.pieces_bytes(),
@@ -810,7 +797,7 @@ fn file_entry(f: FileRow) -> IndexEntry {
     IndexEntry {
         path: f.path,
         kind: Kind::File,
-        size: f.size,
+        size: f.stamp.size,
         id: blake3::Hash::from_bytes(f.id),
     }
 }
@@ -835,7 +822,8 @@ fn hash_batch(root: &Path, batch: Vec<scan::FoundFile>) -> Vec<Hashed> {
     batch
         .into_par_iter()
         .map(|f| {
-            let result = hasher::hash_file_with_metadata(&scan::native(root, &f.path), f.size);
+            let result =
+                hasher::hash_file_with_metadata(&scan::native(root, &f.path), f.stamp.size);
             (f, result)
         })
         .collect()

@@ -7,6 +7,7 @@ use std::{
 };
 
 use crate::store::ScanError;
+pub use crate::store::Stamp;
 
 /// Files whose name ends like this are downloads in progress and never indexed.
 pub const PARTIAL_SUFFIX: &str = ".iwant-part";
@@ -16,12 +17,8 @@ pub const PARTIAL_SUFFIX: &str = ".iwant-part";
 pub struct FoundFile {
     /// Path relative to the share root, `/`-separated.
     pub path: String,
-    /// Length in bytes.
-    pub size: u64,
-    /// Modification time, nanoseconds since the Unix epoch.
-    pub mtime_ns: i64,
-    /// Inode number, where the platform has one.
-    pub inode: Option<u64>,
+    /// The version the walk saw.
+    pub stamp: Stamp,
 }
 
 /// What a walk of a subtree found.
@@ -55,6 +52,50 @@ pub fn native(root: &Path, rel: &str) -> PathBuf {
         p.extend(rel.split('/'));
     }
     p
+}
+
+impl Stamp {
+    /// The stamp of a file's metadata. On Windows, std gives no change time, file index or
+    /// volume serial number yet: those stay 0 and `None` there.
+    pub fn of(meta: &Metadata) -> Self {
+        Self {
+            size: meta.len(),
+            mtime_ns: mtime_ns(meta),
+            ctime_ns: ctime_ns(meta),
+            inode: inode(meta),
+            dev: dev(meta),
+        }
+    }
+}
+
+/// Status change time in nanoseconds since the Unix epoch; 0 where the platform has none.
+pub fn ctime_ns(meta: &Metadata) -> i64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.ctime_nsec())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
+    }
+}
+
+/// The device the file is on, where the platform says.
+pub fn dev(meta: &Metadata) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(meta.dev())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
 }
 
 /// Modification time in nanoseconds since the Unix epoch (negative before it).
@@ -140,9 +181,7 @@ pub fn walk(root: &Path, rel: &str) -> Walk {
             }
             walk.files.push(FoundFile {
                 path: rel,
-                size: meta.len(),
-                mtime_ns: mtime_ns(&meta),
-                inode: inode(&meta),
+                stamp: Stamp::of(&meta),
             });
         }
         // Anything else (socket, fifo, device) is skipped on purpose.
@@ -205,7 +244,7 @@ mod tests {
         assert_eq!(files, ["a/f.txt", "inner-link", "top"]);
         assert_eq!(w.dirs, ["", "a", "a/empty"]);
         assert!(w.errors.is_empty(), "{:?}", w.errors);
-        assert_eq!(w.files[0].size, 5);
+        assert_eq!(w.files[0].stamp.size, 5);
 
         let sub = walk(&root, "a");
         assert_eq!(sub.dirs.len(), 2);

@@ -9,12 +9,8 @@ use super::{Store, StoreError};
 pub struct FileRow {
     /// Path relative to the share root, `/`-separated.
     pub path: String,
-    /// Length in bytes.
-    pub size: u64,
-    /// Modification time, nanoseconds since the Unix epoch.
-    pub mtime_ns: i64,
-    /// Inode number, where the platform has one.
-    pub inode: Option<u64>,
+    /// The version of the file that was hashed.
+    pub stamp: Stamp,
     /// BLAKE3 hash of the content.
     pub id: [u8; 32],
     /// Piece size used for `pieces`.
@@ -23,17 +19,30 @@ pub struct FileRow {
     pub pieces: Vec<u8>,
 }
 
-/// What identifies a file's version on disk, without its hashes.
+/// A file's path and version on disk, without its hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileStat {
     /// Path relative to the share root, `/`-separated.
     pub path: String,
+    /// The version of the file that was hashed.
+    pub stamp: Stamp,
+}
+
+/// What identifies one version of a file on disk. Any write to the file changes at least one
+/// of these (ctime catches an in-place edit that restores the mtime), and the device and inode
+/// tell a file from another one swapped in at the same path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
     /// Length in bytes.
     pub size: u64,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
-    /// Inode number, where the platform has one.
+    /// Status change time, nanoseconds since the Unix epoch; 0 where the platform has none.
+    pub ctime_ns: i64,
+    /// Inode (Unix) or file index (Windows), where the platform gives one.
     pub inode: Option<u64>,
+    /// Device (Unix) or volume serial number (Windows), where the platform gives one.
+    pub dev: Option<u64>,
 }
 
 /// One indexed directory (the share root has the path "").
@@ -119,19 +128,32 @@ pub(super) fn under_params(rel: &str) -> (String, String) {
     (format!("{rel}/"), format!("{rel}0"))
 }
 
-pub(super) fn file_row(row: &Row<'_>) -> rusqlite::Result<FileRow> {
-    Ok(FileRow {
-        path: row.get(0)?,
-        size: row.get::<_, i64>(1)? as u64,
-        mtime_ns: row.get(2)?,
-        inode: row.get::<_, Option<i64>>(3)?.map(|i| i as u64),
-        id: row.get(4)?,
-        piece_size: row.get::<_, i64>(5)? as u64,
-        pieces: row.get(6)?,
+/// The [`Stamp`] in columns `at..at + 5` of [`STAMP_COLUMNS`].
+fn stamp_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Stamp> {
+    Ok(Stamp {
+        size: row.get::<_, i64>(at)? as u64,
+        mtime_ns: row.get(at + 1)?,
+        ctime_ns: row.get(at + 2)?,
+        inode: row.get::<_, Option<i64>>(at + 3)?.map(|i| i as u64),
+        dev: row.get::<_, Option<i64>>(at + 4)?.map(|i| i as u64),
     })
 }
 
-pub(super) const FILE_COLUMNS: &str = "path, size, mtime_ns, inode, id, piece_size, pieces";
+/// The columns of a [`Stamp`], in [`stamp_at`]'s order.
+const STAMP_COLUMNS: &str = "size, mtime_ns, ctime_ns, inode, dev";
+
+pub(super) fn file_row(row: &Row<'_>) -> rusqlite::Result<FileRow> {
+    Ok(FileRow {
+        path: row.get(0)?,
+        stamp: stamp_at(row, 1)?,
+        id: row.get(6)?,
+        piece_size: row.get::<_, i64>(7)? as u64,
+        pieces: row.get(8)?,
+    })
+}
+
+pub(super) const FILE_COLUMNS: &str =
+    "path, size, mtime_ns, ctime_ns, inode, dev, id, piece_size, pieces";
 
 impl Store {
     /// What a rescan compares of the files of `root` at or below `rel` ("" for all): no
@@ -139,14 +161,12 @@ impl Store {
     pub fn file_stats_under(&self, root: &str, rel: &str) -> Result<Vec<FileStat>, StoreError> {
         let (lo, hi) = under_params(rel);
         let sql = format!(
-            "SELECT path, size, mtime_ns, inode FROM files WHERE root = ?1 AND {UNDER} ORDER BY path"
+            "SELECT path, {STAMP_COLUMNS} FROM files WHERE root = ?1 AND {UNDER} ORDER BY path"
         );
         self.query(&sql, params![root, rel, lo, hi], |row| {
             Ok(FileStat {
                 path: row.get(0)?,
-                size: row.get::<_, i64>(1)? as u64,
-                mtime_ns: row.get(2)?,
-                inode: row.get::<_, Option<i64>>(3)?.map(|i| i as u64),
+                stamp: stamp_at(row, 1)?,
             })
         })
     }
@@ -199,19 +219,28 @@ impl Store {
         )
     }
 
-    /// A file hashed before, under any root, with this inode, size and mtime: its hashes can be
-    /// reused.
-    pub fn reusable_hash(
-        &self,
-        inode: u64,
-        size: u64,
-        mtime_ns: i64,
-    ) -> Result<Option<FileRow>, StoreError> {
+    /// A file hashed before, under any root, with exactly this stamp (inode, device, size,
+    /// mtime and ctime): its hashes can be reused. A stamp without an inode never matches.
+    pub fn reusable_hash(&self, stamp: &Stamp) -> Result<Option<FileRow>, StoreError> {
+        let Some(inode) = stamp.inode else {
+            return Ok(None);
+        };
         let sql = format!(
-            "SELECT {FILE_COLUMNS} FROM files WHERE inode = ?1 AND size = ?2 AND mtime_ns = ?3 LIMIT 1"
+            "SELECT {FILE_COLUMNS} FROM files WHERE inode = ?1 AND size = ?2 AND mtime_ns = ?3
+             AND ctime_ns = ?4 AND dev IS ?5 LIMIT 1"
         );
         self.conn
-            .query_row(&sql, params![inode as i64, size as i64, mtime_ns], file_row)
+            .query_row(
+                &sql,
+                params![
+                    inode as i64,
+                    stamp.size as i64,
+                    stamp.mtime_ns,
+                    stamp.ctime_ns,
+                    stamp.dev.map(|d| d as i64)
+                ],
+                file_row,
+            )
             .optional()
             .map_err(|e| self.error(e))
     }
@@ -272,17 +301,19 @@ impl Store {
             }
             let mut put = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO files (root, path, size, mtime_ns, inode, id, piece_size, pieces)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT OR REPLACE INTO files (root, path, size, mtime_ns, ctime_ns, inode, dev, id, piece_size, pieces)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(err)?;
             for f in &change.upsert_files {
                 put.execute(params![
                     root,
                     f.path,
-                    f.size as i64,
-                    f.mtime_ns,
-                    f.inode.map(|i| i as i64),
+                    f.stamp.size as i64,
+                    f.stamp.mtime_ns,
+                    f.stamp.ctime_ns,
+                    f.stamp.inode.map(|i| i as i64),
+                    f.stamp.dev.map(|d| d as i64),
                     f.id,
                     f.piece_size as i64,
                     f.pieces
@@ -342,9 +373,12 @@ mod tests {
     fn file(path: &str, inode: u64) -> FileRow {
         FileRow {
             path: path.into(),
-            size: 10,
-            mtime_ns: 5,
-            inode: Some(inode),
+            stamp: Stamp {
+                size: 10,
+                mtime_ns: 5,
+                inode: Some(inode),
+                ..Default::default()
+            },
             id: [inode as u8; 32],
             piece_size: 262_144,
             pieces: Vec::new(),
@@ -376,7 +410,19 @@ mod tests {
         assert_eq!(paths(&store, "a/b"), ["a/b", "a/b/c"]);
         assert_eq!(paths(&store, "").len(), 7);
         assert!(store.file_stats_under("/other", "").unwrap().is_empty());
-        assert_eq!(store.reusable_hash(3, 10, 5).unwrap().unwrap().path, "a-b");
+        assert_eq!(
+            store
+                .reusable_hash(&Stamp {
+                    size: 10,
+                    mtime_ns: 5,
+                    inode: Some(3),
+                    ..Default::default()
+                })
+                .unwrap()
+                .unwrap()
+                .path,
+            "a-b"
+        );
         assert_eq!(store.index_counts("/r").unwrap().files, 7);
 
         let change = IndexChange {

@@ -57,11 +57,17 @@ const MIGRATIONS: &[&str] = &[
         started_ms INTEGER NOT NULL,
         placed TEXT
     ) STRICT;",
+    // 4: a file's version also records its ctime and device (see `Stamp`). Rows from before
+    // have ctime 0 and no device, so they match nothing and are hashed once more.
+    "ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE files ADD COLUMN dev INTEGER;
+    DROP INDEX files_by_inode;
+    CREATE INDEX files_by_inode ON files (inode, size, mtime_ns, ctime_ns);",
 ];
 
 mod index;
 mod transfer;
-pub use index::{DirRow, EntryRow, FileRow, FileStat, IndexChange, IndexCounts, ScanError};
+pub use index::{DirRow, EntryRow, FileRow, FileStat, IndexChange, IndexCounts, ScanError, Stamp};
 pub use transfer::DownloadRow;
 
 /// Errors from the database.

@@ -210,9 +210,11 @@ mod tests {
         let change = IndexChange {
             upsert_files: vec![FileRow {
                 path: "d/f".into(),
-                size: 3,
-                mtime_ns: 1,
-                inode: None,
+                stamp: crate::store::Stamp {
+                    size: 3,
+                    mtime_ns: 1,
+                    ..Default::default()
+                },
                 id: [7; 32],
                 piece_size: 262_144,
                 pieces: vec![],

@@ -495,8 +495,8 @@ async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
         match kind {
             Kind::File => {
                 let row = store.shared_file(&root, &key).ok()??;
-                Plan::file(id, row.size, &row.pieces).ok()?;
-                Some((row.size, row.pieces))
+                Plan::file(id, row.stamp.size, &row.pieces).ok()?;
+                Some((row.stamp.size, row.pieces))
             }
             Kind::Dir => {
                 let path = store.shared_dir(&root, &key).ok()??;
@@ -721,8 +721,8 @@ async fn copy_local(ctx: &Context, plan: &Plan, part: &Path, done: &mut [bool]) 
             let Some((row, source)) = serve::shared_file(&index, &store, &root, &Id(id)) else {
                 continue;
             };
-            if std::fs::copy(&source, &target).is_ok_and(|n| n == row.size) {
-                copied.push((i, row.size));
+            if std::fs::copy(&source, &target).is_ok_and(|n| n == row.stamp.size) {
+                copied.push((i, row.stamp.size));
             }
         }
         copied

@@ -255,8 +255,8 @@ fn answer_content(
     match request {
         content::Request::Pieces { id } => match shared_file(index, &store, &root, &id) {
             Some((row, _)) => content::Response::Pieces {
-                size: row.size,
-                piece_size: Layout::for_len(row.size).piece_size(),
+                size: row.stamp.size,
+                piece_size: Layout::for_len(row.stamp.size).piece_size(),
                 pieces: Bytes(row.pieces),
             },
             None => content::Response::NotFound,
@@ -324,9 +324,7 @@ pub(super) fn shared_file(
 
 fn unchanged(path: &std::path::Path, row: &FileRow) -> bool {
     match std::fs::metadata(path) {
-        Ok(meta) => {
-            meta.is_file() && meta.len() == row.size && scan::mtime_ns(&meta) == row.mtime_ns
-        }
+        Ok(meta) => meta.is_file() && scan::Stamp::of(&meta) == row.stamp,
         Err(_) => false,
     }
 }
@@ -476,7 +474,7 @@ fn resolve(
     Ok(Serving {
         id,
         root,
-        layout: Layout::for_len(row.size),
+        layout: Layout::for_len(row.stamp.size),
         row,
         path,
         file: Arc::new(file),
