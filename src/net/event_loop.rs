@@ -12,6 +12,7 @@ use iwant_behaviours::{
     search, NodeBehaviour, NodeBehaviourEvent,
 };
 use libp2p::{
+    core::transport::{ListenerId, TransportError},
     core::{muxing::StreamMuxerBox, transport::Boxed, upgrade, Transport},
     identify,
     identity::Keypair,
@@ -24,7 +25,7 @@ use libp2p::{
         dial_opts::{DialOpts, PeerCondition},
         ConnectionId, SwarmEvent,
     },
-    tcp, yamux, Multiaddr, PeerId, Swarm,
+    yamux, Multiaddr, PeerId, Swarm,
 };
 use tokio::{
     sync::{broadcast, mpsc, watch},
@@ -33,7 +34,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    private::HandshakeHints, Command, ContentInbound, Inbound, LeaderView, NetStatus,
+    private::HandshakeHints, tcp, Command, ContentInbound, Inbound, LeaderView, NetStatus,
     NetworkClient, PeerStatus, RequestError, COMMAND_QUEUE, DEPARTURES_QUEUE, DIAL_TIMEOUT,
     GOODBYE_LIMIT, GOSSIP_TTL, IDLE_TIMEOUT, INBOUND_QUEUE, LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS,
     REDIAL_INTERVAL,
@@ -63,6 +64,14 @@ pub enum NetError {
     /// The transport or a behaviour could not be built.
     #[error("cannot set up the network: {0}")]
     Setup(String),
+    /// A listen address's port is taken (by another node or program).
+    #[error("cannot listen on {addr}: port {port} is already in use; pick another with --listen, or stop the program using it")]
+    PortInUse {
+        /// The address.
+        addr: Multiaddr,
+        /// Its port.
+        port: u16,
+    },
     /// A listen address could not be used.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -133,6 +142,49 @@ pub struct EventLoop {
     hints: HandshakeHints,
     /// Where peers whose last connection closed are announced.
     departures: broadcast::Sender<PeerId>,
+    /// The free-port listener used because the default port could not be, until its port is
+    /// logged.
+    fallback: Option<Fallback>,
+}
+
+/// Why a node listens on a free port instead of [`DEFAULT_PORT`].
+struct Fallback {
+    listener: ListenerId,
+    /// The default port is in use (another iwant node, most likely).
+    taken: bool,
+    /// The error of the default port.
+    reason: String,
+}
+
+/// The error for a listen address that failed: [`NetError::PortInUse`] when its port is taken.
+fn listen_error(addr: Multiaddr, error: TransportError<std::io::Error>) -> NetError {
+    let port = addr.iter().find_map(|p| match p {
+        Protocol::Tcp(port) => Some(port),
+        _ => None,
+    });
+    match port {
+        Some(port) if port != 0 && port_in_use(&addr) => NetError::PortInUse { addr, port },
+        _ => NetError::Listen {
+            reason: describe(&error),
+            addr,
+        },
+    }
+}
+
+/// Whether `addr`'s port is taken: a fresh exclusive bind of it fails with `AddrInUse`. (The
+/// transport layers above TCP hide the kind of the error of a failed listen.)
+fn port_in_use(addr: &Multiaddr) -> bool {
+    tcp::socket_addr(addr).is_some_and(|a| {
+        tcp::bind_exclusive(a).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+    })
+}
+
+/// The text of a listen error (some transport layers display as nothing).
+fn describe(error: &TransportError<std::io::Error>) -> String {
+    match error.to_string() {
+        text if text.trim().is_empty() => format!("{error:?}"),
+        text => text,
+    }
 }
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, RequestError>>;
@@ -171,27 +223,27 @@ pub fn spawn(
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build();
 
+    let mut fallback = None;
     if config.listen.is_empty() {
         let default =
             Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(DEFAULT_PORT));
         if let Err(e) = swarm.listen_on(default.clone()) {
-            let fallback = Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(0));
-            tracing::warn!(addr = %default, error = %e, "default port unavailable; listening on a free port");
-            swarm
-                .listen_on(fallback.clone())
-                .map_err(|e| NetError::Listen {
-                    addr: fallback,
-                    reason: e.to_string(),
-                })?;
+            let any = Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(0));
+            let listener = swarm
+                .listen_on(any.clone())
+                .map_err(|e| listen_error(any, e))?;
+            // Logged once the port is known, at its first address.
+            fallback = Some(Fallback {
+                listener,
+                taken: port_in_use(&default),
+                reason: describe(&e),
+            });
         }
     } else {
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
-                .map_err(|e| NetError::Listen {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| listen_error(addr.clone(), e))?;
         }
     }
 
@@ -229,6 +281,7 @@ pub fn spawn(
         disconnect_at: HashMap::new(),
         hints: HandshakeHints::new(config.network_key.as_ref()),
         departures: departures.clone(),
+        fallback,
     };
     let client = NetworkClient {
         commands: tx,
@@ -251,7 +304,7 @@ fn build_transport(
     key: &Keypair,
     network_key: Option<PreSharedKey>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let tcp = tcp::Transport::new();
     match network_key {
         None => secure(tcp, key),
         Some(psk) => secure(
@@ -730,7 +783,24 @@ impl EventLoop {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                if let Some(f) = self.fallback.take_if(|f| f.listener == listener_id) {
+                    let port = address
+                        .iter()
+                        .find_map(|p| match p {
+                            Protocol::Tcp(port) => Some(port),
+                            _ => None,
+                        })
+                        .unwrap_or(0);
+                    if f.taken {
+                        tracing::warn!("port {DEFAULT_PORT} is taken (another iwant node?); listening on port {port} instead");
+                    } else {
+                        tracing::warn!(error = %f.reason, "cannot listen on port {DEFAULT_PORT}; listening on port {port} instead");
+                    }
+                }
                 tracing::info!(addr = %address, "listening");
                 self.listen_addrs.push(address);
             }
@@ -978,4 +1048,35 @@ fn dial_known(swarm: &mut Swarm<NodeBehaviour>, known: &mut KnownAddr) -> Result
     swarm.dial(opts).map_err(|e| e.to_string())?;
     known.pending = Some(id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_taken_port_is_named_through_every_transport_layer() {
+        let key = Keypair::generate_ed25519();
+        let mut first = build_transport(&key, None).unwrap();
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+        first.listen_on(ListenerId::next(), addr).unwrap();
+        let bound = match futures::future::poll_fn(|cx| std::pin::Pin::new(&mut first).poll(cx))
+            .await
+        {
+            libp2p::core::transport::TransportEvent::NewAddress { listen_addr, .. } => listen_addr,
+            other => panic!("expected an address, got {other:?}"),
+        };
+        let mut second = build_transport(&key, Some(PreSharedKey::new([7; 32]))).unwrap();
+        let error = second
+            .listen_on(ListenerId::next(), bound.clone())
+            .unwrap_err();
+        let port = listen_error(bound.clone(), error).to_string();
+        assert!(
+            port.contains(&format!(
+                "{bound}: port {} is already in use",
+                tcp::socket_addr(&bound).unwrap().port()
+            )),
+            "{port}"
+        );
+    }
 }

@@ -17,6 +17,7 @@
 
 mod event_loop;
 pub mod private;
+pub mod tcp;
 
 use std::time::Duration;
 

@@ -21,5 +21,6 @@ mod interop;
 #[cfg(target_os = "linux")]
 mod lab;
 mod loopback;
+mod ports;
 mod search;
 mod util;
