@@ -192,7 +192,8 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     tasks.spawn(event_loop.run());
     let (leader, service) = leader::spawn(net.clone(), inbound, shutdown.child_token());
     tasks.spawn(service.run());
-    let (index, index_thread) = match share::spawn(home.database(), folders.shared_dir.clone()) {
+    let rules = share::ignore::Rules::new(config.include_hidden, &config.ignore, Some(home.root()));
+    let (index, index_thread) = match share::spawn(home.database(), folders.shared_dir.clone(), rules) {
         Ok(started) => started,
         Err(e) => {
             shutdown.cancel();

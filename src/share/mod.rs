@@ -14,6 +14,7 @@
 //! - [`scan`]: walking without reading contents. [`hasher`]: hashing one file.
 
 pub mod hasher;
+pub mod ignore;
 mod indexer;
 pub mod manifest;
 pub mod pieces;
