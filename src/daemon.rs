@@ -300,11 +300,17 @@ impl State {
                     served: self.served.counts(),
                 })))
             }
-            Request::List { errors: false } => {
+            Request::List { skipped: true, .. } => {
+                let limit = crate::control::MAX_SKIPPED_LISTED;
+                let skipped = self.index.skipped(limit).await.map_err(internal)?;
+                let total = self.index.status().skipped;
+                Ok(Response::Skipped { skipped, total })
+            }
+            Request::List { errors: false, .. } => {
                 let entries = self.index.entries().await.map_err(internal)?;
                 Ok(Response::Entries { entries })
             }
-            Request::List { errors: true } => {
+            Request::List { errors: true, .. } => {
                 let errors = self.index.errors().await.map_err(internal)?;
                 Ok(Response::ScanErrors { errors })
             }

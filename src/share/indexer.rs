@@ -113,6 +113,15 @@ impl IndexHandle {
         .expect("bug: index query panicked")
     }
 
+    /// The entries left out on purpose (hidden, secrets, ignore rules, the node's home), sorted
+    /// by path, at most `limit`.
+    pub async fn skipped(&self, limit: u64) -> Result<Vec<ScanError>, StoreError> {
+        let (db, root) = (self.db.clone(), self.root());
+        tokio::task::spawn_blocking(move || Store::open(&db)?.skipped(&root_key(&root), limit))
+            .await
+            .expect("bug: index query panicked")
+    }
+
     /// The entries that could not be indexed, sorted by path.
     pub async fn errors(&self) -> Result<Vec<ScanError>, StoreError> {
         let (db, root) = (self.db.clone(), self.root());
@@ -444,6 +453,7 @@ impl Indexer {
         let mut change = IndexChange {
             errors_under: Some(rel.to_string()),
             errors: walk.errors,
+            skipped: walk.skipped,
             ..Default::default()
         };
         let mut to_hash = Vec::new();
@@ -702,6 +712,7 @@ impl Indexer {
                 status.dirs = c.dirs;
                 status.bytes = c.bytes;
                 status.errors = c.errors;
+                status.skipped = c.skipped;
                 status.version = self.version;
             }
             Err(e) => tracing::warn!(error = %e, "cannot count the index"),

@@ -77,6 +77,9 @@ pub struct IndexStatus {
     pub bytes: u64,
     /// Entries that could not be indexed (`iwant ls --errors`).
     pub errors: u64,
+    /// Entries left out on purpose (`iwant ls --skipped`), counted up to `MAX_SKIPPED_STORED`.
+    #[serde(default)]
+    pub skipped: u64,
     /// The index version (see [`IndexDelta::version`]).
     pub version: u64,
     /// Hashing progress while a scan hashes files; `None` when idle.
