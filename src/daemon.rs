@@ -193,13 +193,14 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     let (leader, service) = leader::spawn(net.clone(), inbound, shutdown.child_token());
     tasks.spawn(service.run());
     let rules = share::ignore::Rules::new(config.include_hidden, &config.ignore, Some(home.root()));
-    let (index, index_thread) = match share::spawn(home.database(), folders.shared_dir.clone(), rules) {
-        Ok(started) => started,
-        Err(e) => {
-            shutdown.cancel();
-            return Err(e.into());
-        }
-    };
+    let (index, index_thread) =
+        match share::spawn(home.database(), folders.shared_dir.clone(), rules) {
+            Ok(started) => started,
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e.into());
+            }
+        };
     tasks.spawn(leader::publish::run(
         index.clone(),
         net.clone(),

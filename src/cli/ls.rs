@@ -7,12 +7,7 @@ use crate::{
     store::ScanError,
 };
 
-pub(super) async fn run(
-    home: Home,
-    errors: bool,
-    skipped: bool,
-    json: bool,
-) -> anyhow::Result<()> {
+pub(super) async fn run(home: Home, errors: bool, skipped: bool, json: bool) -> anyhow::Result<()> {
     match Client::new(home)
         .request(Request::List { errors, skipped })
         .await?

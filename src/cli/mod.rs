@@ -192,9 +192,7 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
             errors,
             skipped,
             json,
-        } => {
-            client_runtime()?.block_on(ls::run(home, errors, skipped, json.json))
-        }
+        } => client_runtime()?.block_on(ls::run(home, errors, skipped, json.json)),
         Command::Search {
             words,
             limit,

@@ -53,20 +53,32 @@ pub const SECRETS: &[(&str, &str)] = &[
     (".netrc", "login credentials (.netrc)"),
     ("_netrc", "login credentials (_netrc)"),
     (".pgpass", "PostgreSQL passwords (.pgpass)"),
-    (".git-credentials", "Git credential store (.git-credentials)"),
+    (
+        ".git-credentials",
+        "Git credential store (.git-credentials)",
+    ),
     (".npmrc", "npm credentials (.npmrc)"),
     (".pypirc", "PyPI credentials (.pypirc)"),
     (".aws/", "AWS credentials (.aws)"),
     (".azure/", "Azure credentials (.azure)"),
     (".kube/", "Kubernetes credentials (.kube)"),
-    (".docker/config.json", "Docker credentials (.docker/config.json)"),
-    ("**/.config/gcloud/", "Google Cloud credentials (.config/gcloud)"),
+    (
+        ".docker/config.json",
+        "Docker credentials (.docker/config.json)",
+    ),
+    (
+        "**/.config/gcloud/",
+        "Google Cloud credentials (.config/gcloud)",
+    ),
     (".password-store/", "pass password store (.password-store)"),
     ("Keychains/", "macOS keychains (Keychains)"),
     ("*.keychain-db", "macOS keychain (*.keychain-db)"),
     (".mozilla/", "browser profile (.mozilla)"),
     (".thunderbird/", "mail profile (.thunderbird)"),
-    ("**/.config/google-chrome/", "browser profile (.config/google-chrome)"),
+    (
+        "**/.config/google-chrome/",
+        "browser profile (.config/google-chrome)",
+    ),
     ("**/.config/chromium/", "browser profile (.config/chromium)"),
     (
         "**/.config/BraveSoftware/",
@@ -80,7 +92,10 @@ pub const SECRETS: &[(&str, &str)] = &[
         "**/Library/Application Support/Firefox/",
         "browser profile (Firefox)",
     ),
-    ("**/AppData/Local/Google/Chrome/", "browser profile (Google/Chrome)"),
+    (
+        "**/AppData/Local/Google/Chrome/",
+        "browser profile (Google/Chrome)",
+    ),
     ("**/AppData/Roaming/Mozilla/", "browser profile (Mozilla)"),
     ("wallet.dat", "cryptocurrency wallet (wallet.dat)"),
     (".bitcoin/", "cryptocurrency wallet (.bitcoin)"),
@@ -408,7 +423,10 @@ mod tests {
         touch(&root, ".bash_history");
         let off = Rules::new(false, &[], None);
         assert_eq!(reason(&off, &root, ".config").as_deref(), Some("hidden"));
-        assert_eq!(reason(&off, &root, ".bash_history").as_deref(), Some("hidden"));
+        assert_eq!(
+            reason(&off, &root, ".bash_history").as_deref(),
+            Some("hidden")
+        );
         let on = Rules::new(true, &[], None);
         assert_eq!(reason(&on, &root, ".config"), None);
         assert_eq!(reason(&on, &root, ".config/app.conf"), None);
@@ -425,7 +443,12 @@ mod tests {
         touch(&root, "k.pem");
         let rules = Rules::new(
             false,
-            &["*.iso".into(), "private/".into(), "!.hidden".into(), "!k.pem".into()],
+            &[
+                "*.iso".into(),
+                "private/".into(),
+                "!.hidden".into(),
+                "!k.pem".into(),
+            ],
             None,
         );
         assert_eq!(
@@ -438,7 +461,9 @@ mod tests {
         );
         assert_eq!(reason(&rules, &root, "keep.txt"), None);
         assert_eq!(reason(&rules, &root, ".hidden").as_deref(), Some("hidden"));
-        assert!(reason(&rules, &root, "k.pem").unwrap().starts_with("secret"));
+        assert!(reason(&rules, &root, "k.pem")
+            .unwrap()
+            .starts_with("secret"));
     }
 
     #[test]

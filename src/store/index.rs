@@ -383,7 +383,9 @@ impl Store {
                     )
                     .map_err(err)? as u64;
                 let mut put = tx
-                    .prepare_cached("INSERT OR REPLACE INTO skipped (root, path, reason) VALUES (?1, ?2, ?3)")
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO skipped (root, path, reason) VALUES (?1, ?2, ?3)",
+                    )
                     .map_err(err)?;
                 for e in &change.skipped {
                     if stored >= MAX_SKIPPED_STORED {
