@@ -158,6 +158,7 @@ mod tests {
                 dirs: 2,
                 bytes: 2048,
                 errors: 1,
+                skipped: 0,
                 version: 7,
                 hashing: None,
                 hashed_files: 0,

@@ -375,7 +375,7 @@ impl Store {
                     params![root, rel, lo, hi],
                 )
                 .map_err(err)?;
-                let mut stored: u64 = tx
+                let stored: u64 = tx
                     .query_row(
                         "SELECT count(*) FROM skipped WHERE root = ?1",
                         params![root],
@@ -387,12 +387,10 @@ impl Store {
                         "INSERT OR REPLACE INTO skipped (root, path, reason) VALUES (?1, ?2, ?3)",
                     )
                     .map_err(err)?;
-                for e in &change.skipped {
-                    if stored >= MAX_SKIPPED_STORED {
-                        break;
-                    }
+                let room = usize::try_from(MAX_SKIPPED_STORED.saturating_sub(stored))
+                    .unwrap_or(usize::MAX);
+                for e in change.skipped.iter().take(room) {
                     put.execute(params![root, e.path, e.reason]).map_err(err)?;
-                    stored += 1;
                 }
             }
         }
