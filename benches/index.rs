@@ -85,7 +85,8 @@ fn main() {
     });
     let rchar = proc_io("rchar");
     let started = Instant::now();
-    let (handle, thread) = share::spawn(db.clone(), many.canonicalize().unwrap()).unwrap();
+    let (handle, thread) =
+        share::spawn(db.clone(), many.canonicalize().unwrap(), Default::default()).unwrap();
     wait_ready(&handle);
     let t_restart = started.elapsed();
     let read = proc_io("rchar") - rchar;
@@ -110,8 +111,12 @@ fn main() {
     let few = dir.path().join("few");
     fs::create_dir_all(&few).unwrap();
     fs::write(few.join("seed.txt"), b"seed").unwrap();
-    let (handle, thread) =
-        share::spawn(dir.path().join("db-few"), few.canonicalize().unwrap()).unwrap();
+    let (handle, thread) = share::spawn(
+        dir.path().join("db-few"),
+        few.canonicalize().unwrap(),
+        Default::default(),
+    )
+    .unwrap();
     wait_ready(&handle);
     let mut deltas = handle.subscribe();
     let latency_few = change_latency(&few, &mut deltas, 20);
@@ -152,7 +157,12 @@ fn settle_disk() {
 
 fn cold_index(db: &Path, root: &Path) -> (Duration, share::IndexStatus) {
     let started = Instant::now();
-    let (handle, thread) = share::spawn(db.to_path_buf(), root.canonicalize().unwrap()).unwrap();
+    let (handle, thread) = share::spawn(
+        db.to_path_buf(),
+        root.canonicalize().unwrap(),
+        Default::default(),
+    )
+    .unwrap();
     wait_ready(&handle);
     let elapsed = started.elapsed();
     let status = handle.status();

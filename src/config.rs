@@ -207,6 +207,8 @@ impl Home {
                     peers: Vec::new(),
                     mdns: true,
                     network_key: None,
+                    include_hidden: false,
+                    ignore: Vec::new(),
                 };
                 self.save_config(&config)?;
                 Ok((config, true))
@@ -293,6 +295,14 @@ pub struct Config {
     /// to the home. Without it the node joins the open network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_key: Option<PathBuf>,
+    /// Whether hidden files and folders (dot names; the hidden attribute on Windows) are
+    /// shared. Secrets and the node's home never are. Default: `false`.
+    #[serde(default)]
+    pub include_hidden: bool,
+    /// More to leave out of the share: gitignore patterns relative to the shared folder, e.g.
+    /// `["*.iso", "private/"]`. They add skips; they cannot share a secret. Default: none.
+    #[serde(default)]
+    pub ignore: Vec<String>,
 }
 
 fn yes() -> bool {

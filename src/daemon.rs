@@ -192,13 +192,15 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     tasks.spawn(event_loop.run());
     let (leader, service) = leader::spawn(net.clone(), inbound, shutdown.child_token());
     tasks.spawn(service.run());
-    let (index, index_thread) = match share::spawn(home.database(), folders.shared_dir.clone()) {
-        Ok(started) => started,
-        Err(e) => {
-            shutdown.cancel();
-            return Err(e.into());
-        }
-    };
+    let rules = share::ignore::Rules::new(config.include_hidden, &config.ignore, Some(home.root()));
+    let (index, index_thread) =
+        match share::spawn(home.database(), folders.shared_dir.clone(), rules) {
+            Ok(started) => started,
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e.into());
+            }
+        };
     tasks.spawn(leader::publish::run(
         index.clone(),
         net.clone(),
@@ -299,11 +301,17 @@ impl State {
                     served: self.served.counts(),
                 })))
             }
-            Request::List { errors: false } => {
+            Request::List { skipped: true, .. } => {
+                let limit = crate::control::MAX_SKIPPED_LISTED;
+                let skipped = self.index.skipped(limit).await.map_err(internal)?;
+                let total = self.index.status().skipped;
+                Ok(Response::Skipped { skipped, total })
+            }
+            Request::List { errors: false, .. } => {
                 let entries = self.index.entries().await.map_err(internal)?;
                 Ok(Response::Entries { entries })
             }
-            Request::List { errors: true } => {
+            Request::List { errors: true, .. } => {
                 let errors = self.index.errors().await.map_err(internal)?;
                 Ok(Response::ScanErrors { errors })
             }

@@ -7,8 +7,11 @@ use crate::{
     store::ScanError,
 };
 
-pub(super) async fn run(home: Home, errors: bool, json: bool) -> anyhow::Result<()> {
-    match Client::new(home).request(Request::List { errors }).await? {
+pub(super) async fn run(home: Home, errors: bool, skipped: bool, json: bool) -> anyhow::Result<()> {
+    match Client::new(home)
+        .request(Request::List { errors, skipped })
+        .await?
+    {
         Response::Entries { entries } if json => super::print_json(&entries),
         Response::ScanErrors { errors } if json => super::print_json(&errors),
         Response::Entries { entries } => {
@@ -17,6 +20,11 @@ pub(super) async fn run(home: Home, errors: bool, json: bool) -> anyhow::Result<
         }
         Response::ScanErrors { errors } => {
             print!("{}", render_errors(&errors));
+            Ok(())
+        }
+        Response::Skipped { skipped, .. } if json => super::print_json(&skipped),
+        Response::Skipped { skipped, total } => {
+            print!("{}", render_skipped(&skipped, total));
             Ok(())
         }
         other => anyhow::bail!("the node answered a listing with {other:?}"),
@@ -43,6 +51,22 @@ fn render_entries(entries: &[IndexEntry]) -> String {
             human_bytes(e.size),
             &e.id.to_hex()[..16]
         );
+    }
+    out
+}
+
+fn render_skipped(skipped: &[ScanError], total: u64) -> String {
+    use std::fmt::Write;
+    if skipped.is_empty() {
+        return "Nothing was left out.\n".into();
+    }
+    let mut out = String::from("PATH  (WHY)\n");
+    for s in skipped {
+        let _ = writeln!(out, "{}  ({})", s.path, s.reason);
+    }
+    let more = total.saturating_sub(skipped.len() as u64);
+    if more > 0 {
+        let _ = writeln!(out, "... and {more} more");
     }
     out
 }

@@ -55,6 +55,9 @@ enum Command {
         /// List the entries that could not be indexed, and why
         #[arg(long)]
         errors: bool,
+        /// List what was left out on purpose (hidden files, secrets, ignore rules), and why
+        #[arg(long, conflicts_with = "errors")]
+        skipped: bool,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -185,9 +188,11 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
         Command::Node(args) => node::run(home, args),
         Command::Status(a) => client_runtime()?.block_on(status::run(home, a.json)),
         Command::Config(a) => client_runtime()?.block_on(folders::show(home, a.json)),
-        Command::Ls { errors, json } => {
-            client_runtime()?.block_on(ls::run(home, errors, json.json))
-        }
+        Command::Ls {
+            errors,
+            skipped,
+            json,
+        } => client_runtime()?.block_on(ls::run(home, errors, skipped, json.json)),
         Command::Search {
             words,
             limit,

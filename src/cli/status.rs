@@ -52,6 +52,13 @@ fn render(s: &StatusReply) -> String {
             super::count(i.errors, "entry", "entries")
         );
     }
+    if i.skipped > 0 {
+        let _ = writeln!(
+            out,
+            "Skipped:          {} (hidden files, secrets, .iwantignore; see `iwant ls --skipped`)",
+            i.skipped
+        );
+    }
     if s.listen_addrs.is_empty() {
         let _ = writeln!(out, "Listening on:     (nothing yet)");
     }
@@ -151,6 +158,7 @@ mod tests {
                 dirs: 2,
                 bytes: 2048,
                 errors: 1,
+                skipped: 0,
                 version: 7,
                 hashing: None,
                 hashed_files: 0,

@@ -17,7 +17,7 @@ mod transport;
 pub use client::{Client, ClientError};
 pub use proto::{
     ControlError, Envelope, ErrorKind, PeerInfo, Reply, Request, Response, SearchReply,
-    SearchResult, StatusReply, MAX_MESSAGE, MAX_REPLY, PROTOCOL_VERSION,
+    SearchResult, StatusReply, MAX_MESSAGE, MAX_REPLY, MAX_SKIPPED_LISTED, PROTOCOL_VERSION,
 };
 pub use server::{serve, ServerError};
 pub use transport::Listener;

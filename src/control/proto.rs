@@ -26,6 +26,9 @@ pub struct Envelope {
     pub request: Request,
 }
 
+/// The most skipped entries one `iwant ls --skipped` lists.
+pub const MAX_SKIPPED_LISTED: u64 = 1_000;
+
 /// The requests a client can make.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -49,6 +52,9 @@ pub enum Request {
         /// List the entries that could not be indexed instead.
         #[serde(default)]
         errors: bool,
+        /// List the entries left out on purpose instead (at most [`MAX_SKIPPED_LISTED`]).
+        #[serde(default)]
+        skipped: bool,
     },
     /// Search what the whole network shares, by name (asks the leader).
     Search {
@@ -128,6 +134,14 @@ pub enum Response {
     ScanErrors {
         /// The entries.
         errors: Vec<crate::store::ScanError>,
+    },
+    /// Answer to [`Request::List`] with `skipped`: what was left out on purpose, and by which
+    /// rule, at most [`MAX_SKIPPED_LISTED`] of `total`.
+    Skipped {
+        /// The entries, sorted by path.
+        skipped: Vec<crate::store::ScanError>,
+        /// How many are stored in all.
+        total: u64,
     },
     /// Answer to [`Request::Search`].
     SearchResults(SearchReply),
@@ -378,7 +392,14 @@ mod tests {
                 path: "/data/ü".into(),
             },
             Request::SetDownload { path: "/d".into() },
-            Request::List { errors: true },
+            Request::List {
+                errors: true,
+                skipped: false,
+            },
+            Request::List {
+                errors: false,
+                skipped: true,
+            },
             Request::Search {
                 text: "a \"quoted\" \\ word\n".into(),
                 kind: None,

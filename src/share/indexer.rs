@@ -113,6 +113,15 @@ impl IndexHandle {
         .expect("bug: index query panicked")
     }
 
+    /// The entries left out on purpose (hidden, secrets, ignore rules, the node's home), sorted
+    /// by path, at most `limit`.
+    pub async fn skipped(&self, limit: u64) -> Result<Vec<ScanError>, StoreError> {
+        let (db, root) = (self.db.clone(), self.root());
+        tokio::task::spawn_blocking(move || Store::open(&db)?.skipped(&root_key(&root), limit))
+            .await
+            .expect("bug: index query panicked")
+    }
+
     /// The entries that could not be indexed, sorted by path.
     pub async fn errors(&self) -> Result<Vec<ScanError>, StoreError> {
         let (db, root) = (self.db.clone(), self.root());
@@ -163,6 +172,7 @@ fn root_key(root: &Path) -> String {
 pub fn spawn(
     db: PathBuf,
     root: PathBuf,
+    rules: super::ignore::Rules,
 ) -> Result<(IndexHandle, std::thread::JoinHandle<()>), StoreError> {
     let store = Store::open(&db)?;
     let version = stored_version(&store)?;
@@ -201,6 +211,7 @@ pub fn spawn(
         tx,
         watcher: None,
         pending: HashMap::new(),
+        rules,
     };
     let thread = std::thread::Builder::new()
         .name("iwant-index".into())
@@ -221,6 +232,8 @@ struct Indexer {
     watcher: Option<RecommendedWatcher>,
     /// Relative paths reported changed, with when they last were.
     pending: HashMap<String, Instant>,
+    /// What the walk leaves out.
+    rules: super::ignore::Rules,
 }
 
 /// The outcome of one reconcile, before directory ids.
@@ -276,7 +289,13 @@ impl Indexer {
                 for rel in &ready {
                     self.pending.remove(rel);
                 }
-                for rel in outermost(ready) {
+                // A changed `.iwantignore` changes what its whole folder shares.
+                let ready = ready.into_iter().map(|rel| match rel.rsplit_once('/') {
+                    Some((dir, super::ignore::IGNORE_FILE)) => dir.to_string(),
+                    None if rel == super::ignore::IGNORE_FILE => String::new(),
+                    _ => rel,
+                });
+                for rel in outermost(ready.collect()) {
                     self.reconcile_logged(&rel, false);
                 }
             }
@@ -374,7 +393,7 @@ impl Indexer {
     fn full_scan(&mut self, reset: bool) {
         self.watcher = None;
         self.set_ready(false);
-        let walk = scan::walk(&self.root, "");
+        let walk = scan::walk(&self.root, "", &self.rules);
         let mut files: HashMap<String, scan::Stamp> = walk
             .files
             .iter()
@@ -383,7 +402,7 @@ impl Indexer {
         let mut dirs: HashSet<String> = walk.dirs.iter().cloned().collect();
         self.reconcile_walk_logged("", walk, reset);
         self.watch();
-        let again = scan::walk(&self.root, "");
+        let again = scan::walk(&self.root, "", &self.rules);
         let mut changed = Vec::new();
         for f in again.files {
             if files.remove(&f.path) != Some(f.stamp) {
@@ -403,7 +422,7 @@ impl Indexer {
     }
 
     fn reconcile_logged(&mut self, rel: &str, reset: bool) {
-        let walk = scan::walk(&self.root, rel);
+        let walk = scan::walk(&self.root, rel, &self.rules);
         self.reconcile_walk_logged(rel, walk, reset);
     }
 
@@ -434,6 +453,7 @@ impl Indexer {
         let mut change = IndexChange {
             errors_under: Some(rel.to_string()),
             errors: walk.errors,
+            skipped: walk.skipped,
             ..Default::default()
         };
         let mut to_hash = Vec::new();
@@ -692,6 +712,7 @@ impl Indexer {
                 status.dirs = c.dirs;
                 status.bytes = c.bytes;
                 status.errors = c.errors;
+                status.skipped = c.skipped;
                 status.version = self.version;
             }
             Err(e) => tracing::warn!(error = %e, "cannot count the index"),

@@ -14,6 +14,7 @@
 //! - [`scan`]: walking without reading contents. [`hasher`]: hashing one file.
 
 pub mod hasher;
+pub mod ignore;
 mod indexer;
 pub mod manifest;
 pub mod pieces;
@@ -76,6 +77,9 @@ pub struct IndexStatus {
     pub bytes: u64,
     /// Entries that could not be indexed (`iwant ls --errors`).
     pub errors: u64,
+    /// Entries left out on purpose (`iwant ls --skipped`), counted up to `MAX_SKIPPED_STORED`.
+    #[serde(default)]
+    pub skipped: u64,
     /// The index version (see [`IndexDelta::version`]).
     pub version: u64,
     /// Hashing progress while a scan hashes files; `None` when idle.

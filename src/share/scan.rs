@@ -6,6 +6,7 @@ use std::{
     time::UNIX_EPOCH,
 };
 
+use super::ignore::{Rules, HOME_REASON};
 use crate::store::ScanError;
 pub use crate::store::Stamp;
 
@@ -30,6 +31,9 @@ pub struct Walk {
     pub dirs: Vec<String>,
     /// Entries that cannot be indexed, with the reason.
     pub errors: Vec<ScanError>,
+    /// Entries left out on purpose by the [`Rules`], with the rule; a skipped directory is one
+    /// entry (it is not descended).
+    pub skipped: Vec<ScanError>,
 }
 
 /// The `/`-separated form of `rel`, or `None` if a component is not UTF-8.
@@ -125,9 +129,14 @@ pub fn inode(meta: &Metadata) -> Option<u64> {
 
 /// Walks `rel` (a file or directory, "" for the whole share) under `root`. Missing `rel` gives
 /// an empty walk. Symlinks are followed only to files inside the share; directory symlinks are
-/// not followed (no cycles, no escape). Sockets, fifos and devices are skipped.
-pub fn walk(root: &Path, rel: &str) -> Walk {
+/// not followed (no cycles, no escape). Sockets, fifos and devices are skipped. What the
+/// `rules` leave out is listed in [`Walk::skipped`]; below a skipped folder nothing is walked.
+pub fn walk(root: &Path, rel: &str, rules: &Rules) -> Walk {
     let mut walk = Walk::default();
+    let mut walker = rules.walker(root);
+    if walker.ancestor_skipped(rel) {
+        return walk;
+    }
     let mut stack = vec![rel.to_string()];
     while let Some(rel) = stack.pop() {
         let abs = native(root, &rel);
@@ -139,9 +148,22 @@ pub fn walk(root: &Path, rel: &str) -> Walk {
                 continue;
             }
         };
+        if !rel.is_empty() {
+            if let Some(reason) = walker.skip(&rel, &meta) {
+                walk.skipped.push(ScanError { path: rel, reason });
+                continue;
+            }
+        }
         let meta = if meta.file_type().is_symlink() {
             match resolve_link(root, &abs) {
-                Some(m) => m,
+                Some((target, _)) if rules.in_home(&target) => {
+                    walk.skipped.push(ScanError {
+                        path: rel,
+                        reason: HOME_REASON.into(),
+                    });
+                    continue;
+                }
+                Some((_, m)) => m,
                 None => continue,
             }
         } else {
@@ -190,14 +212,14 @@ pub fn walk(root: &Path, rel: &str) -> Walk {
 }
 
 /// The metadata of a symlink's target if it is a file inside `root`; `None` otherwise.
-fn resolve_link(root: &Path, link: &Path) -> Option<Metadata> {
+fn resolve_link(root: &Path, link: &Path) -> Option<(PathBuf, Metadata)> {
     let target = fs::canonicalize(link).ok()?;
     if !target.starts_with(root) {
         tracing::debug!(link = %link.display(), "not following a symlink out of the shared folder");
         return None;
     }
     let meta = fs::metadata(&target).ok()?;
-    meta.is_file().then_some(meta)
+    meta.is_file().then_some((target, meta))
 }
 
 fn join(rel: &str, name: &str) -> String {
@@ -236,7 +258,7 @@ mod tests {
             std::os::unix::fs::symlink(&root, root.join("a/loop")).unwrap();
             let _ = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
         }
-        let mut w = walk(&root, "");
+        let mut w = walk(&root, "", &Rules::default());
         w.files.sort_by(|a, b| a.path.cmp(&b.path));
         w.dirs.sort();
         let files: Vec<&str> = w.files.iter().map(|f| f.path.as_str()).collect();
@@ -246,9 +268,9 @@ mod tests {
         assert!(w.errors.is_empty(), "{:?}", w.errors);
         assert_eq!(w.files[0].stamp.size, 5);
 
-        let sub = walk(&root, "a");
+        let sub = walk(&root, "a", &Rules::default());
         assert_eq!(sub.dirs.len(), 2);
-        assert!(walk(&root, "missing").files.is_empty());
+        assert!(walk(&root, "missing", &Rules::default()).files.is_empty());
     }
 
     #[cfg(target_os = "linux")]
@@ -258,7 +280,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xff")), b"x").unwrap();
-        let w = walk(&root, "");
+        let w = walk(&root, "", &Rules::default());
         assert!(w.files.is_empty());
         assert_eq!(w.errors.len(), 1);
         assert!(w.errors[0].reason.contains("UTF-8"));

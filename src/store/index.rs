@@ -80,6 +80,9 @@ pub struct ScanError {
     pub reason: String,
 }
 
+/// The most skipped entries stored per root; more are left out of the list (and the count).
+pub const MAX_SKIPPED_STORED: u64 = 10_000;
+
 /// Totals of one root's index.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IndexCounts {
@@ -91,6 +94,8 @@ pub struct IndexCounts {
     pub bytes: u64,
     /// Entries that could not be indexed.
     pub errors: u64,
+    /// Entries left out on purpose (stored ones, at most [`MAX_SKIPPED_STORED`]).
+    pub skipped: u64,
 }
 
 /// One batch of changes, written in one transaction.
@@ -108,6 +113,8 @@ pub struct IndexChange {
     pub errors_under: Option<String>,
     /// The new scan errors.
     pub errors: Vec<ScanError>,
+    /// The entries left out on purpose at and below `errors_under` (they replace those stored).
+    pub skipped: Vec<ScanError>,
 }
 
 impl IndexChange {
@@ -196,7 +203,7 @@ impl Store {
     /// current one and, as a hash cache, the previous one).
     pub fn forget_other_roots(&mut self, keep: &[&str]) -> Result<(), StoreError> {
         let placeholders = vec!["?"; keep.len()].join(", ");
-        for table in ["files", "dirs", "scan_errors"] {
+        for table in ["files", "dirs", "scan_errors", "skipped"] {
             let sql = format!("DELETE FROM {table} WHERE root NOT IN ({placeholders})");
             self.conn
                 .execute(&sql, rusqlite::params_from_iter(keep))
@@ -210,6 +217,20 @@ impl Store {
         self.query(
             "SELECT path, reason FROM scan_errors WHERE root = ?1 ORDER BY path",
             params![root],
+            |row| {
+                Ok(ScanError {
+                    path: row.get(0)?,
+                    reason: row.get(1)?,
+                })
+            },
+        )
+    }
+
+    /// The entries of `root` left out on purpose, sorted by path, at most `limit`.
+    pub fn skipped(&self, root: &str, limit: u64) -> Result<Vec<ScanError>, StoreError> {
+        self.query(
+            "SELECT path, reason FROM skipped WHERE root = ?1 ORDER BY path LIMIT ?2",
+            params![root, i64::try_from(limit).unwrap_or(i64::MAX)],
             |row| {
                 Ok(ScanError {
                     path: row.get(0)?,
@@ -277,6 +298,7 @@ impl Store {
             bytes: bytes as u64,
             dirs: count("dirs")?,
             errors: count("scan_errors")?,
+            skipped: count("skipped")?,
         })
     }
 
@@ -346,6 +368,28 @@ impl Store {
                     .prepare_cached("INSERT OR REPLACE INTO scan_errors (root, path, reason) VALUES (?1, ?2, ?3)")
                     .map_err(err)?;
                 for e in &change.errors {
+                    put.execute(params![root, e.path, e.reason]).map_err(err)?;
+                }
+                tx.execute(
+                    &format!("DELETE FROM skipped WHERE root = ?1 AND {UNDER}"),
+                    params![root, rel, lo, hi],
+                )
+                .map_err(err)?;
+                let stored: u64 = tx
+                    .query_row(
+                        "SELECT count(*) FROM skipped WHERE root = ?1",
+                        params![root],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(err)? as u64;
+                let mut put = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO skipped (root, path, reason) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(err)?;
+                let room = usize::try_from(MAX_SKIPPED_STORED.saturating_sub(stored))
+                    .unwrap_or(usize::MAX);
+                for e in change.skipped.iter().take(room) {
                     put.execute(params![root, e.path, e.reason]).map_err(err)?;
                 }
             }

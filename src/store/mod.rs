@@ -63,11 +63,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE files ADD COLUMN dev INTEGER;
     DROP INDEX files_by_inode;
     CREATE INDEX files_by_inode ON files (inode, size, mtime_ns, ctime_ns);",
+    // 5: entries the walk left out on purpose (hidden, secrets, ignore rules, the node's home),
+    // at most `MAX_SKIPPED_STORED` per root.
+    "CREATE TABLE skipped (
+        root TEXT NOT NULL,
+        path TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (root, path)
+    ) STRICT;",
 ];
 
 mod index;
 mod transfer;
-pub use index::{DirRow, EntryRow, FileRow, FileStat, IndexChange, IndexCounts, ScanError, Stamp};
+pub use index::{
+    DirRow, EntryRow, FileRow, FileStat, IndexChange, IndexCounts, ScanError, Stamp,
+    MAX_SKIPPED_STORED,
+};
 pub use transfer::DownloadRow;
 
 /// Errors from the database.

@@ -4,6 +4,7 @@
 //! - `loopback`: several nodes in this process on 127.0.0.1, mDNS off, explicit peers.
 //! - `search`: the network index and search on loopback, hostile peers included.
 //! - `download`: downloads on loopback, a hostile holder included.
+//! - `ignore`: what is never shared (hidden files, secrets, the home, `.iwantignore`).
 //! - `lab`: real binaries in Linux network namespaces joined by a bridge, with real mDNS.
 //!   Needs root and `ip`; in CI (`CI=true`) it must run, elsewhere it skips with one line.
 //! - `interop`: js-libp2p and py-libp2p against a running node (`tests/interop/`).
@@ -15,6 +16,7 @@ mod cli;
 #[cfg(target_os = "linux")]
 mod disk_full;
 mod download;
+mod ignore;
 mod index;
 #[cfg(target_os = "linux")]
 mod interop;
