@@ -258,4 +258,57 @@ mod tests {
         assert_eq!(placed, dest.join("d (1)"));
         assert!(placed.join("f").exists());
     }
+
+    #[test]
+    fn every_rule_maps_unstorable_names_and_round_trips() {
+        use NameRule::*;
+        let win = |n: &str| local_name(n, Windows);
+        // (network name, Windows name); Unix and macOS keep these names as they are.
+        let table = [
+            ("Song: Title.txt", "Song\u{F03A} Title.txt"),
+            ("what?.txt", "what\u{F03F}.txt"),
+            ("CON", "\u{F043}ON"),
+            ("con.txt", "\u{F063}on.txt"),
+            ("aux.c", "\u{F061}ux.c"),
+            ("COM1", "\u{F043}OM1"),
+            ("LPT9.log", "\u{F04C}PT9.log"),
+            ("COM\u{b9}", "\u{F043}OM\u{b9}"),
+            ("trailing.", "trailing\u{F02E}"),
+            ("trailing ", "trailing\u{F020}"),
+            ("a\\b", "a\u{F05C}b"),
+            ("tab\tname", "tab\u{F009}name"),
+            ("<>\"|*", "\u{F03C}\u{F03E}\u{F022}\u{F07C}\u{F02A}"),
+            ("console", "console"),
+            ("COM10", "COM10"),
+            ("plain.txt", "plain.txt"),
+        ];
+        for (name, expected) in table {
+            assert_eq!(win(name), expected, "{name:?}");
+            assert_eq!(unmap(&win(name)), name, "{name:?}");
+            assert_eq!(local_name(name, Unix), name, "{name:?}");
+            assert_eq!(local_name(name, MacOs), name, "{name:?}");
+        }
+        // A name already holding an escape character is kept; the plan settles collisions.
+        assert_eq!(win("x\u{F03A}y"), "x\u{F03A}y");
+    }
+
+    #[test]
+    fn over_long_names_are_shortened_with_a_hash_per_rule() {
+        use NameRule::*;
+        let ascii = format!("{}.txt", "a".repeat(296));
+        let cjk = "\u{6f22}".repeat(120); // 360 bytes, 120 UTF-16 units
+        for rule in [Unix, MacOs, Windows] {
+            let short = local_name(&ascii, rule);
+            assert!(short.len() <= MAX_NAME_LEN, "{rule:?}");
+            assert!(short.ends_with(".txt"), "{short}");
+            assert_ne!(local_name(&format!("b{ascii}"), rule), short);
+            assert_eq!(local_name(&ascii, rule), short, "deterministic");
+        }
+        assert_eq!(local_name(&cjk, Windows), cjk);
+        let unix = local_name(&cjk, Unix);
+        assert!(unix.len() <= MAX_NAME_LEN && unix.contains('~'), "{unix}");
+        assert_eq!(local_name(&cjk, MacOs), unix);
+        let at = "a".repeat(MAX_NAME_LEN);
+        assert_eq!(local_name(&at, Unix), at);
+    }
 }

@@ -445,4 +445,54 @@ mod tests {
         assert_eq!(from_bitfield(&bits, 9), done);
         assert_eq!(from_bitfield(&[], 3), [false; 3]);
     }
+
+    #[test]
+    fn local_names_never_collide_in_a_folder() {
+        let mut names = LocalNames::new(NameRule::Windows);
+        assert_eq!(names.local_path("d:x/A.txt"), "d\u{F03A}x/A.txt");
+        assert_eq!(names.local_path("d:x/a.txt"), "d\u{F03A}x/a (1).txt");
+        assert_eq!(names.local_path("d:x/q?"), "d\u{F03A}x/q\u{F03F}");
+        assert_eq!(
+            names.local_path("d:x/q\u{F03F}"),
+            "d\u{F03A}x/q\u{F03F} (1)"
+        );
+        assert_eq!(names.local_path("d\u{F03A}x/A.txt"), "d\u{F03A}x (1)/A.txt");
+        assert_eq!(names.local_path("d:x/A.txt"), "d\u{F03A}x/A.txt", "stable");
+        let mut unix = LocalNames::new(NameRule::Unix);
+        assert_eq!(unix.local_path("d/A.txt"), "d/A.txt");
+        assert_eq!(unix.local_path("d/a.txt"), "d/a.txt");
+    }
+
+    #[test]
+    fn a_manifest_with_unstorable_names_makes_a_mapped_plan() {
+        let mut entries: Vec<manifest::Entry> =
+            ["CON", "Song: Title.txt", "what?.txt", "trailing."]
+                .iter()
+                .enumerate()
+                .map(|(i, p)| manifest::Entry {
+                    path: p.to_string(),
+                    kind: Kind::File,
+                    size: 10 + i as u64,
+                    id: Some(blake3::hash(p.as_bytes())),
+                })
+                .collect();
+        let encoded = manifest::encode(&mut entries);
+        let id = manifest::id_of(&encoded);
+        let unix = Plan::dir_with_rule(id, &encoded, NameRule::Unix).unwrap();
+        let mut paths: Vec<_> = unix.files.iter().map(|f| f.paths[0].clone()).collect();
+        paths.sort();
+        assert_eq!(paths, ["CON", "Song: Title.txt", "trailing.", "what?.txt"]);
+        let win = Plan::dir_with_rule(id, &encoded, NameRule::Windows).unwrap();
+        let mut paths: Vec<_> = win.files.iter().map(|f| f.paths[0].clone()).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "Song\u{F03A} Title.txt",
+                "trailing\u{F02E}",
+                "what\u{F03F}.txt",
+                "\u{F043}ON"
+            ]
+        );
+    }
 }
