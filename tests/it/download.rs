@@ -767,3 +767,38 @@ async fn a_finished_download_damaged_by_a_crash_is_fetched_again_at_the_next_sta
     b.stop().await;
     a.node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_of_names_other_platforms_cannot_store_arrives_whole() {
+    let (a, b) = two_nodes().await;
+    let names = [
+        "Song: Title.txt",
+        "what?.txt",
+        "CON",
+        "aux.c",
+        "trailing.",
+        "back\\slash",
+        "tab\tname",
+        "sub: dir/LPT9.log",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        a.write(&format!("odd/{name}"), &data(50 + i, i as u32 + 1));
+    }
+    let dir_id = wait_for_async(LIMIT, "the directory to be indexed", || async {
+        let entries = a.node.index.entries().await.ok()?;
+        let odd = entries.iter().find(|e| e.path == "odd")?;
+        let files = entries
+            .iter()
+            .filter(|e| e.path.starts_with("odd/") && e.kind == manifest::Kind::File)
+            .count();
+        (files == names.len()).then_some(odd.id)
+    })
+    .await;
+    let p = b.fetch(&dir_id).await;
+    assert_eq!(p.state, State::Done, "{p:?}");
+    let path = p.path.clone().unwrap();
+    // On Linux every one of these names is stored as it is.
+    assert_same_tree(&a.share.join("odd"), &path);
+    b.node.stop().await;
+    a.node.stop().await;
+}
