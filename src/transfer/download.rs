@@ -454,7 +454,13 @@ async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
                             found = Some(meta);
                             break;
                         }
-                        Err(e) => {
+                        Err(MetaError::Unusable(e)) => {
+                            // Content-addressed: every holder serves these same bytes.
+                            let key = row.id;
+                            let _ = ctx.store(move |s| s.delete_download(&key)).await;
+                            return Err(Stop::Failed(format!("its manifest is unusable: {e}")));
+                        }
+                        Err(MetaError::Peer(e)) => {
                             if asked.insert(peer) {
                                 tracing::debug!(%peer, error = %e, "holder cannot give the piece list or manifest");
                             }
@@ -535,13 +541,27 @@ async fn holders(
         .collect())
 }
 
+/// Why a holder's piece list or manifest cannot be used.
+enum MetaError {
+    /// This peer failed or sent something else: another holder may do better.
+    Peer(String),
+    /// The manifest hashes to the id but cannot become a plan: no holder can do better.
+    Unusable(String),
+}
+
+impl From<String> for MetaError {
+    fn from(e: String) -> Self {
+        Self::Peer(e)
+    }
+}
+
 /// A file's size and piece list, or a directory's size and whole manifest, from `peer`,
 /// checked against the id.
 async fn fetch_meta(
     ctx: &Context,
     peer: PeerId,
     target: &Target,
-) -> Result<(u64, Vec<u8>), String> {
+) -> Result<(u64, Vec<u8>), MetaError> {
     let wire_id = Id(*target.id.as_bytes());
     match target.kind {
         Kind::File => {
@@ -573,13 +593,19 @@ async fn fetch_meta(
                             break;
                         }
                         if bytes.is_empty() {
-                            return Err("an empty manifest page".into());
+                            return Err(MetaError::Peer("an empty manifest page".into()));
                         }
                     }
-                    other => return Err(describe(&other)),
+                    other => return Err(describe(&other).into()),
                 }
             }
-            let plan = Plan::dir(target.id, &manifest).map_err(|e| e.to_string())?;
+            let plan = match Plan::dir(target.id, &manifest) {
+                Ok(plan) => plan,
+                Err(e @ plan::PlanError::BadManifest(_)) => {
+                    return Err(MetaError::Unusable(e.to_string()))
+                }
+                Err(e) => return Err(MetaError::Peer(e.to_string())),
+            };
             Ok((plan.total_bytes(), manifest))
         }
     }

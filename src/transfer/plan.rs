@@ -7,7 +7,7 @@
 //! Identical contents (same id at several paths) are one distinct file, fetched once.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
@@ -18,6 +18,7 @@ use crate::share::{
     pieces::{self, Layout, PieceHash},
     scan,
 };
+use crate::transfer::place::{self, NameRule};
 
 /// Most entries a directory download may have.
 pub const MAX_ENTRIES: usize = 1_000_000;
@@ -110,11 +111,21 @@ impl Plan {
     }
 
     /// The plan of directory `id` from its encoded manifest, checked against the id.
+    /// Paths are mapped to names this platform can store ([`LocalNames`]).
     pub fn dir(id: Hash, encoded: &[u8]) -> Result<Plan, PlanError> {
+        Self::dir_with_rule(id, encoded, NameRule::current())
+    }
+
+    /// [`Plan::dir`] with local names under `rule` (tests force other platforms' rules).
+    pub fn dir_with_rule(id: Hash, encoded: &[u8], rule: NameRule) -> Result<Plan, PlanError> {
         if manifest::id_of(encoded) != id {
             return Err(PlanError::BadManifestId);
         }
-        let entries = manifest::decode(encoded, MAX_ENTRIES)?;
+        let mut entries = manifest::decode(encoded, MAX_ENTRIES)?;
+        let mut names = LocalNames::new(rule);
+        for e in &mut entries {
+            e.path = names.local_path(&e.path);
+        }
         let mut by_id: HashMap<Hash, usize> = HashMap::new();
         let mut files: Vec<DistinctFile> = Vec::new();
         let mut dirs = Vec::new();
@@ -215,6 +226,79 @@ impl Plan {
     /// Total bytes of the distinct files (what is fetched).
     pub fn total_bytes(&self) -> u64 {
         self.unit_lens.iter().sum()
+    }
+}
+
+/// The local path of every network path of one manifest, mapped component by component by
+/// [`place::local_name`]; two entries of one folder that would land on one local name (the
+/// mapping, or case-blind platforms, make them equal) keep distinct names: the later one in
+/// manifest order gets ` (n)` before its extension. Deterministic in the manifest, so a resumed
+/// download maps every path the same way.
+#[derive(Debug)]
+pub struct LocalNames {
+    rule: NameRule,
+    /// Network path of a folder -> its local path.
+    mapped: HashMap<String, String>,
+    /// Local path of each folder -> the names taken in it (folded on case-blind platforms).
+    taken: HashMap<String, HashSet<String>>,
+}
+
+impl LocalNames {
+    /// No names mapped yet, under `rule`.
+    pub fn new(rule: NameRule) -> Self {
+        Self {
+            rule,
+            mapped: HashMap::new(),
+            taken: HashMap::new(),
+        }
+    }
+
+    fn fold(&self, name: &str) -> String {
+        if self.rule.case_blind() {
+            name.to_lowercase()
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// The local path (`/`-separated) of network path `path`.
+    pub fn local_path(&mut self, path: &str) -> String {
+        let mut local = String::new();
+        let mut network = String::new();
+        for component in path.split('/') {
+            if !network.is_empty() {
+                network.push('/');
+            }
+            network.push_str(component);
+            let name = match self.mapped.get(&network) {
+                Some(full) => full.rsplit('/').next().unwrap_or_default().to_string(),
+                None => {
+                    let base = place::local_name(component, self.rule);
+                    let mut n = 0;
+                    let name = loop {
+                        let candidate = place::numbered(&base, n, false);
+                        let folded = self.fold(&candidate);
+                        let taken = self.taken.entry(local.clone()).or_default();
+                        if taken.insert(folded) {
+                            break candidate;
+                        }
+                        n += 1;
+                    };
+                    let full = if local.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{local}/{name}")
+                    };
+                    self.mapped.insert(network.clone(), full);
+                    name
+                }
+            };
+            if !local.is_empty() {
+                local.push('/');
+            }
+            local.push_str(&name);
+        }
+        local
     }
 }
 
@@ -338,16 +422,7 @@ mod tests {
 
     #[test]
     fn a_manifest_with_unsafe_paths_makes_no_plan() {
-        for path in [
-            "../evil",
-            "/etc/passwd",
-            "a/../../b",
-            "C:x",
-            "a\0b",
-            "a//b",
-            "CON",
-            "x/",
-        ] {
+        for path in ["../evil", "/etc/passwd", "a/../../b", "a\0b", "a//b", "x/"] {
             let mut raw = manifest::MAGIC.to_vec();
             raw.extend_from_slice(&(path.len() as u32).to_le_bytes());
             raw.extend_from_slice(path.as_bytes());
@@ -369,5 +444,55 @@ mod tests {
         assert_eq!(bits, [0b0000_1101, 0b1]);
         assert_eq!(from_bitfield(&bits, 9), done);
         assert_eq!(from_bitfield(&[], 3), [false; 3]);
+    }
+
+    #[test]
+    fn local_names_never_collide_in_a_folder() {
+        let mut names = LocalNames::new(NameRule::Windows);
+        assert_eq!(names.local_path("d:x/A.txt"), "d\u{F03A}x/A.txt");
+        assert_eq!(names.local_path("d:x/a.txt"), "d\u{F03A}x/a (1).txt");
+        assert_eq!(names.local_path("d:x/q?"), "d\u{F03A}x/q\u{F03F}");
+        assert_eq!(
+            names.local_path("d:x/q\u{F03F}"),
+            "d\u{F03A}x/q\u{F03F} (1)"
+        );
+        assert_eq!(names.local_path("d\u{F03A}x/A.txt"), "d\u{F03A}x (1)/A.txt");
+        assert_eq!(names.local_path("d:x/A.txt"), "d\u{F03A}x/A.txt", "stable");
+        let mut unix = LocalNames::new(NameRule::Unix);
+        assert_eq!(unix.local_path("d/A.txt"), "d/A.txt");
+        assert_eq!(unix.local_path("d/a.txt"), "d/a.txt");
+    }
+
+    #[test]
+    fn a_manifest_with_unstorable_names_makes_a_mapped_plan() {
+        let mut entries: Vec<manifest::Entry> =
+            ["CON", "Song: Title.txt", "what?.txt", "trailing."]
+                .iter()
+                .enumerate()
+                .map(|(i, p)| manifest::Entry {
+                    path: p.to_string(),
+                    kind: Kind::File,
+                    size: 10 + i as u64,
+                    id: Some(blake3::hash(p.as_bytes())),
+                })
+                .collect();
+        let encoded = manifest::encode(&mut entries);
+        let id = manifest::id_of(&encoded);
+        let unix = Plan::dir_with_rule(id, &encoded, NameRule::Unix).unwrap();
+        let mut paths: Vec<_> = unix.files.iter().map(|f| f.paths[0].clone()).collect();
+        paths.sort();
+        assert_eq!(paths, ["CON", "Song: Title.txt", "trailing.", "what?.txt"]);
+        let win = Plan::dir_with_rule(id, &encoded, NameRule::Windows).unwrap();
+        let mut paths: Vec<_> = win.files.iter().map(|f| f.paths[0].clone()).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "Song\u{F03A} Title.txt",
+                "trailing\u{F02E}",
+                "what\u{F03F}.txt",
+                "\u{F043}ON"
+            ]
+        );
     }
 }
