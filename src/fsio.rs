@@ -219,3 +219,74 @@ pub fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<
     }
     Ok(())
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::{io::Read, os::unix::fs::symlink, sync::mpsc, time::Duration};
+
+    use super::*;
+
+    fn share() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("bug: tempdir");
+        let root = dir.path().join("share");
+        std::fs::create_dir_all(root.join("sub")).expect("bug: mkdir");
+        std::fs::write(root.join("sub/a.txt"), b"inside").expect("bug: write");
+        std::fs::write(dir.path().join("outside.txt"), b"outside").expect("bug: write");
+        (dir, root)
+    }
+
+    fn read(file: io::Result<File>) -> io::Result<String> {
+        let mut s = String::new();
+        file?.read_to_string(&mut s)?;
+        Ok(s)
+    }
+
+    #[test]
+    fn open_beneath_follows_symlinks_that_stay_inside_the_share() {
+        let (_dir, root) = share();
+        symlink("sub/a.txt", root.join("rel")).expect("bug: symlink");
+        symlink(root.join("sub/a.txt"), root.join("abs")).expect("bug: symlink");
+        assert_eq!(read(open_beneath(&root, "sub/a.txt")).unwrap(), "inside");
+        assert_eq!(read(open_beneath(&root, "rel")).unwrap(), "inside");
+        assert_eq!(read(open_beneath(&root, "abs")).unwrap(), "inside");
+    }
+
+    #[test]
+    fn open_beneath_refuses_symlinks_and_dotdot_out_of_the_share() {
+        let (dir, root) = share();
+        symlink("../outside.txt", root.join("rel_out")).expect("bug: symlink");
+        symlink(dir.path().join("outside.txt"), root.join("abs_out")).expect("bug: symlink");
+        symlink(dir.path(), root.join("dir_out")).expect("bug: symlink");
+        for rel in [
+            "rel_out",
+            "abs_out",
+            "dir_out/outside.txt",
+            "../outside.txt",
+            "sub/../../outside.txt",
+            "sub",
+            "",
+        ] {
+            assert!(open_beneath(&root, rel).is_err(), "{rel} was opened");
+        }
+    }
+
+    #[test]
+    fn open_beneath_refuses_a_fifo_without_blocking() {
+        let (_dir, root) = share();
+        let fifo = root.join("sub/fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("bug: path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        symlink("sub/fifo", root.join("to_fifo")).expect("bug: symlink");
+        let (tx, rx) = mpsc::channel();
+        let root2 = root.clone();
+        std::thread::spawn(move || {
+            let r = ["sub/fifo", "to_fifo"].map(|rel| open_beneath(&root2, rel).is_err());
+            let _ = tx.send(r);
+        });
+        let refused = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("open_beneath blocked on a FIFO");
+        assert_eq!(refused, [true, true]);
+    }
+}
