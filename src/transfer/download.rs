@@ -744,10 +744,21 @@ async fn copy_local(ctx: &Context, plan: &Plan, part: &Path, done: &mut [bool]) 
         let mut copied = Vec::new();
         for ((i, id), target) in missing.into_iter().zip(targets) {
             // What this node would serve: indexed here and unchanged on disk.
-            let Some((row, source)) = serve::shared_file(&index, &store, &root, &Id(id)) else {
+            // Copied from the verified open file, never from the path again; the length is
+            // counted here (some platforms report 0 from `fs::copy`).
+            let Some((row, _, mut source)) = serve::shared_file(&index, &store, &root, &Id(id))
+            else {
                 continue;
             };
-            if std::fs::copy(&source, &target).is_ok_and(|n| n == row.stamp.size) {
+            let mut copy = || -> std::io::Result<u64> {
+                let mut out = std::fs::File::create(&target)?;
+                let n = std::io::copy(
+                    &mut std::io::Read::take(&mut source, row.stamp.size),
+                    &mut out,
+                )?;
+                Ok(n)
+            };
+            if copy().is_ok_and(|n| n == row.stamp.size) {
                 copied.push((i, row.stamp.size));
             }
         }

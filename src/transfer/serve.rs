@@ -1,10 +1,13 @@
 //! Serving: piece lists and manifests (`/iwant/content/1.0.0`) and pieces (`/iwant/chunk/1`)
 //! to peers that download from this node.
 //!
-//! Only content that is in the index of the current shared folder is served, by id. Before a
-//! file's pieces are sent its size and mtime are compared with the index row: a file changed
-//! since it was hashed is not served under its old id (the peer gets `Unavailable`) and the
-//! indexer is told to look at it again. Partial downloads live in the download folder, which is
+//! Only content that is in the index of the current shared folder is served, by id. A file is
+//! opened beneath the share root without following a symlink out of it and without blocking
+//! ([`fsio::open_beneath`]); then the open file's own metadata (device, inode, size, mtime,
+//! ctime) is compared with the index row, and only that open file is read. A file changed or
+//! replaced since it was hashed (also by a symlink to a file outside the share, or a FIFO) is
+//! not served under its old id (the peer gets `Unavailable`) and the indexer is told to look at
+//! it again. Each later request on a stream re-checks the open file the same way. Partial downloads live in the download folder, which is
 //! never shared, and are never indexed (`.iwant-part`), so they are never served.
 //!
 //! Bounds: [`MAX_STREAMS_PER_PEER`] and [`MAX_STREAMS`] chunk streams at once (more are closed
@@ -254,7 +257,7 @@ fn answer_content(
     let root = index.root_key();
     match request {
         content::Request::Pieces { id } => match shared_file(index, &store, &root, &id) {
-            Some((row, _)) => content::Response::Pieces {
+            Some((row, _, _)) => content::Response::Pieces {
                 size: row.stamp.size,
                 piece_size: Layout::for_len(row.stamp.size).piece_size(),
                 pieces: Bytes(row.pieces),
@@ -303,27 +306,32 @@ fn manifest(cache: &ManifestCache, store: &Store, root: &str, id: Id) -> Option<
     Some(bytes)
 }
 
-/// The index row and the path of a shared file with content `id` whose size and mtime on disk
-/// still match the row. A file that changed is reported to the indexer and not served (nor
-/// copied by a local download).
+/// The index row, the path and the open file of a shared file with content `id`, opened
+/// beneath the share root without following a symlink out of it ([`fsio::open_beneath`]), and
+/// whose open file's own metadata (device, inode, size, mtime, ctime) still matches the row. A
+/// file that changed or was replaced is reported to the indexer and not served (nor copied by a
+/// local download); only the returned open file may be read.
 pub(super) fn shared_file(
     index: &IndexHandle,
     store: &Store,
     root: &str,
     id: &Id,
-) -> Option<(FileRow, PathBuf)> {
+) -> Option<(FileRow, PathBuf, File)> {
     let row = store.shared_file(root, &id.0).ok()??;
-    let path = scan::native(&index.root(), &row.path);
-    if unchanged(&path, &row) {
-        Some((row, path))
-    } else {
-        index.recheck(path);
-        None
+    let share = index.root();
+    let path = scan::native(&share, &row.path);
+    match fsio::open_beneath(&share, &row.path) {
+        Ok(file) if unchanged(&file, &row) => Some((row, path, file)),
+        _ => {
+            index.recheck(path);
+            None
+        }
     }
 }
 
-fn unchanged(path: &std::path::Path, row: &FileRow) -> bool {
-    match std::fs::metadata(path) {
+/// Whether the open `file` is still the version of the file that `row` indexed.
+fn unchanged(file: &File, row: &FileRow) -> bool {
+    match file.metadata() {
         Ok(meta) => meta.is_file() && scan::Stamp::of(&meta) == row.stamp,
         Err(_) => false,
     }
@@ -451,8 +459,10 @@ async fn serve_stream(
 }
 
 /// Finds what to serve for `id`: the file already open on this stream if it is still under the
-/// same share root with the size and mtime of its row (a changed, moved or deleted file fails
-/// that `stat`), or a fresh lookup in the index.
+/// same share root and its open file still has the stamp of its row (`fstat`, not the path:
+/// what is read is what was checked), or a fresh lookup in the index. An id that is not indexed
+/// is `NotFound`; an indexed file that cannot be opened beneath the share or no longer matches
+/// its row is `Unavailable` (and goes back to the indexer).
 fn resolve(
     index: &IndexHandle,
     store: Option<&Store>,
@@ -461,16 +471,16 @@ fn resolve(
 ) -> Result<Serving, Status> {
     let root = index.root_key();
     if let Some(prev) = previous {
-        if prev.root == root && unchanged(&prev.path, &prev.row) {
+        if prev.root == root && unchanged(&prev.file, &prev.row) {
             return Ok(prev);
         }
+        index.recheck(prev.path);
     }
     let store = store.ok_or(Status::Busy)?;
-    let (row, path) = shared_file(index, store, &root, &id).ok_or(Status::NotFound)?;
-    let file = File::open(&path).map_err(|_| {
-        index.recheck(path.clone());
-        Status::Unavailable
-    })?;
+    if !matches!(store.shared_file(&root, &id.0), Ok(Some(_))) {
+        return Err(Status::NotFound);
+    }
+    let (row, path, file) = shared_file(index, store, &root, &id).ok_or(Status::Unavailable)?;
     Ok(Serving {
         id,
         root,
