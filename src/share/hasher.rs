@@ -13,15 +13,41 @@ const READ_BUF: usize = 1024 * 1024;
 /// Hashes the file at `path`. Pieces are hashed in parallel on the current rayon pool. Fails
 /// with `UnexpectedEof` if the file shrinks while it is read.
 pub fn hash_file(path: &Path) -> io::Result<FileHash> {
-    let file = File::open(path)?;
-    hash_open_file(&file, file.metadata()?.len())
+    let (file, meta) = open_regular(path)?;
+    hash_open_file(&file, meta.len())
+}
+
+/// Opens `path` for reading without ever blocking in `open` (a FIFO or a device swapped in
+/// for a file would block a plain open forever) and checks, on the open handle, that it is a
+/// regular file. Fails with `InvalidInput` for anything else.
+pub fn open_regular(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NONBLOCK only matters for the open itself here: reads of a regular file never
+        // block on it, and anything that is not a regular file is refused below.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    // Elsewhere (Windows) opening a file never waits on a writer the way a Unix FIFO does;
+    // the regular-file check below refuses pipes and devices all the same.
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((file, meta))
 }
 
 /// Hashes the first `len` bytes of the file at `path` (the length a walk just saw, which saves
 /// a `stat`) and returns the file's metadata as it was once read: the hash is the file's only
 /// if that metadata still shows `len` bytes and the walk's mtime.
 pub fn hash_file_with_metadata(path: &Path, len: u64) -> io::Result<(FileHash, std::fs::Metadata)> {
-    let file = File::open(path)?;
+    let (file, _) = open_regular(path)?;
     let hash = hash_open_file(&file, len)?;
     Ok((hash, file.metadata()?))
 }
@@ -121,5 +147,28 @@ mod tests {
         // Shrank: reading stops short.
         let err = hash_file_with_metadata(&path, 300_000).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn hashing_a_fifo_fails_at_once_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((
+                hash_file(&p).map(|_| ()),
+                hash_file_with_metadata(&p, 10).map(|_| ()),
+            ));
+        });
+        let (a, b) = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("hashing a FIFO blocked");
+        assert_eq!(a.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(b.unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 }
