@@ -39,11 +39,15 @@ fn render_entries(entries: &[IndexEntry]) -> String {
             Kind::File => "file",
             Kind::Dir => "dir",
         };
-        let path = if e.path.is_empty() { "." } else { &e.path };
+        let path = if e.path.is_empty() {
+            ".".to_string()
+        } else {
+            super::term::safe(&e.path)
+        };
         let path = if e.kind == Kind::Dir && !e.path.is_empty() {
             format!("{path}/")
         } else {
-            path.to_string()
+            path
         };
         let _ = writeln!(
             out,
@@ -77,7 +81,7 @@ fn render_errors(errors: &[ScanError]) -> String {
     }
     errors
         .iter()
-        .map(|e| format!("{}: {}\n", e.path, e.reason))
+        .map(|e| format!("{}: {}\n", super::term::Safe(&e.path), e.reason))
         .collect()
 }
 

@@ -10,6 +10,7 @@ mod ls;
 mod node;
 mod search;
 mod status;
+mod term;
 
 use std::{path::PathBuf, process::ExitCode};
 
