@@ -1,6 +1,7 @@
 //! Positioned file I/O that works the same on every platform: several threads may read or
-//! write one `File` at different offsets without seeking; and [`open_beneath`], which opens a
-//! shared file for serving without following a symlink out of the share or blocking.
+//! write one `File` at different offsets without seeking; [`open_regular`], which opens a
+//! regular file without ever blocking (for hashing); and [`open_beneath`], which does the same
+//! for serving without following a symlink out of the share.
 
 use std::{
     fs::File,
@@ -46,13 +47,49 @@ pub fn open_beneath(root: &Path, rel: &str) -> io::Result<File> {
     }?;
     #[cfg(not(target_os = "linux"))]
     let file = open_canonical(root, &parts)?;
-    if !file.metadata()?.is_file() {
+    regular(file).map(|(file, _)| file)
+}
+
+/// Opens `path` for reading without ever blocking in `open` (a FIFO or a device swapped in for
+/// a file would block a plain open forever) and checks, on the open handle, that it is a
+/// regular file. Fails with `InvalidInput` for anything else.
+pub fn open_regular(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
+    regular(nonblocking_read(false).open(path)?)
+}
+
+/// `file` and its metadata if it is a regular file; `InvalidInput` otherwise.
+fn regular(file: File) -> io::Result<(File, std::fs::Metadata)> {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
-    Ok(file)
+    Ok((file, meta))
+}
+
+/// Read-only options whose `open` never blocks: `O_NONBLOCK` on Unix (it only matters for the
+/// open itself; reads of a regular file never block on it). With `nofollow`, a final symlink
+/// is not followed (Unix `O_NOFOLLOW`; Windows opens the reparse point itself, which then fails
+/// the regular-file check). Elsewhere opening a file never waits on a writer the way a Unix
+/// FIFO does.
+fn nonblocking_read(nofollow: bool) -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let follow = if nofollow { libc::O_NOFOLLOW } else { 0 };
+        options.custom_flags(follow | libc::O_NONBLOCK);
+    }
+    #[cfg(windows)]
+    if nofollow {
+        use std::os::windows::fs::OpenOptionsExt;
+        // FILE_FLAG_OPEN_REPARSE_POINT.
+        options.custom_flags(0x0020_0000);
+    }
+    options
 }
 
 /// The fallback of [`open_beneath`]: canonicalise, check it is under the canonical root, open
@@ -68,21 +105,7 @@ fn open_canonical(root: &Path, parts: &[&str]) -> io::Result<File> {
             "the path leads out of the share",
         ));
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    }
-    #[cfg(windows)]
-    {
-        use std::os::windows::fs::OpenOptionsExt;
-        // FILE_FLAG_OPEN_REPARSE_POINT: open a reparse point (symlink) itself, not its target;
-        // it then fails the regular-file check.
-        options.custom_flags(0x0020_0000);
-    }
-    options.open(&real)
+    nonblocking_read(true).open(&real)
 }
 
 #[cfg(target_os = "linux")]

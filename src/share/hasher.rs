@@ -5,7 +5,7 @@ use std::{fs::File, io, path::Path};
 use rayon::prelude::*;
 
 use super::pieces::{root_of_pieces, FileHash, Layout};
-use crate::fsio::read_at;
+use crate::fsio::{open_regular, read_at};
 
 /// Bytes read per `read` call while hashing.
 const READ_BUF: usize = 1024 * 1024;
@@ -15,32 +15,6 @@ const READ_BUF: usize = 1024 * 1024;
 pub fn hash_file(path: &Path) -> io::Result<FileHash> {
     let (file, meta) = open_regular(path)?;
     hash_open_file(&file, meta.len())
-}
-
-/// Opens `path` for reading without ever blocking in `open` (a FIFO or a device swapped in
-/// for a file would block a plain open forever) and checks, on the open handle, that it is a
-/// regular file. Fails with `InvalidInput` for anything else.
-pub fn open_regular(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // O_NONBLOCK only matters for the open itself here: reads of a regular file never
-        // block on it, and anything that is not a regular file is refused below.
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    // Elsewhere (Windows) opening a file never waits on a writer the way a Unix FIFO does;
-    // the regular-file check below refuses pipes and devices all the same.
-    let file = options.open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    Ok((file, meta))
 }
 
 /// Hashes the first `len` bytes of the file at `path` (the length a walk just saw, which saves

@@ -746,7 +746,7 @@ async fn copy_local(ctx: &Context, plan: &Plan, part: &Path, done: &mut [bool]) 
             // What this node would serve: indexed here and unchanged on disk.
             // Copied from the verified open file, never from the path again; the length is
             // counted here (some platforms report 0 from `fs::copy`).
-            let Some((row, _, mut source)) = serve::shared_file(&index, &store, &root, &Id(id))
+            let Ok((row, _, mut source)) = serve::shared_file(&index, &store, &root, &Id(id))
             else {
                 continue;
             };

@@ -257,12 +257,12 @@ fn answer_content(
     let root = index.root_key();
     match request {
         content::Request::Pieces { id } => match shared_file(index, &store, &root, &id) {
-            Some((row, _, _)) => content::Response::Pieces {
+            Ok((row, _, _)) => content::Response::Pieces {
                 size: row.stamp.size,
                 piece_size: Layout::for_len(row.stamp.size).piece_size(),
                 pieces: Bytes(row.pieces),
             },
-            None => content::Response::NotFound,
+            Err(_) => content::Response::NotFound,
         },
         content::Request::Manifest { id, offset } => {
             let Some(manifest) = manifest(manifests, &store, &root, id) else {
@@ -310,21 +310,26 @@ fn manifest(cache: &ManifestCache, store: &Store, root: &str, id: Id) -> Option<
 /// beneath the share root without following a symlink out of it ([`fsio::open_beneath`]), and
 /// whose open file's own metadata (device, inode, size, mtime, ctime) still matches the row. A
 /// file that changed or was replaced is reported to the indexer and not served (nor copied by a
-/// local download); only the returned open file may be read.
+/// local download); only the returned open file may be read. Fails with `NotFound` when no
+/// file of `root` has that id, `Unavailable` when the indexed file is not that file any more.
 pub(super) fn shared_file(
     index: &IndexHandle,
     store: &Store,
     root: &str,
     id: &Id,
-) -> Option<(FileRow, PathBuf, File)> {
-    let row = store.shared_file(root, &id.0).ok()??;
+) -> Result<(FileRow, PathBuf, File), Status> {
+    let row = store
+        .shared_file(root, &id.0)
+        .ok()
+        .flatten()
+        .ok_or(Status::NotFound)?;
     let share = index.root();
     let path = scan::native(&share, &row.path);
     match fsio::open_beneath(&share, &row.path) {
-        Ok(file) if unchanged(&file, &row) => Some((row, path, file)),
+        Ok(file) if unchanged(&file, &row) => Ok((row, path, file)),
         _ => {
             index.recheck(path);
-            None
+            Err(Status::Unavailable)
         }
     }
 }
@@ -477,10 +482,7 @@ fn resolve(
         index.recheck(prev.path);
     }
     let store = store.ok_or(Status::Busy)?;
-    if !matches!(store.shared_file(&root, &id.0), Ok(Some(_))) {
-        return Err(Status::NotFound);
-    }
-    let (row, path, file) = shared_file(index, store, &root, &id).ok_or(Status::Unavailable)?;
+    let (row, path, file) = shared_file(index, store, &root, &id)?;
     Ok(Serving {
         id,
         root,
