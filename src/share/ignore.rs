@@ -271,13 +271,14 @@ fn secret(secrets: &Gitignore, rel: &str, is_dir: bool) -> Option<Reason> {
 }
 
 /// Reads the `.iwantignore` of the directory `dir`; `None` when there is none or it is
-/// unreadable (logged).
+/// unreadable (logged). Opened like a file to hash ([`crate::fsio::open_regular`]): a FIFO or
+/// device of that name is refused at once instead of blocking the indexer.
 fn load(root: &Path, dir: &str) -> Option<(Gitignore, Vec<String>)> {
     use std::io::Read;
     let dir_abs = super::scan::native(root, dir);
     let path = dir_abs.join(IGNORE_FILE);
-    let file = match fs::File::open(&path) {
-        Ok(f) => f,
+    let file = match crate::fsio::open_regular(&path) {
+        Ok((f, _)) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
             tracing::warn!(file = %path.display(), error = %e, "cannot read an .iwantignore");
@@ -496,6 +497,27 @@ mod tests {
         // The negation only holds in its own folder.
         touch(&root, "other/keep.tmp");
         assert!(reason(&rules, &root, "other/keep.tmp").is_some());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_named_iwantignore_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        touch(&root, "keep.txt");
+        let fifo =
+            std::ffi::CString::new(root.join(IGNORE_FILE).as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rules = Rules::new(false, &[], None);
+            let _ = tx.send(reason(&rules, &root, "keep.txt"));
+        });
+        let skipped = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("reading a FIFO named .iwantignore blocked");
+        assert_eq!(skipped, None);
     }
 
     #[test]
