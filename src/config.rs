@@ -209,6 +209,7 @@ impl Home {
                     network_key: None,
                     include_hidden: false,
                     ignore: Vec::new(),
+                    rescan_interval_secs: default_rescan(),
                 };
                 self.save_config(&config)?;
                 Ok((config, true))
@@ -303,6 +304,28 @@ pub struct Config {
     /// `["*.iso", "private/"]`. They add skips; they cannot share a secret. Default: none.
     #[serde(default)]
     pub ignore: Vec<String>,
+    /// How often, in seconds, the whole shared folder is re-walked to catch changes the
+    /// watcher missed (1 to 86,400). Default: 60.
+    #[serde(default = "default_rescan", skip_serializing_if = "is_default_rescan")]
+    pub rescan_interval_secs: u64,
+}
+
+/// The longest allowed rescan interval, in seconds (a day).
+pub const MAX_RESCAN_INTERVAL_SECS: u64 = 86_400;
+
+fn default_rescan() -> u64 {
+    crate::share::RESCAN_INTERVAL.as_secs()
+}
+
+fn is_default_rescan(secs: &u64) -> bool {
+    *secs == default_rescan()
+}
+
+impl Config {
+    /// The rescan interval, within its bounds.
+    pub fn rescan_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.rescan_interval_secs.clamp(1, MAX_RESCAN_INTERVAL_SECS))
+    }
 }
 
 fn yes() -> bool {

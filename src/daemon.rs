@@ -192,9 +192,12 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     tasks.spawn(event_loop.run());
     let (leader, service) = leader::spawn(net.clone(), inbound, shutdown.child_token());
     tasks.spawn(service.run());
-    let rules = share::ignore::Rules::new(config.include_hidden, &config.ignore, Some(home.root()));
+    let options = share::IndexOptions {
+        rules: share::ignore::Rules::new(config.include_hidden, &config.ignore, Some(home.root())),
+        rescan_interval: config.rescan_interval(),
+    };
     let (index, index_thread) =
-        match share::spawn(home.database(), folders.shared_dir.clone(), rules) {
+        match share::spawn(home.database(), folders.shared_dir.clone(), options) {
             Ok(started) => started,
             Err(e) => {
                 shutdown.cancel();

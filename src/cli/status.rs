@@ -163,6 +163,8 @@ mod tests {
                 hashing: None,
                 hashed_files: 0,
                 hashed_bytes: 0,
+                root_missing: false,
+                watch: crate::share::WatchState::Full,
             },
             leader: Some("12D3Self".into()),
             term: 4,

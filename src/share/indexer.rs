@@ -18,8 +18,8 @@ use rayon::prelude::*;
 use tokio::sync::broadcast;
 
 use super::{
-    hasher, manifest, scan, HashingProgress, IndexDelta, IndexEntry, IndexStatus, Kind,
-    DELTA_QUEUE, RESCAN_INTERVAL, SETTLE,
+    hasher, manifest, scan, HashingProgress, IndexDelta, IndexEntry, IndexOptions, IndexStatus,
+    Kind, DELTA_QUEUE, SETTLE,
 };
 use crate::store::{
     DirRow, EntryRow, FileRow, FileStat, IndexChange, ScanError, Store, StoreError,
@@ -172,7 +172,7 @@ fn root_key(root: &Path) -> String {
 pub fn spawn(
     db: PathBuf,
     root: PathBuf,
-    rules: super::ignore::Rules,
+    options: IndexOptions,
 ) -> Result<(IndexHandle, std::thread::JoinHandle<()>), StoreError> {
     let store = Store::open(&db)?;
     let version = stored_version(&store)?;
@@ -211,7 +211,8 @@ pub fn spawn(
         tx,
         watcher: None,
         pending: HashMap::new(),
-        rules,
+        rules: options.rules,
+        rescan_interval: options.rescan_interval,
     };
     let thread = std::thread::Builder::new()
         .name("iwant-index".into())
@@ -234,6 +235,8 @@ struct Indexer {
     pending: HashMap<String, Instant>,
     /// What the walk leaves out.
     rules: super::ignore::Rules,
+    /// How often the whole share is re-walked.
+    rescan_interval: Duration,
 }
 
 /// The outcome of one reconcile, before directory ids.
@@ -249,8 +252,8 @@ impl Indexer {
         while !self.stopping() {
             let next_settle = self.pending.values().min().map(|t| *t + SETTLE);
             let wake = next_settle
-                .unwrap_or_else(|| last_rescan + RESCAN_INTERVAL)
-                .min(last_rescan + RESCAN_INTERVAL);
+                .unwrap_or_else(|| last_rescan + self.rescan_interval)
+                .min(last_rescan + self.rescan_interval);
             let wait = wake.saturating_duration_since(Instant::now()).min(MAX_IDLE);
             match rx.recv_timeout(wait) {
                 Ok(Msg::Fs(paths)) => {
@@ -299,7 +302,7 @@ impl Indexer {
                     self.reconcile_logged(&rel, false);
                 }
             }
-            if last_rescan.elapsed() >= RESCAN_INTERVAL {
+            if last_rescan.elapsed() >= self.rescan_interval {
                 self.reconcile_logged("", false);
                 last_rescan = Instant::now();
             }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 pub(crate) use indexer::manifest_below;
 pub use indexer::{spawn, IndexHandle};
+
 pub use manifest::Kind;
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +89,53 @@ pub struct IndexStatus {
     pub hashed_files: u64,
     /// Bytes of file content read for hashing since the node started.
     pub hashed_bytes: u64,
+    /// The shared folder does not exist (an unmounted disk, a folder moved away): nothing is
+    /// shared until it appears again.
+    #[serde(default)]
+    pub root_missing: bool,
+    /// Whether changes are seen as they happen.
+    #[serde(default)]
+    pub watch: WatchState,
+}
+
+/// Whether the filesystem watcher sees the shared folder's changes as they happen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum WatchState {
+    /// Not watching (yet): the first scan runs, or there is no shared folder.
+    #[default]
+    Off,
+    /// Every folder of the share is watched.
+    Full,
+    /// Some folders cannot be watched (e.g. unreadable); changes there are found by the
+    /// periodic rescan only. The rest is watched.
+    Partial {
+        /// How many folders are not watched.
+        unwatched: u64,
+    },
+    /// No watcher at all: every change waits for the periodic rescan.
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How the indexer runs.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    /// What the walk leaves out.
+    pub rules: ignore::Rules,
+    /// How often the whole share is re-walked; [`RESCAN_INTERVAL`] by default.
+    pub rescan_interval: Duration,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        Self {
+            rules: ignore::Rules::default(),
+            rescan_interval: RESCAN_INTERVAL,
+        }
+    }
 }
 
 /// How far a scan's hashing has got.
