@@ -144,6 +144,11 @@ impl Home {
         self.root.join("control.sock")
     }
 
+    /// `node.lock`: held by the running node for its whole life.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("node.lock")
+    }
+
     /// The flag that tells a CLI user how to reach this home again (`--home <dir>`), if needed.
     pub fn cli_flag(&self) -> String {
         if self.explicit {

@@ -1,14 +1,21 @@
 //! The daemon: starts a node's tasks in order and owns their shutdown.
 //!
-//! Start-up order: home and config → folder rules → identity → control channel (refuses to
-//! start a second daemon on the same home) → database → network → leader service → indexer →
-//! index publisher → control server.
-//! Shutdown: one [`CancellationToken`] is cancelled; the control server stops accepting and
-//! finishes the requests in flight, the network loop drops the `Swarm` (peers see the
-//! connections close at once); a [`TaskTracker`] waits for both; then the indexer thread
-//! finishes its batch and stops, and [`RunningNode::wait`] returns.
+//! Start-up order: home and config → the home's lock (`node.lock`: a second daemon on the same
+//! home is refused) → folder rules → identity → control channel → database → network →
+//! leader service → indexer → index publisher → control server.
+//! Shutdown: one [`CancellationToken`] is cancelled; the indexer drops what it is doing (a
+//! walk before its next entry, hashing before its next read); the control server stops
+//! accepting and finishes the requests in flight, the network loop drops the `Swarm` (peers
+//! see the connections close at once); a [`TaskTracker`] waits for them. Every wait is bounded
+//! ([`SHUTDOWN_GRACE`] in all): what does not end in time is left to the process exit. The
+//! control socket and then the lock go last, so no second daemon starts beside a living one.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    fs::File,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{watch, Mutex};
@@ -39,6 +46,9 @@ pub struct NodeOptions {
     pub network_key: Option<PathBuf>,
 }
 
+/// The longest [`RunningNode::wait`] waits for the node's tasks and the indexer to end.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
 /// A node whose tasks are running.
 pub struct RunningNode {
     /// The handle to the network task.
@@ -53,6 +63,10 @@ pub struct RunningNode {
     home: Home,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Kept to the very end: the control socket (or pipe) exists while the node lives.
+    listener: Arc<control::Listener>,
+    /// The home's lock, released last.
+    lock: Option<File>,
 }
 
 impl RunningNode {
@@ -71,19 +85,40 @@ impl RunningNode {
         self.shutdown.clone()
     }
 
-    /// Waits until the node has been told to stop and every task has ended.
+    /// Waits until the node has been told to stop and its tasks have ended, at most
+    /// [`SHUTDOWN_GRACE`] after the stop; then removes the control socket and releases the
+    /// home's lock. A task or thread still running then is left to the process exit.
     pub async fn wait(self) {
         self.shutdown.cancelled().await;
-        self.tasks.close();
-        self.tasks.wait().await;
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        // The indexer stops alongside the tasks: it needs none of them to finish.
         self.index.stop();
-        let thread = self.index_thread;
-        if tokio::task::spawn_blocking(move || thread.join())
+        self.tasks.close();
+        if tokio::time::timeout_at(deadline.into(), self.tasks.wait())
             .await
             .is_err()
         {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "some tasks did not stop in time; leaving them"
+            );
+        }
+        let thread = self.index_thread;
+        let mut finished = false;
+        while Instant::now() < deadline {
+            if thread.is_finished() {
+                finished = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !finished {
+            tracing::warn!("the indexer did not stop in time; leaving it");
+        } else if thread.join().is_err() {
             tracing::error!("the indexer thread panicked");
         }
+        drop(self.listener);
+        drop(self.lock);
     }
 
     /// Stops the node and waits for its tasks to end.
@@ -102,6 +137,14 @@ pub enum StartError {
     /// A daemon already runs on this home.
     #[error("another iwant node is already running with the home {0}; stop it first, or start this one with another --home")]
     AlreadyRunning(std::path::PathBuf),
+    /// The home's lock file could not be opened.
+    #[error("cannot open the lock file {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The control channel could not be opened.
     #[error(transparent)]
     Control(#[from] control::ServerError),
@@ -120,6 +163,7 @@ pub enum StartError {
 pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     let home = options.home;
     home.create()?;
+    let lock = lock_home(&home)?;
     let (mut config, first_run) = home.load_or_create_config()?;
     let folders =
         check_folders(&config.shared_dir, &config.download_dir).map_err(ConfigError::from)?;
@@ -143,7 +187,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     };
 
     let socket = home.control_socket();
-    let listener = control::Listener::bind(&socket).await.map_err(|source| {
+    let listener = Arc::new(control::Listener::bind(&socket).await.map_err(|source| {
         if source.kind() == std::io::ErrorKind::AddrInUse {
             StartError::AlreadyRunning(home.root().to_path_buf())
         } else {
@@ -152,7 +196,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
                 source,
             })
         }
-    })?;
+    })?);
 
     let db = home.database();
     tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
@@ -245,7 +289,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         folders: folders_tx,
     });
     tasks.spawn(control::serve(
-        listener,
+        listener.clone(),
         move |request| {
             let state = state.clone();
             async move { state.handle(request).await }
@@ -262,7 +306,41 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         home,
         shutdown,
         tasks,
+        listener,
+        lock,
     })
+}
+
+/// Takes the home's lock for the life of the node (released when the returned file is
+/// closed, also by a crash). A filesystem without locks gets a warning: the control socket
+/// still refuses a second daemon that starts while this one runs.
+fn lock_home(home: &Home) -> Result<Option<File>, StartError> {
+    use std::io::Write;
+    let path = home.lock_file();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => {
+            // For people looking: which process holds it.
+            let _ = file.set_len(0);
+            let _ = writeln!(file, "{}", std::process::id());
+            Ok(Some(file))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StartError::AlreadyRunning(home.root().to_path_buf()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot lock the home; going on without the lock");
+            Ok(None)
+        }
+    }
 }
 
 /// What the control handler needs.

@@ -15,7 +15,7 @@ pub(super) fn run(home: Home, args: NodeArgs) -> anyhow::Result<()> {
         .thread_name("iwant")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let options = NodeOptions {
             home,
             listen: args.listen,
@@ -31,7 +31,10 @@ pub(super) fn run(home: Home, args: NodeArgs) -> anyhow::Result<()> {
         node.wait().await;
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // A blocking task still running (a read of a hung disk) must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 fn print_banner(node: &daemon::RunningNode) {

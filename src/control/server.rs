@@ -32,8 +32,9 @@ pub enum ServerError {
 }
 
 /// Serves requests on `listener` with `handler` until `shutdown` is cancelled. Connections in
-/// flight are finished before it returns.
-pub async fn serve<H, Fut>(listener: Listener, handler: H, shutdown: CancellationToken)
+/// flight are finished before it returns. The caller keeps its own reference to the listener,
+/// so the socket (or pipe) lasts as long as the caller wants, not only as long as this task.
+pub async fn serve<H, Fut>(listener: Arc<Listener>, handler: H, shutdown: CancellationToken)
 where
     H: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response, ControlError>> + Send,

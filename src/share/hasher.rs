@@ -14,23 +14,32 @@ const READ_BUF: usize = 1024 * 1024;
 /// with `UnexpectedEof` if the file shrinks while it is read.
 pub fn hash_file(path: &Path) -> io::Result<FileHash> {
     let (file, meta) = open_regular(path)?;
-    hash_open_file(&file, meta.len())
+    hash_open_file(&file, meta.len(), &|| false)
 }
+
+/// Asked between reads whether to give up; hashing then fails with
+/// [`io::ErrorKind::Interrupted`].
+pub type Stop<'a> = &'a (dyn Fn() -> bool + Sync);
 
 /// Hashes the first `len` bytes of the file at `path` (the length a walk just saw, which saves
 /// a `stat`) and returns the file's metadata as it was once read: the hash is the file's only
 /// if that metadata still shows `len` bytes and the walk's mtime.
-pub fn hash_file_with_metadata(path: &Path, len: u64) -> io::Result<(FileHash, std::fs::Metadata)> {
+/// Gives up between two reads of at most [`READ_BUF`] bytes once `stop` says so.
+pub fn hash_file_with_metadata(
+    path: &Path,
+    len: u64,
+    stop: Stop<'_>,
+) -> io::Result<(FileHash, std::fs::Metadata)> {
     let (file, _) = open_regular(path)?;
-    let hash = hash_open_file(&file, len)?;
+    let hash = hash_open_file(&file, len, stop)?;
     Ok((hash, file.metadata()?))
 }
 
-fn hash_open_file(file: &File, len: u64) -> io::Result<FileHash> {
+fn hash_open_file(file: &File, len: u64, stop: Stop<'_>) -> io::Result<FileHash> {
     let layout = Layout::for_len(len);
     if layout.count() == 1 {
         let mut hasher = blake3::Hasher::new();
-        let read = hash_range(file, 0, len, &mut hasher)?;
+        let read = hash_range(file, 0, len, &mut hasher, stop)?;
         debug_assert_eq!(read, len);
         return Ok(FileHash {
             id: hasher.finalize(),
@@ -45,7 +54,13 @@ fn hash_open_file(file: &File, len: u64) -> io::Result<FileHash> {
             let range = layout.piece_range(i).expect("bug: index in range");
             let mut hasher = blake3::Hasher::new();
             hasher.set_input_offset(range.start);
-            hash_range(file, range.start, range.end - range.start, &mut hasher)?;
+            hash_range(
+                file,
+                range.start,
+                range.end - range.start,
+                &mut hasher,
+                stop,
+            )?;
             Ok(hasher.finalize_non_root())
         })
         .collect::<io::Result<Vec<_>>>()?;
@@ -59,13 +74,19 @@ thread_local! {
 }
 
 /// Feeds `len` bytes of `file` from `offset` into `hasher`.
-fn hash_range(file: &File, offset: u64, len: u64, hasher: &mut blake3::Hasher) -> io::Result<u64> {
+fn hash_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    hasher: &mut blake3::Hasher,
+    stop: Stop<'_>,
+) -> io::Result<u64> {
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         if buf.len() < READ_BUF {
             buf.resize(READ_BUF, 0);
         }
-        hash_range_with(file, offset, len, hasher, &mut buf)
+        hash_range_with(file, offset, len, hasher, &mut buf, stop)
     })
 }
 
@@ -75,9 +96,16 @@ fn hash_range_with(
     len: u64,
     hasher: &mut blake3::Hasher,
     buf: &mut [u8],
+    stop: Stop<'_>,
 ) -> io::Result<u64> {
     let mut done = 0u64;
     while done < len {
+        if stop() {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "hashing was stopped",
+            ));
+        }
         let want = buf.len().min((len - done) as usize);
         let n = read_at(file, &mut buf[..want], offset + done)?;
         if n == 0 {
@@ -115,12 +143,25 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, [7u8; 100]).unwrap();
         // Grew after a walk that saw 50 bytes: the metadata says 100, so the caller discards it.
-        let (hash, meta) = hash_file_with_metadata(&path, 50).unwrap();
+        let (hash, meta) = hash_file_with_metadata(&path, 50, &|| false).unwrap();
         assert_eq!(hash.id, blake3::hash(&[7u8; 50]));
         assert_eq!(meta.len(), 100);
         // Shrank: reading stops short.
-        let err = hash_file_with_metadata(&path, 300_000).unwrap_err();
+        let err = hash_file_with_metadata(&path, 300_000, &|| false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn hashing_gives_up_between_reads_when_told_to_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![1u8; 3 * READ_BUF]).unwrap();
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        // Let two reads through, then stop.
+        let stop = || reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 2;
+        let err = hash_file_with_metadata(&path, 3 * READ_BUF as u64, &stop).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        assert!(hash_file_with_metadata(&path, 3 * READ_BUF as u64, &|| false).is_ok());
     }
 
     #[cfg(unix)]
@@ -136,7 +177,7 @@ mod tests {
         std::thread::spawn(move || {
             let _ = tx.send((
                 hash_file(&p).map(|_| ()),
-                hash_file_with_metadata(&p, 10).map(|_| ()),
+                hash_file_with_metadata(&p, 10, &|| false).map(|_| ()),
             ));
         });
         let (a, b) = rx

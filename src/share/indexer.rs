@@ -4,7 +4,7 @@ use std::{
     collections::{BTreeSet, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
         Arc, Mutex,
     },
@@ -37,6 +37,9 @@ const BATCH_BYTES: u64 = 256 * 1024 * 1024;
 /// The longest the thread sleeps before checking its flags again.
 const MAX_IDLE: Duration = Duration::from_millis(250);
 
+/// How often a missing shared folder is looked for.
+const MISSING_POLL: Duration = Duration::from_secs(1);
+
 /// The `meta` key of the index version.
 const VERSION_KEY: &str = "index_version";
 
@@ -53,6 +56,19 @@ struct Shared {
     /// The watcher lost events: rescan everything.
     overflow: AtomicBool,
     stop: AtomicBool,
+    /// Folder switches sent and not yet taken up: the work in progress is for a folder that
+    /// is no longer shared, so it stops at once.
+    switching: AtomicUsize,
+    /// Nothing may be published: the shared folder is missing, or a new shared folder's
+    /// first scan runs (the old folder's entries are gone, the new ones not yet known).
+    hidden: AtomicBool,
+}
+
+impl Shared {
+    /// Whether the work in progress should stop: the node stops or the folder changes.
+    fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.switching.load(Ordering::Relaxed) > 0
+    }
 }
 
 /// A handle to the indexer thread. Cheap to clone.
@@ -82,14 +98,26 @@ impl IndexHandle {
     }
 
     /// Switches to another shared folder; returns at once, the indexer catches up.
+    /// The scan of the old folder stops at once, and its entries are withdrawn from the
+    /// network (an empty index is published) before the new folder is scanned.
     pub async fn set_root(&self, root: PathBuf) {
+        // Counted before it is queued, so the indexer gives up on the old folder now rather
+        // than when it reaches the message.
+        self.shared.switching.fetch_add(1, Ordering::Relaxed);
         let tx = self.tx.clone();
         // The queue may be full of watcher events: wait on a blocking thread, not here.
-        let _ = tokio::task::spawn_blocking(move || tx.send(Msg::SetRoot(root))).await;
+        let sent = tokio::task::spawn_blocking(move || tx.send(Msg::SetRoot(root))).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.shared.switching.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Every indexed entry (files and directories, the shared folder as ""), sorted by path.
+    /// Nothing while the shared folder is missing.
     pub async fn entries(&self) -> Result<Vec<IndexEntry>, StoreError> {
+        if self.status().root_missing {
+            return Ok(Vec::new());
+        }
         let (db, root) = (self.db.clone(), self.root());
         tokio::task::spawn_blocking(move || all_entries(&Store::open(&db)?, &root_key(&root)))
             .await
@@ -100,13 +128,19 @@ impl IndexHandle {
     /// subscriber that subscribed before calling this and applies, on top of the entries,
     /// every delta with a higher version than the one returned, holds the index. (The
     /// entries may already include some of those deltas; applying them again changes nothing.)
+    /// While nothing may be published (the shared folder is missing, or a new one's first
+    /// scan runs) the entries are empty.
     pub async fn snapshot(&self) -> Result<(u64, Vec<IndexEntry>), StoreError> {
         let (db, root) = (self.db.clone(), self.root());
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let store = Store::open(&db)?;
             // The indexer writes a change, then its version, then publishes it: reading the
             // version first means the entries hold at least that version.
             let version = stored_version(&store)?;
+            if shared.hidden.load(Ordering::Acquire) {
+                return Ok((version, Vec::new()));
+            }
             Ok((version, all_entries(&store, &root_key(&root))?))
         })
         .await
@@ -148,7 +182,8 @@ impl IndexHandle {
         let _ = self.tx.try_send(Msg::Fs(vec![path]));
     }
 
-    /// Asks the thread to stop after the batch it is working on.
+    /// Asks the thread to stop: a walk stops before its next entry, hashing before its next
+    /// read of at most a MiB, and the batch is not committed.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Relaxed);
     }
@@ -186,6 +221,8 @@ pub fn spawn(
         root: Mutex::new(root.clone()),
         overflow: AtomicBool::new(false),
         stop: AtomicBool::new(false),
+        switching: AtomicUsize::new(0),
+        hidden: AtomicBool::new(false),
     });
     let pool = rayon::ThreadPoolBuilder::new()
         .thread_name(|i| format!("iwant-hash-{i}"))
@@ -213,6 +250,7 @@ pub fn spawn(
         pending: HashMap::new(),
         rules: options.rules,
         rescan_interval: options.rescan_interval,
+        missing: false,
     };
     let thread = std::thread::Builder::new()
         .name("iwant-index".into())
@@ -237,6 +275,8 @@ struct Indexer {
     rules: super::ignore::Rules,
     /// How often the whole share is re-walked.
     rescan_interval: Duration,
+    /// The shared folder does not exist: nothing is indexed or published until it does.
+    missing: bool,
 }
 
 /// The outcome of one reconcile, before directory ids.
@@ -250,6 +290,25 @@ impl Indexer {
         self.full_scan(false);
         let mut last_rescan = Instant::now();
         while !self.stopping() {
+            if self.missing {
+                match rx.recv_timeout(MISSING_POLL) {
+                    Ok(Msg::SetRoot(root)) => {
+                        self.shared.switching.fetch_sub(1, Ordering::Relaxed);
+                        self.switch_root(root);
+                        last_rescan = Instant::now();
+                    }
+                    // Nothing to index until the folder is back.
+                    Ok(Msg::Fs(_)) | Err(RecvTimeoutError::Timeout) => {
+                        if self.root_present() {
+                            tracing::info!(root = %self.root.display(), "the shared folder is back; sharing it");
+                            self.full_scan(true);
+                            last_rescan = Instant::now();
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                continue;
+            }
             let next_settle = self.pending.values().min().map(|t| *t + SETTLE);
             let wake = next_settle
                 .unwrap_or_else(|| last_rescan + self.rescan_interval)
@@ -267,6 +326,7 @@ impl Indexer {
                     // paths keep changing.
                 }
                 Ok(Msg::SetRoot(root)) => {
+                    self.shared.switching.fetch_sub(1, Ordering::Relaxed);
                     self.switch_root(root);
                     last_rescan = Instant::now();
                     continue;
@@ -312,6 +372,41 @@ impl Indexer {
 
     fn stopping(&self) -> bool {
         self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    /// Whether the work in progress should be dropped (the node stops, the folder changes).
+    fn interrupted(&self) -> bool {
+        self.shared.interrupted()
+    }
+
+    /// Whether the shared folder exists (as a directory).
+    fn root_present(&self) -> bool {
+        std::fs::metadata(&self.root).is_ok_and(|m| m.is_dir())
+    }
+
+    /// The shared folder is gone: withdraw its entries from the network (the rows stay, so
+    /// nothing is hashed again when it comes back) and wait for it.
+    fn root_gone(&mut self) {
+        if !self.missing {
+            tracing::warn!(root = %self.root.display(), "the shared folder does not exist (an unmounted disk? moved away?); nothing is shared until it exists again");
+        }
+        self.missing = true;
+        self.watcher = None;
+        self.pending.clear();
+        self.shared.hidden.store(true, Ordering::Release);
+        {
+            let mut status = self.shared.status.lock().expect("bug: poisoned");
+            status.root_missing = true;
+            status.ready = true;
+        }
+        self.withdraw();
+    }
+
+    /// Publishes an empty index (a reset), so that subscribers forget every entry now.
+    fn withdraw(&mut self) {
+        if let Err(e) = self.send(true, Vec::new(), Vec::new()) {
+            tracing::warn!(error = %e, "cannot withdraw the index");
+        }
     }
 
     /// Starts watching the root; failures are logged and the periodic rescan carries on.
@@ -373,6 +468,11 @@ impl Indexer {
 
     fn switch_root(&mut self, root: PathBuf) {
         if root == self.root {
+            // The same folder again: finish its first scan if the switch interrupted it.
+            if !self.shared.status.lock().expect("bug: poisoned").ready {
+                let reset = self.shared.hidden.load(Ordering::Acquire);
+                self.full_scan(reset);
+            }
             return;
         }
         tracing::info!(from = %self.root.display(), to = %root.display(), "switching the shared folder");
@@ -383,6 +483,10 @@ impl Indexer {
         self.root = root.clone();
         *self.shared.root.lock().expect("bug: poisoned") = root;
         self.pending.clear();
+        self.watcher = None;
+        // The old folder's entries leave the network now, not after the new scan.
+        self.shared.hidden.store(true, Ordering::Release);
+        self.withdraw();
         self.full_scan(true);
     }
 
@@ -393,10 +497,27 @@ impl Indexer {
     /// Indexes the whole share: a first pass without the watcher (inotify reports every open,
     /// which would slow hashing down), then the watcher, then a catch-up walk that re-indexes
     /// whatever changed during the first pass. `ready` is set at the end.
+    /// Nothing is published while it runs after a switch (`reset`): the old folder's entries
+    /// are gone, and the new ones are published once complete.
     fn full_scan(&mut self, reset: bool) {
         self.watcher = None;
+        if !self.root_present() {
+            self.root_gone();
+            return;
+        }
+        if self.missing {
+            self.missing = false;
+            self.shared
+                .status
+                .lock()
+                .expect("bug: poisoned")
+                .root_missing = false;
+        }
         self.set_ready(false);
-        let walk = scan::walk(&self.root, "", &self.rules);
+        let walk = self.walk("");
+        if walk.interrupted {
+            return;
+        }
         let mut files: HashMap<String, scan::Stamp> = walk
             .files
             .iter()
@@ -404,8 +525,15 @@ impl Indexer {
             .collect();
         let mut dirs: HashSet<String> = walk.dirs.iter().cloned().collect();
         self.reconcile_walk_logged("", walk, reset);
+        if self.interrupted() {
+            return;
+        }
+        self.shared.hidden.store(false, Ordering::Release);
         self.watch();
-        let again = scan::walk(&self.root, "", &self.rules);
+        let again = self.walk("");
+        if again.interrupted {
+            return;
+        }
         let mut changed = Vec::new();
         for f in again.files {
             if files.remove(&f.path) != Some(f.stamp) {
@@ -425,8 +553,29 @@ impl Indexer {
     }
 
     fn reconcile_logged(&mut self, rel: &str, reset: bool) {
-        let walk = scan::walk(&self.root, rel, &self.rules);
+        // A walk of a vanished root would look like a folder emptied: every row deleted.
+        if !self.root_present() {
+            self.root_gone();
+            return;
+        }
+        let walk = self.walk(rel);
+        if walk.interrupted {
+            return;
+        }
         self.reconcile_walk_logged(rel, walk, reset);
+    }
+
+    /// Walks `rel`, giving up when interrupted. A root that vanished during the walk makes
+    /// it interrupted too (what it saw is not the folder's contents), and the root gone.
+    fn walk(&mut self, rel: &str) -> scan::Walk {
+        let shared = self.shared.clone();
+        let mut walk =
+            scan::walk_until(&self.root, rel, &self.rules, &move || shared.interrupted());
+        if !walk.interrupted && !self.root_present() {
+            self.root_gone();
+            walk.interrupted = true;
+        }
+        walk
     }
 
     fn reconcile_walk_logged(&mut self, rel: &str, walk: scan::Walk, reset: bool) {
@@ -508,6 +657,10 @@ impl Indexer {
 
         let unchanged = to_hash.is_empty() && !change.touches_entries();
         self.hash_and_commit(to_hash, change, &mut delta)?;
+        if self.interrupted() {
+            // Half a change: the next scan (or the next folder) starts over.
+            return Ok(());
+        }
         if unchanged && !reset {
             // The common case of the periodic rescan: nothing to recompute.
             return Ok(());
@@ -519,6 +672,9 @@ impl Indexer {
             .collect();
         affected.extend(ancestors(rel));
         self.update_dir_ids(&affected, &mut delta)?;
+        if self.interrupted() {
+            return Ok(());
+        }
         if reset || !delta.upserted.is_empty() || !delta.removed.is_empty() {
             self.publish(delta, reset)?;
         }
@@ -551,6 +707,7 @@ impl Indexer {
         let mut queue = to_hash.into_iter().peekable();
         let pool = self.pool.clone();
         let root = self.root.clone();
+        let shared = self.shared.clone();
         // A pipeline: the pool hashes batch n + 1 while this thread records batch n.
         let mut in_flight: Option<Vec<Hashed>> = None;
         loop {
@@ -560,7 +717,7 @@ impl Indexer {
             let mut batch = Vec::new();
             let mut bytes = 0;
             while let Some(f) = queue.next_if(|f| {
-                !self.stopping()
+                !self.interrupted()
                     && batch.len() < BATCH_FILES
                     && (batch.is_empty() || bytes + f.stamp.size <= BATCH_BYTES)
             }) {
@@ -571,8 +728,8 @@ impl Indexer {
             let mut recorded = Ok(());
             pool.in_place_scope(|scope| {
                 if !batch.is_empty() {
-                    let (root, next) = (&root, &mut next);
-                    scope.spawn(move |_| *next = Some(hash_batch(root, batch)));
+                    let (root, next, shared) = (&root, &mut next, &shared);
+                    scope.spawn(move |_| *next = Some(hash_batch(root, batch, shared)));
                 }
                 if let Some(results) = in_flight.take() {
                     recorded =
@@ -586,6 +743,9 @@ impl Indexer {
             }
         }
         self.set_progress(None);
+        if self.interrupted() {
+            return Ok(());
+        }
         self.store.apply_index_change(&self.key, &change)?;
         delta.upserted.extend(
             change
@@ -636,6 +796,8 @@ impl Indexer {
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     self.pending.insert(found.path, Instant::now());
                 }
+                // Stopped on purpose: the file is neither an error nor indexed.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => change.errors.push(ScanError {
                     path: found.path,
                     reason: format!("cannot read it: {e}"),
@@ -663,6 +825,9 @@ impl Indexer {
         let mut change = IndexChange::default();
         // Only directories that are indexed (new ones have a placeholder row by now).
         for dir in dirs.iter().filter(|d| old.contains_key(*d)) {
+            if self.interrupted() {
+                return Ok(());
+            }
             let row = dir_row(&entries, dir);
             if old.get(dir) != Some(&row) {
                 delta.upserted.push(dir_entry(row.clone()));
@@ -672,25 +837,31 @@ impl Indexer {
         self.store.apply_index_change(&self.key, &change)
     }
 
+    /// Publishes `delta`, or with `reset` the whole index of the share.
     fn publish(&mut self, delta: Delta, reset: bool) -> Result<(), StoreError> {
+        if reset {
+            let all = all_entries(&self.store, &self.key)?;
+            self.send(true, all, Vec::new())
+        } else {
+            self.send(false, delta.upserted, delta.removed)
+        }
+    }
+
+    /// Writes the next index version and sends the delta that leads to it.
+    fn send(
+        &mut self,
+        reset: bool,
+        upserted: Vec<IndexEntry>,
+        removed: Vec<String>,
+    ) -> Result<(), StoreError> {
         self.version += 1;
         self.store
             .set_meta(VERSION_KEY, &self.version.to_string())?;
-        let delta = if reset {
-            let all = all_entries(&self.store, &self.key)?;
-            IndexDelta {
-                version: self.version,
-                reset,
-                upserted: all,
-                removed: Vec::new(),
-            }
-        } else {
-            IndexDelta {
-                version: self.version,
-                reset,
-                upserted: delta.upserted,
-                removed: delta.removed,
-            }
+        let delta = IndexDelta {
+            version: self.version,
+            reset,
+            upserted,
+            removed,
         };
         tracing::debug!(
             version = delta.version,
@@ -842,12 +1013,13 @@ type Hashed = (
 );
 
 /// Hashes a batch in parallel on the current rayon pool.
-fn hash_batch(root: &Path, batch: Vec<scan::FoundFile>) -> Vec<Hashed> {
+fn hash_batch(root: &Path, batch: Vec<scan::FoundFile>, shared: &Shared) -> Vec<Hashed> {
+    let stop = || shared.interrupted();
     batch
         .into_par_iter()
         .map(|f| {
             let result =
-                hasher::hash_file_with_metadata(&scan::native(root, &f.path), f.stamp.size);
+                hasher::hash_file_with_metadata(&scan::native(root, &f.path), f.stamp.size, &stop);
             (f, result)
         })
         .collect()

@@ -34,6 +34,9 @@ pub struct Walk {
     /// Entries left out on purpose by the [`Rules`], with the rule; a skipped directory is one
     /// entry (it is not descended).
     pub skipped: Vec<ScanError>,
+    /// The walk was told to stop before it finished: what it found is incomplete and must not
+    /// be taken for the folder's contents.
+    pub interrupted: bool,
 }
 
 /// The `/`-separated form of `rel`, or `None` if a component is not UTF-8.
@@ -132,6 +135,12 @@ pub fn inode(meta: &Metadata) -> Option<u64> {
 /// not followed (no cycles, no escape). Sockets, fifos and devices are skipped. What the
 /// `rules` leave out is listed in [`Walk::skipped`]; below a skipped folder nothing is walked.
 pub fn walk(root: &Path, rel: &str, rules: &Rules) -> Walk {
+    walk_until(root, rel, rules, &|| false)
+}
+
+/// [`walk`], giving up (with [`Walk::interrupted`] set) as soon as `stop` says so; it is asked
+/// before every entry, so a walk of a huge or slow tree ends within one `stat` or `read_dir`.
+pub fn walk_until(root: &Path, rel: &str, rules: &Rules, stop: &dyn Fn() -> bool) -> Walk {
     let mut walk = Walk::default();
     let mut walker = rules.walker(root);
     if walker.ancestor_skipped(rel) {
@@ -139,6 +148,10 @@ pub fn walk(root: &Path, rel: &str, rules: &Rules) -> Walk {
     }
     let mut stack = vec![rel.to_string()];
     while let Some(rel) = stack.pop() {
+        if stop() {
+            walk.interrupted = true;
+            break;
+        }
         let abs = native(root, &rel);
         let meta = match fs::symlink_metadata(&abs) {
             Ok(m) => m,
@@ -267,6 +280,9 @@ mod tests {
         assert_eq!(w.dirs, ["", "a", "a/empty"]);
         assert!(w.errors.is_empty(), "{:?}", w.errors);
         assert_eq!(w.files[0].stamp.size, 5);
+
+        let stopped = walk_until(&root, "", &Rules::default(), &|| true);
+        assert!(stopped.interrupted && stopped.files.is_empty());
 
         let sub = walk(&root, "a", &Rules::default());
         assert_eq!(sub.dirs.len(), 2);

@@ -320,17 +320,24 @@ async fn switching_the_shared_folder_reuses_hashes_and_resets_subscribers() {
         2,
         "a.bin's hashes were reused"
     );
-    let delta = tokio::time::timeout(LIMIT, async {
+    let resets = tokio::time::timeout(LIMIT, async {
+        let mut resets = Vec::new();
         loop {
             let delta = deltas.recv().await.expect("deltas flow");
             if delta.reset {
-                return delta;
+                let done = delta.upserted.iter().any(|e| e.path == "share/a.bin");
+                resets.push(delta);
+                if done {
+                    return resets;
+                }
             }
         }
     })
     .await
     .expect("subscribers start over after a switch");
-    assert!(delta.upserted.iter().any(|e| e.path == "share/a.bin"));
+    // First the old folder's entries are withdrawn (an empty index), then the new one follows.
+    assert_eq!(resets.len(), 2, "{resets:?}");
+    assert!(resets[0].upserted.is_empty());
     node.node.stop().await;
 }
 

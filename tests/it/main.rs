@@ -5,6 +5,7 @@
 //! - `search`: the network index and search on loopback, hostile peers included.
 //! - `download`: downloads on loopback, a hostile holder included.
 //! - `ignore`: what is never shared (hidden files, secrets, the home, `.iwantignore`).
+//! - `switch`: a shared folder switched mid-scan, missing at start, a stop in mid-hashing.
 //! - `lab`: real binaries in Linux network namespaces joined by a bridge, with real mDNS.
 //!   Needs root and `ip`; in CI (`CI=true`) it must run, elsewhere it skips with one line.
 //! - `interop`: js-libp2p and py-libp2p against a running node (`tests/interop/`).
@@ -25,4 +26,5 @@ mod lab;
 mod loopback;
 mod ports;
 mod search;
+mod switch;
 mod util;

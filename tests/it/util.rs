@@ -266,6 +266,23 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Sends SIGINT (Ctrl-C) and waits for the exit; returns how long the node took to exit
+    /// and its status.
+    #[cfg(unix)]
+    pub fn interrupt(mut self) -> (Duration, std::process::ExitStatus) {
+        let sent = Instant::now();
+        // SAFETY: kill with a valid pid and signal has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let status = wait_for(Duration::from_secs(20), "the node to exit", || {
+            self.child.try_wait().ok().flatten()
+        });
+        (sent.elapsed(), status)
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
