@@ -187,8 +187,14 @@ impl WalkRules<'_> {
     /// or `None` if it is indexed.
     pub fn skip(&mut self, rel: &str, meta: &Metadata) -> Option<Reason> {
         let is_dir = meta.is_dir();
-        let abs = super::scan::native(self.root, rel);
-        if self.rules.home.as_deref() == Some(abs.as_path()) {
+        // The home is a directory: files need no path built to know they are not it.
+        if is_dir
+            && self
+                .rules
+                .home
+                .as_deref()
+                .is_some_and(|h| h == super::scan::native(self.root, rel))
+        {
             return Some(HOME_REASON.into());
         }
         if let Some(r) = secret(&self.rules.secrets, rel, is_dir) {
@@ -230,12 +236,14 @@ impl WalkRules<'_> {
         }
         dirs.push("");
         for dir in dirs {
-            let root = self.root;
-            let entry = self
-                .files
-                .entry(dir.to_string())
-                .or_insert_with(|| load(root, dir));
-            let Some((gi, lines)) = entry else { continue };
+            // Looked up before inserting: one allocation per directory, not per entry.
+            if !self.files.contains_key(dir) {
+                let loaded = load(self.root, dir);
+                self.files.insert(dir.to_string(), loaded);
+            }
+            let Some(Some((gi, lines))) = self.files.get(dir) else {
+                continue;
+            };
             let below = if dir.is_empty() {
                 rel
             } else {
