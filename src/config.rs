@@ -1,4 +1,5 @@
-//! The node's home directory, its config file, and the rules for the two folders.
+//! The node's home directory, its config file, and (in [`folders`]) the rules for the two
+//! folders.
 //!
 //! A home holds everything one node owns:
 //!
@@ -16,6 +17,13 @@ use std::{
 
 use libp2p::{identity::Keypair, Multiaddr};
 use serde::{Deserialize, Serialize};
+
+pub mod folders;
+
+pub use folders::{
+    change_folder, folders_at_start, system_folders, FolderChange, FolderError, Folders, Places,
+    Role, StartFolders, SystemFolder,
+};
 
 /// The TCP port a node listens on unless told otherwise (falls back to a free port if taken).
 pub const DEFAULT_PORT: u16 = 4747;
@@ -50,41 +58,6 @@ pub enum ConfigError {
     /// No home directory could be determined.
     #[error("cannot determine a home directory for iwant; pass --home <dir> or set {HOME_ENV}")]
     NoHome,
-}
-
-/// A violation of the folder rules. Every message names both paths.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FolderError {
-    /// Both folders are the same.
-    #[error("the shared folder {shared} and the download folder {download} are the same folder; they must differ")]
-    Same {
-        /// The shared folder as given.
-        shared: PathBuf,
-        /// The download folder as given.
-        download: PathBuf,
-    },
-    /// One folder is inside the other.
-    #[error("the {inner_role} folder {inner} is inside the {outer_role} folder {outer}; the two folders may not be nested")]
-    Nested {
-        /// "shared" or "download".
-        inner_role: &'static str,
-        /// The folder inside the other.
-        inner: PathBuf,
-        /// "shared" or "download".
-        outer_role: &'static str,
-        /// The folder that contains the other.
-        outer: PathBuf,
-    },
-    /// A folder does not exist and cannot be created, or is not a directory.
-    #[error("the {role} folder {path} cannot be used: {reason}")]
-    Unusable {
-        /// "shared" or "download".
-        role: &'static str,
-        /// The folder as given.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
 }
 
 /// The paths inside one node's home directory.
@@ -337,92 +310,6 @@ fn yes() -> bool {
     true
 }
 
-/// The two folders after the rules were checked: both exist, absolute and canonical.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Folders {
-    /// The shared folder.
-    pub shared_dir: PathBuf,
-    /// The download folder.
-    pub download_dir: PathBuf,
-}
-
-/// Checks the folder rules, creating missing folders: both must be directories, different,
-/// and not nested in one another. Returns their canonical forms. Folders it created are
-/// removed again when the rules refuse them.
-pub fn check_folders(shared: &Path, download: &Path) -> Result<Folders, FolderError> {
-    let mut created = Vec::new();
-    let result = check_folders_creating(shared, download, &mut created);
-    if result.is_err() {
-        // Deepest first; `remove_dir` only removes empty directories, so nothing is lost.
-        for dir in created.iter().rev() {
-            let _ = fs::remove_dir(dir);
-        }
-    }
-    result
-}
-
-fn check_folders_creating(
-    shared: &Path,
-    download: &Path,
-    created: &mut Vec<PathBuf>,
-) -> Result<Folders, FolderError> {
-    let shared_dir = prepare_folder("shared", shared, created)?;
-    let download_dir = prepare_folder("download", download, created)?;
-    if shared_dir == download_dir {
-        return Err(FolderError::Same {
-            shared: shared.to_path_buf(),
-            download: download.to_path_buf(),
-        });
-    }
-    let nested = |inner_role, inner: &Path, outer_role, outer: &Path| FolderError::Nested {
-        inner_role,
-        inner: inner.to_path_buf(),
-        outer_role,
-        outer: outer.to_path_buf(),
-    };
-    if download_dir.starts_with(&shared_dir) {
-        return Err(nested("download", download, "shared", shared));
-    }
-    if shared_dir.starts_with(&download_dir) {
-        return Err(nested("shared", shared, "download", download));
-    }
-    Ok(Folders {
-        shared_dir,
-        download_dir,
-    })
-}
-
-/// Creates `path` if missing (recording, shallowest first, the directories it created) and
-/// returns its canonical form.
-fn prepare_folder(
-    role: &'static str,
-    path: &Path,
-    created: &mut Vec<PathBuf>,
-) -> Result<PathBuf, FolderError> {
-    let unusable = |reason: String| FolderError::Unusable {
-        role,
-        path: path.to_path_buf(),
-        reason,
-    };
-    if !path.is_absolute() {
-        return Err(unusable("the path is not absolute".into()));
-    }
-    let missing: Vec<PathBuf> = path
-        .ancestors()
-        .take_while(|a| fs::symlink_metadata(a).is_err())
-        // `a/..` and `a/.` name other directories: never record them for removal.
-        .filter(|a| a.file_name().is_some())
-        .map(Path::to_path_buf)
-        .collect();
-    fs::create_dir_all(path).map_err(|e| unusable(format!("cannot create it: {e}")))?;
-    created.extend(missing.into_iter().rev());
-    let canonical = dunce::canonicalize(path).map_err(|e| unusable(e.to_string()))?;
-    if !canonical.is_dir() {
-        return Err(unusable("it is not a directory".into()));
-    }
-    Ok(canonical)
-}
-
 /// Creates a directory (and its parents); the directory itself is owner-only on Unix.
 fn create_private_dir(path: &Path) -> io::Result<()> {
     #[cfg(unix)]
@@ -464,87 +351,6 @@ pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn same_folder_is_refused_and_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = check_folders(dir.path(), dir.path()).unwrap_err();
-        assert!(matches!(err, FolderError::Same { .. }));
-        let msg = err.to_string();
-        assert_eq!(
-            msg.matches(&*dir.path().display().to_string()).count(),
-            2,
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn same_folder_through_a_different_spelling_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a");
-        let spelled = dir.path().join("a").join("..").join("a");
-        let err = check_folders(&a, &spelled).unwrap_err();
-        assert!(matches!(err, FolderError::Same { .. }), "{err}");
-    }
-
-    #[test]
-    fn nested_folders_are_refused_both_ways() {
-        let dir = tempfile::tempdir().unwrap();
-        let outer = dir.path().join("outer");
-        let inner = outer.join("inner");
-        let err = check_folders(&outer, &inner).unwrap_err();
-        assert!(err.to_string().contains("download folder"), "{err}");
-        assert!(err.to_string().contains(&*inner.display().to_string()));
-        assert!(err.to_string().contains(&*outer.display().to_string()));
-        let err = check_folders(&inner, &outer).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                FolderError::Nested {
-                    inner_role: "shared",
-                    ..
-                }
-            ),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_refused_change_leaves_no_new_folders_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = dir.path().join("shared");
-        fs::create_dir(&shared).unwrap();
-        fs::write(shared.join("keep.txt"), b"data").unwrap();
-        let deep = shared.join("a").join("b");
-        check_folders(&shared, &deep).unwrap_err();
-        assert!(!shared.join("a").exists(), "created folders are removed");
-        assert!(
-            shared.join("keep.txt").exists(),
-            "existing content is untouched"
-        );
-    }
-
-    #[test]
-    fn siblings_with_a_common_prefix_are_not_nested() {
-        let dir = tempfile::tempdir().unwrap();
-        let folders =
-            check_folders(&dir.path().join("share"), &dir.path().join("share-dl")).unwrap();
-        assert!(folders.shared_dir.is_dir() && folders.download_dir.is_dir());
-    }
-
-    #[test]
-    fn a_file_is_not_a_usable_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("file");
-        fs::write(&file, b"x").unwrap();
-        let err = check_folders(&file, &dir.path().join("d")).unwrap_err();
-        assert!(
-            matches!(err, FolderError::Unusable { role: "shared", .. }),
-            "{err}"
-        );
-        let err = check_folders(&file.join("below"), &dir.path().join("d")).unwrap_err();
-        assert!(err.to_string().contains("cannot create it"), "{err}");
-    }
 
     #[test]
     fn config_round_trips_and_identity_is_stable() {

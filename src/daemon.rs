@@ -22,7 +22,10 @@ use tokio::sync::{watch, Mutex};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::{check_folders, Config, ConfigError, Folders, Home},
+    config::{
+        change_folder, folders_at_start, Config, ConfigError, FolderChange, Folders, Home, Places,
+        Role,
+    },
     control::{self, ControlError, ErrorKind, Request, Response, SearchReply, StatusReply},
     leader::{self, ask::AskError, LeaderHandle},
     net::{self, NetConfig, NetworkClient},
@@ -165,8 +168,28 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     home.create()?;
     let lock = lock_home(&home)?;
     let (mut config, first_run) = home.load_or_create_config()?;
-    let folders =
-        check_folders(&config.shared_dir, &config.download_dir).map_err(ConfigError::from)?;
+    let places = Places::of(home.root());
+    let saved = Folders {
+        shared_dir: config.shared_dir.clone(),
+        download_dir: config.download_dir.clone(),
+    };
+    // A missing default shared folder was never made (a new user); any other may be a disk
+    // that is not mounted: it is not replaced by an empty folder.
+    let create_shared = first_run || saved.shared_dir == home.default_folders().0;
+    let start = folders_at_start(&saved, create_shared, &places).map_err(ConfigError::from)?;
+    let folders = start.folders;
+    if start.shared_missing {
+        tracing::warn!(
+            "the shared folder {} does not exist (an unmounted disk?); nothing is shared until it exists (create it, or choose another with `iwant share`)",
+            folders.shared_dir.display()
+        );
+    }
+    if start.download_created {
+        tracing::info!(
+            "the download folder {} did not exist; created it",
+            folders.download_dir.display()
+        );
+    }
     // Store what is now known to be valid, so the file shows absolute, canonical folders.
     if folders.shared_dir != config.shared_dir || folders.download_dir != config.download_dir {
         config.shared_dir = folders.shared_dir.clone();
@@ -287,6 +310,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         home: home.clone(),
         config: Mutex::new(config),
         folders: folders_tx,
+        places,
     });
     tasks.spawn(control::serve(
         listener.clone(),
@@ -354,6 +378,7 @@ struct State {
     /// The config as last saved; the lock serialises folder changes.
     config: Mutex<Config>,
     folders: watch::Sender<Folders>,
+    places: Places,
 }
 
 impl State {
@@ -403,8 +428,22 @@ impl State {
                 offset,
             } => self.search(text, kind, limit, offset).await,
             Request::Config => Ok(Response::Folders(self.folders.borrow().clone())),
-            Request::SetShared { path } => self.set_folders(Some(path), None).await,
-            Request::SetDownload { path } => self.set_folders(None, Some(path)).await,
+            Request::SetShared {
+                path,
+                force,
+                create,
+            } => {
+                self.set_folder(Role::Shared, path, FolderChange { force, create })
+                    .await
+            }
+            Request::SetDownload {
+                path,
+                force,
+                create,
+            } => {
+                self.set_folder(Role::Download, path, FolderChange { force, create })
+                    .await
+            }
             Request::Get { id } => self
                 .transfers
                 .get(&id)
@@ -493,25 +532,32 @@ impl State {
         }))
     }
 
-    async fn set_folders(
+    async fn set_folder(
         &self,
-        shared: Option<std::path::PathBuf>,
-        download: Option<std::path::PathBuf>,
+        role: Role,
+        path: std::path::PathBuf,
+        change: FolderChange,
     ) -> Result<Response, ControlError> {
         let mut config = self.config.lock().await;
+        let current = Folders {
+            shared_dir: config.shared_dir.clone(),
+            download_dir: config.download_dir.clone(),
+        };
+        let places = self.places.clone();
+        // The rules touch the file system (resolve, create): off the async threads.
+        let folders = tokio::task::spawn_blocking(move || {
+            change_folder(&current, role, &path, change, &places)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| ControlError::new(ErrorKind::InvalidFolders, e.to_string()))?;
         let mut next = config.clone();
-        if let Some(p) = shared {
-            next.shared_dir = p;
-        }
-        if let Some(p) = download {
-            next.download_dir = p;
-        }
-        let folders = check_folders(&next.shared_dir, &next.download_dir)
-            .map_err(|e| ControlError::new(ErrorKind::InvalidFolders, e.to_string()))?;
         next.shared_dir = folders.shared_dir.clone();
         next.download_dir = folders.download_dir.clone();
         self.home.save_config(&next).map_err(internal)?;
-        if next.shared_dir != config.shared_dir {
+        if role == Role::Shared {
+            // Also when it is the same folder: a missing one may be back, an interrupted
+            // first scan finishes.
             self.index.set_root(next.shared_dir.clone()).await;
         }
         *config = next;

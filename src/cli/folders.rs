@@ -6,16 +6,9 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::{
-    config::{check_folders, Folders, Home},
+    config::{change_folder, FolderChange, Folders, Home, Places, Role},
     control::{Client, ClientError, Request, Response},
 };
-
-/// Which folder a command changes.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Which {
-    Shared,
-    Download,
-}
 
 #[derive(Serialize)]
 struct FoldersOutput {
@@ -43,28 +36,54 @@ pub(super) async fn show(home: Home, json: bool) -> anyhow::Result<()> {
     output(&home, folders, running, json, None)
 }
 
-pub(super) async fn set(home: Home, which: Which, path: PathBuf, json: bool) -> anyhow::Result<()> {
+pub(super) async fn set(
+    home: Home,
+    role: Role,
+    path: PathBuf,
+    change: FolderChange,
+    json: bool,
+) -> anyhow::Result<()> {
     // The daemon's working directory is not ours: send an absolute path.
     let path =
         std::path::absolute(&path).with_context(|| format!("invalid path {}", path.display()))?;
-    let request = match which {
-        Which::Shared => Request::SetShared { path: path.clone() },
-        Which::Download => Request::SetDownload { path: path.clone() },
+    let (force, create) = (change.force, change.create);
+    let request = match role {
+        Role::Shared => Request::SetShared {
+            path: path.clone(),
+            force,
+            create,
+        },
+        Role::Download => Request::SetDownload {
+            path: path.clone(),
+            force,
+            create,
+        },
     };
     match Client::new(home.clone()).request(request).await {
-        Ok(Response::Folders(folders)) => output(&home, folders, true, json, Some(which)),
+        Ok(Response::Folders(folders)) => output(&home, folders, true, json, Some(role)),
         Ok(other) => anyhow::bail!("the node answered a folder change with {other:?}"),
         Err(ClientError::NotRunning { .. }) => {
+            // The rules first: a refused change must not even create the home.
+            let current = if home.config_file().exists() {
+                let (config, _) = home.load_or_create_config()?;
+                Folders {
+                    shared_dir: config.shared_dir,
+                    download_dir: config.download_dir,
+                }
+            } else {
+                let (shared_dir, download_dir) = home.default_folders();
+                Folders {
+                    shared_dir,
+                    download_dir,
+                }
+            };
+            let folders = change_folder(&current, role, &path, change, &Places::of(home.root()))?;
+            home.create()?;
             let (mut config, _) = home.load_or_create_config()?;
-            match which {
-                Which::Shared => config.shared_dir = path,
-                Which::Download => config.download_dir = path,
-            }
-            let folders = check_folders(&config.shared_dir, &config.download_dir)?;
             config.shared_dir = folders.shared_dir.clone();
             config.download_dir = folders.download_dir.clone();
             home.save_config(&config)?;
-            output(&home, folders, false, json, Some(which))
+            output(&home, folders, false, json, Some(role))
         }
         Err(e) => Err(e.into()),
     }
@@ -75,7 +94,7 @@ fn output(
     folders: Folders,
     running: bool,
     json: bool,
-    changed: Option<Which>,
+    changed: Option<Role>,
 ) -> anyhow::Result<()> {
     if json {
         return super::print_json(&FoldersOutput {
@@ -89,13 +108,7 @@ fn output(
     println!("Download folder:  {}", folders.download_dir.display());
     println!("Config file:      {}", home.config_file().display());
     match (changed, running) {
-        (Some(which), true) => println!(
-            "The running node uses the new {} folder now.",
-            match which {
-                Which::Shared => "shared",
-                Which::Download => "download",
-            }
-        ),
+        (Some(role), true) => println!("The running node uses the new {role} folder now."),
         (Some(_), false) => println!(
             "The node is not running: the change is saved and takes effect when it starts (`iwant node{}`).",
             home.cli_flag()

@@ -8,7 +8,10 @@ use std::{
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::ls::human_bytes;
+use super::{
+    ls::human_bytes,
+    term::{safe, Safe},
+};
 use crate::{
     config::Home,
     control::{Client, Request, Response},
@@ -47,7 +50,7 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
         }
         println!(
             "Downloading {} in the background; watch it with `iwant status` or `iwant get {short}`.",
-            progress.name
+            Safe(&progress.name)
         );
         return Ok(());
     }
@@ -76,7 +79,7 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
             }
             anyhow::bail!(
                 "the download of {} is paused: {error}. Follow it again with `iwant get {short}`, or drop it with `iwant cancel {short}`.",
-                last.name
+                Safe(&last.name)
             );
         }
         let poll = async {
@@ -95,7 +98,7 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
                 }
                 eprintln!(
                     "Left the download of {}; it continues in the background. Watch it with `iwant status` or `iwant get {short}`; stop it with `iwant cancel {short}`.",
-                    last.name
+                    Safe(&last.name)
                 );
                 std::process::exit(EXIT_DETACHED);
             }
@@ -105,7 +108,7 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
             Ok(other) => anyhow::bail!("the node answered with {other:?}"),
             Err(crate::control::ClientError::NotRunning { .. }) => anyhow::bail!(
                 "the node stopped; the download of {} resumes when it starts again (`iwant node`)",
-                last.name
+                Safe(&last.name)
             ),
             Err(e) => return Err(e.into()),
         };
@@ -119,11 +122,11 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
                 let secs = started.elapsed().as_secs_f64();
                 println!(
                     "Downloaded {} ({}) to {} in {:.1} s{}.",
-                    last.name,
+                    Safe(&last.name),
                     human_bytes(last.bytes_total),
                     last.path
                         .as_deref()
-                        .map(|p| p.display().to_string())
+                        .map(|p| safe(&p.to_string_lossy()))
                         .unwrap_or_default(),
                     secs,
                     if secs > 0.05 {
@@ -138,11 +141,11 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
             }
             Ok(())
         }
-        State::Cancelled => anyhow::bail!("the download of {} was cancelled", last.name),
+        State::Cancelled => anyhow::bail!("the download of {} was cancelled", Safe(&last.name)),
         _ => anyhow::bail!(
             "the download of {} failed: {}",
-            last.name,
-            last.message.as_deref().unwrap_or("no reason given")
+            Safe(&last.name),
+            Safe(last.message.as_deref().unwrap_or("no reason given"))
         ),
     }
 }
@@ -154,7 +157,7 @@ pub(super) async fn cancel(home: Home, id: String, json: bool) -> anyhow::Result
         Response::Download(p) => {
             println!(
                 "Cancelled the download of {}; its partial data is removed.",
-                p.name
+                Safe(&p.name)
             );
             Ok(())
         }
@@ -191,7 +194,7 @@ fn new_bar(p: &Progress) -> ProgressBar {
         .expect("bug: progress template")
         .progress_chars("=> "),
     );
-    bar.set_prefix(p.name.clone());
+    bar.set_prefix(safe(&p.name));
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
@@ -203,7 +206,7 @@ pub(super) fn details(p: &Progress) -> String {
         parts.push(format!("{}/{} files", p.files_done, p.files_total));
     }
     if let Some(m) = &p.message {
-        parts.push(m.clone());
+        parts.push(safe(m));
     } else if p.state != State::Fetching {
         parts.push(format!("{:?}", p.state).to_lowercase());
     }

@@ -66,7 +66,12 @@ fn render_skipped(skipped: &[ScanError], total: u64) -> String {
     }
     let mut out = String::from("PATH  (WHY)\n");
     for s in skipped {
-        let _ = writeln!(out, "{}  ({})", s.path, s.reason);
+        let _ = writeln!(
+            out,
+            "{}  ({})",
+            super::term::Safe(&s.path),
+            super::term::Safe(&s.reason)
+        );
     }
     let more = total.saturating_sub(skipped.len() as u64);
     if more > 0 {
@@ -81,7 +86,13 @@ fn render_errors(errors: &[ScanError]) -> String {
     }
     errors
         .iter()
-        .map(|e| format!("{}: {}\n", super::term::Safe(&e.path), e.reason))
+        .map(|e| {
+            format!(
+                "{}: {}\n",
+                super::term::Safe(&e.path),
+                super::term::Safe(&e.reason)
+            )
+        })
         .collect()
 }
 
@@ -104,6 +115,19 @@ pub(crate) fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_and_error_paths_are_escaped() {
+        let entry = ScanError {
+            path: "a\u{1b}[31m.txt".into(),
+            reason: "hidden".into(),
+        };
+        let skipped = render_skipped(std::slice::from_ref(&entry), 3);
+        assert!(skipped.contains("a\\x1b[31m.txt  (hidden)\n"), "{skipped}");
+        assert!(skipped.contains("... and 2 more"), "{skipped}");
+        let errors = render_errors(&[entry]);
+        assert!(!errors.contains('\u{1b}'), "{errors}");
+    }
 
     #[test]
     fn sizes_are_human() {

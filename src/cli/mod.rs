@@ -12,13 +12,13 @@ mod search;
 mod status;
 mod term;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 
 use crate::{
-    config::{Home, HOME_ENV},
+    config::{Home, Role, HOME_ENV},
     control::ClientError,
 };
 
@@ -104,16 +104,26 @@ enum Command {
         json: JsonArg,
     },
     /// Share the folder PATH (replaces the shared folder)
+    ///
+    /// Refused: the root of the file system, system folders, this node's home, a file. Your
+    /// whole home folder, or a folder containing it or this node's home, only with --force.
     Share {
-        /// The folder to share; created if missing
+        /// The folder to share
         path: PathBuf,
+        #[command(flatten)]
+        change: ChangeArgs,
         #[command(flatten)]
         json: JsonArg,
     },
     /// Save downloads into DIR
+    ///
+    /// Refused: the root of the file system, system folders, this node's home, a file, a
+    /// folder inside the shared folder or containing it. Your whole home folder only with --force.
     DownloadTo {
-        /// The download folder; created if missing
+        /// The download folder
         dir: PathBuf,
+        #[command(flatten)]
+        change: ChangeArgs,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -160,6 +170,27 @@ enum KindArg {
     Dir,
 }
 
+/// `--force` and `--create` of `share` and `download-to`.
+#[derive(Debug, Args)]
+struct ChangeArgs {
+    /// Use the folder even though it is your whole home folder or contains it (or this
+    /// node's home). System folders and this node's home are refused anyway
+    #[arg(long)]
+    force: bool,
+    /// Create the folder (and its parents) if it does not exist
+    #[arg(long)]
+    create: bool,
+}
+
+impl From<ChangeArgs> for crate::config::FolderChange {
+    fn from(args: ChangeArgs) -> Self {
+        Self {
+            force: args.force,
+            create: args.create,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct JsonArg {
     /// Print one JSON document instead of text
@@ -175,7 +206,8 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Never panics on a closed stderr (unlike `eprintln!`).
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
             match error.downcast_ref::<ClientError>() {
                 Some(ClientError::NotRunning { .. }) => ExitCode::from(EXIT_NOT_RUNNING),
                 _ => ExitCode::FAILURE,
@@ -212,12 +244,20 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
         Command::Cancel { id, json } => {
             client_runtime()?.block_on(get::cancel(home, id, json.json))
         }
-        Command::Share { path, json } => {
-            client_runtime()?.block_on(folders::set(home, folders::Which::Shared, path, json.json))
-        }
-        Command::DownloadTo { dir, json } => {
-            client_runtime()?.block_on(folders::set(home, folders::Which::Download, dir, json.json))
-        }
+        Command::Share { path, change, json } => client_runtime()?.block_on(folders::set(
+            home,
+            Role::Shared,
+            path,
+            change.into(),
+            json.json,
+        )),
+        Command::DownloadTo { dir, change, json } => client_runtime()?.block_on(folders::set(
+            home,
+            Role::Download,
+            dir,
+            change.into(),
+            json.json,
+        )),
         Command::Keygen { path, force, json } => keygen(&home, path, force, json.json),
     }
 }

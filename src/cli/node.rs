@@ -1,5 +1,7 @@
 //! `iwant node`: runs the daemon in the foreground until Ctrl-C or SIGTERM.
 
+use std::io::Write;
+
 use anyhow::Context;
 
 use super::NodeArgs;
@@ -37,24 +39,32 @@ pub(super) fn run(home: Home, args: NodeArgs) -> anyhow::Result<()> {
     result
 }
 
+/// `println!` that never panics: with `iwant node | tee log`, a Ctrl-C kills `tee` first, and
+/// the node must still stop cleanly with its stdout closed.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn print_banner(node: &daemon::RunningNode) {
     let folders = node.folders.borrow().clone();
     let home = node.home();
     if node.first_run {
-        println!(
+        say!(
             "Welcome to iwant! Created a new node in {}",
             home.root().display()
         );
     }
-    println!(
+    say!(
         "iwant node {} is running (Ctrl-C stops it).",
         node.peer_id()
     );
-    println!("  Sharing:      {}", folders.shared_dir.display());
-    println!("  Downloads to: {}", folders.download_dir.display());
+    say!("  Sharing:      {}", folders.shared_dir.display());
+    say!("  Downloads to: {}", folders.download_dir.display());
     if node.first_run {
         let flag = home.cli_flag();
-        println!(
+        say!(
             "Change them with `iwant{flag} share <folder>` and `iwant{flag} download-to <folder>`; see the node with `iwant{flag} status`."
         );
     }
@@ -85,7 +95,7 @@ async fn watch_signals(shutdown: tokio_util::sync::CancellationToken) {
     tracing::info!("shutting down; press Ctrl-C again to exit at once");
     shutdown.cancel();
     if tokio::signal::ctrl_c().await.is_ok() {
-        eprintln!("exiting at once");
+        let _ = writeln!(std::io::stderr(), "exiting at once");
         std::process::exit(130);
     }
 }
@@ -96,7 +106,10 @@ fn install_tracing() {
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
-        eprintln!("warning: ignoring the log filter {filter:?}: {e}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: ignoring the log filter {filter:?}: {e}"
+        );
         EnvFilter::new("info")
     });
     use std::io::IsTerminal;
@@ -104,5 +117,8 @@ fn install_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr (the `tee` it went to was killed) loses log lines, nothing more:
+        // reporting the failed write would itself write to stderr and panic.
+        .log_internal_errors(false)
         .init();
 }

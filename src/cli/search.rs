@@ -2,7 +2,10 @@
 
 use std::fmt::Write;
 
-use super::ls::human_bytes;
+use super::{
+    ls::human_bytes,
+    term::{safe, Safe},
+};
 use crate::{
     config::Home,
     control::{Client, Request, Response, SearchReply},
@@ -65,10 +68,11 @@ fn render(reply: &SearchReply) -> String {
                 Some(i) => &r.path[..i + 1],
                 None => "",
             };
+            // Names come from other nodes: escaped before they reach the terminal.
             let name = if r.kind == Kind::Dir {
-                format!("{}/", r.name)
+                format!("{}/", Safe(&r.name))
             } else {
-                r.name.clone()
+                safe(&r.name)
             };
             [
                 shorten(&name),
@@ -76,7 +80,11 @@ fn render(reply: &SearchReply) -> String {
                 kind.to_string(),
                 r.id.to_hex()[..SHORT_ID].to_string(),
                 peers,
-                shorten(if dir.is_empty() { "." } else { dir }),
+                shorten(&if dir.is_empty() {
+                    ".".into()
+                } else {
+                    safe(dir)
+                }),
             ]
         })
         .collect();
@@ -190,6 +198,34 @@ mod tests {
             lines[3].starts_with("2 results of 10 entries shared by 2 nodes (1 more"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn names_from_the_network_cannot_drive_the_terminal() {
+        let reply = SearchReply {
+            query: "x".into(),
+            leader: "L".into(),
+            total: 2,
+            indexed: 2,
+            nodes: 1,
+            results: vec![
+                result(
+                    "evil\u{1b}]0;owned\u{7}/x\u{1b}[2J.txt",
+                    Kind::File,
+                    1,
+                    false,
+                ),
+                result("gpj.\u{202e}exe", Kind::Dir, 1, false),
+            ],
+        };
+        let text = render(&reply);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{text:?}"
+        );
+        assert!(text.contains("x\\x1b[2J.txt"), "{text}");
+        assert!(text.contains("evil\\x1b]0;owned\\x07/"), "{text}");
+        assert!(text.contains("gpj.\\u{202e}exe/"), "{text}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `iwant status`.
 
+use super::term::{safe, Safe};
 use crate::{
     config::Home,
     control::{Client, Request, Response, StatusReply},
+    share::WatchState,
 };
 
 pub(super) async fn run(home: Home, json: bool) -> anyhow::Result<()> {
@@ -23,9 +25,22 @@ fn render(s: &StatusReply) -> String {
     let _ = writeln!(out, "Peer ID:          {}", s.peer_id);
     let _ = writeln!(out, "Version:          iwant {}", s.version);
     let _ = writeln!(out, "Home:             {}", s.home.display());
-    let _ = writeln!(out, "Shared folder:    {}", s.shared_dir.display());
-    let _ = writeln!(out, "Download folder:  {}", s.download_dir.display());
     let i = &s.index;
+    let _ = writeln!(
+        out,
+        "Shared folder:    {}{}",
+        Safe(&s.shared_dir.to_string_lossy()),
+        if i.root_missing {
+            " (does not exist: an unmounted disk? Nothing is shared until it is back)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "Download folder:  {}",
+        Safe(&s.download_dir.to_string_lossy())
+    );
     let _ = writeln!(
         out,
         "Index:            {}, {}, {} (version {}){}",
@@ -44,6 +59,29 @@ fn render(s: &StatusReply) -> String {
             super::ls::human_bytes(h.bytes_done),
             super::ls::human_bytes(h.bytes_total)
         );
+    }
+    match &i.watch {
+        WatchState::Off => {}
+        WatchState::Full => {
+            let _ = writeln!(
+                out,
+                "Watching:         every folder (changes go out at once)"
+            );
+        }
+        WatchState::Partial { unwatched } => {
+            let _ = writeln!(
+                out,
+                "Watching:         all but {} (unreadable?); changes there wait for the periodic rescan",
+                super::count(*unwatched, "folder", "folders")
+            );
+        }
+        WatchState::Unavailable { reason } => {
+            let _ = writeln!(
+                out,
+                "Watching:         no ({}); every change waits for the periodic rescan",
+                Safe(reason)
+            );
+        }
     }
     if i.errors > 0 {
         let _ = writeln!(
@@ -79,8 +117,9 @@ fn render(s: &StatusReply) -> String {
     let _ = writeln!(out, "Network:          {network}");
     let _ = writeln!(out, "Peers:            {}", s.peers.len());
     for p in &s.peers {
-        let addr = p.addrs.first().map(String::as_str).unwrap_or("-");
-        let agent = p.agent.as_deref().unwrap_or("(identifying)");
+        // The agent is whatever the peer says about itself: escaped like a name.
+        let addr = Safe(p.addrs.first().map(String::as_str).unwrap_or("-"));
+        let agent = Safe(p.agent.as_deref().unwrap_or("(identifying)"));
         let rtt = p
             .rtt_us
             .map(|us| format!("{:.1} ms", us as f64 / 1000.0))
@@ -109,11 +148,11 @@ fn render(s: &StatusReply) -> String {
                 "done: {}",
                 d.path
                     .as_deref()
-                    .map(|p| p.display().to_string())
+                    .map(|p| safe(&p.to_string_lossy()))
                     .unwrap_or_default()
             ),
             crate::transfer::State::Failed => {
-                format!("failed: {}", d.message.as_deref().unwrap_or_default())
+                format!("failed: {}", Safe(d.message.as_deref().unwrap_or_default()))
             }
             crate::transfer::State::Cancelled => "cancelled".into(),
             _ => format!(
@@ -123,7 +162,12 @@ fn render(s: &StatusReply) -> String {
                 super::get::details(d)
             ),
         };
-        let _ = writeln!(out, "  {}  {}  {state}", &d.id.to_hex()[..12], d.name);
+        let _ = writeln!(
+            out,
+            "  {}  {}  {state}",
+            &d.id.to_hex()[..12],
+            Safe(&d.name)
+        );
     }
     out
 }
@@ -146,7 +190,7 @@ mod tests {
                 peer_id: "12D3Other".into(),
                 addrs: vec!["/ip4/10.0.0.2/tcp/4747".into()],
                 connections: 1,
-                agent: Some("iwant/0.1.0".into()),
+                agent: Some("iwant/0.1.0\u{1b}]0;owned\u{7}".into()),
                 rtt_us: Some(420),
             }],
             shared_dir: "/s".into(),
@@ -173,6 +217,23 @@ mod tests {
             served: Default::default(),
         };
         let text = render(&s);
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(
+            text.contains("Watching:         every folder (changes go out at once)\n"),
+            "{text}"
+        );
+        let mut missing = s.clone();
+        missing.index.root_missing = true;
+        missing.index.watch = crate::share::WatchState::Partial { unwatched: 2 };
+        let other = render(&missing);
+        assert!(
+            other.contains("Shared folder:    /s (does not exist: an unmounted disk?"),
+            "{other}"
+        );
+        assert!(
+            other.contains("Watching:         all but 2 folders (unreadable?)"),
+            "{other}"
+        );
         assert!(
             text.contains("Leader:           12D3Self (this node), term 4\n"),
             "{text}"
@@ -192,7 +253,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "Peers:            1\n  12D3Other  /ip4/10.0.0.2/tcp/4747  iwant/0.1.0  rtt 0.4 ms"
+                "Peers:            1\n  12D3Other  /ip4/10.0.0.2/tcp/4747  iwant/0.1.0\\x1b]0;owned\\x07  rtt 0.4 ms"
             ),
             "{text}"
         );

@@ -37,15 +37,28 @@ pub enum Request {
     Status,
     /// The two folders.
     Config,
-    /// Share another folder. The path must be absolute.
+    /// Share another folder. The path must be absolute. The folder rules apply
+    /// ([`crate::config::folders`]).
     SetShared {
         /// The new shared folder.
         path: PathBuf,
+        /// Allow what only `--force` allows (the user's home, a folder containing it).
+        #[serde(default)]
+        force: bool,
+        /// Create the folder if it is missing.
+        #[serde(default)]
+        create: bool,
     },
-    /// Download into another folder. The path must be absolute.
+    /// Download into another folder. The path must be absolute. The folder rules apply.
     SetDownload {
         /// The new download folder.
         path: PathBuf,
+        /// Allow what only `--force` allows (the user's home).
+        #[serde(default)]
+        force: bool,
+        /// Create the folder if it is missing.
+        #[serde(default)]
+        create: bool,
     },
     /// Everything this node shares, or with `errors`, what it could not index.
     List {
@@ -263,7 +276,7 @@ pub enum ErrorKind {
     UnsupportedVersion,
     /// The request could not be parsed or is too large.
     BadRequest,
-    /// The folders break a rule (same, nested, unusable).
+    /// The folders break a rule (same, nested, missing, refused, unusable).
     InvalidFolders,
     /// The caller is not the user who runs the node.
     PermissionDenied,
@@ -343,11 +356,25 @@ mod tests {
             version: 1,
             request: Request::SetShared {
                 path: "/data".into(),
+                force: false,
+                create: true,
             },
         };
         assert_eq!(
             serde_json::to_string(&env).unwrap(),
-            r#"{"version":1,"request":{"type":"set_shared","path":"/data"}}"#
+            r#"{"version":1,"request":{"type":"set_shared","path":"/data","force":false,"create":true}}"#
+        );
+        // Clients from before `force` and `create` send neither.
+        let old: Envelope =
+            serde_json::from_str(r#"{"version":1,"request":{"type":"set_download","path":"/d"}}"#)
+                .unwrap();
+        assert_eq!(
+            old.request,
+            Request::SetDownload {
+                path: "/d".into(),
+                force: false,
+                create: false
+            }
         );
         let reply = Reply::new(Err(ControlError::new(ErrorKind::InvalidFolders, "x")));
         assert_eq!(
@@ -390,8 +417,14 @@ mod tests {
             Request::Config,
             Request::SetShared {
                 path: "/data/ü".into(),
+                force: true,
+                create: false,
             },
-            Request::SetDownload { path: "/d".into() },
+            Request::SetDownload {
+                path: "/d".into(),
+                force: false,
+                create: true,
+            },
             Request::List {
                 errors: true,
                 skipped: false,

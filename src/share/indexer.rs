@@ -11,15 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use notify::{
-    event::AccessKind, event::AccessMode, EventKind, RecommendedWatcher, RecursiveMode, Watcher,
-};
+use notify::{event::AccessKind, event::AccessMode, EventKind};
 use rayon::prelude::*;
 use tokio::sync::broadcast;
 
 use super::{
     hasher, manifest, scan, HashingProgress, IndexDelta, IndexEntry, IndexOptions, IndexStatus,
-    Kind, DELTA_QUEUE, SETTLE,
+    Kind, WatchState, DELTA_QUEUE, SETTLE,
 };
 use crate::store::{
     DirRow, EntryRow, FileRow, FileStat, IndexChange, ScanError, Store, StoreError,
@@ -268,7 +266,7 @@ struct Indexer {
     deltas: broadcast::Sender<Arc<IndexDelta>>,
     pool: Arc<rayon::ThreadPool>,
     tx: SyncSender<Msg>,
-    watcher: Option<RecommendedWatcher>,
+    watcher: Option<super::watch::FolderWatcher>,
     /// Relative paths reported changed, with when they last were.
     pending: HashMap<String, Instant>,
     /// What the walk leaves out.
@@ -391,7 +389,7 @@ impl Indexer {
             tracing::warn!(root = %self.root.display(), "the shared folder does not exist (an unmounted disk? moved away?); nothing is shared until it exists again");
         }
         self.missing = true;
-        self.watcher = None;
+        self.unwatch();
         self.pending.clear();
         self.shared.hidden.store(true, Ordering::Release);
         {
@@ -409,8 +407,10 @@ impl Indexer {
         }
     }
 
-    /// Starts watching the root; failures are logged and the periodic rescan carries on.
-    fn watch(&mut self) {
+    /// Starts watching the root (see [`super::watch`]); `dirs` and `unlisted` come from a
+    /// walk of the whole share. Failures are logged, shown in the status, and the periodic
+    /// rescan carries on.
+    fn watch(&mut self, dirs: &[String], unlisted: &[String]) {
         let tx = self.tx.clone();
         let shared = self.shared.clone();
         let handler = move |res: notify::Result<notify::Event>| {
@@ -437,20 +437,28 @@ impl Indexer {
                 Err(TrySendError::Disconnected(_)) => {}
             }
         };
-        self.watcher = None;
-        match notify::recommended_watcher(handler) {
-            Ok(mut w) => match w
-                .configure(notify::Config::default().with_follow_symlinks(false))
-                .and_then(|_| w.watch(&self.root, RecursiveMode::Recursive))
-            {
-                Ok(()) => self.watcher = Some(w),
-                Err(e) => {
-                    tracing::warn!(root = %self.root.display(), error = %e, "cannot watch the shared folder; changes are picked up by the periodic rescan only")
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "no filesystem watcher; changes are picked up by the periodic rescan only")
+        self.unwatch();
+        match super::watch::FolderWatcher::start(&self.root, dirs, unlisted, handler) {
+            Ok(w) => self.watcher = Some(w),
+            Err(reason) => {
+                tracing::warn!(root = %self.root.display(), %reason, "changes are picked up by the periodic rescan only");
+                self.shared.status.lock().expect("bug: poisoned").watch =
+                    WatchState::Unavailable { reason };
+                return;
             }
+        }
+        self.refresh_watch_state();
+    }
+
+    /// Stops watching.
+    fn unwatch(&mut self) {
+        self.watcher = None;
+        self.shared.status.lock().expect("bug: poisoned").watch = WatchState::Off;
+    }
+
+    fn refresh_watch_state(&self) {
+        if let Some(w) = &self.watcher {
+            self.shared.status.lock().expect("bug: poisoned").watch = w.state();
         }
     }
 
@@ -483,7 +491,7 @@ impl Indexer {
         self.root = root.clone();
         *self.shared.root.lock().expect("bug: poisoned") = root;
         self.pending.clear();
-        self.watcher = None;
+        self.unwatch();
         // The old folder's entries leave the network now, not after the new scan.
         self.shared.hidden.store(true, Ordering::Release);
         self.withdraw();
@@ -500,7 +508,7 @@ impl Indexer {
     /// Nothing is published while it runs after a switch (`reset`): the old folder's entries
     /// are gone, and the new ones are published once complete.
     fn full_scan(&mut self, reset: bool) {
-        self.watcher = None;
+        self.unwatch();
         if !self.root_present() {
             self.root_gone();
             return;
@@ -524,12 +532,13 @@ impl Indexer {
             .map(|f| (f.path.clone(), f.stamp))
             .collect();
         let mut dirs: HashSet<String> = walk.dirs.iter().cloned().collect();
+        let (all_dirs, unlisted) = (walk.dirs.clone(), walk.unlisted.clone());
         self.reconcile_walk_logged("", walk, reset);
         if self.interrupted() {
             return;
         }
         self.shared.hidden.store(false, Ordering::Release);
-        self.watch();
+        self.watch(&all_dirs, &unlisted);
         let again = self.walk("");
         if again.interrupted {
             return;
@@ -574,6 +583,12 @@ impl Indexer {
         if !walk.interrupted && !self.root_present() {
             self.root_gone();
             walk.interrupted = true;
+        }
+        if !walk.interrupted {
+            if let Some(w) = &mut self.watcher {
+                w.sync(rel, &walk.dirs, &walk.unlisted);
+                self.refresh_watch_state();
+            }
         }
         walk
     }

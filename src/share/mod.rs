@@ -19,6 +19,7 @@ mod indexer;
 pub mod manifest;
 pub mod pieces;
 pub mod scan;
+mod watch;
 
 use std::time::Duration;
 

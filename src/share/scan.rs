@@ -34,6 +34,8 @@ pub struct Walk {
     /// Entries left out on purpose by the [`Rules`], with the rule; a skipped directory is one
     /// entry (it is not descended).
     pub skipped: Vec<ScanError>,
+    /// Directories that could not be listed (also in `errors`): unreadable ones, typically.
+    pub unlisted: Vec<String>,
     /// The walk was told to stop before it finished: what it found is incomplete and must not
     /// be taken for the folder's contents.
     pub interrupted: bool,
@@ -187,6 +189,7 @@ pub fn walk_until(root: &Path, rel: &str, rules: &Rules, stop: &dyn Fn() -> bool
                 Ok(e) => e,
                 Err(e) => {
                     walk.errors.push(error(&rel, e));
+                    walk.unlisted.push(rel);
                     continue;
                 }
             };

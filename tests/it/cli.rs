@@ -70,7 +70,7 @@ fn home_can_come_from_the_environment() {
     let dir = tmp();
     let home = dir.path().join("from-env");
     let (code, out, err) = run(std::process::Command::new(crate::util::bin())
-        .args(["share", dir.path().join("s").to_str().unwrap()])
+        .args(["share", "--create", dir.path().join("s").to_str().unwrap()])
         .env("IWANT_HOME", &home));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("not running"), "{out}");
@@ -82,7 +82,7 @@ fn share_without_a_node_saves_the_config_and_says_so() {
     let dir = tmp();
     let home = dir.path().join("h");
     let target = dir.path().join("my share");
-    let (code, out, err) = run(iwant(&home).arg("share").arg(&target));
+    let (code, out, err) = run(iwant(&home).args(["share", "--create"]).arg(&target));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("not running"), "{out}");
     assert!(target.is_dir(), "the folder is created");
@@ -98,7 +98,7 @@ fn share_takes_a_path_relative_to_the_callers_directory() {
     let dir = tmp();
     let home = dir.path().join("h");
     let (code, _, err) = run(iwant(&home)
-        .args(["download-to", "rel-dl"])
+        .args(["download-to", "--create", "rel-dl"])
         .current_dir(dir.path()));
     assert_eq!(code, 0, "{err}");
     assert!(config_text(&home).contains(&*dir.path().join("rel-dl").display().to_string()));
@@ -122,11 +122,13 @@ fn folder_rules_are_enforced_by_a_running_node() {
 /// Same, nested both ways and unusable folders: refused, non-zero, both paths named, and the
 /// config left as it was.
 fn check_folder_rules(home: &Path, scratch: &Path) {
+    // Apart from the home: a folder containing the home is refused for that reason.
+    let scratch = &scratch.join("folders");
     let shared = scratch.join("shared");
     let download = scratch.join("download");
-    let (code, _, err) = run(iwant(home).arg("share").arg(&shared));
+    let (code, _, err) = run(iwant(home).args(["share", "--create"]).arg(&shared));
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(iwant(home).arg("download-to").arg(&download));
+    let (code, _, err) = run(iwant(home).args(["download-to", "--create"]).arg(&download));
     assert_eq!(code, 0, "{err}");
     let before = config_text(home);
 
@@ -165,7 +167,7 @@ fn check_folder_rules(home: &Path, scratch: &Path) {
         let (code, _, err) = run(iwant(home).arg("share").arg(&path));
         assert_ne!(code, 0);
         assert!(
-            err.contains("cannot be used") && err.contains(&*path.display().to_string()),
+            err.contains("is a file, not a folder") && err.contains(&*path.display().to_string()),
             "{err}"
         );
     }
@@ -178,7 +180,7 @@ fn running_node_applies_folder_changes_at_once_and_persists_them() {
     let home = dir.path().join("h");
     let node = Daemon::start(&home, &[]);
     let new_share = dir.path().join("new-share");
-    let (code, out, err) = run(iwant(&home).arg("share").arg(&new_share));
+    let (code, out, err) = run(iwant(&home).args(["share", "--create"]).arg(&new_share));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("uses the new shared folder now"), "{out}");
     assert_eq!(node.status()["shared_dir"], new_share.to_str().unwrap());

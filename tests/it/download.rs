@@ -608,6 +608,8 @@ async fn a_node_serves_only_what_it_shares_now_and_bounds_streams() {
         .client()
         .request(Request::SetShared {
             path: other_share.clone(),
+            force: false,
+            create: false,
         })
         .await
         .unwrap()

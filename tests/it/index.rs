@@ -310,6 +310,8 @@ async fn switching_the_shared_folder_reuses_hashes_and_resets_subscribers() {
     client
         .request(iwant::control::Request::SetShared {
             path: parent.clone(),
+            force: false,
+            create: false,
         })
         .await
         .unwrap();

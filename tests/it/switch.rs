@@ -72,7 +72,11 @@ async fn a_new_shared_folder_stops_the_old_scan_and_its_entries_leave_the_networ
     let switched = Instant::now();
     let answer = a
         .client()
-        .request(Request::SetShared { path: new.clone() })
+        .request(Request::SetShared {
+            path: new.clone(),
+            force: false,
+            create: false,
+        })
         .await
         .expect("the switch is accepted");
     assert!(matches!(answer, Response::Folders(_)), "{answer:?}");
@@ -221,5 +225,45 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// `iwant node 2>&1 | tee node.log`, then Ctrl-C: the terminal's Ctrl-C kills `tee` too, so
+/// the node's stdout and stderr are closed pipes from then on. The node still stops on the
+/// first signal (SIGINT or SIGTERM), writing its last log lines into nothing.
+#[cfg(unix)]
+#[test]
+fn a_node_whose_output_pipe_is_gone_still_stops_on_the_first_signal() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let dir = tempfile::tempdir().unwrap();
+        let (home, _, _) = crate::util::configured_home(dir.path());
+        let child = iwant(&home)
+            .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env("IWANT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut node = KillOnDrop(child);
+        wait_for(LIMIT, "the node to answer `status`", || {
+            let (code, _, _) = crate::util::run(iwant(&home).arg("status"));
+            (code == 0).then_some(())
+        });
+        // `tee` is gone: the read ends close.
+        drop(node.0.stdout.take());
+        drop(node.0.stderr.take());
+        // SAFETY: kill with a valid pid and signal has no memory effects.
+        unsafe {
+            libc::kill(node.0.id() as i32, signal);
+        }
+        let status = wait_for(LIMIT, "the node to stop after one signal", || {
+            node.0.try_wait().unwrap()
+        });
+        assert_eq!(status.code(), Some(0), "signal {signal}: {status:?}");
+        assert!(
+            !home.join("control.sock").exists(),
+            "signal {signal}: the control socket is removed"
+        );
     }
 }

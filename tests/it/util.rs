@@ -208,9 +208,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `iwant node` on `home` with `extra` arguments and waits until it answers.
     pub fn start(home: &Path, extra: &[&str]) -> Daemon {
+        Self::start_with_env(home, extra, &[])
+    }
+
+    /// [`Daemon::start`] with more environment variables (e.g. `HOME`).
+    pub fn start_with_env(home: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Daemon {
         std::fs::create_dir_all(home).unwrap();
         let log = |name| std::fs::File::create(home.join(name)).unwrap();
         let child = iwant(home)
+            .envs(env.iter().copied())
             .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(extra)
             .stdin(Stdio::null())
