@@ -102,6 +102,9 @@ pub const SECRETS: &[(&str, &str)] = &[
     (".ethereum/", "cryptocurrency wallet (.ethereum)"),
     (".electrum/", "cryptocurrency wallet (.electrum)"),
     ("keystore/", "cryptocurrency key store (keystore)"),
+    (".*_history", "shell or console history (.*_history)"),
+    (".zhistory", "shell history (.zhistory)"),
+    ("fish_history", "shell history (fish_history)"),
     (IGNORE_FILE, "iwant's own rules file (.iwantignore)"),
 ];
 
@@ -376,6 +379,12 @@ mod tests {
             "wallet.dat",
             "deep/er/wallet.dat",
             ".iwantignore",
+            ".bash_history",
+            ".zsh_history",
+            ".python_history",
+            ".psql_history",
+            ".zhistory",
+            ".local/share/fish/fish_history",
         ];
         let dirs = [
             ".ssh",
@@ -419,7 +428,8 @@ mod tests {
         touch(&root, "id_ed25519.pub");
         touch(&root, "notes.txt");
         touch(&root, "keys.md");
-        for n in ["id_ed25519.pub", "notes.txt", "keys.md"] {
+        touch(&root, "my_history.txt");
+        for n in ["id_ed25519.pub", "notes.txt", "keys.md", "my_history.txt"] {
             assert_eq!(reason(&rules, &root, n), None, "{n}");
         }
     }

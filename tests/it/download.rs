@@ -805,3 +805,125 @@ async fn a_folder_of_names_other_platforms_cannot_store_arrives_whole() {
     b.node.stop().await;
     a.node.stop().await;
 }
+
+/// A shared file swapped for a symlink to a file outside the share with the same size and
+/// modification time, or for a FIFO: never served, not even under the old id before the
+/// indexer notices, and not while a symlink is renamed over it again and again.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_swapped_for_a_symlink_or_a_fifo_never_serves_what_is_outside() {
+    let a = Node::start(vec![]).await;
+    let bytes = data(2 * 262_144 + 10, 31);
+    let id = blake3::hash(&bytes);
+    let other = data(1000, 32);
+    a.write("served.bin", &bytes);
+    a.write("other.bin", &other);
+    a.wait_indexed(&id).await;
+    a.wait_indexed(&blake3::hash(&other)).await;
+    let path = a.share.join("served.bin");
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    // Outside the share: same size, same modification time, other bytes.
+    let outside = a.dir.path().join("outside.bin");
+    let secret = data(bytes.len(), 99);
+    fs::write(&outside, &secret).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&outside)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let original = a.dir.path().join("original.bin");
+    fs::copy(&path, &original).unwrap();
+    let swap_in_link = {
+        let (outside, path) = (outside.clone(), path.clone());
+        move |n: u32| {
+            let link = path.with_file_name(format!(".link-{n}"));
+            std::os::unix::fs::symlink(&outside, &link).unwrap();
+            fs::rename(&link, &path).unwrap();
+        }
+    };
+    let piece = |i: usize| &bytes[i * 262_144..((i + 1) * 262_144).min(bytes.len())];
+    let (control, peer, driver) = chunk_client(a.addr().await).await;
+    let mut stream = control
+        .clone()
+        .open_stream(peer, chunk::PROTOCOL)
+        .await
+        .unwrap();
+
+    // Swapped once: refused at once, before the indexer has had time to look.
+    swap_in_link(0);
+    let (pieces, end) = ask_pieces(&mut stream, id, 0, 3).await;
+    assert!(pieces.is_empty(), "served through the symlink");
+    assert!(
+        matches!(
+            end,
+            Some(chunk::Status::NotFound | chunk::Status::Unavailable)
+        ),
+        "{end:?}"
+    );
+
+    // A fresh symlink renamed over it every 100 ms, the original put back in between, while
+    // the client asks for the file again and again: only the original's bytes ever arrive.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, path, original) = (stop.clone(), path.clone(), original.clone());
+        std::thread::spawn(move || {
+            let mut n = 1;
+            while !stop.load(Ordering::Relaxed) {
+                swap_in_link(n);
+                std::thread::sleep(Duration::from_millis(50));
+                let copy = path.with_file_name(format!(".copy-{n}"));
+                fs::copy(&original, &copy).unwrap();
+                fs::File::options()
+                    .write(true)
+                    .open(&copy)
+                    .unwrap()
+                    .set_modified(mtime)
+                    .unwrap();
+                fs::rename(&copy, &path).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                n += 1;
+            }
+        })
+    };
+    let (mut asked, mut served) = (0, 0);
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        let (pieces, _) = ask_pieces(&mut stream, id, 0, 3).await;
+        asked += 1;
+        for (i, p) in pieces.iter().enumerate() {
+            assert_ne!(
+                p.as_slice(),
+                &secret[i * 262_144..][..p.len()],
+                "outside bytes served"
+            );
+            assert_eq!(p.as_slice(), piece(i), "only the original's bytes");
+            served += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(asked >= 10, "only {asked} requests in 3 s");
+    eprintln!("{asked} requests while swapping, {served} pieces of the original served");
+
+    // A FIFO in its place: answered at once (no open that waits for a writer), and the node
+    // goes on serving the rest.
+    fs::remove_file(&path).unwrap();
+    crate::util::mkfifo(&path);
+    let answer = tokio::time::timeout(LIMIT, ask_pieces(&mut stream, id, 0, 1))
+        .await
+        .expect("a request for a file now a FIFO hangs");
+    assert!(answer.0.is_empty());
+    assert!(
+        matches!(
+            answer.1,
+            Some(chunk::Status::NotFound | chunk::Status::Unavailable)
+        ),
+        "{:?}",
+        answer.1
+    );
+    let (pieces, end) = ask_pieces(&mut stream, blake3::hash(&other), 0, 1).await;
+    assert_eq!((pieces.concat(), end), (other.clone(), None));
+    driver.abort();
+    a.node.stop().await;
+}

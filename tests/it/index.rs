@@ -355,9 +355,7 @@ async fn unindexable_entries_are_reported_and_the_rest_is_indexed() {
         b"x",
     );
     // A fifo is skipped silently, and must not block the scan.
-    let fifo = std::ffi::CString::new(share.join("pipe").as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid C string and mode.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    crate::util::mkfifo(&share.join("pipe"));
     let node = start(dir.path()).await;
     node.wait_file("fine.txt", b"fine").await;
     node.wait_idle().await;
@@ -368,5 +366,42 @@ async fn unindexable_entries_are_reported_and_the_rest_is_indexed() {
         errors[0].path.starts_with("bad-") && errors[0].reason.contains("UTF-8"),
         "{errors:?}"
     );
+    node.node.stop().await;
+}
+
+/// Rewrites `path` in place with `data` (same size), then puts its old modification time back,
+/// as `cp --preserve`, `rsync -t` or an editor that restores times would.
+fn edit_in_place_keeping_mtime(path: &Path, data: &[u8]) {
+    use std::io::Write;
+    let before = fs::metadata(path).unwrap();
+    assert_eq!(before.len(), data.len() as u64, "same size");
+    let mut file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all(data).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+    let after = fs::metadata(path).unwrap();
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+    assert_eq!(after.len(), before.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_edited_in_place_with_its_mtime_restored_gets_its_new_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (content(300_000, 1), content(300_000, 2));
+    write(&dir.path().join("share/doc.bin"), &old);
+    let node = start(dir.path()).await;
+    node.wait_file("doc.bin", &old).await;
+
+    // While the node runs: the watcher reports it, the change time tells it changed.
+    let path = node.share.join("doc.bin");
+    edit_in_place_keeping_mtime(&path, &new);
+    node.wait_file("doc.bin", &new).await;
+
+    // While the node is stopped: found at the next start.
+    node.node.stop().await;
+    edit_in_place_keeping_mtime(&path, &old);
+    let node = start(dir.path()).await;
+    node.wait_idle().await;
+    node.wait_file("doc.bin", &old).await;
     node.node.stop().await;
 }

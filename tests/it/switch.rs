@@ -267,3 +267,40 @@ fn a_node_whose_output_pipe_is_gone_still_stops_on_the_first_signal() {
         );
     }
 }
+
+/// FIFOs swapped in for files of a scan in progress (a batch being hashed): refused without
+/// blocking a hash thread, the scan finishes, and the node still stops within two seconds.
+#[cfg(unix)]
+#[test]
+fn fifos_swapped_in_during_a_scan_are_refused_and_the_scan_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, share, _) = crate::util::configured_home(dir.path());
+    // Big enough that the small files wait behind them for seconds; cost no disk.
+    sparse_files(&share, 2, 4 << 30);
+    let smalls: Vec<String> = (0..20).map(|i| format!("small-{i:02}.txt")).collect();
+    for name in &smalls {
+        fs::write(share.join(name), name.as_bytes()).unwrap();
+    }
+    let daemon = Daemon::start(&home, &[]);
+    wait_for(LIMIT, "the node to hash the disk images", || {
+        let status = daemon.status();
+        (!status["index"]["hashing"].is_null()).then_some(())
+    });
+    for name in &smalls {
+        fs::remove_file(share.join(name)).unwrap();
+        crate::util::mkfifo(&share.join(name));
+    }
+    wait_for(Duration::from_secs(120), "the first scan to finish", || {
+        (daemon.status()["index"]["ready"] == true).then_some(())
+    });
+    wait_for(LIMIT, "no FIFO indexed as a file", || {
+        let (code, out, _) = crate::util::run(iwant(&home).args(["ls", "--json"]));
+        (code == 0 && !out.contains("small-") && out.contains("disk-image-1.img")).then_some(())
+    });
+    let (stopped, status) = daemon.interrupt();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        stopped <= Duration::from_secs(2),
+        "the node took {stopped:?} to stop"
+    );
+}

@@ -37,6 +37,7 @@ mod discovery;
 mod download;
 mod election;
 mod private;
+mod safety;
 mod search;
 mod soak;
 
@@ -594,6 +595,24 @@ impl Lab {
     /// Node `i`'s default TCP listen address, `/ip4/<addr>/tcp/4747`.
     pub fn tcp_addr(&self, i: usize) -> String {
         format!("/ip4/{}/tcp/{NODE_PORT}", self.addr(i))
+    }
+
+    /// The lab's scratch folder, removed with the lab: room for what a test lays out.
+    pub fn scratch(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .expect("the lab's folder lives as long as the lab")
+            .path()
+    }
+
+    /// Moves node `i`'s home to `home` (for example inside a user folder the test lays out in
+    /// [`Lab::scratch`]). Only before its first start.
+    pub fn set_home(&mut self, i: usize, home: PathBuf) {
+        assert_eq!(
+            self.nodes[i].starts, 0,
+            "bug in the test: node {i} has started"
+        );
+        self.nodes[i].home = home;
     }
 
     /// Node `i`'s home directory.
