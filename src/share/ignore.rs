@@ -439,16 +439,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         touch(&root, ".config/app.conf");
-        touch(&root, ".bash_history");
+        touch(&root, ".profile");
         let off = Rules::new(false, &[], None);
         assert_eq!(reason(&off, &root, ".config").as_deref(), Some("hidden"));
-        assert_eq!(
-            reason(&off, &root, ".bash_history").as_deref(),
-            Some("hidden")
-        );
+        assert_eq!(reason(&off, &root, ".profile").as_deref(), Some("hidden"));
         let on = Rules::new(true, &[], None);
         assert_eq!(reason(&on, &root, ".config"), None);
         assert_eq!(reason(&on, &root, ".config/app.conf"), None);
+        assert_eq!(reason(&on, &root, ".profile"), None);
     }
 
     #[test]

@@ -806,6 +806,11 @@ async fn a_folder_of_names_other_platforms_cannot_store_arrives_whole() {
     a.node.stop().await;
 }
 
+fn set_mtime(path: &Path, mtime: std::time::SystemTime) {
+    let file = fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(mtime).unwrap();
+}
+
 /// A shared file swapped for a symlink to a file outside the share with the same size and
 /// modification time, or for a FIFO: never served, not even under the old id before the
 /// indexer notices, and not while a symlink is renamed over it again and again.
@@ -826,12 +831,7 @@ async fn a_file_swapped_for_a_symlink_or_a_fifo_never_serves_what_is_outside() {
     let outside = a.dir.path().join("outside.bin");
     let secret = data(bytes.len(), 99);
     fs::write(&outside, &secret).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&outside)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    set_mtime(&outside, mtime);
     let original = a.dir.path().join("original.bin");
     fs::copy(&path, &original).unwrap();
     let swap_in_link = {
@@ -874,12 +874,7 @@ async fn a_file_swapped_for_a_symlink_or_a_fifo_never_serves_what_is_outside() {
                 std::thread::sleep(Duration::from_millis(50));
                 let copy = path.with_file_name(format!(".copy-{n}"));
                 fs::copy(&original, &copy).unwrap();
-                fs::File::options()
-                    .write(true)
-                    .open(&copy)
-                    .unwrap()
-                    .set_modified(mtime)
-                    .unwrap();
+                set_mtime(&copy, mtime);
                 fs::rename(&copy, &path).unwrap();
                 std::thread::sleep(Duration::from_millis(50));
                 n += 1;

@@ -1,15 +1,11 @@
 //! Listen ports: a node's port is its own (no `SO_REUSEPORT`), a taken explicit port fails the
 //! start naming it, and a taken default port falls back to a free one and says which.
 
-use std::{
-    net::SocketAddr,
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use libp2p::{multiaddr::Protocol, Multiaddr};
 
-use crate::util::{configured_home, iwant, wait_for, LocalNode};
+use crate::util::{configured_home, iwant, wait_for, KillOnDrop, LocalNode};
 
 /// How long a start that must fail may take to exit.
 const EXIT_LIMIT: Duration = Duration::from_secs(20);
@@ -75,16 +71,6 @@ async fn a_taken_explicit_port_fails_the_start_and_names_the_port() {
     assert!(error.contains("--listen"), "{error}");
 }
 
-/// Kills the process when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_cli_reports_a_taken_listen_port_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
@@ -95,7 +81,7 @@ fn the_cli_reports_a_taken_listen_port_and_exits_non_zero() {
     let home = dir.path().join("b");
     std::fs::create_dir_all(&home).unwrap();
     let err_path = home.join("node.err");
-    let mut child = Killed(
+    let mut child = KillOnDrop(
         iwant(&home)
             .args(["node", "--no-mdns", "--listen", &addr.to_string()])
             .stdin(Stdio::null())
@@ -145,7 +131,7 @@ fn a_taken_default_port_falls_back_and_dials_reach_the_first_node() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&err_path).unwrap());
     die_with_parent(&mut cmd);
-    let mut second = Killed(cmd.spawn().unwrap());
+    let mut second = KillOnDrop(cmd.spawn().unwrap());
     let status = wait_for(Duration::from_secs(20), "the second node to answer", || {
         if let Ok(Some(exit)) = second.0.try_wait() {
             let err = std::fs::read_to_string(&err_path).unwrap_or_default();

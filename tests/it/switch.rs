@@ -5,7 +5,7 @@ use std::{
     fs,
     io::Read,
     path::Path,
-    process::{Child, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -14,7 +14,7 @@ use iwant::{
     control::{Client, Request, Response},
 };
 
-use crate::util::{iwant, wait_for, wait_for_async, Daemon, LocalNode as Node};
+use crate::util::{iwant, wait_for, wait_for_async, Daemon, KillOnDrop, LocalNode as Node};
 
 /// Generous bound for what the issue does not bound more tightly.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -216,16 +216,6 @@ fn ctrl_c_in_the_middle_of_hashing_stops_the_node_within_two_seconds() {
         stopped <= Duration::from_secs(2),
         "the node took {stopped:?} to stop in the middle of hashing"
     );
-}
-
-/// A child process killed when the test ends, whatever happened.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `iwant node 2>&1 | tee node.log`, then Ctrl-C: the terminal's Ctrl-C kills `tee` too, so

@@ -15,7 +15,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::util::{run, wait_for};
+use crate::util::{run, wait_for, KillOnDrop};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -64,15 +64,6 @@ impl User {
     }
 }
 
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn an_unreadable_folder_leaves_the_rest_of_the_share_watched() {
     let user = User::unprivileged();
@@ -102,7 +93,7 @@ fn an_unreadable_folder_leaves_the_rest_of_the_share_watched() {
         .stderr(fs::File::create(dir.path().join("node.err")).unwrap())
         .spawn()
         .unwrap();
-    let mut node = Killed(node);
+    let mut node = KillOnDrop(node);
     let status = || -> Option<Value> {
         let (code, out, _) = run(user.command(&bin, &home).args(["status", "--json"]));
         (code == 0).then(|| serde_json::from_str(&out).unwrap())

@@ -1190,15 +1190,7 @@ mod selftest {
         }
     }
 
-    /// A helper process, killed when dropped.
-    struct KillOnDrop(Child);
-
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    use crate::util::KillOnDrop;
 
     #[test]
     fn new_lab_sweeps_leftovers_of_dead_runs_only() {
