@@ -78,6 +78,7 @@ async fn secrets_hidden_files_and_the_node_home_are_never_indexed() {
     let home = share.join("node-home");
     write(&share, ".ssh/id_ed25519", b"PRIVATE KEY");
     write(&share, ".bash_history", b"history");
+    write(&share, ".profile", b"PATH=...");
     write(&share, "notes.pem", b"pem");
     write(&share, ".env", b"TOKEN=1");
     write(&share, "wallet.dat", b"coins");
@@ -98,7 +99,11 @@ async fn secrets_hidden_files_and_the_node_home_are_never_indexed() {
             .unwrap_or_else(|| panic!("{p} is not listed as skipped: {listed:?}"))
     };
     assert_eq!(reason(".ssh"), "secret: SSH folder (.ssh)");
-    assert_eq!(reason(".bash_history"), "hidden");
+    assert_eq!(
+        reason(".bash_history"),
+        "secret: shell or console history (.*_history)"
+    );
+    assert_eq!(reason(".profile"), "hidden");
     assert_eq!(reason("notes.pem"), "secret: key or certificate (*.pem)");
     assert_eq!(reason(".env"), "secret: environment secrets (.env)");
     assert_eq!(
