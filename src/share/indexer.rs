@@ -911,50 +911,13 @@ impl Indexer {
 
 /// The stored row for directory `dir`, computed from all entries of the share (sorted).
 fn dir_row(entries: &[EntryRow], dir: &str) -> DirRow {
-    let (encoded, size, files) = manifest_below(entries, dir);
+    let (encoded, size, files) = manifest::encode_below(entries, dir);
     DirRow {
         path: dir.to_string(),
         id: *manifest::id_of(&encoded).as_bytes(),
         size,
         files,
     }
-}
-
-/// The encoded manifest of directory `dir` ("" for the root), its total file bytes and file
-/// count, from entries of the share sorted by path that hold at least everything below `dir`.
-pub(crate) fn manifest_below(entries: &[EntryRow], dir: &str) -> (Vec<u8>, u64, u64) {
-    let prefix = if dir.is_empty() {
-        String::new()
-    } else {
-        format!("{dir}/")
-    };
-    let start = entries.partition_point(|e| e.path.as_str() < prefix.as_str());
-    let below = entries[start..]
-        .iter()
-        .take_while(|e| e.path.starts_with(&prefix));
-    let mut manifest_entries = Vec::new();
-    let (mut size, mut files) = (0, 0);
-    for e in below {
-        let path = e.path[prefix.len()..].to_string();
-        if e.is_dir {
-            manifest_entries.push(manifest::Entry {
-                path,
-                kind: Kind::Dir,
-                size: 0,
-                id: None,
-            });
-        } else {
-            size += e.size;
-            files += 1;
-            manifest_entries.push(manifest::Entry {
-                path,
-                kind: Kind::File,
-                size: e.size,
-                id: Some(blake3::Hash::from_bytes(e.id)),
-            });
-        }
-    }
-    (manifest::encode(&mut manifest_entries), size, files)
 }
 
 /// Whether `path` is `dir` or below it ("" is above everything).

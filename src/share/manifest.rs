@@ -16,6 +16,8 @@
 
 use blake3::Hash;
 
+use crate::store::EntryRow;
+
 /// The first bytes of every manifest.
 pub const MAGIC: &[u8] = b"iwant/manifest/1\n";
 
@@ -182,6 +184,43 @@ pub fn check_relative_path(path: &str) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// The encoded manifest of directory `dir` ("" for the root), its total file bytes and file
+/// count, from entries of the share sorted by path that hold at least everything below `dir`.
+pub fn encode_below(entries: &[EntryRow], dir: &str) -> (Vec<u8>, u64, u64) {
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let start = entries.partition_point(|e| e.path.as_str() < prefix.as_str());
+    let below = entries[start..]
+        .iter()
+        .take_while(|e| e.path.starts_with(&prefix));
+    let mut manifest_entries = Vec::new();
+    let (mut size, mut files) = (0, 0);
+    for e in below {
+        let path = e.path[prefix.len()..].to_string();
+        if e.is_dir {
+            manifest_entries.push(Entry {
+                path,
+                kind: Kind::Dir,
+                size: 0,
+                id: None,
+            });
+        } else {
+            size += e.size;
+            files += 1;
+            manifest_entries.push(Entry {
+                path,
+                kind: Kind::File,
+                size: e.size,
+                id: Some(blake3::Hash::from_bytes(e.id)),
+            });
+        }
+    }
+    (encode(&mut manifest_entries), size, files)
 }
 
 #[cfg(test)]

@@ -23,7 +23,6 @@ mod watch;
 
 use std::time::Duration;
 
-pub(crate) use indexer::manifest_below;
 pub use indexer::{spawn, IndexHandle};
 
 pub use manifest::Kind;

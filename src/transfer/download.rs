@@ -507,7 +507,7 @@ async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
             Kind::Dir => {
                 let path = store.shared_dir(&root, &key).ok()??;
                 let entries = store.entries_below(&root, &path).ok()?;
-                let (encoded, size, _) = share::manifest_below(&entries, &path);
+                let (encoded, size, _) = share::manifest::encode_below(&entries, &path);
                 Plan::dir(id, &encoded).ok()?;
                 Some((size, encoded))
             }

@@ -295,7 +295,7 @@ fn manifest(cache: &ManifestCache, store: &Store, root: &str, id: Id) -> Option<
     }
     let path = store.shared_dir(root, &id.0).ok()??;
     let entries = store.entries_below(root, &path).ok()?;
-    let (encoded, _, _) = share::manifest_below(&entries, &path);
+    let (encoded, _, _) = share::manifest::encode_below(&entries, &path);
     if share::manifest::id_of(&encoded).as_bytes() != &id.0
         || encoded.len() as u64 > content::MAX_MANIFEST
     {
