@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use iwant::leader::index::{Entry, Kind, Limits, NetworkIndex, Query, Tier};
 use libp2p::PeerId;
+use rand::{rngs::SmallRng, RngExt, SeedableRng};
 
 const PEERS: usize = 5;
 const QUERIES_PER_CLASS: usize = 200;
@@ -224,20 +225,20 @@ const DOC_WORDS: &[&str] = &[
     "letter",
 ];
 
-/// splitmix64: small, seeded, deterministic.
-struct Rng(u64);
+/// rand's small seeded generator: the same corpus for the same seed.
+struct Rng(SmallRng);
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(SmallRng::seed_from_u64(seed))
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.random()
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.random_range(0..n)
     }
 
     fn pick<'a>(&mut self, list: &[&'a str]) -> &'a str {
@@ -267,7 +268,7 @@ fn title(rng: &mut Rng, words: usize) -> String {
 
 /// The path and size of content number `c`: the same content always has the same path.
 fn content_path(c: u64) -> (String, u64) {
-    let mut rng = Rng(c ^ 0x5eed);
+    let mut rng = Rng::new(c ^ 0x5eed);
     let size = 1 + rng.next() % 50_000_000;
     let path = match rng.below(100) {
         0..=34 => {
@@ -386,7 +387,7 @@ fn build(n: usize, peers: &[PeerId]) -> (NetworkIndex, Duration) {
     let shared_pool = (n / 20).max(1) as u64;
     let start = Instant::now();
     for (p, peer) in peers.iter().enumerate() {
-        let mut rng = Rng(p as u64 + 1);
+        let mut rng = Rng::new(p as u64 + 1);
         let mut i = 0u64;
         index.begin_snapshot(*peer);
         // Paths that repeat within a peer replace each other; keep going to `per_peer`.
@@ -521,7 +522,7 @@ fn ms(d: Duration) -> String {
 /// Times the query classes; a typo query counts only when the main pass found nothing (so
 /// the typo pass ran), a no-match query only when nothing at all was found.
 fn run_queries(index: &NetworkIndex) -> Vec<Stats> {
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let _ = index.search(&Query::new("warm up"));
     Class::ALL
         .iter()

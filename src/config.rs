@@ -92,11 +92,6 @@ impl Home {
         &self.root
     }
 
-    /// Whether the home was chosen with `--home` or `IWANT_HOME` rather than by default.
-    pub fn is_explicit(&self) -> bool {
-        self.explicit
-    }
-
     /// `config.toml`.
     pub fn config_file(&self) -> PathBuf {
         self.root.join("config.toml")

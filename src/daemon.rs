@@ -301,7 +301,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         Ok(n) => tracing::info!(downloads = n, "resuming downloads"),
         Err(e) => tracing::warn!(error = %e, "cannot read the downloads to resume"),
     }
-    let state = Arc::new(State {
+    let handler = Arc::new(Handler {
         transfers,
         served,
         net: net.clone(),
@@ -315,8 +315,8 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     tasks.spawn(control::serve(
         listener.clone(),
         move |request| {
-            let state = state.clone();
-            async move { state.handle(request).await }
+            let handler = handler.clone();
+            async move { handler.handle(request).await }
         },
         shutdown.child_token(),
     ));
@@ -367,8 +367,8 @@ fn lock_home(home: &Home) -> Result<Option<File>, StartError> {
     }
 }
 
-/// What the control handler needs.
-struct State {
+/// Answers the control channel's requests (what the handler needs).
+struct Handler {
     transfers: Transfers,
     served: Arc<transfer::serve::Served>,
     net: NetworkClient,
@@ -381,7 +381,7 @@ struct State {
     places: Places,
 }
 
-impl State {
+impl Handler {
     async fn handle(&self, request: Request) -> Result<Response, ControlError> {
         match request {
             Request::Status => {

@@ -8,15 +8,12 @@ use std::{
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{
-    ls::human_bytes,
-    term::{safe, Safe},
-};
+use super::term::{human_bytes, safe, Safe};
 use crate::{
     config::Home,
     control::{Client, Request, Response},
     share::Kind,
-    transfer::{Progress, State},
+    transfer::{DownloadState, Progress},
 };
 
 /// How often a watching CLI asks the daemon for progress.
@@ -59,7 +56,7 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
     let bar = (!lines).then(|| new_bar(&progress));
     let started = Instant::now();
     let mut last = progress;
-    let mut last_line: Option<(State, u64, u64)> = None;
+    let mut last_line: Option<(DownloadState, u64, u64)> = None;
     loop {
         if lines {
             let key = (last.state, last.bytes_done, last.files_done);
@@ -117,7 +114,7 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
         bar.finish_and_clear();
     }
     match last.state {
-        State::Done => {
+        DownloadState::Done => {
             if !lines {
                 let secs = started.elapsed().as_secs_f64();
                 println!(
@@ -141,7 +138,9 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
             }
             Ok(())
         }
-        State::Cancelled => anyhow::bail!("the download of {} was cancelled", Safe(&last.name)),
+        DownloadState::Cancelled => {
+            anyhow::bail!("the download of {} was cancelled", Safe(&last.name))
+        }
         _ => anyhow::bail!(
             "the download of {} failed: {}",
             Safe(&last.name),
@@ -176,9 +175,9 @@ struct Line<'a> {
 impl<'a> Line<'a> {
     fn of(progress: &'a Progress) -> Self {
         let event = match progress.state {
-            State::Done => "done",
-            State::Failed => "failed",
-            State::Cancelled => "cancelled",
+            DownloadState::Done => "done",
+            DownloadState::Failed => "failed",
+            DownloadState::Cancelled => "cancelled",
             _ => "progress",
         };
         Self { event, progress }
@@ -201,13 +200,13 @@ fn new_bar(p: &Progress) -> ProgressBar {
 
 /// A progress line's tail: peers, files, and what it waits for.
 pub(super) fn details(p: &Progress) -> String {
-    let mut parts = vec![super::count(p.peers as u64, "peer", "peers")];
+    let mut parts = vec![super::term::count(p.peers as u64, "peer", "peers")];
     if p.kind == Kind::Dir {
         parts.push(format!("{}/{} files", p.files_done, p.files_total));
     }
     if let Some(m) = &p.message {
         parts.push(safe(m));
-    } else if p.state != State::Fetching {
+    } else if p.state != DownloadState::Fetching {
         parts.push(format!("{:?}", p.state).to_lowercase());
     }
     parts.join(" · ")

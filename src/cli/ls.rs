@@ -52,7 +52,7 @@ fn render_entries(entries: &[IndexEntry]) -> String {
         let _ = writeln!(
             out,
             "{kind:<4}  {:>10}  {:<16}  {path}",
-            human_bytes(e.size),
+            super::term::human_bytes(e.size),
             &e.id.to_hex()[..16]
         );
     }
@@ -96,22 +96,6 @@ fn render_errors(errors: &[ScanError]) -> String {
         .collect()
 }
 
-/// `1536` → `1.5 KiB`.
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,14 +111,6 @@ mod tests {
         assert!(skipped.contains("... and 2 more"), "{skipped}");
         let errors = render_errors(&[entry]);
         assert!(!errors.contains('\u{1b}'), "{errors}");
-    }
-
-    #[test]
-    fn sizes_are_human() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
     }
 
     #[test]

@@ -2,10 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{
-    ls::human_bytes,
-    term::{safe, Safe},
-};
+use super::term::{human_bytes, safe, Safe};
 use crate::{
     config::Home,
     control::{Client, Request, Response, SearchReply},
@@ -43,12 +40,12 @@ pub(super) async fn run(
 }
 
 fn render(reply: &SearchReply) -> String {
-    let nodes = super::count(reply.nodes as u64, "node", "nodes");
+    let nodes = super::term::count(reply.nodes as u64, "node", "nodes");
     if reply.results.is_empty() {
         return format!(
             "Nothing matches {:?} among {} shared by {nodes}.\n",
             reply.query,
-            super::count(reply.indexed, "entry", "entries"),
+            super::term::count(reply.indexed, "entry", "entries"),
         );
     }
     let rows: Vec<[String; 6]> = reply
@@ -132,8 +129,8 @@ fn render(reply: &SearchReply) -> String {
     let _ = writeln!(
         out,
         "{} of {} shared by {nodes}{more}. Fetch one with `iwant get <ID>`.",
-        super::count(shown, "result", "results"),
-        super::count(reply.indexed, "entry", "entries"),
+        super::term::count(shown, "result", "results"),
+        super::term::count(reply.indexed, "entry", "entries"),
     );
     out
 }

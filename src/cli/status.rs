@@ -44,9 +44,9 @@ fn render(s: &StatusReply) -> String {
     let _ = writeln!(
         out,
         "Index:            {}, {}, {} (version {}){}",
-        super::count(i.files, "file", "files"),
-        super::count(i.dirs, "directory", "directories"),
-        super::ls::human_bytes(i.bytes),
+        super::term::count(i.files, "file", "files"),
+        super::term::count(i.dirs, "directory", "directories"),
+        super::term::human_bytes(i.bytes),
         i.version,
         if i.ready { "" } else { ", first scan running" }
     );
@@ -56,8 +56,8 @@ fn render(s: &StatusReply) -> String {
             "Hashing:          {}/{} files, {} of {}",
             h.files_done,
             h.files_total,
-            super::ls::human_bytes(h.bytes_done),
-            super::ls::human_bytes(h.bytes_total)
+            super::term::human_bytes(h.bytes_done),
+            super::term::human_bytes(h.bytes_total)
         );
     }
     match &i.watch {
@@ -72,7 +72,7 @@ fn render(s: &StatusReply) -> String {
             let _ = writeln!(
                 out,
                 "Watching:         all but {} (unreadable?); changes there wait for the periodic rescan",
-                super::count(*unwatched, "folder", "folders")
+                super::term::count(*unwatched, "folder", "folders")
             );
         }
         WatchState::Unavailable { reason } => {
@@ -87,7 +87,7 @@ fn render(s: &StatusReply) -> String {
         let _ = writeln!(
             out,
             "Not indexed:      {} (see `iwant ls --errors`)",
-            super::count(i.errors, "entry", "entries")
+            super::term::count(i.errors, "entry", "entries")
         );
     }
     if i.skipped > 0 {
@@ -130,8 +130,8 @@ fn render(s: &StatusReply) -> String {
         let _ = writeln!(
             out,
             "Served:           {} in {}",
-            super::ls::human_bytes(s.served.bytes),
-            super::count(s.served.pieces, "piece", "pieces")
+            super::term::human_bytes(s.served.bytes),
+            super::term::count(s.served.pieces, "piece", "pieces")
         );
     }
     if !s.downloads.is_empty() {
@@ -144,21 +144,21 @@ fn render(s: &StatusReply) -> String {
             d.bytes_done as f64 * 100.0 / d.bytes_total as f64
         };
         let state = match d.state {
-            crate::transfer::State::Done => format!(
+            crate::transfer::DownloadState::Done => format!(
                 "done: {}",
                 d.path
                     .as_deref()
                     .map(|p| safe(&p.to_string_lossy()))
                     .unwrap_or_default()
             ),
-            crate::transfer::State::Failed => {
+            crate::transfer::DownloadState::Failed => {
                 format!("failed: {}", Safe(d.message.as_deref().unwrap_or_default()))
             }
-            crate::transfer::State::Cancelled => "cancelled".into(),
+            crate::transfer::DownloadState::Cancelled => "cancelled".into(),
             _ => format!(
                 "{pct:.0}% of {}, {}/s, {}",
-                super::ls::human_bytes(d.bytes_total),
-                super::ls::human_bytes(d.rate),
+                super::term::human_bytes(d.bytes_total),
+                super::term::human_bytes(d.rate),
                 super::get::details(d)
             ),
         };

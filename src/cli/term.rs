@@ -1,4 +1,5 @@
-//! Terminal-safe text: names from disk or the network, escaped before they reach a terminal.
+//! Text for people at a terminal: names from disk or the network escaped before they reach
+//! it, sizes and counts in words.
 
 use std::fmt;
 
@@ -33,6 +34,27 @@ pub(crate) fn safe(name: &str) -> String {
     Safe(name).to_string()
 }
 
+/// `1536` → `1.5 KiB`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `1 file`, `2 files`.
+pub(crate) fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +76,13 @@ mod tests {
     fn ordinary_names_are_unchanged_and_backslash_is_doubled() {
         assert_eq!(safe("Fotos/été 2024.jpg"), "Fotos/été 2024.jpg");
         assert_eq!(safe("a\\x1b"), "a\\\\x1b");
+    }
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
     }
 }

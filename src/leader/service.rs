@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::index::{self, Limits, NetworkIndex};
-use crate::net::{Inbound, LeaderView, NetworkClient};
+use crate::net::{LeaderInbound, LeaderView, NetworkClient};
 
 /// How long the entries of a node whose connection is gone are kept.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -102,7 +102,7 @@ pub struct Service {
     local: PeerId,
     net: NetworkClient,
     leader: watch::Receiver<LeaderView>,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: mpsc::Receiver<LeaderInbound>,
     own: mpsc::Receiver<Local>,
     shutdown: CancellationToken,
     leading: bool,
@@ -119,7 +119,7 @@ pub struct Service {
 /// Creates the service; run the returned [`Service`] with [`Service::run`].
 pub fn spawn(
     net: NetworkClient,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: mpsc::Receiver<LeaderInbound>,
     shutdown: CancellationToken,
 ) -> (LeaderHandle, Service) {
     let (tx, own) = mpsc::channel(LOCAL_QUEUE);
@@ -158,10 +158,10 @@ impl Service {
                     self.on_leader_change().await;
                 }
                 Some(inbound) = self.inbound.recv() => match inbound {
-                    Inbound::Index { peer, request, channel } => {
+                    LeaderInbound::Index { peer, request, channel } => {
                         self.on_index(peer, request, Responder::Net(channel)).await;
                     }
-                    Inbound::Search { peer, request, channel } => {
+                    LeaderInbound::Search { peer, request, channel } => {
                         self.on_search(peer, request, Responder::Net(channel)).await;
                     }
                 },

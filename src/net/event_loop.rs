@@ -34,7 +34,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    private::HandshakeHints, tcp, Command, ContentInbound, Inbound, LeaderView, NetStatus,
+    private::HandshakeHints, tcp, Command, ContentInbound, LeaderInbound, LeaderView, NetStatus,
     NetworkClient, PeerStatus, RequestError, COMMAND_QUEUE, DEPARTURES_QUEUE, DIAL_TIMEOUT,
     GOODBYE_LIMIT, GOSSIP_TTL, IDLE_TIMEOUT, INBOUND_QUEUE, LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS,
     REDIAL_INTERVAL,
@@ -125,7 +125,7 @@ pub struct EventLoop {
     /// The election's leader and term, for [`NetworkClient::leader_watch`].
     leader: watch::Sender<LeaderView>,
     /// Requests from peers, to the leader task.
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<LeaderInbound>,
     /// Our index sync requests waiting for their answers.
     pending_index: HashMap<OutboundRequestId, Reply<index_sync::Response>>,
     /// Our search requests waiting for their answers.
@@ -196,7 +196,7 @@ pub struct Spawned {
     /// The loop; run it with [`EventLoop::run`].
     pub event_loop: EventLoop,
     /// Requests from peers and peer arrivals/departures, for the leader task.
-    pub inbound: mpsc::Receiver<Inbound>,
+    pub inbound: mpsc::Receiver<LeaderInbound>,
     /// Content requests from peers, for the transfer server.
     pub content_inbound: mpsc::Receiver<ContentInbound>,
 }
@@ -559,13 +559,13 @@ impl EventLoop {
                     },
                 ..
             } => {
-                let inbound = Inbound::Index {
+                let inbound = LeaderInbound::Index {
                     peer,
                     request,
                     channel,
                 };
                 if let Err(e) = self.inbound.try_send(inbound) {
-                    if let Inbound::Index { channel, .. } = e.into_inner() {
+                    if let LeaderInbound::Index { channel, .. } = e.into_inner() {
                         tracing::debug!(%peer, "leader task busy; index push refused");
                         let _ = self
                             .swarm
@@ -612,7 +612,7 @@ impl EventLoop {
         else {
             return;
         };
-        let inbound = Inbound::Search {
+        let inbound = LeaderInbound::Search {
             peer,
             request,
             channel,

@@ -73,7 +73,7 @@ pub const INBOUND_QUEUE: usize = 256;
 
 /// What the network hands to the leader task: requests from peers.
 #[derive(Debug)]
-pub enum Inbound {
+pub enum LeaderInbound {
     /// A peer pushed (part of) its index.
     Index {
         /// The authenticated sender.

@@ -36,7 +36,7 @@ use super::{
     place,
     plan::{self, Plan},
     planner::{self, Completed, Planner},
-    serve, Progress, State,
+    serve, DownloadState, Progress,
 };
 use crate::{
     fsio,
@@ -98,7 +98,7 @@ impl Start {
             id,
             name,
             kind,
-            state: State::Starting,
+            state: DownloadState::Starting,
             message: None,
             bytes_total: size,
             bytes_done: 0,
@@ -139,7 +139,7 @@ impl Context {
         f(&mut self.progress.lock().expect("bug: poisoned"));
     }
 
-    fn set_state(&self, state: State, message: Option<String>) {
+    fn set_state(&self, state: DownloadState, message: Option<String>) {
         self.update(|p| {
             p.state = state;
             p.message = message;
@@ -175,7 +175,7 @@ pub async fn run(ctx: Context, start: Start) {
         Ok((path, plan, started_ms)) => {
             tracing::info!(id = %id, path = %path.display(), "download complete");
             ctx.update(|p| {
-                p.state = State::Done;
+                p.state = DownloadState::Done;
                 p.message = None;
                 p.bytes_done = p.bytes_total;
                 p.files_done = p.files_total;
@@ -208,14 +208,14 @@ pub async fn run(ctx: Context, start: Start) {
                 remove_part(Path::new(&part));
             }
             tracing::info!(id = %id, "download cancelled; partial data removed");
-            ctx.set_state(State::Cancelled, None);
+            ctx.set_state(DownloadState::Cancelled, None);
         }
         Err(Stop::Interrupted) => {
             tracing::debug!(id = %id, "download stopped with the node; it resumes at the next start");
         }
         Err(Stop::Failed(reason)) => {
             tracing::warn!(id = %id, %reason, "download failed");
-            ctx.set_state(State::Failed, Some(reason));
+            ctx.set_state(DownloadState::Failed, Some(reason));
         }
     }
 }
@@ -335,7 +335,7 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
         }
         let plan_arc = Arc::new(plan.clone());
         fetch_all(ctx, &row, plan_arc.clone(), &part, &done).await?;
-        ctx.set_state(State::Verifying, None);
+        ctx.set_state(DownloadState::Verifying, None);
         tracing::debug!(id = %id, "fetched; verifying");
         let (p, d) = (plan_arc.clone(), part.clone());
         let bad = blocking(move || verify_all(&p, &d)).await;
@@ -475,7 +475,7 @@ async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
             Err(e) => last = e,
         }
         ctx.set_state(
-            State::Waiting,
+            DownloadState::Waiting,
             Some(format!("waiting for a holder to come back ({last})")),
         );
         ctx.pause(REFRESH_NO_HOLDERS * 2).await?;
@@ -796,7 +796,7 @@ async fn fetch_piece_lists(
             return Ok(());
         }
         ctx.set_state(
-            State::Starting,
+            DownloadState::Starting,
             Some(format!(
                 "fetching the piece lists of {} files",
                 needed.len()
@@ -818,7 +818,7 @@ async fn fetch_piece_lists(
         }
         if plan.files.iter().any(|f| f.needs_pieces()) {
             ctx.set_state(
-                State::Waiting,
+                DownloadState::Waiting,
                 Some("waiting for a holder to give the piece lists".into()),
             );
             ctx.pause(REFRESH_NO_HOLDERS * 2).await?;
@@ -898,10 +898,10 @@ async fn fetch_all(
         }
         // Progress.
         let (state, message) = if let Some((_, why)) = &paused_until {
-            (State::Waiting, Some(why.clone()))
+            (DownloadState::Waiting, Some(why.clone()))
         } else if peers.is_empty() {
             (
-                State::Waiting,
+                DownloadState::Waiting,
                 Some(if holders_known == 0 {
                     "no node holding it is reachable; waiting for one to come back".to_string()
                 } else {
@@ -909,7 +909,7 @@ async fn fetch_all(
                 }),
             )
         } else {
-            (State::Fetching, None)
+            (DownloadState::Fetching, None)
         };
         ctx.update(|p| {
             p.elapsed_ms = started.elapsed().as_millis() as u64;

@@ -43,7 +43,7 @@ pub const KEEP_FINISHED: usize = 32;
 /// Where a download is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum State {
+pub enum DownloadState {
     /// Finding holders, fetching the piece list or manifest.
     Starting,
     /// Fetching units.
@@ -60,10 +60,13 @@ pub enum State {
     Cancelled,
 }
 
-impl State {
+impl DownloadState {
     /// Whether the download has ended.
     pub fn is_final(self) -> bool {
-        matches!(self, State::Done | State::Failed | State::Cancelled)
+        matches!(
+            self,
+            DownloadState::Done | DownloadState::Failed | DownloadState::Cancelled
+        )
     }
 }
 
@@ -78,7 +81,7 @@ pub struct Progress {
     /// File or directory.
     pub kind: Kind,
     /// Where it is.
-    pub state: State,
+    pub state: DownloadState,
     /// Why it waits or failed, or what it does now.
     pub message: Option<String>,
     /// Bytes to fetch (identical contents counted once).

@@ -17,7 +17,7 @@ use iwant::{
     config::Home,
     control::{Client, ClientError, ErrorKind, Request, Response},
     share::{manifest, pieces::FileHash, pieces::Layout},
-    transfer::{Progress, State},
+    transfer::{DownloadState, Progress},
 };
 use iwant_behaviours::{
     chunk, content,
@@ -136,7 +136,7 @@ async fn interesting_sizes_arrive_intact() {
     }
     for (id, len) in ids {
         let p = b.fetch(&id).await;
-        assert_eq!(p.state, State::Done, "size {len}: {p:?}");
+        assert_eq!(p.state, DownloadState::Done, "size {len}: {p:?}");
         let path = p.path.expect("a done download has a path");
         let got = fs::read(&path).unwrap();
         assert_eq!(got.len(), len);
@@ -176,7 +176,7 @@ async fn a_directory_arrives_with_empty_dirs_and_duplicates_fetched_once_and_nev
     .await;
     // The index of the dir is final once its id stops changing: fetch by id, then compare.
     let p = b.fetch(&dir_id).await;
-    assert_eq!(p.state, State::Done, "{p:?}");
+    assert_eq!(p.state, DownloadState::Done, "{p:?}");
     let path = p.path.clone().unwrap();
     assert_eq!(path, b.downloads.join("album"));
     assert_same_tree(&a.share.join("album"), &path);
@@ -234,7 +234,7 @@ async fn content_this_node_shares_is_copied_not_fetched() {
     b.wait_indexed(&id).await;
     a.wait_indexed(&id).await;
     let p = b.fetch(&id).await;
-    assert_eq!(p.state, State::Done, "{p:?}");
+    assert_eq!(p.state, DownloadState::Done, "{p:?}");
     assert_eq!(p.bytes_local, 700_000, "{p:?}");
     assert_eq!(p.bytes_fetched, 0, "{p:?}");
     assert_eq!(blake3::hash(&fs::read(p.path.unwrap()).unwrap()), id);
@@ -460,7 +460,7 @@ async fn a_hostile_holder_can_neither_write_outside_the_download_folder_nor_corr
         b.progress(&hash.id).await.filter(|p| p.state.is_final())
     })
     .await;
-    assert_eq!(p.state, State::Done, "{p:?}");
+    assert_eq!(p.state, DownloadState::Done, "{p:?}");
     assert_eq!(blake3::hash(&fs::read(p.path.unwrap()).unwrap()), hash.id);
 
     // The escaping manifest is refused before anything is written, and the download ends:
@@ -474,7 +474,7 @@ async fn a_hostile_holder_can_neither_write_outside_the_download_folder_nor_corr
         b.progress(&dir_id).await.filter(|p| p.state.is_final())
     })
     .await;
-    assert_eq!(failed.state, State::Failed, "{failed:?}");
+    assert_eq!(failed.state, DownloadState::Failed, "{failed:?}");
     let message = failed.message.as_deref().unwrap_or_default();
     assert!(
         message.contains("unusable") && message.contains("escaped.txt"),
@@ -763,7 +763,7 @@ async fn a_finished_download_damaged_by_a_crash_is_fetched_again_at_the_next_sta
         }
     })
     .await;
-    assert_eq!(p.state, State::Done, "{p:?}");
+    assert_eq!(p.state, DownloadState::Done, "{p:?}");
     assert_eq!(p.path.as_deref(), Some(placed.as_path()));
     assert_eq!(blake3::hash(&fs::read(&placed).unwrap()), hash.id);
     assert_eq!(p.bytes_fetched, bytes.len() as u64, "{p:?}");
@@ -798,7 +798,7 @@ async fn a_folder_of_names_other_platforms_cannot_store_arrives_whole() {
     })
     .await;
     let p = b.fetch(&dir_id).await;
-    assert_eq!(p.state, State::Done, "{p:?}");
+    assert_eq!(p.state, DownloadState::Done, "{p:?}");
     let path = p.path.clone().unwrap();
     // On Linux every one of these names is stored as it is.
     assert_same_tree(&a.share.join("odd"), &path);

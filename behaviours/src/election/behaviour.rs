@@ -1,4 +1,4 @@
-//! The election across all connections: feeds the [`State`] machine and carries out its
+//! The election across all connections: feeds the [`ElectionState`] machine and carries out its
 //! actions.
 
 use std::{
@@ -22,7 +22,7 @@ use libp2p::{
 use super::{
     handler::{self, Handler},
     protocol::Message,
-    state::{Action, Input, State},
+    state::{Action, ElectionState, Input},
     Config,
 };
 
@@ -50,7 +50,7 @@ pub enum Event {
 
 /// See the [module docs](super).
 pub struct Behaviour {
-    state: State,
+    state: ElectionState,
     /// Connections per peer on which the peer accepted the election stream, oldest first.
     supported: HashMap<PeerId, Vec<ConnectionId>>,
     /// After [`Behaviour::leave`]: the peers whose goodbye is not written yet.
@@ -67,7 +67,7 @@ impl Behaviour {
             h.write(&local.to_bytes());
             h.finish()
         };
-        let state = State::new(local, config, seed, Instant::now());
+        let state = ElectionState::new(local, config, seed, Instant::now());
         let timer = state
             .next_deadline()
             .map(|d| Delay::new(d.saturating_duration_since(Instant::now())));

@@ -1,7 +1,7 @@
 //! Leader election: one leader per connected group of iwant nodes (`/iwant/election/1`).
 //!
 //! The main type is [`Behaviour`]; it reports [`Event::LeaderElected`] and
-//! [`Event::LeaderLost`]. The algorithm lives in the pure state machine [`state::State`]
+//! [`Event::LeaderLost`]. The algorithm lives in the pure state machine [`state::ElectionState`]
 //! (inputs and `now` in, actions out); the behaviour feeds it connection events, messages and
 //! timer ticks, and the [`handler::Handler`] carries the messages of one connection. The wire
 //! format is in [`protocol`].
@@ -66,24 +66,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Sets [`Config::heartbeat_interval`].
-    pub fn with_heartbeat_interval(mut self, d: Duration) -> Self {
-        self.heartbeat_interval = d;
-        self
-    }
-
-    /// Sets [`Config::leader_timeout`].
-    pub fn with_leader_timeout(mut self, d: Duration) -> Self {
-        self.leader_timeout = d;
-        self
-    }
-
-    /// Sets [`Config::leader_lease`].
-    pub fn with_leader_lease(mut self, d: Duration) -> Self {
-        self.leader_lease = d;
-        self
-    }
-
     /// Sets [`Config::startup_wait`].
     pub fn with_startup_wait(mut self, d: Duration) -> Self {
         self.startup_wait = d;
@@ -99,12 +81,6 @@ impl Config {
     /// Sets [`Config::election_jitter`].
     pub fn with_election_jitter(mut self, d: Duration) -> Self {
         self.election_jitter = d;
-        self
-    }
-
-    /// Sets [`Config::round_timeout`].
-    pub fn with_round_timeout(mut self, d: Duration) -> Self {
-        self.round_timeout = d;
         self
     }
 }

@@ -1,9 +1,9 @@
 //! The election as a pure state machine: inputs and `now` in, [`Action`]s out.
 //!
-//! [`State`] does no I/O and owns no timer. Its owner (the [`Behaviour`](super::Behaviour))
+//! [`ElectionState`] does no I/O and owns no timer. Its owner (the [`Behaviour`](super::Behaviour))
 //! feeds it [`Input`]s with the current time, carries out the returned actions (send a message,
-//! report a leader change) and calls [`State::handle`] with [`Input::Tick`] once
-//! [`State::next_deadline`] has passed. The algorithm is written down in `docs/election.md`.
+//! report a leader change) and calls [`ElectionState::handle`] with [`Input::Tick`] once
+//! [`ElectionState::next_deadline`] has passed. The algorithm is written down in `docs/election.md`.
 //!
 //! Randomness (the jitter of election timeouts) comes from a small generator seeded by the
 //! owner, so tests are deterministic.
@@ -14,13 +14,14 @@ use std::{
 };
 
 use libp2p::PeerId;
+use rand::{rngs::SmallRng, RngExt, SeedableRng};
 
 use super::{
     protocol::{Message, MAX_TERM_JUMP},
     Config,
 };
 
-/// Something that happened, for [`State::handle`].
+/// Something that happened, for [`ElectionState::handle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// A peer that speaks the election protocol is connected.
@@ -34,7 +35,7 @@ pub enum Input {
         /// What it said.
         message: Message,
     },
-    /// Time passed: [`State::next_deadline`] may have been reached.
+    /// Time passed: [`ElectionState::next_deadline`] may have been reached.
     Tick,
     /// This node is shutting down: a leader says goodbye, then the machine stops.
     Leave,
@@ -101,7 +102,7 @@ pub enum Role {
 
 /// The election state of one node. See the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct State {
+pub struct ElectionState {
     local: PeerId,
     config: Config,
     term: u64,
@@ -113,10 +114,11 @@ pub struct State {
     /// Still in the start-up wait: the first deadline adds the ranked election delay before
     /// standing, once the node knows its peers.
     starting: bool,
-    rng: u64,
+    /// The jitter's generator, seeded by the caller (tests replay a seed).
+    rng: SmallRng,
 }
 
-impl State {
+impl ElectionState {
     /// A node that has just started: a follower without a leader that waits
     /// [`Config::startup_wait`] for one before it stands.
     pub fn new(local: PeerId, config: Config, seed: u64, now: Instant) -> Self {
@@ -128,7 +130,7 @@ impl State {
             role: Role::Left,
             peers: BTreeSet::new(),
             starting: true,
-            rng: seed,
+            rng: SmallRng::seed_from_u64(seed),
         };
         let wait = state.config.startup_wait + state.jitter();
         state.role = Role::Follower {
@@ -514,16 +516,7 @@ impl State {
         if max == 0 {
             return Duration::ZERO;
         }
-        Duration::from_micros(self.next_random() % max)
-    }
-
-    /// splitmix64.
-    fn next_random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Duration::from_micros(self.rng.random_range(0..max))
     }
 }
 
@@ -565,8 +558,14 @@ mod tests {
     }
 
     /// A node `local` following `leader` in `term`, with `others` connected, at `t0`.
-    fn follower(local: PeerId, leader: PeerId, term: u64, others: &[PeerId], t0: Instant) -> State {
-        let mut s = State::new(local, quiet(), 1, t0);
+    fn follower(
+        local: PeerId,
+        leader: PeerId,
+        term: u64,
+        others: &[PeerId],
+        t0: Instant,
+    ) -> ElectionState {
+        let mut s = ElectionState::new(local, quiet(), 1, t0);
         s.handle(t0, Input::PeerConnected(leader));
         for p in others {
             s.handle(t0, Input::PeerConnected(*p));
@@ -586,7 +585,7 @@ mod tests {
     fn a_term_far_ahead_is_ignored_and_terms_never_overflow() {
         let t0 = Instant::now();
         let [liar, me]: [PeerId; 2] = ids(2).try_into().unwrap();
-        let mut s = State::new(me, quiet(), 1, t0);
+        let mut s = ElectionState::new(me, quiet(), 1, t0);
         s.handle(t0, Input::PeerConnected(liar));
         for term in [u64::MAX, MAX_TERM_JUMP + 1] {
             for message in [
@@ -630,7 +629,7 @@ mod tests {
     fn a_node_alone_leads_after_the_startup_wait() {
         let t0 = Instant::now();
         let me = PeerId::random();
-        let mut s = State::new(me, quiet(), 1, t0);
+        let mut s = ElectionState::new(me, quiet(), 1, t0);
         assert!(s.handle(t0 + 500 * MS, Input::Tick).is_empty());
         let mut now = t0;
         while s.leader().is_none() {
@@ -784,7 +783,7 @@ mod tests {
     fn a_candidate_grants_no_second_vote_in_its_term() {
         let [a, b, c]: [PeerId; 3] = ids(3).try_into().unwrap();
         let t0 = Instant::now();
-        let mut s = State::new(c, quiet(), 1, t0);
+        let mut s = ElectionState::new(c, quiet(), 1, t0);
         s.handle(t0, Input::PeerConnected(a));
         s.handle(t0, Input::PeerConnected(b));
         let first = s.handle(
@@ -883,7 +882,7 @@ mod tests {
     /// links that are up, unless `drop` says otherwise; time moves in 10 ms steps.
     struct Sim {
         now: Instant,
-        nodes: Vec<State>,
+        nodes: Vec<ElectionState>,
         links: BTreeSet<(usize, usize)>,
         /// Messages in flight, with when they arrive.
         queue: VecDeque<(Instant, usize, usize, Message)>,
@@ -900,7 +899,7 @@ mod tests {
             let nodes = ids
                 .iter()
                 .enumerate()
-                .map(|(i, id)| State::new(*id, config.clone(), i as u64 + 7, now))
+                .map(|(i, id)| ElectionState::new(*id, config.clone(), i as u64 + 7, now))
                 .collect();
             Sim {
                 now,
@@ -1062,7 +1061,7 @@ mod tests {
         for seed in 0..20u64 {
             let mut sim = Sim::new(&ids(5), config.clone());
             for (k, node) in sim.nodes.iter_mut().enumerate() {
-                node.rng = seed * 31 + k as u64;
+                node.rng = SmallRng::seed_from_u64(seed * 31 + k as u64);
             }
             sim.mesh();
             // Force one round where all five stand at once.
@@ -1163,7 +1162,7 @@ mod tests {
         let (leader, term) = sim.agreed_among(&old).unwrap();
         for round in 0..3 {
             // Node 0 (re)starts with term 0 and meets everyone, late or early in its wait.
-            sim.nodes[0] = State::new(ids[0], Config::default(), round, sim.now);
+            sim.nodes[0] = ElectionState::new(ids[0], Config::default(), round, sim.now);
             for j in 1..6 {
                 sim.disconnect(0, j);
             }
@@ -1300,13 +1299,8 @@ mod tests {
             let agreed = sim.agreed();
             let changes = sim.changes.len();
             // Harsher than the lab: a lost message is never retransmitted.
-            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            sim.drop = Box::new(move |_, _, _| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng % 100 < 5
-            });
+            let mut rng = SmallRng::seed_from_u64(seed);
+            sim.drop = Box::new(move |_, _, _| rng.random_range(0..100) < 5);
             sim.latency = Duration::from_millis(50);
             sim.run(Duration::from_secs(60));
             assert_eq!(sim.changes.len(), changes, "seed {seed}: {:?}", sim.view());
