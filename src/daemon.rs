@@ -494,7 +494,7 @@ impl Handler {
         }
         let request = search::Request::Search(search::Query {
             text: text.clone(),
-            kind: kind.map(leader::wire_kind),
+            kind,
             offset,
             limit,
         });
@@ -514,7 +514,7 @@ impl Handler {
                 name: hit.path.rsplit('/').next().unwrap_or_default().to_string(),
                 local: hit.holders.contains(&local),
                 path: hit.path,
-                kind: leader::local_kind(hit.kind),
+                kind: hit.kind,
                 size: hit.size,
                 id: blake3::Hash::from_bytes(hit.id.0),
                 score: hit.score,

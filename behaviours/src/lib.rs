@@ -15,13 +15,15 @@
 //!   [`libp2p_stream`] ([`NodeBehaviour::chunk`]).
 //!
 //! This crate knows nothing about disks, configuration files or the command line: it is the
-//! network vocabulary that the `iwant` node speaks. Wire formats are specified in
+//! network vocabulary that the `iwant` node speaks, [`id::Id`] and [`wire::Kind`] included
+//! (with the `rusqlite` feature they also go in and out of SQLite). Wire formats are specified in
 //! `docs/protocols.md`.
 
 pub mod chunk;
 pub mod connections;
 pub mod content;
 pub mod election;
+pub mod id;
 pub mod index_sync;
 pub mod peer_exchange;
 pub mod search;

@@ -65,43 +65,7 @@ where
 /// Longest relative path in any message, in bytes.
 pub const MAX_PATH: usize = 4096;
 
-/// A content id: the 32-byte BLAKE3 hash of a file, or of a directory's manifest. A CBOR byte
-/// string on the wire.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Id(pub [u8; 32]);
-
-impl fmt::Debug for Id {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        f.write_str("…")
-    }
-}
-
-impl Serialize for Id {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Id {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> de::Visitor<'de> for Visitor {
-            type Value = Id;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("32 bytes")
-            }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Id, E> {
-                <[u8; 32]>::try_from(v)
-                    .map(Id)
-                    .map_err(|_| E::invalid_length(v.len(), &self))
-            }
-        }
-        d.deserialize_bytes(Visitor)
-    }
-}
+pub use crate::id::Id;
 
 /// Opaque bytes: a CBOR byte string on the wire (major type 2), never an array of integers.
 /// `Debug` prints only the length, so logging a message never dumps its payload.
@@ -152,8 +116,9 @@ impl<'de> Deserialize<'de> for Bytes {
     }
 }
 
-/// What an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What an entry is: the one `Kind` of iwant, on the wire, in the index, in the store and in
+/// the control channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A regular file.

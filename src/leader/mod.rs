@@ -19,29 +19,13 @@ use iwant_behaviours::wire;
 
 pub use service::{spawn, LeaderHandle};
 
-use crate::share::{IndexEntry, Kind};
-
-/// The wire form of a kind.
-pub fn wire_kind(kind: Kind) -> wire::Kind {
-    match kind {
-        Kind::File => wire::Kind::File,
-        Kind::Dir => wire::Kind::Dir,
-    }
-}
-
-/// A kind from the wire.
-pub fn local_kind(kind: wire::Kind) -> Kind {
-    match kind {
-        wire::Kind::File => Kind::File,
-        wire::Kind::Dir => Kind::Dir,
-    }
-}
+use crate::share::IndexEntry;
 
 /// The wire form of an index entry.
 pub fn wire_entry(entry: IndexEntry) -> iwant_behaviours::index_sync::Entry {
     iwant_behaviours::index_sync::Entry {
         path: entry.path,
-        kind: wire_kind(entry.kind),
+        kind: entry.kind,
         size: entry.size,
         id: wire::Id(*entry.id.as_bytes()),
     }
@@ -51,7 +35,7 @@ pub fn wire_entry(entry: IndexEntry) -> iwant_behaviours::index_sync::Entry {
 fn index_entry(entry: iwant_behaviours::index_sync::Entry) -> index::Entry {
     index::Entry {
         path: entry.path,
-        kind: local_kind(entry.kind),
+        kind: entry.kind,
         size: entry.size,
         id: entry.id.0,
     }

@@ -471,7 +471,7 @@ fn run_search(
         search::Request::Search(query) => {
             let results = index.search(&index::Query {
                 text: query.text,
-                kind: query.kind.map(super::local_kind),
+                kind: query.kind,
                 offset: query.offset as usize,
                 limit: query.limit as usize,
             });
@@ -482,9 +482,7 @@ fn run_search(
                 hits: results.hits.into_iter().map(wire_hit).collect(),
             });
         }
-        search::Request::Locate { prefix, max } => {
-            index.locate(&prefix.to_ascii_lowercase(), max as usize)
-        }
+        search::Request::Locate { prefix, max } => index.locate(&prefix, max as usize),
     };
     search::Response::Results(search::Results {
         total: hits.len() as u64,
@@ -500,7 +498,7 @@ fn wire_hit(mut hit: index::Hit, requester: PeerId) -> search::Hit {
     }
     search::Hit {
         id: wire::Id(hit.id),
-        kind: super::wire_kind(hit.kind),
+        kind: hit.kind,
         size: hit.size,
         path: hit.path,
         score: hit.score,

@@ -24,17 +24,8 @@ pub const MAGIC: &[u8] = b"iwant/manifest/1\n";
 /// The longest path a manifest may hold, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
 
-/// What a manifest entry is.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-}
+/// What a manifest entry is: the one [`Kind`](iwant_behaviours::wire::Kind) of iwant.
+pub use iwant_behaviours::wire::Kind;
 
 /// One entry of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Queries for transfers: what this node serves (shared files and directories by id) and the
 //! downloads in progress (`downloads`).
 
+use iwant_behaviours::{id::Id, wire::Kind};
 use rusqlite::{params, OptionalExtension};
 
 use super::{
@@ -12,9 +13,9 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadRow {
     /// The content id.
-    pub id: [u8; 32],
-    /// `"file"` or `"dir"`.
-    pub kind: String,
+    pub id: Id,
+    /// File or directory.
+    pub kind: Kind,
     /// The name it gets in the download folder (before any ` (1)` suffix).
     pub name: String,
     /// Total bytes.
@@ -52,7 +53,7 @@ fn download_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DownloadRow> {
 
 impl Store {
     /// A file of `root` whose content is `id`, if it is indexed there.
-    pub fn shared_file(&self, root: &str, id: &[u8; 32]) -> Result<Option<FileRow>, StoreError> {
+    pub fn shared_file(&self, root: &str, id: &Id) -> Result<Option<FileRow>, StoreError> {
         let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE root = ?1 AND id = ?2 LIMIT 1");
         self.conn
             .prepare_cached(&sql)
@@ -61,7 +62,7 @@ impl Store {
     }
 
     /// The path of a directory of `root` whose id is `id`, if it is indexed there.
-    pub fn shared_dir(&self, root: &str, id: &[u8; 32]) -> Result<Option<String>, StoreError> {
+    pub fn shared_dir(&self, root: &str, id: &Id) -> Result<Option<String>, StoreError> {
         self.conn
             .prepare_cached("SELECT path FROM dirs WHERE root = ?1 AND id = ?2 LIMIT 1")
             .and_then(|mut stmt| stmt.query_row(params![root, id], |r| r.get(0)).optional())
@@ -111,7 +112,7 @@ impl Store {
     }
 
     /// Saves the bitfield of verified units of download `id`.
-    pub fn set_download_done(&self, id: &[u8; 32], done: &[u8]) -> Result<(), StoreError> {
+    pub fn set_download_done(&self, id: &Id, done: &[u8]) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "UPDATE downloads SET done = ?2 WHERE id = ?1",
@@ -122,11 +123,7 @@ impl Store {
     }
 
     /// Records where download `id` was moved (`None`: it was not, or that copy was bad).
-    pub fn set_download_placed(
-        &self,
-        id: &[u8; 32],
-        placed: Option<&str>,
-    ) -> Result<(), StoreError> {
+    pub fn set_download_placed(&self, id: &Id, placed: Option<&str>) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "UPDATE downloads SET placed = ?2 WHERE id = ?1",
@@ -143,7 +140,7 @@ impl Store {
     }
 
     /// The download of `id`, if there is one.
-    pub fn download(&self, id: &[u8; 32]) -> Result<Option<DownloadRow>, StoreError> {
+    pub fn download(&self, id: &Id) -> Result<Option<DownloadRow>, StoreError> {
         let sql = format!("SELECT {DOWNLOAD_COLUMNS} FROM downloads WHERE id = ?1");
         self.conn
             .query_row(&sql, params![id], download_row)
@@ -153,7 +150,7 @@ impl Store {
 
     /// Forgets download `id` if its row is the one started at `started_ms` (a newer download of
     /// the same id keeps its own).
-    pub fn forget_download(&self, id: &[u8; 32], started_ms: i64) -> Result<(), StoreError> {
+    pub fn forget_download(&self, id: &Id, started_ms: i64) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "DELETE FROM downloads WHERE id = ?1 AND started_ms = ?2",
@@ -164,7 +161,7 @@ impl Store {
     }
 
     /// Forgets download `id` (finished or cancelled).
-    pub fn delete_download(&self, id: &[u8; 32]) -> Result<(), StoreError> {
+    pub fn delete_download(&self, id: &Id) -> Result<(), StoreError> {
         self.conn
             .execute("DELETE FROM downloads WHERE id = ?1", params![id])
             .map(drop)
@@ -182,8 +179,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("db")).unwrap();
         let row = DownloadRow {
-            id: [1; 32],
-            kind: "file".into(),
+            id: Id([1; 32]),
+            kind: Kind::File,
             name: "a.bin".into(),
             size: 10,
             dest: "/d".into(),
@@ -203,7 +200,7 @@ mod tests {
         assert_eq!(back[0].done, [3]);
         assert_eq!(back[0].placed.as_deref(), Some("/d/a.bin"));
         assert_eq!(store.download(&row.id).unwrap().unwrap().name, "a.bin");
-        assert!(store.download(&[2; 32]).unwrap().is_none());
+        assert!(store.download(&Id([2; 32])).unwrap().is_none());
         store.delete_download(&row.id).unwrap();
         assert!(store.downloads().unwrap().is_empty());
 
@@ -229,12 +226,12 @@ mod tests {
         };
         store.apply_index_change("/r", &change).unwrap();
         assert_eq!(
-            store.shared_file("/r", &[7; 32]).unwrap().unwrap().path,
+            store.shared_file("/r", &Id([7; 32])).unwrap().unwrap().path,
             "d/f"
         );
-        assert!(store.shared_file("/other", &[7; 32]).unwrap().is_none());
+        assert!(store.shared_file("/other", &Id([7; 32])).unwrap().is_none());
         assert_eq!(
-            store.shared_dir("/r", &[8; 32]).unwrap().as_deref(),
+            store.shared_dir("/r", &Id([8; 32])).unwrap().as_deref(),
             Some("d")
         );
         let below = store.entries_below("/r", "d").unwrap();

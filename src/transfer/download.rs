@@ -87,12 +87,7 @@ impl Start {
     pub fn initial_progress(&self) -> Progress {
         let (id, name, kind, size) = match self {
             Start::New(t) => (t.id, t.name.clone(), t.kind, t.size),
-            Start::Resume(row) => (
-                blake3::Hash::from_bytes(row.id),
-                row.name.clone(),
-                Kind::from(row),
-                row.size,
-            ),
+            Start::Resume(row) => (row.id.into(), row.name.clone(), row.kind, row.size),
         };
         Progress {
             id,
@@ -187,7 +182,7 @@ pub async fn run(ctx: Context, start: Start) {
             // before that re-checks the placed copy at the next start.
             let placed = path.clone();
             blocking(move || sync_tree(&plan, &placed)).await;
-            let key = *id.as_bytes();
+            let key = Id::from(id);
             if let Err(Stop::Failed(e)) = ctx
                 .store(move |s| s.forget_download(&key, started_ms))
                 .await
@@ -196,7 +191,7 @@ pub async fn run(ctx: Context, start: Start) {
             }
         }
         Err(Stop::Interrupted) if ctx.cancelled.load(Ordering::SeqCst) => {
-            let key = *id.as_bytes();
+            let key = Id::from(id);
             let part = ctx
                 .store(move |s| {
                     let part = s.download(&key)?.map(|r| r.part);
@@ -249,8 +244,8 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
         // prepare it again.
         Start::Resume(row) if row.meta.is_empty() && row.placed.is_none() => {
             let target = Target {
-                id: blake3::Hash::from_bytes(row.id),
-                kind: Kind::from(&row),
+                id: row.id.into(),
+                kind: row.kind,
                 name: row.name.clone(),
                 size: row.size,
                 dest: PathBuf::from(&row.dest),
@@ -259,8 +254,8 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
         }
         Start::Resume(row) => row,
     };
-    let id = blake3::Hash::from_bytes(row.id);
-    let built = if row.kind == "dir" {
+    let id = blake3::Hash::from(row.id);
+    let built = if row.kind == Kind::Dir {
         Plan::dir(id, &row.meta)
     } else {
         Plan::file(id, row.size, &row.meta)
@@ -418,11 +413,8 @@ async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
     // stop or a crash while it still looks for a holder.
     let part = place::part_path(&target.dest, &target.name, &target.id);
     let mut row = DownloadRow {
-        id: *target.id.as_bytes(),
-        kind: match target.kind {
-            Kind::File => "file".into(),
-            Kind::Dir => "dir".into(),
-        },
+        id: target.id.into(),
+        kind: target.kind,
         name: target.name.clone(),
         size: target.size,
         dest: target.dest.to_string_lossy().into_owned(),
@@ -492,7 +484,7 @@ async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
     let (db, root, key, kind) = (
         ctx.index.database().to_path_buf(),
         ctx.index.root_key(),
-        *target.id.as_bytes(),
+        Id::from(target.id),
         target.kind,
     );
     let id = target.id;
@@ -840,7 +832,7 @@ async fn fetch_all(
     part: &Path,
     done: &[bool],
 ) -> Result<(), Stop> {
-    let id = blake3::Hash::from_bytes(row.id);
+    let id = blake3::Hash::from(row.id);
     let key = row.id;
     let config = planner::Config {
         max_window_units: fetch::MAX_IN_FLIGHT,
@@ -1039,7 +1031,7 @@ async fn fetch_all(
 }
 
 /// Saves the bitfield (errors are logged: the next save or a recheck makes up for it).
-async fn save(ctx: &Context, key: [u8; 32], planner: &Planner<PeerId>) {
+async fn save(ctx: &Context, key: Id, planner: &Planner<PeerId>) {
     let bits = plan::bitfield((0..planner.total_units()).map(|u| planner.is_done_unit(u)));
     if let Err(Stop::Failed(e)) = ctx.store(move |s| s.set_download_done(&key, &bits)).await {
         tracing::warn!(error = %e, "cannot save download progress");

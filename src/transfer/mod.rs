@@ -24,7 +24,10 @@ use std::{
     time::Duration,
 };
 
-use iwant_behaviours::search;
+use iwant_behaviours::{
+    id::{Id, IdPrefix},
+    search,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -34,7 +37,7 @@ use crate::{
     leader::{self, ask::AskError, LeaderHandle},
     net::NetworkClient,
     share::{IndexHandle, Kind},
-    store::{DownloadRow, Store, StoreError},
+    store::{Store, StoreError},
 };
 
 /// How many finished (done, failed, cancelled) downloads `iwant status` still shows.
@@ -160,7 +163,7 @@ struct Inner {
     leader: LeaderHandle,
     index: IndexHandle,
     folders: watch::Receiver<Folders>,
-    slots: Mutex<BTreeMap<[u8; 32], Slot>>,
+    slots: Mutex<BTreeMap<Id, Slot>>,
     counter: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -198,8 +201,7 @@ impl Transfers {
             .expect("bug: store task panicked")?;
         let n = rows.len();
         for row in rows {
-            let id = blake3::Hash::from_bytes(row.id);
-            tracing::info!(file = %row.name, id = %id, "resuming download");
+            tracing::info!(file = %row.name, id = %row.id, "resuming download");
             self.spawn(download::Start::Resume(row));
         }
         Ok(n)
@@ -208,12 +210,12 @@ impl Transfers {
     /// Starts downloading the content whose id starts with `prefix`, or returns the download
     /// of it that already runs.
     pub async fn get(&self, prefix: &str) -> Result<Progress, GetError> {
-        let prefix = normalise(prefix)?;
+        let prefix = parse_prefix(prefix)?;
         if let Some(p) = self.find_active(&prefix) {
             return Ok(p);
         }
         let request = search::Request::Locate {
-            prefix: prefix.clone(),
+            prefix: prefix.to_string(),
             max: 16,
         };
         let answer = leader::ask::ask(
@@ -225,11 +227,11 @@ impl Transfers {
         .await?;
         let hits = answer.results.hits;
         let hit = match hits.len() {
-            0 => return Err(GetError::NotFound(prefix)),
+            0 => return Err(GetError::NotFound(prefix.to_string())),
             1 => hits.into_iter().next().expect("bug: one hit"),
             _ => {
                 return Err(GetError::Ambiguous {
-                    prefix,
+                    prefix: prefix.to_string(),
                     candidates: hits
                         .iter()
                         .map(|h| {
@@ -237,25 +239,21 @@ impl Transfers {
                                 iwant_behaviours::wire::Kind::File => "file",
                                 iwant_behaviours::wire::Kind::Dir => "dir ",
                             };
-                            format!(
-                                "  {}  {kind}  {}",
-                                blake3::Hash::from_bytes(h.id.0).to_hex(),
-                                h.path
-                            )
+                            format!("  {}  {kind}  {}", h.id, h.path)
                         })
                         .collect(),
                 })
             }
         };
-        let id = blake3::Hash::from_bytes(hit.id.0);
-        if let Some(p) = self.find_active(&id.to_hex()) {
+        let id = blake3::Hash::from(hit.id);
+        if let Some(p) = self.find_active(&IdPrefix::from(hit.id)) {
             return Ok(p);
         }
         let dest = self.inner.folders.borrow().download_dir.clone();
         let name = place::download_name(&hit.path, &id);
         let target = download::Target {
             id,
-            kind: leader::local_kind(hit.kind),
+            kind: hit.kind,
             name,
             size: hit.size,
             dest,
@@ -277,25 +275,25 @@ impl Transfers {
 
     /// The progress of the download whose id starts with `prefix` (running ones first).
     pub fn find(&self, prefix: &str) -> Option<Progress> {
-        let prefix = normalise(prefix).ok()?;
+        let prefix = parse_prefix(prefix).ok()?;
         self.list()
             .into_iter()
-            .find(|p| p.id.to_hex().starts_with(&prefix))
+            .find(|p| prefix.matches(&p.id.into()))
     }
 
     /// Stops the running download whose id starts with `prefix` and removes its partial data.
     pub async fn cancel(&self, prefix: &str) -> Result<Progress, GetError> {
-        let prefix = normalise(prefix)?;
+        let prefix = parse_prefix(prefix)?;
         let (progress, cancel, flag) = {
             let slots = self.inner.slots.lock().expect("bug: poisoned");
             let slot = slots
                 .iter()
                 .find(|(id, s)| {
-                    blake3::Hash::from_bytes(**id).to_hex().starts_with(&prefix)
+                    prefix.matches(id)
                         && !s.progress.lock().expect("bug: poisoned").state.is_final()
                 })
                 .map(|(_, s)| s)
-                .ok_or_else(|| GetError::NoDownload(prefix.clone()))?;
+                .ok_or_else(|| GetError::NoDownload(prefix.to_string()))?;
             (
                 slot.progress.clone(),
                 slot.cancel.clone(),
@@ -315,12 +313,11 @@ impl Transfers {
         }
     }
 
-    fn find_active(&self, prefix: &str) -> Option<Progress> {
+    fn find_active(&self, prefix: &IdPrefix) -> Option<Progress> {
         let slots = self.inner.slots.lock().expect("bug: poisoned");
         slots.iter().find_map(|(id, s)| {
             let p = s.progress.lock().expect("bug: poisoned");
-            (blake3::Hash::from_bytes(*id).to_hex().starts_with(prefix) && !p.state.is_final())
-                .then(|| p.clone())
+            (prefix.matches(id) && !p.state.is_final()).then(|| p.clone())
         })
     }
 
@@ -336,7 +333,7 @@ impl Transfers {
         {
             let mut slots = self.inner.slots.lock().expect("bug: poisoned");
             slots.insert(
-                *snapshot.id.as_bytes(),
+                snapshot.id.into(),
                 Slot {
                     progress: progress.clone(),
                     cancel: cancel.clone(),
@@ -360,8 +357,8 @@ impl Transfers {
 }
 
 /// Drops the oldest finished downloads beyond [`KEEP_FINISHED`].
-fn prune(slots: &mut BTreeMap<[u8; 32], Slot>) {
-    let mut finished: Vec<(u64, [u8; 32])> = slots
+fn prune(slots: &mut BTreeMap<Id, Slot>) {
+    let mut finished: Vec<(u64, Id)> = slots
         .iter()
         .filter(|(_, s)| s.progress.lock().expect("bug: poisoned").state.is_final())
         .map(|(id, s)| (s.order, *id))
@@ -374,22 +371,13 @@ fn prune(slots: &mut BTreeMap<[u8; 32], Slot>) {
     }
 }
 
-/// Lower-case hex of 4 to 64 digits.
-fn normalise(prefix: &str) -> Result<String, GetError> {
-    let p = prefix.trim().to_ascii_lowercase();
-    if (4..=64).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(p)
-    } else {
-        Err(GetError::BadId(prefix.to_string()))
-    }
-}
+/// The shortest prefix `get`, `downloads` and `cancel` accept.
+pub const MIN_PREFIX: usize = 4;
 
-impl From<&DownloadRow> for Kind {
-    fn from(row: &DownloadRow) -> Kind {
-        if row.kind == "dir" {
-            Kind::Dir
-        } else {
-            Kind::File
-        }
+/// An id prefix of [`MIN_PREFIX`] to 64 hex digits.
+fn parse_prefix(text: &str) -> Result<IdPrefix, GetError> {
+    match text.parse::<IdPrefix>() {
+        Ok(prefix) if prefix.len() >= MIN_PREFIX => Ok(prefix),
+        _ => Err(GetError::BadId(text.to_string())),
     }
 }

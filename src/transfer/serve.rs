@@ -293,7 +293,7 @@ fn manifest(cache: &ManifestCache, store: &Store, root: &str, id: Id) -> Option<
             return Some(bytes.clone());
         }
     }
-    let path = store.shared_dir(root, &id.0).ok()??;
+    let path = store.shared_dir(root, &id).ok()??;
     let entries = store.entries_below(root, &path).ok()?;
     let (encoded, _, _) = share::manifest::encode_below(&entries, &path);
     if share::manifest::id_of(&encoded).as_bytes() != &id.0
@@ -319,7 +319,7 @@ pub(super) fn shared_file(
     id: &Id,
 ) -> Result<(FileRow, PathBuf, File), Status> {
     let row = store
-        .shared_file(root, &id.0)
+        .shared_file(root, id)
         .ok()
         .flatten()
         .ok_or(Status::NotFound)?;

@@ -727,8 +727,8 @@ async fn a_finished_download_damaged_by_a_crash_is_fetched_again_at_the_next_sta
         .unwrap();
     store
         .put_download(&iwant::store::DownloadRow {
-            id: *hash.id.as_bytes(),
-            kind: "file".into(),
+            id: hash.id.into(),
+            kind: iwant::share::Kind::File,
             name: "precious.bin".into(),
             size: bytes.len() as u64,
             dest: b_downloads.to_string_lossy().into_owned(),

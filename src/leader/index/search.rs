@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 
 use fuzzy_matcher::FuzzyMatcher;
 use hashbrown::HashSet;
+use iwant_behaviours::id::{Id, IdPrefix};
 use rayon::prelude::*;
 
 use super::{
@@ -52,22 +53,13 @@ impl NetworkIndex {
     /// score is 0.
     pub fn locate(&self, prefix: &str, max: usize) -> Vec<Hit> {
         let max = max.min(MAX_MATCHES);
-        if prefix.is_empty() || prefix.len() > 64 || max == 0 {
+        let Ok(prefix) = prefix.parse::<IdPrefix>() else {
+            return Vec::new();
+        };
+        if max == 0 {
             return Vec::new();
         }
-        let Some(nibbles) = prefix
-            .chars()
-            .map(|c| c.to_digit(16).map(|d| d as u8))
-            .collect::<Option<Vec<u8>>>()
-        else {
-            return Vec::new();
-        };
-        let matches = |id: &[u8; 32]| {
-            nibbles.iter().enumerate().all(|(k, &n)| {
-                let byte = id[k / 2];
-                (if k % 2 == 0 { byte >> 4 } else { byte & 0xf }) == n
-            })
-        };
+        let matches = |id: &[u8; 32]| prefix.matches(&Id(*id));
         let better = |a: u32, b: u32| {
             let (ra, rb) = (&self.records[a as usize], &self.records[b as usize]);
             ra.id
