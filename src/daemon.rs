@@ -516,7 +516,7 @@ impl Handler {
                 path: hit.path,
                 kind: hit.kind,
                 size: hit.size,
-                id: blake3::Hash::from_bytes(hit.id.0),
+                id: hit.id,
                 score: hit.score,
                 holders: hit.holders,
                 holder_count: hit.holder_count,

@@ -24,6 +24,11 @@ impl Id {
         &self.0
     }
 
+    /// The 64 lowercase hex digits (as `Display` writes them).
+    pub fn to_hex(&self) -> String {
+        self.to_string()
+    }
+
     /// The first `digits` hex digits (at most 64): how tables show an id.
     pub fn short(&self, digits: usize) -> String {
         let mut hex = self.to_string();
@@ -48,6 +53,18 @@ impl From<blake3::Hash> for Id {
     }
 }
 
+impl From<&blake3::Hash> for Id {
+    fn from(hash: &blake3::Hash) -> Self {
+        Self(*hash.as_bytes())
+    }
+}
+
+impl From<&Id> for Id {
+    fn from(id: &Id) -> Self {
+        *id
+    }
+}
+
 impl From<Id> for blake3::Hash {
     fn from(id: Id) -> Self {
         blake3::Hash::from_bytes(id.0)
@@ -63,6 +80,12 @@ impl From<[u8; 32]> for Id {
 impl PartialEq<blake3::Hash> for Id {
     fn eq(&self, other: &blake3::Hash) -> bool {
         self.0 == *other.as_bytes()
+    }
+}
+
+impl PartialEq<Id> for blake3::Hash {
+    fn eq(&self, other: &Id) -> bool {
+        *self.as_bytes() == other.0
     }
 }
 

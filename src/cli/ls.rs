@@ -120,13 +120,13 @@ mod tests {
                 path: String::new(),
                 kind: Kind::Dir,
                 size: 5,
-                id: blake3::hash(b"root"),
+                id: blake3::hash(b"root").into(),
             },
             IndexEntry {
                 path: "a.txt".into(),
                 kind: Kind::File,
                 size: 5,
-                id: blake3::hash(b"hello"),
+                id: blake3::hash(b"hello").into(),
             },
         ];
         let text = render_entries(&entries);

@@ -158,7 +158,7 @@ mod tests {
             path: path.into(),
             kind,
             size: 1536,
-            id: blake3::hash(path.as_bytes()),
+            id: blake3::hash(path.as_bytes()).into(),
             score: 1,
             holders: vec![],
             holder_count: holders,

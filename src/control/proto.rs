@@ -196,8 +196,7 @@ pub struct SearchResult {
     /// Size in bytes (for a directory, of the files below it).
     pub size: u64,
     /// The content id, 64 hex digits.
-    #[serde(with = "crate::share::hex_hash")]
-    pub id: blake3::Hash,
+    pub id: crate::share::Id,
     /// The rank: higher is better.
     pub score: i64,
     /// Peer ids of (up to 32) holders.

@@ -15,8 +15,6 @@ pub mod index;
 pub mod publish;
 pub mod service;
 
-use iwant_behaviours::wire;
-
 pub use service::{spawn, LeaderHandle};
 
 use crate::share::IndexEntry;
@@ -27,7 +25,7 @@ pub fn wire_entry(entry: IndexEntry) -> iwant_behaviours::index_sync::Entry {
         path: entry.path,
         kind: entry.kind,
         size: entry.size,
-        id: wire::Id(*entry.id.as_bytes()),
+        id: entry.id,
     }
 }
 

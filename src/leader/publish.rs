@@ -274,7 +274,7 @@ mod tests {
             path: path.into(),
             kind: Kind::File,
             size: 1,
-            id: blake3::Hash::from_bytes([byte; 32]),
+            id: iwant_behaviours::id::Id([byte; 32]),
         }
     }
 

@@ -19,6 +19,8 @@ use super::{
     hasher, manifest, scan, HashingProgress, IndexDelta, IndexEntry, IndexOptions, IndexStatus,
     Kind, WatchState, DELTA_QUEUE, SETTLE,
 };
+use iwant_behaviours::id::Id;
+
 use crate::store::{
     DirRow, EntryRow, FileRow, FileStat, IndexChange, ScanError, Store, StoreError,
 };
@@ -961,7 +963,7 @@ fn all_entries(store: &Store, key: &str) -> Result<Vec<IndexEntry>, StoreError> 
         path: e.path,
         kind: if e.is_dir { Kind::Dir } else { Kind::File },
         size: e.size,
-        id: blake3::Hash::from_bytes(e.id),
+        id: Id(e.id),
     });
     Ok(root.map(dir_entry).into_iter().chain(rest).collect())
 }
@@ -971,7 +973,7 @@ fn file_entry(f: FileRow) -> IndexEntry {
         path: f.path,
         kind: Kind::File,
         size: f.stamp.size,
-        id: blake3::Hash::from_bytes(f.id),
+        id: Id(f.id),
     }
 }
 
@@ -980,7 +982,7 @@ fn dir_entry(d: DirRow) -> IndexEntry {
         path: d.path,
         kind: Kind::Dir,
         size: d.size,
-        id: blake3::Hash::from_bytes(d.id),
+        id: Id(d.id),
     }
 }
 
@@ -1041,7 +1043,7 @@ mod tests {
                 path: "x".into(),
                 kind: Kind::File,
                 size: 3,
-                id: Some(blake3::Hash::from_bytes([1; 32])),
+                id: Some(Id([1; 32])),
             },
             manifest::Entry {
                 path: "y".into(),

@@ -14,7 +14,7 @@
 //! by the bytes of `path` and appear once each. `kind` is 0 for a file, 1 for a directory. A
 //! file's `size` is its length and `id` its BLAKE3 hash; a directory's `size` and `id` are 0.
 
-use blake3::Hash;
+use iwant_behaviours::id::Id;
 
 use crate::store::EntryRow;
 
@@ -37,7 +37,7 @@ pub struct Entry {
     /// File length; 0 for directories.
     pub size: u64,
     /// File id; `None` for directories.
-    pub id: Option<Hash>,
+    pub id: Option<Id>,
 }
 
 /// Encodes entries (sorted here; the caller need not) as a manifest.
@@ -60,8 +60,8 @@ pub fn encode(entries: &mut [Entry]) -> Vec<u8> {
 }
 
 /// The id of the directory whose manifest is `encoded`.
-pub fn id_of(encoded: &[u8]) -> Hash {
-    blake3::hash(encoded)
+pub fn id_of(encoded: &[u8]) -> Id {
+    Id::of(encoded)
 }
 
 /// Why a manifest was refused.
@@ -138,7 +138,7 @@ pub fn decode(bytes: &[u8], max_entries: usize) -> Result<Vec<Entry>, ManifestEr
                 path,
                 kind: Kind::File,
                 size,
-                id: Some(Hash::from_bytes(id)),
+                id: Some(Id(id)),
             },
             1 if size == 0 && id == [0; 32] => Entry {
                 path,
@@ -207,7 +207,7 @@ pub fn encode_below(entries: &[EntryRow], dir: &str) -> (Vec<u8>, u64, u64) {
                 path,
                 kind: Kind::File,
                 size: e.size,
-                id: Some(blake3::Hash::from_bytes(e.id)),
+                id: Some(Id(e.id)),
             });
         }
     }
@@ -223,7 +223,7 @@ mod tests {
             path: path.into(),
             kind: Kind::File,
             size,
-            id: Some(Hash::from_bytes([fill; 32])),
+            id: Some(Id([fill; 32])),
         }
     }
 
@@ -464,7 +464,7 @@ mod tests {
                 (any::<u64>(), any::<[u8; 32]>()).prop_map(|(size, id)| (
                     Kind::File,
                     size,
-                    Some(Hash::from_bytes(id))
+                    Some(Id(id))
                 )),
                 Just((Kind::Dir, 0, None)),
             ]

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 pub use indexer::{spawn, IndexHandle};
 
+pub use iwant_behaviours::id::Id;
 pub use manifest::Kind;
 use serde::{Deserialize, Serialize};
 
@@ -47,8 +48,7 @@ pub struct IndexEntry {
     /// A file's length, or the total length of the files below a directory.
     pub size: u64,
     /// The file's BLAKE3 hash, or the directory's manifest hash (64 hex digits in JSON).
-    #[serde(with = "hex_hash")]
-    pub id: blake3::Hash,
+    pub id: Id,
 }
 
 /// A change of the index.
@@ -149,20 +149,4 @@ pub struct HashingProgress {
     pub bytes_done: u64,
     /// Bytes this scan hashes.
     pub bytes_total: u64,
-}
-
-/// Serde for hashes as hex strings.
-pub mod hex_hash {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    /// Writes 64 hex digits.
-    pub fn serialize<S: Serializer>(hash: &blake3::Hash, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(hash.to_hex().as_str())
-    }
-
-    /// Reads 64 hex digits.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<blake3::Hash, D::Error> {
-        let text = <&str>::deserialize(d)?;
-        blake3::Hash::from_hex(text).map_err(D::Error::custom)
-    }
 }

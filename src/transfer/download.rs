@@ -62,7 +62,7 @@ const TICK: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 pub struct Target {
     /// The full id.
-    pub id: blake3::Hash,
+    pub id: Id,
     /// File or directory.
     pub kind: Kind,
     /// The name in the download folder.
@@ -87,7 +87,7 @@ impl Start {
     pub fn initial_progress(&self) -> Progress {
         let (id, name, kind, size) = match self {
             Start::New(t) => (t.id, t.name.clone(), t.kind, t.size),
-            Start::Resume(row) => (row.id.into(), row.name.clone(), row.kind, row.size),
+            Start::Resume(row) => (row.id, row.name.clone(), row.kind, row.size),
         };
         Progress {
             id,
@@ -182,7 +182,7 @@ pub async fn run(ctx: Context, start: Start) {
             // before that re-checks the placed copy at the next start.
             let placed = path.clone();
             blocking(move || sync_tree(&plan, &placed)).await;
-            let key = Id::from(id);
+            let key = id;
             if let Err(Stop::Failed(e)) = ctx
                 .store(move |s| s.forget_download(&key, started_ms))
                 .await
@@ -191,7 +191,7 @@ pub async fn run(ctx: Context, start: Start) {
             }
         }
         Err(Stop::Interrupted) if ctx.cancelled.load(Ordering::SeqCst) => {
-            let key = Id::from(id);
+            let key = id;
             let part = ctx
                 .store(move |s| {
                     let part = s.download(&key)?.map(|r| r.part);
@@ -244,7 +244,7 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
         // prepare it again.
         Start::Resume(row) if row.meta.is_empty() && row.placed.is_none() => {
             let target = Target {
-                id: row.id.into(),
+                id: row.id,
                 kind: row.kind,
                 name: row.name.clone(),
                 size: row.size,
@@ -254,7 +254,7 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
         }
         Start::Resume(row) => row,
     };
-    let id = blake3::Hash::from(row.id);
+    let id = row.id;
     let built = if row.kind == Kind::Dir {
         Plan::dir(id, &row.meta)
     } else {
@@ -413,7 +413,7 @@ async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
     // stop or a crash while it still looks for a holder.
     let part = place::part_path(&target.dest, &target.name, &target.id);
     let mut row = DownloadRow {
-        id: target.id.into(),
+        id: target.id,
         kind: target.kind,
         name: target.name.clone(),
         size: target.size,
@@ -484,7 +484,7 @@ async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
     let (db, root, key, kind) = (
         ctx.index.database().to_path_buf(),
         ctx.index.root_key(),
-        Id::from(target.id),
+        target.id,
         target.kind,
     );
     let id = target.id;
@@ -512,7 +512,7 @@ async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
 async fn holders(
     net: &NetworkClient,
     leader: &LeaderHandle,
-    id: &blake3::Hash,
+    id: &Id,
 ) -> Result<Vec<PeerId>, String> {
     let request = search::Request::Locate {
         prefix: id.to_hex().to_string(),
@@ -776,7 +776,7 @@ async fn copy_local(ctx: &Context, plan: &Plan, part: &Path, done: &mut [bool]) 
 /// Fetches the piece lists of the directory's multi-piece files that are not complete.
 async fn fetch_piece_lists(
     ctx: &Context,
-    id: &blake3::Hash,
+    id: &Id,
     plan: &mut Plan,
     done: &[bool],
 ) -> Result<(), Stop> {
@@ -832,7 +832,7 @@ async fn fetch_all(
     part: &Path,
     done: &[bool],
 ) -> Result<(), Stop> {
-    let id = blake3::Hash::from(row.id);
+    let id = row.id;
     let key = row.id;
     let config = planner::Config {
         max_window_units: fetch::MAX_IN_FLIGHT,

@@ -77,8 +77,7 @@ impl DownloadState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     /// The content id (64 hex digits).
-    #[serde(with = "crate::share::hex_hash")]
-    pub id: blake3::Hash,
+    pub id: Id,
     /// The name it gets in the download folder.
     pub name: String,
     /// File or directory.
@@ -245,7 +244,7 @@ impl Transfers {
                 })
             }
         };
-        let id = blake3::Hash::from(hit.id);
+        let id = hit.id;
         if let Some(p) = self.find_active(&IdPrefix::from(hit.id)) {
             return Ok(p);
         }
@@ -276,9 +275,7 @@ impl Transfers {
     /// The progress of the download whose id starts with `prefix` (running ones first).
     pub fn find(&self, prefix: &str) -> Option<Progress> {
         let prefix = parse_prefix(prefix).ok()?;
-        self.list()
-            .into_iter()
-            .find(|p| prefix.matches(&p.id.into()))
+        self.list().into_iter().find(|p| prefix.matches(&p.id))
     }
 
     /// Stops the running download whose id starts with `prefix` and removes its partial data.
@@ -333,7 +330,7 @@ impl Transfers {
         {
             let mut slots = self.inner.slots.lock().expect("bug: poisoned");
             slots.insert(
-                snapshot.id.into(),
+                snapshot.id,
                 Slot {
                     progress: progress.clone(),
                     cancel: cancel.clone(),

@@ -21,6 +21,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use iwant_behaviours::id::Id;
+
 /// The longest name component, in bytes (Unix) or UTF-16 units (Windows), a platform stores.
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -154,12 +156,12 @@ pub fn unmap(local: &str) -> String {
 /// The file name a download gets: the last component of the path the network knows it by,
 /// mapped by [`local_name`] for this platform, else (no name at all)
 /// `iwant-<first 12 hex digits of the id>`.
-pub fn download_name(path: &str, id: &blake3::Hash) -> String {
+pub fn download_name(path: &str, id: &Id) -> String {
     download_name_for(path, id, NameRule::current())
 }
 
 /// [`download_name`] under `rule`.
-pub fn download_name_for(path: &str, id: &blake3::Hash, rule: NameRule) -> String {
+pub fn download_name_for(path: &str, id: &Id, rule: NameRule) -> String {
     let last = path.rsplit('/').next().unwrap_or_default();
     if last.is_empty() || last == "." || last == ".." || last.contains('\0') {
         format!("iwant-{}", &id.to_hex()[..12])
@@ -170,7 +172,7 @@ pub fn download_name_for(path: &str, id: &blake3::Hash, rule: NameRule) -> Strin
 
 /// The partial file or directory of a download: hidden, in the download folder, named so that
 /// the indexer never picks it up (`.iwant-part`).
-pub fn part_path(dest: &Path, name: &str, id: &blake3::Hash) -> PathBuf {
+pub fn part_path(dest: &Path, name: &str, id: &Id) -> PathBuf {
     dest.join(format!(
         ".{name}.{}{}",
         &id.to_hex()[..12],
@@ -224,7 +226,7 @@ mod tests {
 
     #[test]
     fn names_are_safe_and_never_clobber() {
-        let id = blake3::hash(b"x");
+        let id = Id::of(b"x");
         assert_eq!(download_name("films/holiday.mkv", &id), "holiday.mkv");
         assert_eq!(
             download_name("", &id),

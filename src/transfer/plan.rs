@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use blake3::Hash;
+use iwant_behaviours::id::Id;
 
 use crate::share::{
     manifest::{self, Kind},
@@ -41,7 +41,7 @@ pub enum PlanError {
 #[derive(Debug, Clone)]
 pub struct DistinctFile {
     /// Its content id.
-    pub id: Hash,
+    pub id: Id,
     /// How it is cut.
     pub layout: Layout,
     /// Its piece list once known and verified (always for a single-file download; empty for a
@@ -90,11 +90,11 @@ pub struct UnitRef {
 impl Plan {
     /// The plan of a single file `id` of `size` bytes with the piece list `pieces` (32 bytes per
     /// hash, empty for one piece), checked against the id.
-    pub fn file(id: Hash, size: u64, pieces: &[u8]) -> Result<Plan, PlanError> {
+    pub fn file(id: Id, size: u64, pieces: &[u8]) -> Result<Plan, PlanError> {
         let layout = Layout::for_len(size);
         let list = pieces::pieces_from_bytes(pieces).ok_or(PlanError::BadPieces)?;
         if layout.count() > 1 {
-            if pieces::root_of_pieces(&layout, &list) != Some(id) {
+            if pieces::root_of_pieces(&layout, &list) != Some(id.into()) {
                 return Err(PlanError::BadPieces);
             }
         } else if !list.is_empty() {
@@ -112,12 +112,12 @@ impl Plan {
 
     /// The plan of directory `id` from its encoded manifest, checked against the id.
     /// Paths are mapped to names this platform can store ([`LocalNames`]).
-    pub fn dir(id: Hash, encoded: &[u8]) -> Result<Plan, PlanError> {
+    pub fn dir(id: Id, encoded: &[u8]) -> Result<Plan, PlanError> {
         Self::dir_with_rule(id, encoded, NameRule::current())
     }
 
     /// [`Plan::dir`] with local names under `rule` (tests force other platforms' rules).
-    pub fn dir_with_rule(id: Hash, encoded: &[u8], rule: NameRule) -> Result<Plan, PlanError> {
+    pub fn dir_with_rule(id: Id, encoded: &[u8], rule: NameRule) -> Result<Plan, PlanError> {
         if manifest::id_of(encoded) != id {
             return Err(PlanError::BadManifestId);
         }
@@ -126,7 +126,7 @@ impl Plan {
         for e in &mut entries {
             e.path = names.local_path(&e.path);
         }
-        let mut by_id: HashMap<Hash, usize> = HashMap::new();
+        let mut by_id: HashMap<Id, usize> = HashMap::new();
         let mut files: Vec<DistinctFile> = Vec::new();
         let mut dirs = Vec::new();
         for e in entries {
@@ -209,7 +209,7 @@ impl Plan {
         let u = self.unit(unit);
         let f = &self.files[u.file];
         match &f.pieces {
-            Some(list) => f.layout.verify_piece(&f.id, list, u.piece, data),
+            Some(list) => f.layout.verify_piece(&f.id.into(), list, u.piece, data),
             None => false,
         }
     }
@@ -339,7 +339,7 @@ mod tests {
         let layout = Layout::for_len(3 * 262_144 + 17);
         let bytes = data(layout.len() as usize, 1);
         let hash = FileHash::of_bytes(layout, &bytes);
-        let plan = Plan::file(hash.id, layout.len(), &hash.pieces_bytes()).unwrap();
+        let plan = Plan::file(hash.id.into(), layout.len(), &hash.pieces_bytes()).unwrap();
         assert_eq!(plan.unit_lens, [262_144, 262_144, 262_144, 17]);
         for u in 0..4 {
             let r = plan.unit(u);
@@ -351,11 +351,11 @@ mod tests {
         }
         let other = FileHash::of_bytes(layout, &data(layout.len() as usize, 2));
         assert_eq!(
-            Plan::file(hash.id, layout.len(), &other.pieces_bytes()).unwrap_err(),
+            Plan::file(hash.id.into(), layout.len(), &other.pieces_bytes()).unwrap_err(),
             PlanError::BadPieces
         );
         assert_eq!(
-            Plan::file(hash.id, layout.len(), &[0; 31]).unwrap_err(),
+            Plan::file(hash.id.into(), layout.len(), &[0; 31]).unwrap_err(),
             PlanError::BadPieces
         );
     }
@@ -365,7 +365,7 @@ mod tests {
         for len in [0u64, 1, 1023, 1024, 262_143, 262_144, 262_145, 2 * 262_144] {
             let bytes = data(len as usize, 3);
             let hash = FileHash::of_bytes(Layout::for_len(len), &bytes);
-            let plan = Plan::file(hash.id, len, &hash.pieces_bytes()).unwrap();
+            let plan = Plan::file(hash.id.into(), len, &hash.pieces_bytes()).unwrap();
             assert_eq!(plan.total_bytes(), len, "len {len}");
             assert_eq!(plan.unit_lens.len() as u64, Layout::for_len(len).count());
             let mut at = 0;
@@ -393,13 +393,13 @@ mod tests {
                 path: "a/x".into(),
                 kind: Kind::File,
                 size: 10,
-                id: Some(id),
+                id: Some(id.into()),
             },
             manifest::Entry {
                 path: "b y".into(),
                 kind: Kind::File,
                 size: 10,
-                id: Some(id),
+                id: Some(id.into()),
             },
             manifest::Entry {
                 path: "empty".into(),
@@ -415,7 +415,7 @@ mod tests {
         assert_eq!(plan.dirs, ["a", "empty"]);
         assert!(plan.verify(0, &same));
         assert_eq!(
-            Plan::dir(blake3::hash(b"other"), &encoded).unwrap_err(),
+            Plan::dir(blake3::hash(b"other").into(), &encoded).unwrap_err(),
             PlanError::BadManifestId
         );
     }
@@ -473,7 +473,7 @@ mod tests {
                     path: p.to_string(),
                     kind: Kind::File,
                     size: 10 + i as u64,
-                    id: Some(blake3::hash(p.as_bytes())),
+                    id: Some(blake3::hash(p.as_bytes()).into()),
                 })
                 .collect();
         let encoded = manifest::encode(&mut entries);

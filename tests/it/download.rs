@@ -44,7 +44,8 @@ impl Node {
         }
     }
 
-    async fn progress(&self, id: &blake3::Hash) -> Option<Progress> {
+    async fn progress(&self, id: impl Into<Id>) -> Option<Progress> {
+        let id: Id = id.into();
         let request = Request::Downloads {
             id: Some(id.to_hex().to_string()),
         };
@@ -55,8 +56,9 @@ impl Node {
     }
 
     /// Gets `id` (waiting for the leader to know it) and waits until the download has ended.
-    async fn fetch(&self, id: &blake3::Hash) -> Progress {
-        let hex = id.to_hex().to_string();
+    async fn fetch(&self, id: impl Into<Id>) -> Progress {
+        let id: Id = id.into();
+        let hex = id.to_hex();
         wait_for_async(LIMIT, "the leader to know the id", || async {
             self.get(&hex).await.ok()
         })
@@ -68,10 +70,11 @@ impl Node {
     }
 
     /// Waits until this node's index holds `id`.
-    async fn wait_indexed(&self, id: &blake3::Hash) {
+    async fn wait_indexed(&self, id: impl Into<Id>) {
+        let id: Id = id.into();
         wait_for_async(LIMIT, "the file to be indexed", || async {
             let entries = self.node.index.entries().await.ok()?;
-            entries.iter().any(|e| e.id == *id).then_some(())
+            entries.iter().any(|e| e.id == id).then_some(())
         })
         .await;
     }
