@@ -22,16 +22,12 @@ use tokio::sync::{watch, Mutex};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::{
-        change_folder, folders_at_start, Config, ConfigError, FolderChange, Folders, Home, Places,
-        Role,
-    },
-    control::{self, ControlError, ErrorKind, Request, Response, SearchReply, StatusReply},
-    leader::{self, ask::AskError, LeaderHandle},
+    config::{folders_at_start, ConfigError, Folders, Home, Places},
+    control, leader,
     net::{self, NetConfig, NetworkClient},
     share::{self, IndexHandle},
     store::Store,
-    transfer::{self, GetError, Transfers},
+    transfer::{self, Transfers},
 };
 
 /// How to start a node: its home plus command-line overrides of the config.
@@ -301,7 +297,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         Ok(n) => tracing::info!(downloads = n, "resuming downloads"),
         Err(e) => tracing::warn!(error = %e, "cannot read the downloads to resume"),
     }
-    let handler = Arc::new(Handler {
+    let handler = Arc::new(control::Handler {
         transfers,
         served,
         net: net.clone(),
@@ -365,221 +361,4 @@ fn lock_home(home: &Home) -> Result<Option<File>, StartError> {
             Ok(None)
         }
     }
-}
-
-/// Answers the control channel's requests (what the handler needs).
-struct Handler {
-    transfers: Transfers,
-    served: Arc<transfer::serve::Served>,
-    net: NetworkClient,
-    leader: LeaderHandle,
-    index: IndexHandle,
-    home: Home,
-    /// The config as last saved; the lock serialises folder changes.
-    config: Mutex<Config>,
-    folders: watch::Sender<Folders>,
-    places: Places,
-}
-
-impl Handler {
-    async fn handle(&self, request: Request) -> Result<Response, ControlError> {
-        match request {
-            Request::Status => {
-                let net = self
-                    .net
-                    .status()
-                    .await
-                    .map_err(|e| ControlError::new(ErrorKind::ShuttingDown, e.to_string()))?;
-                let folders = self.folders.borrow().clone();
-                Ok(Response::Status(Box::new(StatusReply {
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    peer_id: net.peer_id,
-                    listen_addrs: net.listen_addrs,
-                    peers: net.peers,
-                    shared_dir: folders.shared_dir,
-                    download_dir: folders.download_dir,
-                    home: self.home.root().to_path_buf(),
-                    index: self.index.status(),
-                    leader: net.leader,
-                    term: net.term,
-                    network_key: net.network_key,
-                    downloads: self.transfers.list(),
-                    served: self.served.counts(),
-                })))
-            }
-            Request::List { skipped: true, .. } => {
-                let limit = crate::control::MAX_SKIPPED_LISTED;
-                let skipped = self.index.skipped(limit).await.map_err(internal)?;
-                let total = self.index.status().skipped;
-                Ok(Response::Skipped { skipped, total })
-            }
-            Request::List { errors: false, .. } => {
-                let entries = self.index.entries().await.map_err(internal)?;
-                Ok(Response::Entries { entries })
-            }
-            Request::List { errors: true, .. } => {
-                let errors = self.index.errors().await.map_err(internal)?;
-                Ok(Response::ScanErrors { errors })
-            }
-            Request::Search {
-                text,
-                kind,
-                limit,
-                offset,
-            } => self.search(text, kind, limit, offset).await,
-            Request::Config => Ok(Response::Folders(self.folders.borrow().clone())),
-            Request::SetShared {
-                path,
-                force,
-                create,
-            } => {
-                self.set_folder(Role::Shared, path, FolderChange { force, create })
-                    .await
-            }
-            Request::SetDownload {
-                path,
-                force,
-                create,
-            } => {
-                self.set_folder(Role::Download, path, FolderChange { force, create })
-                    .await
-            }
-            Request::Get { id } => self
-                .transfers
-                .get(&id)
-                .await
-                .map(Response::Download)
-                .map_err(get_error),
-            Request::Downloads { id: None } => Ok(Response::Downloads {
-                downloads: self.transfers.list(),
-            }),
-            Request::Downloads { id: Some(id) } => self
-                .transfers
-                .find(&id)
-                .map(Response::Download)
-                .ok_or_else(|| get_error(GetError::NoDownload(id))),
-            Request::Cancel { id } => self
-                .transfers
-                .cancel(&id)
-                .await
-                .map(Response::Download)
-                .map_err(get_error),
-        }
-    }
-
-    async fn search(
-        &self,
-        text: String,
-        kind: Option<share::Kind>,
-        limit: u32,
-        offset: u32,
-    ) -> Result<Response, ControlError> {
-        use iwant_behaviours::search;
-        let bad = |m: String| ControlError::new(ErrorKind::BadRequest, m);
-        if text.trim().is_empty() {
-            return Err(bad("nothing to search for: give one or more words".into()));
-        }
-        if text.len() > search::MAX_QUERY {
-            return Err(bad(format!(
-                "the search is {} bytes long; at most {} are allowed",
-                text.len(),
-                search::MAX_QUERY
-            )));
-        }
-        if !(1..=search::MAX_PAGE).contains(&limit) {
-            return Err(bad(format!(
-                "--limit must be between 1 and {}",
-                search::MAX_PAGE
-            )));
-        }
-        let request = search::Request::Search(search::Query {
-            text: text.clone(),
-            kind,
-            offset,
-            limit,
-        });
-        let answer = leader::ask::ask(&self.net, &self.leader, request, leader::ask::ASK_DEADLINE)
-            .await
-            .map_err(|e| match e {
-                AskError::NoLeader { .. } => ControlError::new(ErrorKind::NoLeader, e.to_string()),
-                AskError::Refused(_) => ControlError::new(ErrorKind::BadRequest, e.to_string()),
-                AskError::Stopped => ControlError::new(ErrorKind::ShuttingDown, e.to_string()),
-            })?;
-        let local = self.net.local_peer_id().to_string();
-        let results = answer
-            .results
-            .hits
-            .into_iter()
-            .map(|hit| control::SearchResult {
-                name: hit.path.rsplit('/').next().unwrap_or_default().to_string(),
-                local: hit.holders.contains(&local),
-                path: hit.path,
-                kind: hit.kind,
-                size: hit.size,
-                id: hit.id,
-                score: hit.score,
-                holders: hit.holders,
-                holder_count: hit.holder_count,
-            })
-            .collect();
-        Ok(Response::SearchResults(SearchReply {
-            query: text,
-            leader: answer.leader.to_string(),
-            total: answer.results.total,
-            indexed: answer.results.indexed,
-            nodes: answer.results.nodes,
-            results,
-        }))
-    }
-
-    async fn set_folder(
-        &self,
-        role: Role,
-        path: std::path::PathBuf,
-        change: FolderChange,
-    ) -> Result<Response, ControlError> {
-        let mut config = self.config.lock().await;
-        let current = Folders {
-            shared_dir: config.shared_dir.clone(),
-            download_dir: config.download_dir.clone(),
-        };
-        let places = self.places.clone();
-        // The rules touch the file system (resolve, create): off the async threads.
-        let folders = tokio::task::spawn_blocking(move || {
-            change_folder(&current, role, &path, change, &places)
-        })
-        .await
-        .map_err(internal)?
-        .map_err(|e| ControlError::new(ErrorKind::InvalidFolders, e.to_string()))?;
-        let mut next = config.clone();
-        next.shared_dir = folders.shared_dir.clone();
-        next.download_dir = folders.download_dir.clone();
-        self.home.save_config(&next).map_err(internal)?;
-        if role == Role::Shared {
-            // Also when it is the same folder: a missing one may be back, an interrupted
-            // first scan finishes.
-            self.index.set_root(next.shared_dir.clone()).await;
-        }
-        *config = next;
-        tracing::info!(shared = %folders.shared_dir.display(), download = %folders.download_dir.display(), "folders changed");
-        self.folders.send_replace(folders.clone());
-        Ok(Response::Folders(folders))
-    }
-}
-
-fn get_error(e: GetError) -> ControlError {
-    let kind = match &e {
-        GetError::BadId(_) => ErrorKind::BadRequest,
-        GetError::NotFound(_) | GetError::NoDownload(_) => ErrorKind::NotFound,
-        GetError::Ambiguous { .. } => ErrorKind::Ambiguous,
-        GetError::Ask(AskError::NoLeader { .. }) => ErrorKind::NoLeader,
-        GetError::Ask(AskError::Stopped) => ErrorKind::ShuttingDown,
-        GetError::Ask(AskError::Refused(_)) => ErrorKind::BadRequest,
-        GetError::Store(_) => ErrorKind::Internal,
-    };
-    ControlError::new(kind, e.to_string())
-}
-
-fn internal(e: impl std::fmt::Display) -> ControlError {
-    ControlError::new(ErrorKind::Internal, e.to_string())
 }

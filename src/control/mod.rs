@@ -10,11 +10,13 @@
 //! whose credentials show another user id; on Windows it is a local-only named pipe.
 
 pub mod client;
+mod handler;
 mod proto;
 pub mod server;
 mod transport;
 
 pub use client::{Client, ClientError};
+pub use handler::Handler;
 pub use proto::{
     ControlError, Envelope, ErrorKind, PeerInfo, Reply, Request, Response, SearchReply,
     SearchResult, StatusReply, MAX_MESSAGE, MAX_REPLY, MAX_SKIPPED_LISTED, PROTOCOL_VERSION,

@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iwant_behaviours::{index_sync, search, wire};
+use iwant_behaviours::{index_sync, search};
 use libp2p::{request_response::ResponseChannel, PeerId};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -497,7 +497,7 @@ fn wire_hit(mut hit: index::Hit, requester: PeerId) -> search::Hit {
         hit.holders[..=i].rotate_right(1);
     }
     search::Hit {
-        id: wire::Id(hit.id),
+        id: hit.id,
         kind: hit.kind,
         size: hit.size,
         path: hit.path,

@@ -526,7 +526,7 @@ async fn holders(
         .results
         .hits
         .into_iter()
-        .filter(|h| h.id.0 == *id.as_bytes())
+        .filter(|h| h.id == *id)
         .flat_map(|h| h.holders)
         .filter_map(|p| p.parse::<PeerId>().ok())
         .filter(|p| *p != me)

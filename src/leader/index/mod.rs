@@ -45,6 +45,7 @@ use hashbrown::{DefaultHashBuilder, HashSet, HashTable};
 use libp2p::PeerId;
 
 pub use crate::share::Kind;
+use iwant_behaviours::id::Id;
 
 use self::arena::{hash_path, live, IdEntry, Masks, PeerSlot, Record};
 
@@ -167,8 +168,8 @@ pub struct SearchResults {
 /// One row: a content id, wherever and by whomever it is held.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
-    /// The content's BLAKE3 id.
-    pub id: [u8; 32],
+    /// The content's id.
+    pub id: Id,
     /// File or directory (of the best-matching path).
     pub kind: Kind,
     /// Size in bytes (of the best-matching path).

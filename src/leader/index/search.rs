@@ -129,7 +129,7 @@ impl NetworkIndex {
             }
         }
         Hit {
-            id: r.id,
+            id: iwant_behaviours::id::Id(r.id),
             kind: r.kind,
             size: r.size,
             name: r.name().to_owned(),

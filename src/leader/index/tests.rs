@@ -192,7 +192,7 @@ fn same_id_across_peers_and_paths_is_one_row_with_all_holders() {
     assert_eq!(results.total, 2);
     assert_eq!(results.hits.len(), 2);
     let row = &results.hits[0];
-    assert_eq!(row.id, shared);
+    assert_eq!(row.id, Id(shared));
     assert_eq!(row.tier(), Some(Tier::Exact));
     assert_eq!(row.path, "copy/batman.mkv");
     assert_eq!(row.holder_count, 3);
@@ -482,7 +482,7 @@ fn locate_by_hex_prefix() {
         assert!(!hits.is_empty(), "{prefix}");
         assert!(hits
             .iter()
-            .all(|h| hex(&h.id).starts_with(&prefix.to_lowercase())));
+            .all(|h| hex(&h.id.0).starts_with(&prefix.to_lowercase())));
         let mut sorted: Vec<_> = hits.iter().map(|h| h.id).collect();
         sorted.sort();
         sorted.dedup();

@@ -1,0 +1,252 @@
+//! The daemon's side of the control channel: one [`Handler`] answers every [`Request`], each
+//! by the room that owns it (the index by `share`, searches by `leader::ask`, folders by
+//! `config`, downloads by `transfer`). Room errors become [`ControlError`]s through the `From`
+//! impls at the end of this file, so a request's code is its happy path.
+
+use std::{path::PathBuf, sync::Arc};
+
+use iwant_behaviours::search;
+use tokio::sync::{watch, Mutex};
+
+use super::{ControlError, ErrorKind, Request, Response, SearchReply, SearchResult, StatusReply};
+use crate::{
+    config::{change_folder, Config, FolderChange, FolderError, Folders, Home, Places, Role},
+    leader::{self, ask::AskError, LeaderHandle},
+    net::NetworkClient,
+    share::{self, IndexHandle},
+    store::StoreError,
+    transfer::{self, GetError, Transfers},
+};
+
+/// What the handler answers from: a handle to every room.
+pub struct Handler {
+    /// Downloads.
+    pub transfers: Transfers,
+    /// What this node has served.
+    pub served: Arc<transfer::serve::Served>,
+    /// The network.
+    pub net: NetworkClient,
+    /// The leader, for searches.
+    pub leader: LeaderHandle,
+    /// This node's index.
+    pub index: IndexHandle,
+    /// The node's home.
+    pub home: Home,
+    /// The config as last saved; the lock serialises folder changes.
+    pub config: Mutex<Config>,
+    /// The folders in force, for the rooms that follow them.
+    pub folders: watch::Sender<Folders>,
+    /// What the folder rules protect.
+    pub places: Places,
+}
+
+impl Handler {
+    /// Answers one request.
+    pub async fn handle(&self, request: Request) -> Result<Response, ControlError> {
+        Ok(match request {
+            Request::Status => Response::Status(Box::new(self.status().await?)),
+            Request::List { skipped: true, .. } => {
+                let skipped = self.index.skipped(super::MAX_SKIPPED_LISTED).await?;
+                let total = self.index.status().skipped;
+                Response::Skipped { skipped, total }
+            }
+            Request::List { errors: false, .. } => Response::Entries {
+                entries: self.index.entries().await?,
+            },
+            Request::List { errors: true, .. } => Response::ScanErrors {
+                errors: self.index.errors().await?,
+            },
+            Request::Search {
+                text,
+                kind,
+                limit,
+                offset,
+            } => Response::SearchResults(self.search(text, kind, limit, offset).await?),
+            Request::Config => Response::Folders(self.folders.borrow().clone()),
+            Request::SetShared {
+                path,
+                force,
+                create,
+            } => Response::Folders(
+                self.set_folder(Role::Shared, path, FolderChange { force, create })
+                    .await?,
+            ),
+            Request::SetDownload {
+                path,
+                force,
+                create,
+            } => Response::Folders(
+                self.set_folder(Role::Download, path, FolderChange { force, create })
+                    .await?,
+            ),
+            Request::Get { id } => Response::Download(self.transfers.get(&id).await?),
+            Request::Downloads { id: None } => Response::Downloads {
+                downloads: self.transfers.list(),
+            },
+            Request::Downloads { id: Some(id) } => {
+                Response::Download(self.transfers.find(&id).ok_or(GetError::NoDownload(id))?)
+            }
+            Request::Cancel { id } => Response::Download(self.transfers.cancel(&id).await?),
+        })
+    }
+
+    async fn status(&self) -> Result<StatusReply, ControlError> {
+        let net = self
+            .net
+            .status()
+            .await
+            .map_err(|e| ControlError::new(ErrorKind::ShuttingDown, e.to_string()))?;
+        let folders = self.folders.borrow().clone();
+        Ok(StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            peer_id: net.peer_id,
+            listen_addrs: net.listen_addrs,
+            peers: net.peers,
+            shared_dir: folders.shared_dir,
+            download_dir: folders.download_dir,
+            home: self.home.root().to_path_buf(),
+            index: self.index.status(),
+            leader: net.leader,
+            term: net.term,
+            network_key: net.network_key,
+            downloads: self.transfers.list(),
+            served: self.served.counts(),
+        })
+    }
+
+    async fn search(
+        &self,
+        text: String,
+        kind: Option<share::Kind>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<SearchReply, ControlError> {
+        let bad = |m: String| ControlError::new(ErrorKind::BadRequest, m);
+        if text.trim().is_empty() {
+            return Err(bad("nothing to search for: give one or more words".into()));
+        }
+        if text.len() > search::MAX_QUERY {
+            return Err(bad(format!(
+                "the search is {} bytes long; at most {} are allowed",
+                text.len(),
+                search::MAX_QUERY
+            )));
+        }
+        if !(1..=search::MAX_PAGE).contains(&limit) {
+            return Err(bad(format!(
+                "--limit must be between 1 and {}",
+                search::MAX_PAGE
+            )));
+        }
+        let request = search::Request::Search(search::Query {
+            text: text.clone(),
+            kind,
+            offset,
+            limit,
+        });
+        let answer =
+            leader::ask::ask(&self.net, &self.leader, request, leader::ask::ASK_DEADLINE).await?;
+        let local = self.net.local_peer_id().to_string();
+        let results = answer
+            .results
+            .hits
+            .into_iter()
+            .map(|hit| SearchResult {
+                name: hit.path.rsplit('/').next().unwrap_or_default().to_string(),
+                local: hit.holders.contains(&local),
+                path: hit.path,
+                kind: hit.kind,
+                size: hit.size,
+                id: hit.id,
+                score: hit.score,
+                holders: hit.holders,
+                holder_count: hit.holder_count,
+            })
+            .collect();
+        Ok(SearchReply {
+            query: text,
+            leader: answer.leader.to_string(),
+            total: answer.results.total,
+            indexed: answer.results.indexed,
+            nodes: answer.results.nodes,
+            results,
+        })
+    }
+
+    async fn set_folder(
+        &self,
+        role: Role,
+        path: PathBuf,
+        change: FolderChange,
+    ) -> Result<Folders, ControlError> {
+        let mut config = self.config.lock().await;
+        let current = Folders {
+            shared_dir: config.shared_dir.clone(),
+            download_dir: config.download_dir.clone(),
+        };
+        let places = self.places.clone();
+        // The rules touch the file system (resolve, create): off the async threads.
+        let folders = tokio::task::spawn_blocking(move || {
+            change_folder(&current, role, &path, change, &places)
+        })
+        .await
+        .map_err(internal)??;
+        let mut next = config.clone();
+        next.shared_dir = folders.shared_dir.clone();
+        next.download_dir = folders.download_dir.clone();
+        self.home.save_config(&next).map_err(internal)?;
+        if role == Role::Shared {
+            // Also when it is the same folder: a missing one may be back, an interrupted
+            // first scan finishes.
+            self.index.set_root(next.shared_dir.clone()).await;
+        }
+        *config = next;
+        tracing::info!(shared = %folders.shared_dir.display(), download = %folders.download_dir.display(), "folders changed");
+        self.folders.send_replace(folders.clone());
+        Ok(folders)
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ControlError {
+    ControlError::new(ErrorKind::Internal, e.to_string())
+}
+
+impl From<GetError> for ControlError {
+    fn from(e: GetError) -> Self {
+        let kind = match &e {
+            GetError::BadId(_) => ErrorKind::BadRequest,
+            GetError::NotFound(_) | GetError::NoDownload(_) => ErrorKind::NotFound,
+            GetError::Ambiguous { .. } => ErrorKind::Ambiguous,
+            GetError::Ask(ask) => return ask_kind(ask, e.to_string()),
+            GetError::Store(_) => ErrorKind::Internal,
+        };
+        ControlError::new(kind, e.to_string())
+    }
+}
+
+impl From<AskError> for ControlError {
+    fn from(e: AskError) -> Self {
+        ask_kind(&e, e.to_string())
+    }
+}
+
+fn ask_kind(e: &AskError, message: String) -> ControlError {
+    let kind = match e {
+        AskError::NoLeader { .. } => ErrorKind::NoLeader,
+        AskError::Refused(_) => ErrorKind::BadRequest,
+        AskError::Stopped => ErrorKind::ShuttingDown,
+    };
+    ControlError::new(kind, message)
+}
+
+impl From<FolderError> for ControlError {
+    fn from(e: FolderError) -> Self {
+        ControlError::new(ErrorKind::InvalidFolders, e.to_string())
+    }
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        internal(e)
+    }
+}
