@@ -85,8 +85,12 @@ fn main() {
     });
     let rchar = proc_io("rchar");
     let started = Instant::now();
-    let (handle, thread) =
-        share::spawn(db.clone(), many.canonicalize().unwrap(), Default::default()).unwrap();
+    let (handle, thread) = share::spawn(
+        iwant::store::Db::open(&db).unwrap(),
+        many.canonicalize().unwrap(),
+        Default::default(),
+    )
+    .unwrap();
     wait_ready(&handle);
     let t_restart = started.elapsed();
     let read = proc_io("rchar") - rchar;
@@ -112,7 +116,7 @@ fn main() {
     fs::create_dir_all(&few).unwrap();
     fs::write(few.join("seed.txt"), b"seed").unwrap();
     let (handle, thread) = share::spawn(
-        dir.path().join("db-few"),
+        iwant::store::Db::open(&dir.path().join("db-few")).unwrap(),
         few.canonicalize().unwrap(),
         Default::default(),
     )
@@ -158,7 +162,7 @@ fn settle_disk() {
 fn cold_index(db: &Path, root: &Path) -> (Duration, share::IndexStatus) {
     let started = Instant::now();
     let (handle, thread) = share::spawn(
-        db.to_path_buf(),
+        iwant::store::Db::open(db).unwrap(),
         root.canonicalize().unwrap(),
         Default::default(),
     )

@@ -26,7 +26,7 @@ use crate::{
     control, leader,
     net::{self, NetConfig, NetworkClient},
     share::{self, IndexHandle},
-    store::Store,
+    store::Db,
     transfer::{self, Transfers},
 };
 
@@ -217,9 +217,11 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         }
     })?);
 
-    let db = home.database();
-    tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
-        let store = Store::open(&db)?;
+    let path = home.database();
+    // Opened once: the schema is checked here, and every room takes connections from it.
+    let db = tokio::task::spawn_blocking(move || -> Result<Db, crate::store::StoreError> {
+        let db = Db::open(&path)?;
+        let store = db.get()?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -227,7 +229,9 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         if store.meta("created_at")?.is_none() {
             store.set_meta("created_at", &now.to_string())?;
         }
-        store.set_meta("last_start", &now.to_string())
+        store.set_meta("last_start", &now.to_string())?;
+        drop(store);
+        Ok(db)
     })
     .await
     .expect("bug: database task panicked")?;
@@ -259,14 +263,13 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         rules: share::ignore::Rules::new(config.include_hidden, &config.ignore, Some(home.root())),
         rescan_interval: config.rescan_interval(),
     };
-    let (index, index_thread) =
-        match share::spawn(home.database(), folders.shared_dir.clone(), options) {
-            Ok(started) => started,
-            Err(e) => {
-                shutdown.cancel();
-                return Err(e.into());
-            }
-        };
+    let (index, index_thread) = match share::spawn(db, folders.shared_dir.clone(), options) {
+        Ok(started) => started,
+        Err(e) => {
+            shutdown.cancel();
+            return Err(e.into());
+        }
+    };
     tasks.spawn(leader::publish::run(
         index.clone(),
         net.clone(),

@@ -22,7 +22,7 @@ use super::{
 use iwant_behaviours::id::Id;
 
 use crate::store::{
-    DirRow, EntryRow, FileRow, FileStat, IndexChange, ScanError, Store, StoreError,
+    Db, DirRow, EntryRow, FileRow, FileStat, IndexChange, Pooled, ScanError, Store, StoreError,
 };
 
 /// Filesystem events that may wait for the indexer; beyond, the next step is a full rescan.
@@ -39,6 +39,10 @@ const MAX_IDLE: Duration = Duration::from_millis(250);
 
 /// How often a missing shared folder is looked for.
 const MISSING_POLL: Duration = Duration::from_secs(1);
+
+/// The id a new directory row has until `update_dir_ids` computes it (a real BLAKE3 hash is
+/// never all zeros in practice); readers leave such rows out.
+const PLACEHOLDER_ID: [u8; 32] = [0; 32];
 
 /// The `meta` key of the index version.
 const VERSION_KEY: &str = "index_version";
@@ -77,7 +81,7 @@ pub struct IndexHandle {
     tx: SyncSender<Msg>,
     shared: Arc<Shared>,
     deltas: broadcast::Sender<Arc<IndexDelta>>,
-    db: PathBuf,
+    db: Db,
 }
 
 impl IndexHandle {
@@ -119,7 +123,7 @@ impl IndexHandle {
             return Ok(Vec::new());
         }
         let (db, root) = (self.db.clone(), self.root());
-        tokio::task::spawn_blocking(move || all_entries(&Store::open(&db)?, &root_key(&root)))
+        tokio::task::spawn_blocking(move || all_entries(&*db.get()?, &root_key(&root)))
             .await
             .expect("bug: index query panicked")
     }
@@ -134,7 +138,7 @@ impl IndexHandle {
         let (db, root) = (self.db.clone(), self.root());
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let store = Store::open(&db)?;
+            let store = db.get()?;
             // The indexer writes a change, then its version, then publishes it: reading the
             // version first means the entries hold at least that version.
             let version = stored_version(&store)?;
@@ -151,7 +155,7 @@ impl IndexHandle {
     /// by path, at most `limit`.
     pub async fn skipped(&self, limit: u64) -> Result<Vec<ScanError>, StoreError> {
         let (db, root) = (self.db.clone(), self.root());
-        tokio::task::spawn_blocking(move || Store::open(&db)?.skipped(&root_key(&root), limit))
+        tokio::task::spawn_blocking(move || db.get()?.skipped(&root_key(&root), limit))
             .await
             .expect("bug: index query panicked")
     }
@@ -159,14 +163,14 @@ impl IndexHandle {
     /// The entries that could not be indexed, sorted by path.
     pub async fn errors(&self) -> Result<Vec<ScanError>, StoreError> {
         let (db, root) = (self.db.clone(), self.root());
-        tokio::task::spawn_blocking(move || Store::open(&db)?.scan_errors(&root_key(&root)))
+        tokio::task::spawn_blocking(move || db.get()?.scan_errors(&root_key(&root)))
             .await
             .expect("bug: index query panicked")
     }
 
-    /// The database the index lives in (for readers: [`Store::open`] it; WAL lets them read
-    /// while the indexer writes).
-    pub fn database(&self) -> &Path {
+    /// The database the index lives in (readers take a connection with [`Db::get`]; WAL lets
+    /// them read while the indexer writes).
+    pub fn db(&self) -> &Db {
         &self.db
     }
 
@@ -205,11 +209,11 @@ fn root_key(root: &Path) -> String {
 /// Opens the database at `db` and starts indexing `root` (an existing, canonical directory)
 /// on a thread of its own. The thread ends after [`IndexHandle::stop`].
 pub fn spawn(
-    db: PathBuf,
+    db: Db,
     root: PathBuf,
     options: IndexOptions,
 ) -> Result<(IndexHandle, std::thread::JoinHandle<()>), StoreError> {
-    let store = Store::open(&db)?;
+    let store = db.get()?;
     let version = stored_version(&store)?;
     let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
     let (deltas, _) = broadcast::channel(DELTA_QUEUE);
@@ -228,7 +232,7 @@ pub fn spawn(
         .thread_name(|i| format!("iwant-hash-{i}"))
         .build()
         .map_err(|e| StoreError::Sqlite {
-            path: db.clone(),
+            path: db.path().to_path_buf(),
             source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
         })?;
     let handle = IndexHandle {
@@ -260,7 +264,7 @@ pub fn spawn(
 }
 
 struct Indexer {
-    store: Store,
+    store: Pooled,
     root: PathBuf,
     key: String,
     version: u64,
@@ -657,7 +661,7 @@ impl Indexer {
             .filter(|d| is_at_or_below(d, rel) && !old_dirs.contains(*d))
             .map(|d| DirRow {
                 path: d.clone(),
-                id: [0; 32],
+                id: PLACEHOLDER_ID,
                 size: 0,
                 files: 0,
             })
@@ -953,6 +957,8 @@ fn outermost(mut paths: Vec<String>) -> Vec<String> {
 }
 
 /// Every entry of the share at `key` (directories and files), sorted by path.
+/// Every entry of `key`. A directory whose id is not computed yet (the placeholder a scan
+/// commits before its files are all hashed) is left out: it has no id to show or send.
 fn all_entries(store: &Store, key: &str) -> Result<Vec<IndexEntry>, StoreError> {
     // The root is the only directory `entries` leaves out; it sorts first.
     let root = store
@@ -965,7 +971,12 @@ fn all_entries(store: &Store, key: &str) -> Result<Vec<IndexEntry>, StoreError> 
         size: e.size,
         id: Id(e.id),
     });
-    Ok(root.map(dir_entry).into_iter().chain(rest).collect())
+    Ok(root
+        .map(dir_entry)
+        .into_iter()
+        .chain(rest)
+        .filter(|e| !(e.kind == Kind::Dir && e.id == Id(PLACEHOLDER_ID)))
+        .collect())
 }
 
 fn file_entry(f: FileRow) -> IndexEntry {
@@ -1020,6 +1031,33 @@ mod tests {
             ["a", "ab"]
         );
         assert_eq!(outermost(vec!["x".into(), "".into()]), [""]);
+    }
+
+    #[test]
+    fn a_directory_whose_id_is_not_computed_yet_is_not_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let row = |path: &str, id| DirRow {
+            path: path.into(),
+            id,
+            size: 0,
+            files: 0,
+        };
+        let change = IndexChange {
+            upsert_dirs: vec![
+                row("", [7; 32]),
+                row("new", PLACEHOLDER_ID),
+                row("old", [8; 32]),
+            ],
+            ..Default::default()
+        };
+        store.apply_index_change("/r", &change).unwrap();
+        let paths: Vec<String> = all_entries(&store, "/r")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(paths, ["", "old"]);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! Only this module runs SQL. The schema version is SQLite's `user_version`; [`MIGRATIONS`]
 //! lists the steps from an empty file to the current schema, applied in order at open.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
 
 use rusqlite::Connection;
 
@@ -110,20 +113,122 @@ pub struct Store {
     path: PathBuf,
 }
 
-impl Store {
-    /// Opens (or creates) the database at `path` and brings its schema up to date.
+/// The most idle connections a [`Db`] keeps for reuse.
+const MAX_IDLE: usize = 4;
+
+/// The database, opened once: the schema is brought up to date once, and connections are
+/// handed out ([`Db::get`]) and taken back when dropped. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+struct DbInner {
+    path: PathBuf,
+    idle: Mutex<Vec<Store>>,
+}
+
+impl Db {
+    /// Opens (or creates) the database at `path` and brings its schema up to date. Blocking.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let first = Store::open(path)?;
+        Ok(Self {
+            inner: Arc::new(DbInner {
+                path: path.to_path_buf(),
+                idle: Mutex::new(vec![first]),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// A connection: an idle one, or a new one. Blocking: call it from a blocking thread.
+    pub fn get(&self) -> Result<Pooled, StoreError> {
+        let idle = self.inner.idle.lock().expect("bug: poisoned").pop();
+        let store = match idle {
+            Some(store) => store,
+            None => Store::connect(&self.inner.path)?,
+        };
+        Ok(Pooled {
+            store: Some(store),
+            db: self.inner.clone(),
+        })
+    }
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+/// A connection of a [`Db`]; it goes back to the pool when dropped.
+pub struct Pooled {
+    store: Option<Store>,
+    db: Arc<DbInner>,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.store
+            .as_ref()
+            .expect("bug: a connection used after drop")
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Store {
+        self.store
+            .as_mut()
+            .expect("bug: a connection used after drop")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            let mut idle = self.db.idle.lock().expect("bug: poisoned");
+            if idle.len() < MAX_IDLE {
+                idle.push(store);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// A connection to the database at `path` with the node's settings (WAL, a busy timeout),
+    /// without looking at the schema: for a database [`Store::open`] has brought up to date.
+    fn connect(path: &Path) -> Result<Self, StoreError> {
         let err = |source| StoreError::Sqlite {
             path: path.to_path_buf(),
             source,
         };
-        let mut conn = Connection::open(path).map_err(err)?;
+        let conn = Connection::open(path).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens (or creates) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let Store { mut conn, .. } = Self::connect(path)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(err)?;
@@ -189,6 +294,25 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_db_checks_the_schema_once_and_hands_connections_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let (a, b) = (db.get().unwrap(), db.get().unwrap());
+        a.set_meta("k", "v").unwrap();
+        assert_eq!(b.meta("k").unwrap().as_deref(), Some("v"), "one database");
+        assert_eq!(b.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        drop((a, b));
+        assert_eq!(db.inner.idle.lock().unwrap().len(), 2, "both went back");
+        let many: Vec<Pooled> = (0..MAX_IDLE + 3).map(|_| db.get().unwrap()).collect();
+        drop(many);
+        assert_eq!(
+            db.inner.idle.lock().unwrap().len(),
+            MAX_IDLE,
+            "the pool is bounded"
+        );
+    }
 
     #[test]
     fn open_migrates_once_and_keeps_data() {

@@ -145,8 +145,8 @@ impl Context {
         &self,
         f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
     ) -> Result<T, Stop> {
-        let db = self.index.database().to_path_buf();
-        blocking(move || f(&Store::open(&db)?))
+        let db = self.index.db().clone();
+        blocking(move || f(&*db.get()?))
             .await
             .map_err(|e| Stop::Failed(e.to_string()))
     }
@@ -482,14 +482,14 @@ async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
 /// The size and the piece list or manifest from this node's own index, if it shares the id.
 async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
     let (db, root, key, kind) = (
-        ctx.index.database().to_path_buf(),
+        ctx.index.db().clone(),
         ctx.index.root_key(),
         target.id,
         target.kind,
     );
     let id = target.id;
     blocking(move || -> Option<(u64, Vec<u8>)> {
-        let store = Store::open(&db).ok()?;
+        let store = db.get().ok()?;
         match kind {
             Kind::File => {
                 let row = store.shared_file(&root, &key).ok()??;
@@ -729,7 +729,7 @@ async fn copy_local(ctx: &Context, plan: &Plan, part: &Path, done: &mut [bool]) 
         .map(|(i, _)| plan.data_path(part, *i))
         .collect();
     let copied = blocking(move || -> Vec<(usize, u64)> {
-        let Ok(store) = Store::open(index.database()) else {
+        let Ok(store) = index.db().get() else {
             return Vec::new();
         };
         let root = index.root_key();

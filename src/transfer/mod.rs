@@ -37,7 +37,7 @@ use crate::{
     leader::{self, ask::AskError, LeaderHandle},
     net::NetworkClient,
     share::{IndexHandle, Kind},
-    store::{Store, StoreError},
+    store::StoreError,
 };
 
 /// How many finished (done, failed, cancelled) downloads `iwant status` still shows.
@@ -194,8 +194,8 @@ impl Transfers {
 
     /// Starts again every download the store holds (after a restart or a crash).
     pub async fn resume_all(&self) -> Result<usize, StoreError> {
-        let db = self.inner.index.database().to_path_buf();
-        let rows = tokio::task::spawn_blocking(move || Store::open(&db)?.downloads())
+        let db = self.inner.index.db().clone();
+        let rows = tokio::task::spawn_blocking(move || db.get()?.downloads())
             .await
             .expect("bug: store task panicked")?;
         let n = rows.len();

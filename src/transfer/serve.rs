@@ -247,7 +247,7 @@ fn answer_content(
     if let Err(reason) = request.check() {
         return content::Response::Refused { reason };
     }
-    let store = match Store::open(index.database()) {
+    let store = match index.db().get() {
         Ok(store) => store,
         Err(e) => {
             tracing::warn!(error = %e, "cannot open the index to serve a peer");
@@ -374,7 +374,7 @@ async fn serve_stream(
     served: &Served,
 ) -> std::io::Result<()> {
     let mut current: Option<Serving> = None;
-    let mut store: Option<Store> = None;
+    let mut store: Option<crate::store::Pooled> = None;
     let mut spare: Vec<Vec<u8>> = Vec::new();
     while let Some(request) = within(
         REQUEST_IDLE,
@@ -390,9 +390,9 @@ async fn serve_stream(
         let (resolved, back) = tokio::task::spawn_blocking(move || {
             let store = match taken_store {
                 Some(s) => Some(s),
-                None => Store::open(idx.database()).ok(),
+                None => idx.db().get().ok(),
             };
-            let resolved = resolve(&idx, store.as_ref(), previous, request.id);
+            let resolved = resolve(&idx, store.as_deref(), previous, request.id);
             (resolved, store)
         })
         .await
