@@ -156,7 +156,7 @@ pub fn decode(bytes: &[u8], max_entries: usize) -> Result<Vec<Entry>, ManifestEr
 /// Checks that `path` is a safe relative path in the network format: non-empty `/`-separated
 /// components, none empty, `.` or `..`, no NUL, at most [`MAX_PATH_LEN`] bytes. These are
 /// unsafe everywhere; a name some platform merely cannot store (`CON`, `a:b`, `what?`) is
-/// valid on the network and mapped by the downloader (`transfer::place::local_name`).
+/// valid on the network and mapped by the downloader (`transfer::names::local_name`).
 pub fn check_relative_path(path: &str) -> Result<(), &'static str> {
     if path.is_empty() {
         return Err("empty");

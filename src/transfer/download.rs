@@ -33,10 +33,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     fetch::{self, Event, Files, Job},
-    place,
-    plan::{self, Plan},
-    planner::{self, Completed, Planner},
-    serve, DownloadState, Progress,
+    names,
+    scheduler::{self, Completed, Planner},
+    serve,
+    units::{self, Plan},
+    DownloadState, Progress,
 };
 use crate::{
     fsio,
@@ -294,7 +295,7 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
     tracing::debug!(id = %id, "download prepared");
     let mut done = {
         let (plan2, part2) = (plan.clone(), part.clone());
-        let saved = plan::from_bitfield(&row.done, plan.unit_lens.len());
+        let saved = units::from_bitfield(&row.done, plan.unit_lens.len());
         blocking(move || set_up(&plan2, &part2, saved))
             .await
             .map_err(|e| Stop::Failed(format!("cannot create {}: {e}", part.display())))?
@@ -364,7 +365,7 @@ async fn drive(ctx: &Context, start: Start) -> Result<(PathBuf, Plan, i64), Stop
                 std::fs::copy(&first, scan::native(&d, other))?;
             }
         }
-        place::place(&d, &dest, &n, p.is_dir)
+        names::place(&d, &dest, &n, p.is_dir)
     })
     .await
     .map_err(|e| Stop::Failed(format!("cannot move the download into place: {e}")))?;
@@ -411,7 +412,7 @@ fn sync_tree(plan: &Plan, part: &Path) {
 async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
     // Persisted at once, with no piece list yet, so a download the node accepted survives a
     // stop or a crash while it still looks for a holder.
-    let part = place::part_path(&target.dest, &target.name, &target.id);
+    let part = names::part_path(&target.dest, &target.name, &target.id);
     let mut row = DownloadRow {
         id: target.id,
         kind: target.kind,
@@ -593,7 +594,7 @@ async fn fetch_meta(
             }
             let plan = match Plan::dir(target.id, &manifest) {
                 Ok(plan) => plan,
-                Err(e @ plan::PlanError::BadManifest(_)) => {
+                Err(e @ units::PlanError::BadManifest(_)) => {
                     return Err(MetaError::Unusable(e.to_string()))
                 }
                 Err(e) => return Err(MetaError::Peer(e.to_string())),
@@ -834,7 +835,7 @@ async fn fetch_all(
 ) -> Result<(), Stop> {
     let id = row.id;
     let key = row.id;
-    let config = planner::Config {
+    let config = scheduler::Config {
         max_window_units: fetch::MAX_IN_FLIGHT,
         ..Default::default()
     };
@@ -1032,7 +1033,7 @@ async fn fetch_all(
 
 /// Saves the bitfield (errors are logged: the next save or a recheck makes up for it).
 async fn save(ctx: &Context, key: Id, planner: &Planner<PeerId>) {
-    let bits = plan::bitfield((0..planner.total_units()).map(|u| planner.is_done_unit(u)));
+    let bits = units::bitfield((0..planner.total_units()).map(|u| planner.is_done_unit(u)));
     if let Err(Stop::Failed(e)) = ctx.store(move |s| s.set_download_done(&key, &bits)).await {
         tracing::warn!(error = %e, "cannot save download progress");
     }

@@ -17,7 +17,7 @@ use iwant_behaviours::{
 use libp2p::PeerId;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::plan::Plan;
+use super::units::Plan;
 use crate::{fsio, net::NetworkClient};
 
 /// Most units one peer may have requested and unanswered (the planner's window stays below).

@@ -4,18 +4,19 @@
 //!   ([`Transfers::list`]), cancel, and resume after a restart. Each download is one task
 //!   (`download.rs`) that finds the holders through the leader, fetches the piece list or
 //!   manifest, then pulls units from every holder at once through per-peer fetchers
-//!   (`fetch.rs`), steered by the [`planner`], and persists its progress in the store.
-//! - [`plan`]: what a download fetches, built only from data checked against the id.
-//! - [`planner`]: which unit goes to which peer (a plain struct, no I/O).
+//!   (`fetch.rs`), steered by the [`scheduler`], and persists its progress in the store.
+//! - [`units`]: what a download fetches (its `Plan` of units and their checks), built only
+//!   from data checked against the id.
+//! - [`scheduler`]: which unit goes to which peer (the `Planner`, a plain struct, no I/O).
 //! - [`serve`]: answering other nodes' piece-list, manifest and piece requests.
-//! - `place.rs`: names and no-clobber placement in the download folder.
+//! - `names.rs`: names and no-clobber placement in the download folder.
 
 mod download;
 mod fetch;
-mod place;
-pub mod plan;
-pub mod planner;
+mod names;
+pub mod scheduler;
 pub mod serve;
+pub mod units;
 
 use std::{
     collections::BTreeMap,
@@ -249,7 +250,7 @@ impl Transfers {
             return Ok(p);
         }
         let dest = self.inner.folders.borrow().download_dir.clone();
-        let name = place::download_name(&hit.path, &id);
+        let name = names::download_name(&hit.path, &id);
         let target = download::Target {
             id,
             kind: hit.kind,

@@ -50,16 +50,16 @@ use iwant_behaviours::id::Id;
 use self::arena::{hash_path, live, IdEntry, Masks, PeerSlot, Record};
 
 /// The most holders listed in one [`Hit`] (the smallest peer ids); `holder_count` has them all.
-pub const MAX_HOLDERS: usize = 32;
+pub const MAX_HOLDERS: usize = iwant_behaviours::search::MAX_HOLDERS;
 /// The most distinct rows a search ranks and counts: [`SearchResults::total`] stops there, and
 /// pages end there.
 pub const MAX_MATCHES: usize = 1000;
 /// Query text beyond this many bytes is ignored (cut at a char boundary).
-pub const MAX_QUERY_BYTES: usize = 256;
+pub const MAX_QUERY_BYTES: usize = iwant_behaviours::search::MAX_QUERY;
 /// Query words beyond this many are ignored.
 pub const MAX_QUERY_WORDS: usize = 8;
 /// The most hits one page returns: larger [`Query::limit`]s are clamped to it.
-pub const MAX_PAGE: usize = 200;
+pub const MAX_PAGE: usize = iwant_behaviours::search::MAX_PAGE as usize;
 /// The score of a [`Tier`] is `tier * TIER_SCALE + sub-score`, the sub-score in
 /// `0..TIER_SCALE`.
 pub const TIER_SCALE: i64 = 1_000_000;

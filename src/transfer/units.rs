@@ -18,7 +18,7 @@ use crate::share::{
     pieces::{self, Layout, PieceHash},
     scan,
 };
-use crate::transfer::place::{self, NameRule};
+use crate::transfer::names::{self, NameRule};
 
 /// Most entries a directory download may have.
 pub const MAX_ENTRIES: usize = 1_000_000;
@@ -230,7 +230,7 @@ impl Plan {
 }
 
 /// The local path of every network path of one manifest, mapped component by component by
-/// [`place::local_name`]; two entries of one folder that would land on one local name (the
+/// [`names::local_name`]; two entries of one folder that would land on one local name (the
 /// mapping, or case-blind platforms, make them equal) keep distinct names: the later one in
 /// manifest order gets ` (n)` before its extension. Deterministic in the manifest, so a resumed
 /// download maps every path the same way.
@@ -273,10 +273,10 @@ impl LocalNames {
             let name = match self.mapped.get(&network) {
                 Some(full) => full.rsplit('/').next().unwrap_or_default().to_string(),
                 None => {
-                    let base = place::local_name(component, self.rule);
+                    let base = names::local_name(component, self.rule);
                     let mut n = 0;
                     let name = loop {
-                        let candidate = place::numbered(&base, n, false);
+                        let candidate = names::numbered(&base, n, false);
                         let folded = self.fold(&candidate);
                         let taken = self.taken.entry(local.clone()).or_default();
                         if taken.insert(folded) {
