@@ -22,13 +22,13 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     fs::File,
     path::{Path, PathBuf},
-    sync::{atomic::AtomicBool, atomic::Ordering, Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use iwant_behaviours::{chunk::Status, content, search, wire::Id};
 use libp2p::PeerId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -117,9 +117,12 @@ pub struct Context {
     pub net: NetworkClient,
     pub leader: LeaderHandle,
     pub index: IndexHandle,
-    pub progress: Arc<Mutex<Progress>>,
+    /// The progress, for every follower (`iwant get`, `status`, `cancel`) to watch.
+    pub progress: Arc<watch::Sender<Progress>>,
+    /// Stops the task: the user cancelled, or the node stops.
     pub cancel: CancellationToken,
-    pub cancelled: Arc<AtomicBool>,
+    /// The user cancelled: the task removes its partial data as it stops.
+    pub cancelled: CancellationToken,
 }
 
 /// Why a download stopped before the end.
@@ -132,7 +135,7 @@ enum Stop {
 
 impl Context {
     fn update(&self, f: impl FnOnce(&mut Progress)) {
-        f(&mut self.progress.lock().expect("bug: poisoned"));
+        self.progress.send_modify(f);
     }
 
     fn set_state(&self, state: DownloadState, message: Option<String>) {
@@ -163,7 +166,7 @@ impl Context {
 
 /// Runs one download to its end (or until cancelled or the node stops).
 pub async fn run(ctx: Context, start: Start) {
-    let id = ctx.progress.lock().expect("bug: poisoned").id;
+    let id = ctx.progress.borrow().id;
     let started = Instant::now();
     let outcome = drive(&ctx, start).await;
     ctx.update(|p| p.elapsed_ms = started.elapsed().as_millis() as u64);
@@ -191,7 +194,7 @@ pub async fn run(ctx: Context, start: Start) {
                 tracing::warn!(error = %e, "cannot forget a finished download");
             }
         }
-        Err(Stop::Interrupted) if ctx.cancelled.load(Ordering::SeqCst) => {
+        Err(Stop::Interrupted) if ctx.cancelled.is_cancelled() => {
             let key = id;
             let part = ctx
                 .store(move |s| {
@@ -853,13 +856,12 @@ async fn fetch_all(
     let mut dirty = false;
     let mut paused_until: Option<(Instant, String)> = None;
     let mut rate = RateMeter::default();
-    let mut fetched: u64 = ctx.progress.lock().expect("bug: poisoned").bytes_fetched;
+    let mut fetched: u64 = ctx.progress.borrow().bytes_fetched;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut holders_known = 0usize;
     let mut lookup: Option<tokio::task::JoinHandle<Result<Vec<PeerId>, String>>> = None;
-    let started = Instant::now()
-        - Duration::from_millis(ctx.progress.lock().expect("bug: poisoned").elapsed_ms);
+    let started = Instant::now() - Duration::from_millis(ctx.progress.borrow().elapsed_ms);
 
     while !planner.is_done() {
         let now = Instant::now();

@@ -144,10 +144,10 @@ pub enum GetError {
 }
 
 struct Slot {
-    progress: Arc<Mutex<Progress>>,
+    progress: Arc<watch::Sender<Progress>>,
     cancel: CancellationToken,
-    /// Set when the user cancelled, so the task removes its data.
-    cancelled: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled when the user cancelled, so the task removes its data.
+    cancelled: CancellationToken,
     /// When it ended, for pruning.
     order: u64,
 }
@@ -267,7 +267,7 @@ impl Transfers {
         let slots = self.inner.slots.lock().expect("bug: poisoned");
         let mut all: Vec<(u64, Progress)> = slots
             .values()
-            .map(|s| (s.order, s.progress.lock().expect("bug: poisoned").clone()))
+            .map(|s| (s.order, s.progress.borrow().clone()))
             .collect();
         all.sort_by_key(|(order, p)| (p.state.is_final(), *order));
         all.into_iter().map(|(_, p)| p).collect()
@@ -286,10 +286,7 @@ impl Transfers {
             let slots = self.inner.slots.lock().expect("bug: poisoned");
             let slot = slots
                 .iter()
-                .find(|(id, s)| {
-                    prefix.matches(id)
-                        && !s.progress.lock().expect("bug: poisoned").state.is_final()
-                })
+                .find(|(id, s)| prefix.matches(id) && !s.progress.borrow().state.is_final())
                 .map(|(_, s)| s)
                 .ok_or_else(|| GetError::NoDownload(prefix.to_string()))?;
             (
@@ -298,32 +295,32 @@ impl Transfers {
                 slot.cancelled.clone(),
             )
         };
-        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        flag.cancel();
         cancel.cancel();
         // The task removes its data and says so; wait for it a bounded time.
-        let until = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let p = progress.lock().expect("bug: poisoned").clone();
-            if p.state.is_final() || tokio::time::Instant::now() >= until {
-                return Ok(p);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut follow = progress.subscribe();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            follow.wait_for(|p| p.state.is_final()),
+        )
+        .await;
+        let last = progress.borrow().clone();
+        Ok(last)
     }
 
     fn find_active(&self, prefix: &IdPrefix) -> Option<Progress> {
         let slots = self.inner.slots.lock().expect("bug: poisoned");
         slots.iter().find_map(|(id, s)| {
-            let p = s.progress.lock().expect("bug: poisoned");
+            let p = s.progress.borrow();
             (prefix.matches(id) && !p.state.is_final()).then(|| p.clone())
         })
     }
 
     fn spawn(&self, start: download::Start) -> Progress {
-        let progress = Arc::new(Mutex::new(start.initial_progress()));
-        let snapshot = progress.lock().expect("bug: poisoned").clone();
+        let progress = Arc::new(watch::channel(start.initial_progress()).0);
+        let snapshot = progress.borrow().clone();
         let cancel = self.inner.shutdown.child_token();
-        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cancelled = CancellationToken::new();
         let order = self
             .inner
             .counter
@@ -358,7 +355,7 @@ impl Transfers {
 fn prune(slots: &mut BTreeMap<Id, Slot>) {
     let mut finished: Vec<(u64, Id)> = slots
         .iter()
-        .filter(|(_, s)| s.progress.lock().expect("bug: poisoned").state.is_final())
+        .filter(|(_, s)| s.progress.borrow().state.is_final())
         .map(|(id, s)| (s.order, *id))
         .collect();
     if finished.len() > KEEP_FINISHED {
