@@ -315,7 +315,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         listener.clone(),
         move |request| {
             let handler = handler.clone();
-            async move { handler.handle(request).await }
+            async move { handler.answer(request).await }
         },
         shutdown.child_token(),
     ));

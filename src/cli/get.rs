@@ -16,9 +16,6 @@ use crate::{
     transfer::{DownloadState, Progress},
 };
 
-/// How often a watching CLI asks the daemon for progress.
-const POLL: Duration = Duration::from_millis(100);
-
 /// Exit code when the user leaves a download's progress with Ctrl-C (it goes on).
 pub const EXIT_DETACHED: i32 = 130;
 
@@ -52,11 +49,17 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
         return Ok(());
     }
     let lines = json || !std::io::stdout().is_terminal();
-    let full = progress.id.to_hex().to_string();
+    let full = progress.id.to_hex();
     let bar = (!lines).then(|| new_bar(&progress));
     let started = Instant::now();
     let mut last = progress;
     let mut last_line: Option<(DownloadState, u64, u64)> = None;
+    // The node sends the progress as it changes (no polling); it closes the stream at the end.
+    let mut replies = if last.state.is_final() {
+        None
+    } else {
+        Some(client.follow(&full).await?)
+    };
     loop {
         if lines {
             let key = (last.state, last.bytes_done, last.files_done);
@@ -79,16 +82,8 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
                 Safe(&last.name)
             );
         }
-        let poll = async {
-            tokio::time::sleep(POLL).await;
-            client
-                .request(Request::Downloads {
-                    id: Some(full.clone()),
-                })
-                .await
-        };
-        let polled = tokio::select! {
-            polled = poll => polled,
+        let next = tokio::select! {
+            next = replies.as_mut().expect("bug: a running download is followed").next() => next,
             _ = &mut interrupt => {
                 if let Some(bar) = &bar {
                     bar.abandon();
@@ -100,10 +95,11 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
                 std::process::exit(EXIT_DETACHED);
             }
         };
-        last = match polled {
-            Ok(Response::Download(p)) => p,
-            Ok(other) => anyhow::bail!("the node answered with {other:?}"),
-            Err(crate::control::ClientError::NotRunning { .. }) => anyhow::bail!(
+        last = match next {
+            Ok(Some(Response::Download(p))) => p,
+            Ok(Some(other)) => anyhow::bail!("the node answered with {other:?}"),
+            // The stream ended before the download did: the node stopped.
+            Ok(None) | Err(crate::control::ClientError::Protocol(_)) => anyhow::bail!(
                 "the node stopped; the download of {} resumes when it starts again (`iwant node`)",
                 Safe(&last.name)
             ),

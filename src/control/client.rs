@@ -56,6 +56,25 @@ impl Client {
 
     /// Sends `request` and returns the daemon's answer.
     pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        let mut replies = self.open(request).await?;
+        match tokio::time::timeout(REPLY_TIMEOUT, replies.next()).await {
+            Err(_) => Err(ClientError::Timeout),
+            Ok(Ok(Some(response))) => Ok(response),
+            Ok(Ok(None)) => Err(ClientError::Protocol(
+                "the node closed the connection without answering".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// Sends a [`Request::Follow`] and returns its replies as they come (no timeout between
+    /// two of them: a download may wait long for a holder).
+    pub async fn follow(&self, id: &str) -> Result<Replies, ClientError> {
+        self.open(Request::Follow { id: id.to_owned() }).await
+    }
+
+    /// Connects and sends `request`.
+    async fn open(&self, request: Request) -> Result<Replies, ClientError> {
         let socket = self.home.control_socket();
         let stream = transport::connect(&socket)
             .await
@@ -71,33 +90,43 @@ impl Client {
                 },
                 _ => ClientError::Protocol(format!("cannot connect to {}: {e}", socket.display())),
             })?;
-        let exchange = async {
-            let mut stream = BufReader::new(stream);
-            let envelope = Envelope {
-                version: PROTOCOL_VERSION,
-                request,
-            };
-            write_message(&mut stream, &envelope, MAX_MESSAGE).await?;
-            read_message::<Reply>(&mut stream, MAX_REPLY).await
+        let mut stream = BufReader::new(stream);
+        let envelope = Envelope {
+            version: PROTOCOL_VERSION,
+            request,
         };
-        let reply = match tokio::time::timeout(REPLY_TIMEOUT, exchange).await {
-            Err(_) => return Err(ClientError::Timeout),
-            Ok(Err(FrameError::Io(e))) if e.kind() == io::ErrorKind::UnexpectedEof => {
+        tokio::time::timeout(
+            REPLY_TIMEOUT,
+            write_message(&mut stream, &envelope, MAX_MESSAGE),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Replies { stream })
+    }
+}
+
+/// The replies to one request, read one at a time.
+pub struct Replies {
+    stream: BufReader<transport::Stream>,
+}
+
+impl Replies {
+    /// The next reply; `None` when the node closed the connection after its last one.
+    pub async fn next(&mut self) -> Result<Option<Response>, ClientError> {
+        let reply = match read_message::<Reply>(&mut self.stream, MAX_REPLY).await {
+            Ok(None) => return Ok(None),
+            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(ClientError::Protocol(
-                    "the node closed the connection without answering".into(),
+                    "the node closed the connection in the middle of a reply".into(),
                 ))
             }
-            Ok(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
-            Ok(Ok(None)) => {
-                return Err(ClientError::Protocol(
-                    "the node closed the connection without answering".into(),
-                ))
-            }
-            Ok(Ok(Some(reply))) => reply,
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            Ok(Some(reply)) => reply,
         };
         match (reply.ok, reply.error) {
             (_, Some(error)) => Err(ClientError::Remote(error)),
-            (Some(ok), None) => Ok(ok),
+            (Some(ok), None) => Ok(Some(ok)),
             (None, None) => Err(ClientError::Protocol(
                 "the reply holds neither a result nor an error".into(),
             )),

@@ -5,17 +5,24 @@
 
 use std::{path::PathBuf, sync::Arc};
 
+use futures::{
+    stream::{self, BoxStream},
+    StreamExt,
+};
 use iwant_behaviours::search;
 use tokio::sync::{watch, Mutex};
 
-use super::{ControlError, ErrorKind, Request, Response, SearchReply, SearchResult, StatusReply};
+use super::{
+    Answer, ControlError, ErrorKind, Request, Response, SearchReply, SearchResult, StatusReply,
+    FOLLOW_EVERY,
+};
 use crate::{
     config::{change_folder, Config, FolderChange, FolderError, Folders, Home, Places, Role},
     leader::{self, ask::AskError, LeaderHandle},
     net::NetworkClient,
     share::{self, IndexHandle},
     store::StoreError,
-    transfer::{self, GetError, Transfers},
+    transfer::{self, GetError, Progress, Transfers},
 };
 
 /// What the handler answers from: a handle to every room.
@@ -41,7 +48,18 @@ pub struct Handler {
 }
 
 impl Handler {
-    /// Answers one request.
+    /// Answers one request: [`Request::Follow`] with a stream of replies, the others with one.
+    pub async fn answer(&self, request: Request) -> Answer {
+        match request {
+            Request::Follow { id } => match self.transfers.follow(&id) {
+                Ok(progress) => Answer::Stream(follow(progress)),
+                Err(e) => Answer::One(Err(e.into())),
+            },
+            request => Answer::One(self.handle(request).await),
+        }
+    }
+
+    /// Answers one request that has one reply.
     pub async fn handle(&self, request: Request) -> Result<Response, ControlError> {
         Ok(match request {
             Request::Status => Response::Status(Box::new(self.status().await?)),
@@ -87,6 +105,12 @@ impl Handler {
                 Response::Download(self.transfers.find(&id).ok_or(GetError::NoDownload(id))?)
             }
             Request::Cancel { id } => Response::Download(self.transfers.cancel(&id).await?),
+            Request::Follow { .. } => {
+                return Err(ControlError::new(
+                    ErrorKind::BadRequest,
+                    "follow has a stream of replies, not one",
+                ))
+            }
         })
     }
 
@@ -207,6 +231,24 @@ impl Handler {
     }
 }
 
+/// The replies of a [`Request::Follow`]: the progress now, then at each change (at most every
+/// [`FOLLOW_EVERY`]), ending with the first final one (or when the download's task is gone).
+fn follow(progress: watch::Receiver<Progress>) -> BoxStream<'static, Response> {
+    stream::unfold(Some(progress), |state| async move {
+        let mut rx = state?;
+        let now = rx.borrow_and_update().clone();
+        let next = if now.state.is_final() {
+            None
+        } else {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+            // A closed channel (the task is gone) ends the stream after one more reply.
+            rx.changed().await.ok().map(|_| rx)
+        };
+        Some((Response::Download(now), next))
+    })
+    .boxed()
+}
+
 fn internal(e: impl std::fmt::Display) -> ControlError {
     ControlError::new(ErrorKind::Internal, e.to_string())
 }
@@ -248,5 +290,72 @@ impl From<FolderError> for ControlError {
 impl From<StoreError> for ControlError {
     fn from(e: StoreError) -> Self {
         internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transfer::DownloadState;
+
+    fn progress(state: DownloadState, bytes_done: u64) -> Progress {
+        Progress {
+            id: crate::share::Id::of(b"x"),
+            name: "x".into(),
+            kind: share::Kind::File,
+            state,
+            message: None,
+            bytes_total: 10,
+            bytes_done,
+            files_total: 1,
+            files_done: 0,
+            peers: 0,
+            rate: 0,
+            path: None,
+            bytes_fetched: 0,
+            bytes_local: 0,
+            bytes_resumed: 0,
+            elapsed_ms: 0,
+            write_error: None,
+        }
+    }
+
+    fn done_bytes(r: &Response) -> (DownloadState, u64) {
+        match r {
+            Response::Download(p) => (p.state, p.bytes_done),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follow_sends_now_then_each_change_and_ends_at_the_final_state() {
+        let (tx, rx) = watch::channel(progress(DownloadState::Fetching, 0));
+        let replies = tokio::spawn(follow(rx).collect::<Vec<_>>());
+        for n in 1..=3 {
+            tokio::time::sleep(FOLLOW_EVERY * 2).await;
+            tx.send_modify(|p| p.bytes_done = n);
+        }
+        tokio::time::sleep(FOLLOW_EVERY * 2).await;
+        tx.send_modify(|p| {
+            p.state = DownloadState::Done;
+            p.bytes_done = 10;
+        });
+        let got: Vec<_> = replies.await.unwrap().iter().map(done_bytes).collect();
+        assert_eq!(got.first(), Some(&(DownloadState::Fetching, 0)));
+        assert_eq!(got.last(), Some(&(DownloadState::Done, 10)), "{got:?}");
+        // Changes in between arrive in order (a slow follower may skip some: latest value).
+        assert!(got.len() >= 2, "{got:?}");
+        assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "{got:?}");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_follow_ends_when_the_download_task_is_gone() {
+        let (tx, rx) = watch::channel(progress(DownloadState::Fetching, 5));
+        let replies = tokio::spawn(follow(rx).collect::<Vec<_>>());
+        tokio::time::sleep(FOLLOW_EVERY * 2).await;
+        drop(tx);
+        let got = replies.await.unwrap();
+        assert_eq!(got.len(), 1, "the progress of the start, then the end");
     }
 }

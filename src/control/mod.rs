@@ -19,7 +19,8 @@ pub use client::{Client, ClientError};
 pub use handler::Handler;
 pub use proto::{
     ControlError, Envelope, ErrorKind, PeerInfo, Reply, Request, Response, SearchReply,
-    SearchResult, StatusReply, MAX_MESSAGE, MAX_REPLY, MAX_SKIPPED_LISTED, PROTOCOL_VERSION,
+    SearchResult, StatusReply, FOLLOW_EVERY, MAX_MESSAGE, MAX_REPLY, MAX_SKIPPED_LISTED,
+    PROTOCOL_VERSION,
 };
-pub use server::{serve, ServerError};
+pub use server::{serve, Answer, ServerError};
 pub use transport::Listener;

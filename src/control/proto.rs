@@ -29,6 +29,9 @@ pub struct Envelope {
 /// The most skipped entries one `iwant ls --skipped` lists.
 pub const MAX_SKIPPED_LISTED: u64 = 1_000;
 
+/// The shortest time between two replies to a [`Request::Follow`].
+pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The requests a client can make.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -93,6 +96,13 @@ pub enum Request {
         /// Only the download whose id starts with this.
         #[serde(default)]
         id: Option<String>,
+    },
+    /// Follow the download whose id starts with `id`: a `download` reply at once, another
+    /// each time its progress changes (at most every [`FOLLOW_EVERY`]), the last one when it
+    /// ends; then the node closes the connection. (No polling: `iwant get` uses this.)
+    Follow {
+        /// An id or a unique prefix of at least 4 hex digits.
+        id: String,
     },
     /// Stop a running download and remove its partial data.
     Cancel {
@@ -439,6 +449,7 @@ mod tests {
                 offset: u32::MAX,
             },
             Request::Get { id: "abcd".into() },
+            Request::Follow { id: "abcd".into() },
             Request::Downloads { id: None },
             Request::Cancel { id: "ef01".into() },
         ]

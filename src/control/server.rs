@@ -2,6 +2,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use futures::{stream::BoxStream, StreamExt};
 use tokio::{io::BufReader, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -31,13 +32,28 @@ pub enum ServerError {
     },
 }
 
+/// What a handler answers: one reply, or a stream of replies that ends the connection when it
+/// ends (or when the client goes away).
+pub enum Answer {
+    /// One reply.
+    One(Result<Response, ControlError>),
+    /// Replies as they come ([`Request::Follow`]).
+    Stream(BoxStream<'static, Response>),
+}
+
+impl From<Result<Response, ControlError>> for Answer {
+    fn from(result: Result<Response, ControlError>) -> Self {
+        Answer::One(result)
+    }
+}
+
 /// Serves requests on `listener` with `handler` until `shutdown` is cancelled. Connections in
 /// flight are finished before it returns. The caller keeps its own reference to the listener,
 /// so the socket (or pipe) lasts as long as the caller wants, not only as long as this task.
 pub async fn serve<H, Fut>(listener: Arc<Listener>, handler: H, shutdown: CancellationToken)
 where
     H: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response, ControlError>> + Send,
+    Fut: Future<Output = Answer> + Send,
 {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tasks = TaskTracker::new();
@@ -53,8 +69,9 @@ where
         match accepted {
             Ok((stream, same_user)) => {
                 let handler = handler.clone();
+                let stop = shutdown.clone();
                 tasks.spawn(async move {
-                    if let Err(e) = answer(stream, same_user, handler).await {
+                    if let Err(e) = answer(stream, same_user, handler, stop).await {
                         tracing::debug!(error = %e, "control connection failed");
                     }
                     drop(permit);
@@ -70,10 +87,15 @@ where
     tasks.wait().await;
 }
 
-async fn answer<H, Fut>(stream: impl Conn, same_user: bool, handler: H) -> Result<(), FrameError>
+async fn answer<H, Fut>(
+    stream: impl Conn,
+    same_user: bool,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), FrameError>
 where
     H: Fn(Request) -> Fut,
-    Fut: Future<Output = Result<Response, ControlError>>,
+    Fut: Future<Output = Answer>,
 {
     let mut stream = BufReader::new(stream);
     // Read the request first even when refusing, so the client gets the refusal rather than a
@@ -99,7 +121,22 @@ where
                 env.version
             ),
         )),
-        Ok(Ok(Some(env))) => handler(env.request).await,
+        Ok(Ok(Some(env))) => match handler(env.request).await {
+            Answer::One(result) => result,
+            Answer::Stream(mut replies) => {
+                // Until the stream ends, the client is gone (the write fails) or the node stops.
+                loop {
+                    let reply = tokio::select! {
+                        reply = replies.next() => reply,
+                        _ = shutdown.cancelled() => None,
+                    };
+                    let Some(reply) = reply else {
+                        return Ok(());
+                    };
+                    write_message(&mut stream, &Reply::new(Ok(reply)), MAX_REPLY).await?;
+                }
+            }
+        },
     };
     write_message(&mut stream, &Reply::new(result), MAX_REPLY).await
 }

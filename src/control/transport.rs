@@ -160,7 +160,14 @@ mod imp {
 
 pub use imp::Listener;
 
+/// The client's end of a control connection.
+#[cfg(unix)]
+pub(crate) type Stream = tokio::net::UnixStream;
+/// The client's end of a control connection.
+#[cfg(windows)]
+pub(crate) type Stream = tokio::net::windows::named_pipe::NamedPipeClient;
+
 /// Connects to the control channel of the home whose socket path is `path`.
-pub(crate) async fn connect(path: &Path) -> io::Result<impl Conn> {
+pub(crate) async fn connect(path: &Path) -> io::Result<Stream> {
     imp::connect(path).await
 }

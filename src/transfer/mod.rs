@@ -279,6 +279,19 @@ impl Transfers {
         self.list().into_iter().find(|p| prefix.matches(&p.id))
     }
 
+    /// The progress of the download whose id starts with `prefix` (running ones first), to
+    /// follow as it changes.
+    pub fn follow(&self, prefix: &str) -> Result<watch::Receiver<Progress>, GetError> {
+        let prefix = parse_prefix(prefix)?;
+        let slots = self.inner.slots.lock().expect("bug: poisoned");
+        slots
+            .iter()
+            .filter(|(id, _)| prefix.matches(id))
+            .min_by_key(|(_, s)| (s.progress.borrow().state.is_final(), s.order))
+            .map(|(_, s)| s.progress.subscribe())
+            .ok_or_else(|| GetError::NoDownload(prefix.to_string()))
+    }
+
     /// Stops the running download whose id starts with `prefix` and removes its partial data.
     pub async fn cancel(&self, prefix: &str) -> Result<Progress, GetError> {
         let prefix = parse_prefix(prefix)?;
