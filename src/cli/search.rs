@@ -52,30 +52,31 @@ fn render(reply: &SearchReply) -> String {
         .results
         .iter()
         .map(|r| {
-            let kind = match r.kind {
+            let (hit, name) = (&r.hit, &r.name);
+            let kind = match hit.kind {
                 Kind::File => "file",
                 Kind::Dir => "dir",
             };
             let peers = if r.local {
-                format!("{} (local)", r.holder_count)
+                format!("{} (local)", hit.holder_count)
             } else {
-                r.holder_count.to_string()
+                hit.holder_count.to_string()
             };
-            let dir = match r.path.rfind('/') {
-                Some(i) => &r.path[..i + 1],
+            let dir = match hit.path.rfind('/') {
+                Some(i) => &hit.path[..i + 1],
                 None => "",
             };
             // Names come from other nodes: escaped before they reach the terminal.
-            let name = if r.kind == Kind::Dir {
-                format!("{}/", Safe(&r.name))
+            let name = if hit.kind == Kind::Dir {
+                format!("{}/", Safe(name))
             } else {
-                safe(&r.name)
+                safe(name)
             };
             [
                 shorten(&name),
-                human_bytes(r.size),
+                human_bytes(hit.size),
                 kind.to_string(),
-                r.id.to_hex()[..SHORT_ID].to_string(),
+                hit.id.to_hex()[..SHORT_ID].to_string(),
                 peers,
                 shorten(&if dir.is_empty() {
                     ".".into()
@@ -155,14 +156,16 @@ mod tests {
     fn result(path: &str, kind: Kind, holders: u32, local: bool) -> SearchResult {
         SearchResult {
             name: path.rsplit('/').next().unwrap().to_string(),
-            path: path.into(),
-            kind,
-            size: 1536,
-            id: blake3::hash(path.as_bytes()).into(),
-            score: 1,
-            holders: vec![],
-            holder_count: holders,
             local,
+            hit: iwant_behaviours::search::Hit {
+                path: path.into(),
+                kind,
+                size: 1536,
+                id: blake3::hash(path.as_bytes()).into(),
+                score: 1,
+                holders: vec![],
+                holder_count: holders,
+            },
         }
     }
 

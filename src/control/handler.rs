@@ -178,13 +178,7 @@ impl Handler {
             .map(|hit| SearchResult {
                 name: hit.path.rsplit('/').next().unwrap_or_default().to_string(),
                 local: hit.holders.contains(&local),
-                path: hit.path,
-                kind: hit.kind,
-                size: hit.size,
-                id: hit.id,
-                score: hit.score,
-                holders: hit.holders,
-                holder_count: hit.holder_count,
+                hit,
             })
             .collect();
         Ok(SearchReply {

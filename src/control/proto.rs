@@ -194,27 +194,18 @@ pub struct SearchReply {
     pub results: Vec<SearchResult>,
 }
 
-/// One search result: a distinct piece of content.
+/// One search result: the leader's hit for a distinct piece of content (id, kind, size, path,
+/// score, holders, holder count: flattened into the same JSON object), plus what this node
+/// adds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SearchResult {
-    /// The file or directory name.
+    /// The file or directory name (the last component of the hit's path).
     pub name: String,
-    /// Its path in the holder's shared folder (the best-matching one).
-    pub path: String,
-    /// File or directory.
-    pub kind: crate::share::Kind,
-    /// Size in bytes (for a directory, of the files below it).
-    pub size: u64,
-    /// The content id, 64 hex digits.
-    pub id: crate::share::Id,
-    /// The rank: higher is better.
-    pub score: i64,
-    /// Peer ids of (up to 32) holders.
-    pub holders: Vec<String>,
-    /// How many peers hold it.
-    pub holder_count: u32,
     /// Whether this node holds it.
     pub local: bool,
+    /// The hit as the leader sent it.
+    #[serde(flatten)]
+    pub hit: iwant_behaviours::search::Hit,
 }
 
 /// The node's state, as `iwant status --json` prints it.
@@ -389,6 +380,50 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&reply).unwrap(),
             r#"{"version":1,"error":{"kind":"invalid_folders","message":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn a_search_result_is_one_flat_json_object_with_a_hex_id() {
+        let result = SearchResult {
+            name: "a.txt".into(),
+            local: true,
+            hit: iwant_behaviours::search::Hit {
+                id: crate::share::Id::of(b"a"),
+                kind: crate::share::Kind::File,
+                size: 3,
+                path: "d/a.txt".into(),
+                score: 7,
+                holders: vec!["12D3Peer".into()],
+                holder_count: 1,
+            },
+        };
+        let json = serde_json::to_value(&result).unwrap();
+        let keys: std::collections::BTreeSet<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "holder_count",
+                "holders",
+                "id",
+                "kind",
+                "local",
+                "name",
+                "path",
+                "score",
+                "size"
+            ]
+            .into()
+        );
+        assert_eq!(json["id"], result.hit.id.to_hex());
+        assert_eq!(
+            serde_json::from_value::<SearchResult>(json).unwrap(),
+            result
         );
     }
 

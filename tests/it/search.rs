@@ -56,7 +56,7 @@ impl Node {
 }
 
 fn paths(reply: &SearchReply) -> Vec<&str> {
-    reply.results.iter().map(|r| r.path.as_str()).collect()
+    reply.results.iter().map(|r| r.hit.path.as_str()).collect()
 }
 
 /// Three nodes that all follow the same leader.
@@ -84,9 +84,9 @@ async fn files_are_found_from_every_node_and_follow_renames_and_deletes() {
         .await;
     let hit = &reply.results[0];
     assert_eq!(hit.name, "Quarterly Report 2026.pdf");
-    assert_eq!(hit.id, id);
-    assert_eq!(hit.size, 10);
-    assert_eq!(hit.holders, [a.node.peer_id().to_string()]);
+    assert_eq!(hit.hit.id, id);
+    assert_eq!(hit.hit.size, 10);
+    assert_eq!(hit.hit.holders, [a.node.peer_id().to_string()]);
     assert!(!hit.local);
     let own = a.search("quarterly").await.unwrap();
     assert!(
@@ -98,20 +98,22 @@ async fn files_are_found_from_every_node_and_follow_renames_and_deletes() {
     b.write("copy of the report.pdf", b"q4 numbers");
     let reply = c
         .wait_search("report", "two holders of the report", |r| {
-            r.results.iter().any(|h| h.id == id && h.holder_count == 2)
+            r.results
+                .iter()
+                .any(|h| h.hit.id == id && h.hit.holder_count == 2)
         })
         .await;
     assert_eq!(
-        reply.results.iter().filter(|h| h.id == id).count(),
+        reply.results.iter().filter(|h| h.hit.id == id).count(),
         1,
         "one row per id: {reply:?}"
     );
 
     // Typos still find it; another year does not.
     let typo = c.search("quartrely").await.unwrap();
-    assert!(typo.results.iter().any(|h| h.id == id), "{typo:?}");
+    assert!(typo.results.iter().any(|h| h.hit.id == id), "{typo:?}");
     let year = c.search("2025").await.unwrap();
-    assert!(year.results.iter().all(|h| h.id != id), "{year:?}");
+    assert!(year.results.iter().all(|h| h.hit.id != id), "{year:?}");
 
     // Renamed on A.
     fs::rename(
@@ -132,7 +134,7 @@ async fn files_are_found_from_every_node_and_follow_renames_and_deletes() {
     fs::remove_file(a.share.join("reports/Annual Summary.pdf")).unwrap();
     fs::remove_file(b.share.join("copy of the report.pdf")).unwrap();
     c.wait_search("report", "every copy to go", |r| {
-        r.results.iter().all(|h| h.id != id)
+        r.results.iter().all(|h| h.hit.id != id)
     })
     .await;
     for n in [a, b, c] {
@@ -370,7 +372,7 @@ async fn hostile_peers_cannot_touch_others_entries_and_are_cut_off() {
     node.write("secret plans.txt", b"plans");
     let plans = blake3::hash(b"plans");
     node.wait_search("secret plans", "the node's own file", |r| {
-        r.results.iter().any(|h| h.id == plans)
+        r.results.iter().any(|h| h.hit.id == plans)
     })
     .await;
 
@@ -409,7 +411,7 @@ async fn hostile_peers_cannot_touch_others_entries_and_are_cut_off() {
     assert!(reply
         .results
         .iter()
-        .any(|h| h.id == plans && h.holder_count == 1));
+        .any(|h| h.hit.id == plans && h.hit.holder_count == 1));
     let remove = index_sync::Request::Delta(Delta {
         base: 1,
         version: 2,
@@ -425,8 +427,11 @@ async fn hostile_peers_cannot_touch_others_entries_and_are_cut_off() {
         .await
         .unwrap();
     assert_eq!(reply.results.len(), 1, "{reply:?}");
-    assert_eq!(reply.results[0].id, plans);
-    assert_eq!(reply.results[0].holders, [node.node.peer_id().to_string()]);
+    assert_eq!(reply.results[0].hit.id, plans);
+    assert_eq!(
+        reply.results[0].hit.holders,
+        [node.node.peer_id().to_string()]
+    );
 
     // Bad searches are refused, not crashed on.
     let long = search::Request::Search(search::Query {
@@ -490,6 +495,6 @@ async fn hostile_peers_cannot_touch_others_entries_and_are_cut_off() {
 
     // The node is fine and its own file is still found.
     let reply = node.search("plans").await.unwrap();
-    assert_eq!(reply.results[0].id, plans);
+    assert_eq!(reply.results[0].hit.id, plans);
     node.node.stop().await;
 }

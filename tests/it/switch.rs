@@ -41,7 +41,9 @@ async fn search_paths(node: &Node, text: &str) -> Option<Vec<String>> {
         offset: 0,
     };
     match client.request(request).await.ok()? {
-        Response::SearchResults(reply) => Some(reply.results.into_iter().map(|r| r.path).collect()),
+        Response::SearchResults(reply) => {
+            Some(reply.results.into_iter().map(|r| r.hit.path).collect())
+        }
         _ => None,
     }
 }
