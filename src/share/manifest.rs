@@ -16,8 +16,6 @@
 
 use iwant_behaviours::id::Id;
 
-use crate::store::EntryRow;
-
 /// The first bytes of every manifest.
 pub const MAGIC: &[u8] = b"iwant/manifest/1\n";
 
@@ -177,23 +175,36 @@ pub fn check_relative_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// An index row as [`encode_below`] reads it (the node's store rows implement it; this file
+/// stays free of the store, so the fuzz crate compiles it on its own).
+pub trait IndexRow {
+    /// The path relative to the share, `/`-separated.
+    fn path(&self) -> &str;
+    /// Whether it is a directory.
+    fn is_dir(&self) -> bool;
+    /// A file's length.
+    fn size(&self) -> u64;
+    /// A file's id.
+    fn id(&self) -> Id;
+}
+
 /// The encoded manifest of directory `dir` ("" for the root), its total file bytes and file
 /// count, from entries of the share sorted by path that hold at least everything below `dir`.
-pub fn encode_below(entries: &[EntryRow], dir: &str) -> (Vec<u8>, u64, u64) {
+pub fn encode_below<R: IndexRow>(entries: &[R], dir: &str) -> (Vec<u8>, u64, u64) {
     let prefix = if dir.is_empty() {
         String::new()
     } else {
         format!("{dir}/")
     };
-    let start = entries.partition_point(|e| e.path.as_str() < prefix.as_str());
+    let start = entries.partition_point(|e| e.path() < prefix.as_str());
     let below = entries[start..]
         .iter()
-        .take_while(|e| e.path.starts_with(&prefix));
+        .take_while(|e| e.path().starts_with(&prefix));
     let mut manifest_entries = Vec::new();
     let (mut size, mut files) = (0, 0);
     for e in below {
-        let path = e.path[prefix.len()..].to_string();
-        if e.is_dir {
+        let path = e.path()[prefix.len()..].to_string();
+        if e.is_dir() {
             manifest_entries.push(Entry {
                 path,
                 kind: Kind::Dir,
@@ -201,13 +212,13 @@ pub fn encode_below(entries: &[EntryRow], dir: &str) -> (Vec<u8>, u64, u64) {
                 id: None,
             });
         } else {
-            size += e.size;
+            size += e.size();
             files += 1;
             manifest_entries.push(Entry {
                 path,
                 kind: Kind::File,
-                size: e.size,
-                id: Some(Id(e.id)),
+                size: e.size(),
+                id: Some(e.id()),
             });
         }
     }

@@ -129,6 +129,25 @@ pub struct IndexOptions {
     pub rescan_interval: Duration,
 }
 
+/// The store's rows, as a directory's manifest is built from them.
+impl manifest::IndexRow for crate::store::EntryRow {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn is_dir(&self) -> bool {
+        self.is_dir
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn id(&self) -> Id {
+        Id(self.id)
+    }
+}
+
 impl Default for IndexOptions {
     fn default() -> Self {
         Self {
