@@ -1,6 +1,6 @@
 //! iwant's libp2p behaviours and wire protocols.
 //!
-//! The main type is [`NodeBehaviour`]: the one [`NetworkBehaviour`](libp2p::swarm::NetworkBehaviour)
+//! The main type is [`NodeBehaviour`]: the one [`libp2p::swarm::NetworkBehaviour`]
 //! that an iwant node's `Swarm` drives. It composes the standard libp2p protocols
 //! (identify, ping, mDNS) with iwant's own:
 //!

@@ -24,7 +24,7 @@ pub type Stop<'a> = &'a (dyn Fn() -> bool + Sync);
 /// Hashes the first `len` bytes of the file at `path` (the length a walk just saw, which saves
 /// a `stat`) and returns the file's metadata as it was once read: the hash is the file's only
 /// if that metadata still shows `len` bytes and the walk's mtime.
-/// Gives up between two reads of at most [`READ_BUF`] bytes once `stop` says so.
+/// Gives up between two reads of at most `READ_BUF` (1 MiB) bytes once `stop` says so.
 pub fn hash_file_with_metadata(
     path: &Path,
     len: u64,

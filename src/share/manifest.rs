@@ -22,7 +22,7 @@ pub const MAGIC: &[u8] = b"iwant/manifest/1\n";
 /// The longest path a manifest may hold, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
 
-/// What a manifest entry is: the one [`Kind`](iwant_behaviours::wire::Kind) of iwant.
+/// What a manifest entry is: the one [`iwant_behaviours::wire::Kind`] of iwant.
 pub use iwant_behaviours::wire::Kind;
 
 /// One entry of a manifest.

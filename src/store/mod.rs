@@ -1,6 +1,6 @@
 //! The node's SQLite database: schema, migrations and every SQL query.
 //!
-//! Only this module runs SQL. The schema version is SQLite's `user_version`; [`MIGRATIONS`]
+//! Only this module runs SQL. The schema version is SQLite's `user_version`; `MIGRATIONS`
 //! lists the steps from an empty file to the current schema, applied in order at open.
 
 use std::{

@@ -230,7 +230,7 @@ impl Plan {
 }
 
 /// The local path of every network path of one manifest, mapped component by component by
-/// [`names::local_name`]; two entries of one folder that would land on one local name (the
+/// `names::local_name`; two entries of one folder that would land on one local name (the
 /// mapping, or case-blind platforms, make them equal) keep distinct names: the later one in
 /// manifest order gets ` (n)` before its extension. Deterministic in the manifest, so a resumed
 /// download maps every path the same way.
