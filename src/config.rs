@@ -138,7 +138,7 @@ impl Home {
     /// The default folders for a new config: inside the home when the home was chosen
     /// explicitly (so several nodes on one machine stay apart), else `~/iwant/shared` and
     /// `~/iwant/downloads`.
-    pub fn default_folders(&self) -> (PathBuf, PathBuf) {
+    pub fn default_folders(&self) -> Folders {
         let base = if self.explicit {
             self.root.clone()
         } else {
@@ -146,7 +146,10 @@ impl Home {
                 .map(|u| u.home_dir().join("iwant"))
                 .unwrap_or_else(|| self.root.clone())
         };
-        (base.join("shared"), base.join("downloads"))
+        Folders {
+            shared_dir: base.join("shared"),
+            download_dir: base.join("downloads"),
+        }
     }
 
     /// The network key file `config` names, resolved against the home.
@@ -172,7 +175,10 @@ impl Home {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.create()?;
-                let (shared_dir, download_dir) = self.default_folders();
+                let Folders {
+                    shared_dir,
+                    download_dir,
+                } = self.default_folders();
                 let config = Config {
                     shared_dir,
                     download_dir,
@@ -295,6 +301,20 @@ fn is_default_rescan(secs: &u64) -> bool {
 }
 
 impl Config {
+    /// The two folders.
+    pub fn folders(&self) -> Folders {
+        Folders {
+            shared_dir: self.shared_dir.clone(),
+            download_dir: self.download_dir.clone(),
+        }
+    }
+
+    /// Sets the two folders.
+    pub fn set_folders(&mut self, folders: &Folders) {
+        self.shared_dir = folders.shared_dir.clone();
+        self.download_dir = folders.download_dir.clone();
+    }
+
     /// The rescan interval, within its bounds.
     pub fn rescan_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.rescan_interval_secs.clamp(1, MAX_RESCAN_INTERVAL_SECS))

@@ -165,13 +165,10 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     let lock = lock_home(&home)?;
     let (mut config, first_run) = home.load_or_create_config()?;
     let places = Places::of(home.root());
-    let saved = Folders {
-        shared_dir: config.shared_dir.clone(),
-        download_dir: config.download_dir.clone(),
-    };
+    let saved = config.folders();
     // A missing default shared folder was never made (a new user); any other may be a disk
     // that is not mounted: it is not replaced by an empty folder.
-    let create_shared = first_run || saved.shared_dir == home.default_folders().0;
+    let create_shared = first_run || saved.shared_dir == home.default_folders().shared_dir;
     let start = folders_at_start(&saved, create_shared, &places).map_err(ConfigError::from)?;
     let folders = start.folders;
     if start.shared_missing {
@@ -187,9 +184,8 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         );
     }
     // Store what is now known to be valid, so the file shows absolute, canonical folders.
-    if folders.shared_dir != config.shared_dir || folders.download_dir != config.download_dir {
-        config.shared_dir = folders.shared_dir.clone();
-        config.download_dir = folders.download_dir.clone();
+    if folders != saved {
+        config.set_folders(&folders);
         home.save_config(&config)?;
     }
     let (keypair, _) = home.load_or_create_identity()?;

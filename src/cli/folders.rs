@@ -25,11 +25,7 @@ pub(super) async fn show(home: Home, json: bool) -> anyhow::Result<()> {
         Ok(other) => anyhow::bail!("the node answered a config request with {other:?}"),
         Err(ClientError::NotRunning { .. }) => {
             let (config, _) = home.load_or_create_config()?;
-            let folders = Folders {
-                shared_dir: config.shared_dir,
-                download_dir: config.download_dir,
-            };
-            (folders, false)
+            (config.folders(), false)
         }
         Err(e) => return Err(e.into()),
     };
@@ -65,23 +61,14 @@ pub(super) async fn set(
         Err(ClientError::NotRunning { .. }) => {
             // The rules first: a refused change must not even create the home.
             let current = if home.config_file().exists() {
-                let (config, _) = home.load_or_create_config()?;
-                Folders {
-                    shared_dir: config.shared_dir,
-                    download_dir: config.download_dir,
-                }
+                home.load_or_create_config()?.0.folders()
             } else {
-                let (shared_dir, download_dir) = home.default_folders();
-                Folders {
-                    shared_dir,
-                    download_dir,
-                }
+                home.default_folders()
             };
             let folders = change_folder(&current, role, &path, change, &Places::of(home.root()))?;
             home.create()?;
             let (mut config, _) = home.load_or_create_config()?;
-            config.shared_dir = folders.shared_dir.clone();
-            config.download_dir = folders.download_dir.clone();
+            config.set_folders(&folders);
             home.save_config(&config)?;
             output(&home, folders, false, json, Some(role))
         }

@@ -39,6 +39,14 @@ pub enum Role {
 }
 
 impl Role {
+    /// The other folder's role.
+    fn other(self) -> Role {
+        match self {
+            Role::Shared => Role::Download,
+            Role::Download => Role::Shared,
+        }
+    }
+
     /// What the user does with a folder of this role: "share", "download into".
     fn verb(self) -> &'static str {
         match self {
@@ -477,10 +485,7 @@ pub fn change_folder(
     }
     let mut given = current.clone();
     given.set(role, path.to_path_buf());
-    let other = match role {
-        Role::Shared => Role::Download,
-        Role::Download => Role::Shared,
-    };
+    let other = role.other();
     let mut folders = Folders {
         shared_dir: PathBuf::new(),
         download_dir: PathBuf::new(),
@@ -496,17 +501,22 @@ pub fn change_folder(
         });
     }
     if !resolved.exists {
-        fs::create_dir_all(&resolved.path).map_err(|e| FolderError::Unusable {
-            role,
-            path: path.to_path_buf(),
-            reason: format!("cannot create it: {e}"),
-        })?;
+        let created = create(role, path, &resolved.path)?;
+        // As it is now on disk: a link made meanwhile must not lead anywhere the rules refuse.
+        check_never(role, path, &created, places)?;
+        folders.set(role, created);
     }
-    // Created just now or there all along: resolve once more, as it is now on disk.
-    let now = resolve(role, path)?;
-    check_never(role, path, &now.path, places)?;
-    folders.set(role, now.path);
     Ok(folders)
+}
+
+/// Creates `resolved`, the folder `given` names, and resolves it again as it is on disk.
+fn create(role: Role, given: &Path, resolved: &Path) -> Result<PathBuf, FolderError> {
+    fs::create_dir_all(resolved).map_err(|e| FolderError::Unusable {
+        role,
+        path: given.to_path_buf(),
+        reason: format!("cannot create it: {e}"),
+    })?;
+    resolve(role, given).map(|r| r.path)
 }
 
 /// The folders a node starts with, and what it had to do about them.
@@ -537,22 +547,14 @@ pub fn folders_at_start(
         download_dir: download.path,
     };
     check_pair(&folders, saved)?;
-    let create = |role: Role, path: &Path| {
-        fs::create_dir_all(path).map_err(|e| FolderError::Unusable {
-            role,
-            path: saved.get(role).to_path_buf(),
-            reason: format!("cannot create it: {e}"),
-        })?;
-        resolve(role, saved.get(role)).map(|r| r.path)
-    };
     let mut shared_missing = !shared.exists;
     if shared_missing && create_shared {
-        folders.shared_dir = create(Role::Shared, &folders.shared_dir)?;
+        folders.shared_dir = create(Role::Shared, &saved.shared_dir, &folders.shared_dir)?;
         shared_missing = false;
     }
     let download_created = !download.exists;
     if download_created {
-        folders.download_dir = create(Role::Download, &folders.download_dir)?;
+        folders.download_dir = create(Role::Download, &saved.download_dir, &folders.download_dir)?;
     }
     Ok(StartFolders {
         folders,

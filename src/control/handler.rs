@@ -198,10 +198,7 @@ impl Handler {
         change: FolderChange,
     ) -> Result<Folders, ControlError> {
         let mut config = self.config.lock().await;
-        let current = Folders {
-            shared_dir: config.shared_dir.clone(),
-            download_dir: config.download_dir.clone(),
-        };
+        let current = config.folders();
         let places = self.places.clone();
         // The rules touch the file system (resolve, create): off the async threads.
         let folders = tokio::task::spawn_blocking(move || {
@@ -210,8 +207,7 @@ impl Handler {
         .await
         .map_err(internal)??;
         let mut next = config.clone();
-        next.shared_dir = folders.shared_dir.clone();
-        next.download_dir = folders.download_dir.clone();
+        next.set_folders(&folders);
         self.home.save_config(&next).map_err(internal)?;
         if role == Role::Shared {
             // Also when it is the same folder: a missing one may be back, an interrupted

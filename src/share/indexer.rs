@@ -956,9 +956,9 @@ fn outermost(mut paths: Vec<String>) -> Vec<String> {
     out
 }
 
-/// Every entry of the share at `key` (directories and files), sorted by path.
-/// Every entry of `key`. A directory whose id is not computed yet (the placeholder a scan
-/// commits before its files are all hashed) is left out: it has no id to show or send.
+/// Every entry of the share at `key` (directories and files), sorted by path. A directory
+/// whose id is not computed yet (the placeholder a scan commits before its files are all
+/// hashed) is left out: it has no id to show or send.
 fn all_entries(store: &Store, key: &str) -> Result<Vec<IndexEntry>, StoreError> {
     // The root is the only directory `entries` leaves out; it sorts first.
     let root = store

@@ -186,20 +186,17 @@ pub async fn run(ctx: Context, start: Start) {
             // before that re-checks the placed copy at the next start.
             let placed = path.clone();
             blocking(move || sync_tree(&plan, &placed)).await;
-            let key = id;
-            if let Err(Stop::Failed(e)) = ctx
-                .store(move |s| s.forget_download(&key, started_ms))
-                .await
+            if let Err(Stop::Failed(e)) =
+                ctx.store(move |s| s.forget_download(&id, started_ms)).await
             {
                 tracing::warn!(error = %e, "cannot forget a finished download");
             }
         }
         Err(Stop::Interrupted) if ctx.cancelled.is_cancelled() => {
-            let key = id;
             let part = ctx
                 .store(move |s| {
-                    let part = s.download(&key)?.map(|r| r.part);
-                    s.delete_download(&key)?;
+                    let part = s.download(&id)?.map(|r| r.part);
+                    s.delete_download(&id)?;
                     Ok(part)
                 })
                 .await;
@@ -485,23 +482,22 @@ async fn prepare(ctx: &Context, target: Target) -> Result<DownloadRow, Stop> {
 
 /// The size and the piece list or manifest from this node's own index, if it shares the id.
 async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
-    let (db, root, key, kind) = (
+    let (db, root, id, kind) = (
         ctx.index.db().clone(),
         ctx.index.root_key(),
         target.id,
         target.kind,
     );
-    let id = target.id;
     blocking(move || -> Option<(u64, Vec<u8>)> {
         let store = db.get().ok()?;
         match kind {
             Kind::File => {
-                let row = store.shared_file(&root, &key).ok()??;
+                let row = store.shared_file(&root, &id).ok()??;
                 Plan::file(id, row.stamp.size, &row.pieces).ok()?;
                 Some((row.stamp.size, row.pieces))
             }
             Kind::Dir => {
-                let path = store.shared_dir(&root, &key).ok()??;
+                let path = store.shared_dir(&root, &id).ok()??;
                 let entries = store.entries_below(&root, &path).ok()?;
                 let (encoded, size, _) = share::manifest::encode_below(&entries, &path);
                 Plan::dir(id, &encoded).ok()?;
@@ -837,7 +833,6 @@ async fn fetch_all(
     done: &[bool],
 ) -> Result<(), Stop> {
     let id = row.id;
-    let key = row.id;
     let config = scheduler::Config {
         max_window_units: fetch::MAX_IN_FLIGHT,
         ..Default::default()
@@ -923,7 +918,7 @@ async fn fetch_all(
                 if let Some(l) = lookup.take() {
                     l.abort();
                 }
-                save(ctx, key, &planner).await;
+                save(ctx, id, &planner).await;
                 return Err(Stop::Interrupted);
             }
             found = async { lookup.as_mut().expect("bug: guarded").await }, if lookup.is_some() => {
@@ -1014,7 +1009,7 @@ async fn fetch_all(
                     tracing::debug!(%peer, units = units.len(), "holder stalled; its pieces go to the others");
                 }
                 if dirty && now.duration_since(last_save) >= SAVE_EVERY {
-                    save(ctx, key, &planner).await;
+                    save(ctx, id, &planner).await;
                     dirty = false;
                     last_save = now;
                 }
@@ -1024,7 +1019,7 @@ async fn fetch_all(
     if let Some(l) = lookup.take() {
         l.abort();
     }
-    save(ctx, key, &planner).await;
+    save(ctx, id, &planner).await;
     files.close_all();
     ctx.update(|p| {
         p.bytes_fetched = fetched;

@@ -276,38 +276,25 @@ impl Transfers {
     /// The progress of the download whose id starts with `prefix` (running ones first).
     pub fn find(&self, prefix: &str) -> Option<Progress> {
         let prefix = parse_prefix(prefix).ok()?;
-        self.list().into_iter().find(|p| prefix.matches(&p.id))
+        self.with_slot(&prefix, false, |s| s.progress.borrow().clone())
     }
 
     /// The progress of the download whose id starts with `prefix` (running ones first), to
     /// follow as it changes.
     pub fn follow(&self, prefix: &str) -> Result<watch::Receiver<Progress>, GetError> {
         let prefix = parse_prefix(prefix)?;
-        let slots = self.inner.slots.lock().expect("bug: poisoned");
-        slots
-            .iter()
-            .filter(|(id, _)| prefix.matches(id))
-            .min_by_key(|(_, s)| (s.progress.borrow().state.is_final(), s.order))
-            .map(|(_, s)| s.progress.subscribe())
+        self.with_slot(&prefix, false, |s| s.progress.subscribe())
             .ok_or_else(|| GetError::NoDownload(prefix.to_string()))
     }
 
     /// Stops the running download whose id starts with `prefix` and removes its partial data.
     pub async fn cancel(&self, prefix: &str) -> Result<Progress, GetError> {
         let prefix = parse_prefix(prefix)?;
-        let (progress, cancel, flag) = {
-            let slots = self.inner.slots.lock().expect("bug: poisoned");
-            let slot = slots
-                .iter()
-                .find(|(id, s)| prefix.matches(id) && !s.progress.borrow().state.is_final())
-                .map(|(_, s)| s)
-                .ok_or_else(|| GetError::NoDownload(prefix.to_string()))?;
-            (
-                slot.progress.clone(),
-                slot.cancel.clone(),
-                slot.cancelled.clone(),
-            )
-        };
+        let (progress, cancel, flag) = self
+            .with_slot(&prefix, true, |s| {
+                (s.progress.clone(), s.cancel.clone(), s.cancelled.clone())
+            })
+            .ok_or_else(|| GetError::NoDownload(prefix.to_string()))?;
         flag.cancel();
         cancel.cancel();
         // The task removes its data and says so; wait for it a bounded time.
@@ -322,11 +309,25 @@ impl Transfers {
     }
 
     fn find_active(&self, prefix: &IdPrefix) -> Option<Progress> {
+        self.with_slot(prefix, true, |s| s.progress.borrow().clone())
+    }
+
+    /// What `f` makes of the download whose id starts with `prefix`: a running one first
+    /// (the oldest), else the one that ended first; with `running`, only running ones.
+    fn with_slot<T>(
+        &self,
+        prefix: &IdPrefix,
+        running: bool,
+        f: impl FnOnce(&Slot) -> T,
+    ) -> Option<T> {
         let slots = self.inner.slots.lock().expect("bug: poisoned");
-        slots.iter().find_map(|(id, s)| {
-            let p = s.progress.borrow();
-            (prefix.matches(id) && !p.state.is_final()).then(|| p.clone())
-        })
+        slots
+            .iter()
+            .filter(|(id, _)| prefix.matches(id))
+            .map(|(_, s)| (s.progress.borrow().state.is_final(), s))
+            .filter(|(ended, _)| !(running && *ended))
+            .min_by_key(|(ended, s)| (*ended, s.order))
+            .map(|(_, s)| f(s))
     }
 
     fn spawn(&self, start: download::Start) -> Progress {
