@@ -3,7 +3,10 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{stream::BoxStream, StreamExt};
-use tokio::{io::BufReader, sync::Semaphore};
+use tokio::{
+    io::BufReader,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
@@ -15,6 +18,10 @@ use super::{
 
 /// Most control connections served at once; more wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 16;
+
+/// Most [`Request::Follow`] streams served at once. A follow gives its connection slot back
+/// while it streams, so followed downloads never keep other commands out.
+pub const MAX_FOLLOWERS: usize = 64;
 
 /// How long a client may take to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +63,7 @@ where
     Fut: Future<Output = Answer> + Send,
 {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let followers = Arc::new(Semaphore::new(MAX_FOLLOWERS));
     let tasks = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -69,12 +77,15 @@ where
         match accepted {
             Ok((stream, same_user)) => {
                 let handler = handler.clone();
+                let slot = Slot {
+                    connection: permit,
+                    followers: followers.clone(),
+                };
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
-                    if let Err(e) = answer(stream, same_user, handler, stop).await {
+                    if let Err(e) = answer(stream, same_user, handler, slot, stop).await {
                         tracing::debug!(error = %e, "control connection failed");
                     }
-                    drop(permit);
                 });
             }
             Err(e) => {
@@ -87,10 +98,18 @@ where
     tasks.wait().await;
 }
 
+/// A connection's place among the [`MAX_CONNECTIONS`], and where a follow takes its place
+/// among the [`MAX_FOLLOWERS`] instead.
+struct Slot {
+    connection: OwnedSemaphorePermit,
+    followers: Arc<Semaphore>,
+}
+
 async fn answer<H, Fut>(
     stream: impl Conn,
     same_user: bool,
     handler: H,
+    slot: Slot,
     shutdown: CancellationToken,
 ) -> Result<(), FrameError>
 where
@@ -124,6 +143,15 @@ where
         Ok(Ok(Some(env))) => match handler(env.request).await {
             Answer::One(result) => result,
             Answer::Stream(mut replies) => {
+                let Ok(_follower) = slot.followers.clone().try_acquire_owned() else {
+                    let busy = ControlError::new(
+                        ErrorKind::BadRequest,
+                        format!("{MAX_FOLLOWERS} downloads are followed already; leave one, or watch them all with `iwant status`"),
+                    );
+                    return write_message(&mut stream, &Reply::new(Err(busy)), MAX_REPLY).await;
+                };
+                // A follow may last as long as its download: other commands get its place.
+                drop(slot.connection);
                 // Until the stream ends, the client is gone (the write fails) or the node stops.
                 loop {
                     let reply = tokio::select! {
@@ -139,4 +167,82 @@ where
         },
     };
     write_message(&mut stream, &Reply::new(result), MAX_REPLY).await
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::stream;
+
+    use super::*;
+    use crate::{
+        config::{Folders, Home},
+        control::{Client, ClientError},
+    };
+
+    /// A server whose follows never end and whose other requests answer at once.
+    async fn server(home: &Home) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = Arc::new(Listener::bind(&home.control_socket()).await.unwrap());
+        let shutdown = CancellationToken::new();
+        let handler = |request: Request| async move {
+            match request {
+                Request::Follow { .. } => Answer::Stream(stream::pending().boxed()),
+                _ => Answer::One(Ok(Response::Folders(Folders {
+                    shared_dir: "/s".into(),
+                    download_dir: "/d".into(),
+                }))),
+            }
+        };
+        let task = tokio::spawn(serve(listener, handler, shutdown.clone()));
+        (shutdown, task)
+    }
+
+    #[tokio::test]
+    async fn followed_downloads_never_keep_other_commands_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().to_path_buf())).unwrap();
+        let (shutdown, task) = server(&home).await;
+        let client = Client::new(home);
+        let mut follows = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 4 {
+            follows.push(client.follow("abcd").await.unwrap());
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(10), client.request(Request::Config))
+            .await
+            .expect("a command waits behind followed downloads");
+        assert!(matches!(answer, Ok(Response::Folders(_))), "{answer:?}");
+        shutdown.cancel();
+        drop(follows);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn follows_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().to_path_buf())).unwrap();
+        let (shutdown, task) = server(&home).await;
+        let client = Client::new(home);
+        let mut follows = Vec::new();
+        for _ in 0..MAX_FOLLOWERS {
+            follows.push(client.follow("abcd").await.unwrap());
+        }
+        // The follows are taken in turn: wait until the node holds them all.
+        let mut refused = None;
+        for _ in 0..200 {
+            let mut extra = client.follow("abcd").await.unwrap();
+            match tokio::time::timeout(Duration::from_millis(50), extra.next()).await {
+                Ok(Err(ClientError::Remote(e))) => {
+                    refused = Some(e);
+                    break;
+                }
+                Ok(other) => panic!("a follow beyond the bound: {other:?}"),
+                // Taken: the node was still accepting the others; drop it and ask again.
+                Err(_) => drop(extra),
+            }
+        }
+        let refused = refused.expect("a follow beyond the bound is refused");
+        assert!(refused.message.contains("followed already"), "{refused:?}");
+        shutdown.cancel();
+        drop(follows);
+        task.await.unwrap();
+    }
 }
