@@ -862,6 +862,10 @@ impl Indexer {
     fn publish(&mut self, delta: Delta, reset: bool) -> Result<(), StoreError> {
         if reset {
             let all = all_entries(&self.store, &self.key)?;
+            // The complete index goes out: snapshots show it from now on. (A subscriber takes
+            // a reset as its cue to read a snapshot at once; while `hidden` it would read
+            // nothing, and lose the new folder until the next reset.)
+            self.shared.hidden.store(false, Ordering::Release);
             self.send(true, all, Vec::new())
         } else {
             self.send(false, delta.upserted, delta.removed)
