@@ -2,9 +2,9 @@
 //!
 //! - [`Transfers`]: the daemon's downloads: start ([`Transfers::get`]), watch
 //!   ([`Transfers::list`]), cancel, and resume after a restart. Each download is one task
-//!   (`download.rs`) that finds the holders through the leader, fetches the piece list or
-//!   manifest, then pulls units from every holder at once through per-peer fetchers
-//!   (`fetch.rs`), steered by the [`scheduler`], and persists its progress in the store.
+//!   (`download/`, one file per phase) that finds the holders through the leader, fetches the
+//!   piece list or manifest, then pulls units from every holder at once through per-peer
+//!   fetchers, steered by the [`scheduler`], and persists its progress in the store.
 //! - [`units`]: what a download fetches (its `Plan` of units and their checks), built only
 //!   from data checked against the id.
 //! - [`scheduler`]: which unit goes to which peer (the `Planner`, a plain struct, no I/O).
@@ -12,7 +12,6 @@
 //! - `names.rs`: names and no-clobber placement in the download folder.
 
 mod download;
-mod fetch;
 mod names;
 pub mod scheduler;
 pub mod serve;
@@ -354,7 +353,10 @@ impl Transfers {
         }
         let ctx = download::Context {
             net: self.inner.net.clone(),
-            leader: self.inner.leader.clone(),
+            holders: Arc::new(download::LeaderHolders {
+                net: self.inner.net.clone(),
+                leader: self.inner.leader.clone(),
+            }),
             index: self.inner.index.clone(),
             progress,
             cancel,

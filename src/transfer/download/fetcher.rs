@@ -1,6 +1,8 @@
-//! One peer's share of a download: a `/iwant/chunk/1` stream on which units are requested
-//! back to back (pipelined, as many as the planner's window for the peer allows), every piece
-//! verified on arrival and written at its offset in its partial file off the async threads.
+//! The fetch phase's work on the network and the disk: one fetcher per holder, a
+//! `/iwant/chunk/1` stream on which units are requested back to back (pipelined, as many as the
+//! planner's window for the peer allows), every piece verified on arrival and written at its
+//! offset in its partial file off the async threads. [`run`] drives the phase's state machine
+//! ([`Fetch`]) with these.
 
 use std::{
     collections::HashMap,
@@ -10,15 +12,15 @@ use std::{
 };
 
 use futures::{AsyncReadExt, AsyncWriteExt};
-use iwant_behaviours::{
-    chunk::{self, Status},
-    wire::Id,
-};
+use iwant_behaviours::chunk::{self, Status};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::units::Plan;
-use crate::{fsio, net::NetworkClient};
+use super::{
+    fetch::{self, Fetch, FetchIo, Shape},
+    Context, Stop, Work,
+};
+use crate::{fsio, net::NetworkClient, transfer::units::Plan};
 
 /// Most units one peer may have requested and unanswered (the planner's window stays below).
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -28,25 +30,25 @@ const WRITES_AT_ONCE: usize = 4;
 
 /// What a fetcher reports to its download.
 #[derive(Debug)]
-pub enum Event {
+pub enum Event<P = PeerId> {
     /// Unit `unit` arrived from `peer`, verified, and is written.
     Done {
         /// The peer.
-        peer: PeerId,
+        peer: P,
         /// The unit.
         unit: usize,
     },
     /// The peer sent data that does not verify.
     Bad {
         /// The peer.
-        peer: PeerId,
+        peer: P,
         /// The unit.
         unit: usize,
     },
     /// The peer could not serve the unit.
     Refused {
         /// The peer.
-        peer: PeerId,
+        peer: P,
         /// The unit.
         unit: usize,
         /// What it said.
@@ -55,7 +57,7 @@ pub enum Event {
     /// Writing a verified unit failed (a full disk, a removed download folder).
     WriteFailed {
         /// The peer it came from.
-        peer: PeerId,
+        peer: P,
         /// The unit.
         unit: usize,
         /// Why.
@@ -64,7 +66,7 @@ pub enum Event {
     /// The stream to the peer failed or could not be opened; every unit it had is lost.
     Gone {
         /// The peer.
-        peer: PeerId,
+        peer: P,
         /// Why.
         error: String,
     },
@@ -162,7 +164,7 @@ async fn send_group<W: futures::AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let u = plan.unit(group[0].unit);
     let request = chunk::Request {
-        id: Id(*plan.files[u.file].id.as_bytes()),
+        id: plan.files[u.file].id,
         first: u.piece as u32,
         count: group.len() as u32,
     };
@@ -179,8 +181,74 @@ pub struct Job {
     pub unit: usize,
 }
 
+/// Runs the fetch phase of `work` until every unit is done (or the task is stopped).
+pub(super) async fn run(ctx: &Context, work: &Work) -> Result<(), Stop> {
+    let plan = Arc::new(work.plan.clone());
+    let io = Peers {
+        net: ctx.net.clone(),
+        files: Arc::new(Files::new(work.part.clone(), plan.clone())),
+        plan,
+        ctx,
+    };
+    let state = Fetch::new(
+        Shape::of(&work.plan),
+        &work.done,
+        &work.part,
+        std::time::Instant::now(),
+    );
+    let result = fetch::run(
+        state,
+        work.row.id,
+        &*ctx.holders,
+        &io,
+        &ctx.progress,
+        &ctx.cancel,
+    )
+    .await;
+    io.files.close_all();
+    result
+}
+
+/// The fetch phase's I/O in the node: fetchers on libp2p streams, files on disk, the bitfield
+/// in the store.
+struct Peers<'a> {
+    net: NetworkClient,
+    plan: Arc<Plan>,
+    files: Arc<Files>,
+    ctx: &'a Context,
+}
+
+impl FetchIo<PeerId> for Peers<'_> {
+    fn connect(&self, peer: PeerId, jobs: mpsc::Receiver<Job>, events: mpsc::Sender<Event>) {
+        tokio::spawn(fetch_from(
+            self.net.clone(),
+            peer,
+            self.plan.clone(),
+            self.files.clone(),
+            jobs,
+            events,
+        ));
+    }
+
+    fn close(&self, file: usize) {
+        self.files.close(file);
+    }
+
+    async fn save(&self, bits: Vec<u8>) {
+        let id = self.ctx.progress.borrow().id;
+        // Errors are logged: the next save, or a recheck at the next start, makes up for it.
+        if let Err(Stop::Failed(e)) = self
+            .ctx
+            .store(move |s| s.set_download_done(&id, &bits))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot save download progress");
+        }
+    }
+}
+
 /// Runs one peer's fetcher until its job queue closes or its stream fails. Reports on `events`.
-pub async fn run(
+async fn fetch_from(
     net: NetworkClient,
     peer: PeerId,
     plan: Arc<Plan>,

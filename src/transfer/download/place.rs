@@ -1,0 +1,70 @@
+//! Step 5, place: copies for identical contents, one rename into the download folder under a
+//! name that does not exist yet, and the sync that makes it safe for the store to forget the
+//! download.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use super::{blocking, Context, Placed, Stop, Work};
+use crate::{
+    share::{self, scan},
+    transfer::{names, units::Plan},
+};
+
+/// Moves the verified download into place and records where.
+pub(super) async fn run(ctx: &Context, work: Work) -> Result<Placed, Stop> {
+    let Work {
+        row, plan, part, ..
+    } = work;
+    let (p, dest, name) = (plan.clone(), PathBuf::from(&row.dest), row.name.clone());
+    let placed = blocking(move || -> std::io::Result<PathBuf> {
+        for f in &p.files {
+            let first = scan::native(&part, &f.paths[0]);
+            for other in &f.paths[1..] {
+                std::fs::copy(&first, scan::native(&part, other))?;
+            }
+        }
+        names::place(&part, &dest, &name, p.is_dir)
+    })
+    .await
+    .map_err(|e| Stop::Failed(format!("cannot move the download into place: {e}")))?;
+    let (id, at) = (row.id, placed.to_string_lossy().into_owned());
+    ctx.store(move |s| s.set_download_placed(&id, Some(&at)))
+        .await?;
+    Ok((placed, plan, row.started_ms))
+}
+
+/// Whether every file of a placed download (every copy of identical contents too) hashes to
+/// its id.
+pub(super) fn intact(plan: &Plan, placed: &Path) -> bool {
+    plan.files.iter().all(|f| {
+        let paths: Vec<PathBuf> = if plan.is_dir {
+            f.paths.iter().map(|p| scan::native(placed, p)).collect()
+        } else {
+            vec![placed.to_path_buf()]
+        };
+        paths
+            .iter()
+            .all(|p| share::hasher::hash_file(p).is_ok_and(|h| h.id == f.id))
+    })
+}
+
+/// Makes sure every finished file's data is on disk before the download counts as complete:
+/// one `syncfs` of the download folder's file system on Linux, a sync per file elsewhere.
+pub(super) fn sync_tree(plan: &Plan, part: &Path) {
+    #[cfg(target_os = "linux")]
+    if let Ok(f) = File::open(part) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+            return;
+        }
+    }
+    for i in 0..plan.files.len() {
+        if let Ok(f) = File::open(plan.data_path(part, i)) {
+            let _ = f.sync_all();
+        }
+    }
+}
