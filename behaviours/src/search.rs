@@ -133,25 +133,32 @@ pub fn behaviour() -> Behaviour {
     crate::wire::cbor_behaviour(PROTOCOL, MAX_REQUEST, MAX_RESPONSE, REQUEST_TIMEOUT)
 }
 
+impl Query {
+    /// Checks the query's bounds (the text's length, the page size); the error says which one
+    /// was broken. The leader checks every query it gets with this, and a node every query its
+    /// user asks, before it goes out.
+    pub fn check(&self) -> Result<(), String> {
+        if self.text.len() > MAX_QUERY {
+            return Err(format!(
+                "the search is {} bytes long; at most {MAX_QUERY} are allowed",
+                self.text.len()
+            ));
+        }
+        if self.limit > MAX_PAGE {
+            return Err(format!(
+                "a limit of {} results; at most {MAX_PAGE} are allowed",
+                self.limit
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Request {
     /// Checks every bound of the request; the error says which one was broken.
     pub fn check(&self) -> Result<(), String> {
         match self {
-            Request::Search(query) => {
-                if query.text.len() > MAX_QUERY {
-                    return Err(format!(
-                        "a query of {} bytes, more than {MAX_QUERY}",
-                        query.text.len()
-                    ));
-                }
-                if query.limit > MAX_PAGE {
-                    return Err(format!(
-                        "a page of {} results, more than {MAX_PAGE}",
-                        query.limit
-                    ));
-                }
-                Ok(())
-            }
+            Request::Search(query) => query.check(),
             Request::Locate { prefix, max } => {
                 if prefix.is_empty()
                     || prefix.len() > 64

@@ -1,5 +1,5 @@
 //! Hostile input for every decoder of network bytes in this crate, measured with a counting
-//! allocator.
+//! allocator (`allocation-counter`).
 //!
 //! The request-response protocols are driven through the very codec the network path runs
 //! (`libp2p::request_response::cbor::codec::Codec` with each protocol's size caps, read over a
@@ -11,12 +11,7 @@
 //! The allocator counts per thread, so the tests may run in parallel: only what the measured
 //! closure's own thread allocates is counted.
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
-    fmt::Debug,
-    io,
-};
+use std::{fmt::Debug, io};
 
 use futures::{executor::block_on, io::Cursor};
 use iwant_behaviours::{
@@ -33,73 +28,18 @@ use proptest::prelude::*;
 use serde::{de::DeserializeOwned, Serialize};
 
 // ---------------------------------------------------------------------------------------------
-// The counting allocator.
-
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn grew(n: usize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + n as isize;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-fn shrank(n: usize) {
-    let _ = LIVE.try_with(|live| live.set(live.get() - n as isize));
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; the counters are plain thread-locals
-// without destructors, so touching them never allocates or reenters the allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // Counted as "new block, then the old one freed": the worst case of a moving realloc.
-            grew(new_size);
-            shrank(layout.size());
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+// Allocations are counted by `allocation-counter` (its allocator becomes the global one of this
+// test binary), per thread.
 
 /// Runs `f` and returns its result with the most bytes it had allocated at once on this
 /// thread, beyond what was live before (including what it returns).
 fn measure<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let base = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(base));
-    let r = f();
-    let peak = PEAK.with(Cell::get);
-    (r, (peak - base).max(0) as usize)
+    let mut result = None;
+    let info = allocation_counter::measure(|| result = Some(f()));
+    (
+        result.expect("bug: measured code ran"),
+        info.bytes_max as usize,
+    )
 }
 
 #[test]

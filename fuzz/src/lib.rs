@@ -1,13 +1,8 @@
-//! Shared parts of the fuzz targets: a counting allocator that every target runs under, so
-//! each can assert that a decoder stays within its allocation bound, and the codec driver
+//! Shared parts of the fuzz targets: allocation counting (`allocation-counter`'s allocator),
+//! so each can assert that a decoder stays within its allocation bound, and the codec driver
 //! for the request-response message types.
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    fmt::Debug,
-    io,
-    sync::atomic::{AtomicIsize, Ordering::Relaxed},
-};
+use std::{fmt::Debug, io};
 
 use futures::{executor::block_on, io::Cursor};
 use libp2p::{
@@ -23,66 +18,17 @@ use serde::{de::DeserializeOwned, Serialize};
 pub mod manifest;
 
 // ---------------------------------------------------------------------------------------------
-// The counting allocator. libFuzzer runs the target on one thread, so globals will do.
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-fn grew(n: usize) {
-    let now = LIVE.fetch_add(n as isize, Relaxed) + n as isize;
-    PEAK.fetch_max(now, Relaxed);
-}
-
-fn shrank(n: usize) {
-    LIVE.fetch_sub(n as isize, Relaxed);
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; the counters are atomics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // Counted as a new block, then the old one freed: a moving realloc's worst case.
-            grew(new_size);
-            shrank(layout.size());
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+// Allocations are counted by `allocation-counter`, whose allocator every target runs under.
 
 /// Runs `f`; returns its result and the most bytes it had allocated at once beyond what was
 /// live before.
 pub fn measure<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let base = LIVE.load(Relaxed);
-    PEAK.store(base, Relaxed);
-    let r = f();
-    (r, (PEAK.load(Relaxed) - base).max(0) as usize)
+    let mut result = None;
+    let info = allocation_counter::measure(|| result = Some(f()));
+    (
+        result.expect("bug: measured code ran"),
+        info.bytes_max as usize,
+    )
 }
 
 /// Asserts that `f` allocates at most `bound` bytes at once.

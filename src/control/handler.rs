@@ -149,25 +149,17 @@ impl Handler {
         if text.trim().is_empty() {
             return Err(bad("nothing to search for: give one or more words".into()));
         }
-        if text.len() > search::MAX_QUERY {
-            return Err(bad(format!(
-                "the search is {} bytes long; at most {} are allowed",
-                text.len(),
-                search::MAX_QUERY
-            )));
+        if limit == 0 {
+            return Err(bad("a limit of 0 results; give at least 1".into()));
         }
-        if !(1..=search::MAX_PAGE).contains(&limit) {
-            return Err(bad(format!(
-                "--limit must be between 1 and {}",
-                search::MAX_PAGE
-            )));
-        }
-        let request = search::Request::Search(search::Query {
+        let query = search::Query {
             text: text.clone(),
             kind,
             offset,
             limit,
-        });
+        };
+        query.check().map_err(bad)?;
+        let request = search::Request::Search(query);
         let answer =
             leader::ask::ask(&self.net, &self.leader, request, leader::ask::ASK_DEADLINE).await?;
         let local = self.net.local_peer_id().to_string();

@@ -204,8 +204,8 @@ async fn bad_searches_get_clear_errors() {
     for (text, limit, expected) in [
         ("   ", 10, "nothing to search for"),
         (&*"x".repeat(search::MAX_QUERY + 1), 10, "at most 256"),
-        ("ok", 0, "--limit"),
-        ("ok", 1000, "--limit"),
+        ("ok", 0, "limit of 0"),
+        ("ok", 1000, "at most 200"),
     ] {
         let request = Request::Search {
             text: text.into(),
