@@ -11,9 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::term::{human_bytes, safe, Safe};
 use crate::{
     config::Home,
-    control::{Client, Request, Response},
+    control::{Client, Download as Progress, DownloadState, Request, Response},
     share::Kind,
-    transfer::{DownloadState, Progress},
 };
 
 /// Exit code when the user leaves a download's progress with Ctrl-C (it goes on).

@@ -2,9 +2,8 @@
 
 use crate::{
     config::Home,
-    control::{Client, Request, Response},
+    control::{Client, LeftOut, Request, Response},
     share::{IndexEntry, Kind},
-    store::ScanError,
 };
 
 pub(super) async fn run(home: Home, errors: bool, skipped: bool, json: bool) -> anyhow::Result<()> {
@@ -59,7 +58,7 @@ fn render_entries(entries: &[IndexEntry]) -> String {
     out
 }
 
-fn render_skipped(skipped: &[ScanError], total: u64) -> String {
+fn render_skipped(skipped: &[LeftOut], total: u64) -> String {
     use std::fmt::Write;
     if skipped.is_empty() {
         return "Nothing was left out.\n".into();
@@ -80,7 +79,7 @@ fn render_skipped(skipped: &[ScanError], total: u64) -> String {
     out
 }
 
-fn render_errors(errors: &[ScanError]) -> String {
+fn render_errors(errors: &[LeftOut]) -> String {
     if errors.is_empty() {
         return "Every entry of the shared folder is indexed.\n".into();
     }
@@ -102,7 +101,7 @@ mod tests {
 
     #[test]
     fn skipped_and_error_paths_are_escaped() {
-        let entry = ScanError {
+        let entry = LeftOut {
             path: "a\u{1b}[31m.txt".into(),
             reason: "hidden".into(),
         };

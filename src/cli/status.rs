@@ -3,8 +3,7 @@
 use super::term::{safe, Safe};
 use crate::{
     config::Home,
-    control::{Client, Request, Response, StatusReply},
-    share::WatchState,
+    control::{Client, DownloadState, Request, Response, StatusReply, Watch as WatchState},
 };
 
 pub(super) async fn run(home: Home, json: bool) -> anyhow::Result<()> {
@@ -144,17 +143,17 @@ fn render(s: &StatusReply) -> String {
             d.bytes_done as f64 * 100.0 / d.bytes_total as f64
         };
         let state = match d.state {
-            crate::transfer::DownloadState::Done => format!(
+            DownloadState::Done => format!(
                 "done: {}",
                 d.path
                     .as_deref()
                     .map(|p| safe(&p.to_string_lossy()))
                     .unwrap_or_default()
             ),
-            crate::transfer::DownloadState::Failed => {
+            DownloadState::Failed => {
                 format!("failed: {}", Safe(d.message.as_deref().unwrap_or_default()))
             }
-            crate::transfer::DownloadState::Cancelled => "cancelled".into(),
+            DownloadState::Cancelled => "cancelled".into(),
             _ => format!(
                 "{pct:.0}% of {}, {}/s, {}",
                 super::term::human_bytes(d.bytes_total),
@@ -175,7 +174,7 @@ fn render(s: &StatusReply) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::PeerStatus;
+    use crate::control::{IndexInfo, PeerInfo};
 
     #[test]
     fn renders_peers_and_addresses() {
@@ -186,7 +185,7 @@ mod tests {
                 "/ip4/10.0.0.1/tcp/4747".into(),
                 "/ip4/127.0.0.1/tcp/4747".into(),
             ],
-            peers: vec![PeerStatus {
+            peers: vec![PeerInfo {
                 peer_id: "12D3Other".into(),
                 addrs: vec!["/ip4/10.0.0.2/tcp/4747".into()],
                 connections: 1,
@@ -196,7 +195,7 @@ mod tests {
             shared_dir: "/s".into(),
             download_dir: "/d".into(),
             home: "/h".into(),
-            index: crate::share::IndexStatus {
+            index: IndexInfo {
                 ready: true,
                 files: 3,
                 dirs: 2,
@@ -208,7 +207,7 @@ mod tests {
                 hashed_files: 0,
                 hashed_bytes: 0,
                 root_missing: false,
-                watch: crate::share::WatchState::Full,
+                watch: WatchState::Full,
             },
             leader: Some("12D3Self".into()),
             term: 4,
@@ -224,7 +223,7 @@ mod tests {
         );
         let mut missing = s.clone();
         missing.index.root_missing = true;
-        missing.index.watch = crate::share::WatchState::Partial { unwatched: 2 };
+        missing.index.watch = WatchState::Partial { unwatched: 2 };
         let other = render(&missing);
         assert!(
             other.contains("Shared folder:    /s (does not exist: an unmounted disk?"),

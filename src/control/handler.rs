@@ -13,16 +13,17 @@ use iwant_behaviours::search;
 use tokio::sync::{watch, Mutex};
 
 use super::{
+    views::{Download, DownloadState, Hashing, IndexInfo, LeftOut, PeerInfo, Served, Watch},
     Answer, ControlError, ErrorKind, Request, Response, SearchReply, SearchResult, StatusReply,
     FOLLOW_EVERY,
 };
 use crate::{
     config::{change_folder, Config, FolderChange, FolderError, Folders, Home, Places, Role},
     leader::{self, ask::AskError, LeaderHandle},
-    net::NetworkClient,
+    net::{NetworkClient, PeerStatus},
     share::{self, IndexHandle},
-    store::StoreError,
-    transfer::{self, GetError, Progress, Transfers},
+    store::{ScanError, StoreError},
+    transfer::{self, serve::ServedCounts, GetError, Progress, Transfers},
 };
 
 /// What the handler answers from: a handle to every room.
@@ -66,13 +67,16 @@ impl Handler {
             Request::List { skipped: true, .. } => {
                 let skipped = self.index.skipped(super::MAX_SKIPPED_LISTED).await?;
                 let total = self.index.status().skipped;
-                Response::Skipped { skipped, total }
+                Response::Skipped {
+                    skipped: all(skipped),
+                    total,
+                }
             }
             Request::List { errors: false, .. } => Response::Entries {
                 entries: self.index.entries().await?,
             },
             Request::List { errors: true, .. } => Response::ScanErrors {
-                errors: self.index.errors().await?,
+                errors: all(self.index.errors().await?),
             },
             Request::Search {
                 text,
@@ -97,14 +101,15 @@ impl Handler {
                 self.set_folder(Role::Download, path, FolderChange { force, create })
                     .await?,
             ),
-            Request::Get { id } => Response::Download(self.transfers.get(&id).await?),
+            Request::Get { id } => Response::Download(self.transfers.get(&id).await?.into()),
             Request::Downloads { id: None } => Response::Downloads {
-                downloads: self.transfers.list(),
+                downloads: all(self.transfers.list()),
             },
             Request::Downloads { id: Some(id) } => {
-                Response::Download(self.transfers.find(&id).ok_or(GetError::NoDownload(id))?)
+                let found = self.transfers.find(&id).ok_or(GetError::NoDownload(id))?;
+                Response::Download(found.into())
             }
-            Request::Cancel { id } => Response::Download(self.transfers.cancel(&id).await?),
+            Request::Cancel { id } => Response::Download(self.transfers.cancel(&id).await?.into()),
             Request::Follow { .. } => {
                 return Err(ControlError::new(
                     ErrorKind::BadRequest,
@@ -125,16 +130,16 @@ impl Handler {
             version: env!("CARGO_PKG_VERSION").to_string(),
             peer_id: net.peer_id,
             listen_addrs: net.listen_addrs,
-            peers: net.peers,
+            peers: all(net.peers),
             shared_dir: folders.shared_dir,
             download_dir: folders.download_dir,
             home: self.home.root().to_path_buf(),
-            index: self.index.status(),
+            index: self.index.status().into(),
             leader: net.leader,
             term: net.term,
             network_key: net.network_key,
-            downloads: self.transfers.list(),
-            served: self.served.counts(),
+            downloads: all(self.transfers.list()),
+            served: self.served.counts().into(),
         })
     }
 
@@ -226,7 +231,7 @@ fn follow(progress: watch::Receiver<Progress>) -> BoxStream<'static, Response> {
             // A closed channel (the task is gone) ends the stream after one more reply.
             rx.changed().await.ok().map(|_| rx)
         };
-        Some((Response::Download(now), next))
+        Some((Response::Download(now.into()), next))
     })
     .boxed()
 }
@@ -275,12 +280,117 @@ impl From<StoreError> for ControlError {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The rooms' values as the control channel shows them (`views.rs`).
+
+fn all<T: Into<U>, U>(values: Vec<T>) -> Vec<U> {
+    values.into_iter().map(Into::into).collect()
+}
+
+impl From<Progress> for Download {
+    fn from(p: Progress) -> Self {
+        Self {
+            id: p.id,
+            name: p.name,
+            kind: p.kind,
+            state: p.state.into(),
+            message: p.message,
+            bytes_total: p.bytes_total,
+            bytes_done: p.bytes_done,
+            files_total: p.files_total,
+            files_done: p.files_done,
+            peers: p.peers,
+            rate: p.rate,
+            path: p.path,
+            bytes_fetched: p.bytes_fetched,
+            bytes_local: p.bytes_local,
+            bytes_resumed: p.bytes_resumed,
+            elapsed_ms: p.elapsed_ms,
+            write_error: p.write_error,
+        }
+    }
+}
+
+impl From<transfer::DownloadState> for DownloadState {
+    fn from(s: transfer::DownloadState) -> Self {
+        use transfer::DownloadState as S;
+        match s {
+            S::Starting => Self::Starting,
+            S::Fetching => Self::Fetching,
+            S::Waiting => Self::Waiting,
+            S::Verifying => Self::Verifying,
+            S::Done => Self::Done,
+            S::Failed => Self::Failed,
+            S::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl From<share::IndexStatus> for IndexInfo {
+    fn from(s: share::IndexStatus) -> Self {
+        Self {
+            ready: s.ready,
+            files: s.files,
+            dirs: s.dirs,
+            bytes: s.bytes,
+            errors: s.errors,
+            skipped: s.skipped,
+            version: s.version,
+            hashing: s.hashing.map(|h| Hashing {
+                files_done: h.files_done,
+                files_total: h.files_total,
+                bytes_done: h.bytes_done,
+                bytes_total: h.bytes_total,
+            }),
+            hashed_files: s.hashed_files,
+            hashed_bytes: s.hashed_bytes,
+            root_missing: s.root_missing,
+            watch: match s.watch {
+                share::WatchState::Off => Watch::Off,
+                share::WatchState::Full => Watch::Full,
+                share::WatchState::Partial { unwatched } => Watch::Partial { unwatched },
+                share::WatchState::Unavailable { reason } => Watch::Unavailable { reason },
+            },
+        }
+    }
+}
+
+impl From<ScanError> for LeftOut {
+    fn from(e: ScanError) -> Self {
+        Self {
+            path: e.path,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<PeerStatus> for PeerInfo {
+    fn from(p: PeerStatus) -> Self {
+        Self {
+            peer_id: p.peer_id,
+            addrs: p.addrs,
+            connections: p.connections,
+            agent: p.agent,
+            rtt_us: p.rtt_us,
+        }
+    }
+}
+
+impl From<ServedCounts> for Served {
+    fn from(c: ServedCounts) -> Self {
+        Self {
+            bytes: c.bytes,
+            pieces: c.pieces,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transfer::DownloadState;
+    use crate::transfer::DownloadState as Task;
 
-    fn progress(state: DownloadState, bytes_done: u64) -> Progress {
+    fn progress(state: Task, bytes_done: u64) -> Progress {
         Progress {
             id: crate::share::Id::of(b"x"),
             name: "x".into(),
@@ -311,7 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_follow_sends_now_then_each_change_and_ends_at_the_final_state() {
-        let (tx, rx) = watch::channel(progress(DownloadState::Fetching, 0));
+        let (tx, rx) = watch::channel(progress(Task::Fetching, 0));
         let replies = tokio::spawn(follow(rx).collect::<Vec<_>>());
         for n in 1..=3 {
             tokio::time::sleep(FOLLOW_EVERY * 2).await;
@@ -319,7 +429,7 @@ mod tests {
         }
         tokio::time::sleep(FOLLOW_EVERY * 2).await;
         tx.send_modify(|p| {
-            p.state = DownloadState::Done;
+            p.state = Task::Done;
             p.bytes_done = 10;
         });
         let got: Vec<_> = replies.await.unwrap().iter().map(done_bytes).collect();
@@ -333,7 +443,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_follow_ends_when_the_download_task_is_gone() {
-        let (tx, rx) = watch::channel(progress(DownloadState::Fetching, 5));
+        let (tx, rx) = watch::channel(progress(Task::Fetching, 5));
         let replies = tokio::spawn(follow(rx).collect::<Vec<_>>());
         tokio::time::sleep(FOLLOW_EVERY * 2).await;
         drop(tx);

@@ -14,13 +14,14 @@ mod handler;
 mod proto;
 pub mod server;
 mod transport;
+mod views;
 
 pub use client::{Client, ClientError};
 pub use handler::Handler;
 pub use proto::{
-    ControlError, Envelope, ErrorKind, PeerInfo, Reply, Request, Response, SearchReply,
-    SearchResult, StatusReply, FOLLOW_EVERY, MAX_MESSAGE, MAX_REPLY, MAX_SKIPPED_LISTED,
-    PROTOCOL_VERSION,
+    ControlError, Envelope, ErrorKind, Reply, Request, Response, SearchReply, SearchResult,
+    StatusReply, FOLLOW_EVERY, MAX_MESSAGE, MAX_REPLY, MAX_SKIPPED_LISTED, PROTOCOL_VERSION,
 };
 pub use server::{serve, Answer, ServerError};
 pub use transport::Listener;
+pub use views::{Download, DownloadState, Hashing, IndexInfo, LeftOut, PeerInfo, Served, Watch};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::views::{Download, IndexInfo, LeftOut, PeerInfo, Served};
 use crate::config::Folders;
 
 /// The version of the control protocol. A server answers a request of another version with
@@ -156,24 +157,24 @@ pub enum Response {
     /// Answer to [`Request::List`] with `errors`: what could not be indexed, and why.
     ScanErrors {
         /// The entries.
-        errors: Vec<crate::store::ScanError>,
+        errors: Vec<LeftOut>,
     },
     /// Answer to [`Request::List`] with `skipped`: what was left out on purpose, and by which
     /// rule, at most [`MAX_SKIPPED_LISTED`] of `total`.
     Skipped {
         /// The entries, sorted by path.
-        skipped: Vec<crate::store::ScanError>,
+        skipped: Vec<LeftOut>,
         /// How many are stored in all.
         total: u64,
     },
     /// Answer to [`Request::Search`].
     SearchResults(SearchReply),
     /// Answer to [`Request::Get`] and [`Request::Cancel`]: that download's progress.
-    Download(crate::transfer::Progress),
+    Download(Download),
     /// Answer to [`Request::Downloads`].
     Downloads {
         /// Running downloads first, then those that ended.
-        downloads: Vec<crate::transfer::Progress>,
+        downloads: Vec<Download>,
     },
 }
 
@@ -226,7 +227,7 @@ pub struct StatusReply {
     /// The node's home directory.
     pub home: PathBuf,
     /// The index of the shared folder.
-    pub index: crate::share::IndexStatus,
+    pub index: IndexInfo,
     /// The elected leader's peer id (this node's own when it leads); `None` while there is
     /// none.
     pub leader: Option<String>,
@@ -238,14 +239,11 @@ pub struct StatusReply {
     pub network_key: Option<String>,
     /// Downloads of this run: running ones first, then those that ended.
     #[serde(default)]
-    pub downloads: Vec<crate::transfer::Progress>,
+    pub downloads: Vec<Download>,
     /// What this node has served to peers since it started.
     #[serde(default)]
-    pub served: crate::transfer::serve::ServedCounts,
+    pub served: Served,
 }
-
-/// A connected peer, as listed by `iwant status`.
-pub type PeerInfo = crate::net::PeerStatus;
 
 /// A typed error: a stable `kind` for programs, a `message` for people.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use iwant_behaviours::{chunk, content, index_sync, libp2p_stream, search};
 use libp2p::{request_response::ResponseChannel, Multiaddr, PeerId};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use event_loop::{spawn, EventLoop, NetConfig, NetError, Spawned};
@@ -191,7 +190,7 @@ pub enum Command {
 }
 
 /// A snapshot of the node's network state.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetStatus {
     /// This node's peer id.
     pub peer_id: String,
@@ -208,7 +207,7 @@ pub struct NetStatus {
 }
 
 /// One connected peer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStatus {
     /// The peer's id.
     pub peer_id: String,

@@ -66,7 +66,7 @@ pub struct IndexDelta {
 }
 
 /// The indexer's state, for `iwant status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IndexStatus {
     /// Whether the first scan of the shared folder has finished.
     pub ready: bool,
@@ -79,7 +79,6 @@ pub struct IndexStatus {
     /// Entries that could not be indexed (`iwant ls --errors`).
     pub errors: u64,
     /// Entries left out on purpose (`iwant ls --skipped`), counted up to `MAX_SKIPPED_STORED`.
-    #[serde(default)]
     pub skipped: u64,
     /// The index version (see [`IndexDelta::version`]).
     pub version: u64,
@@ -91,16 +90,13 @@ pub struct IndexStatus {
     pub hashed_bytes: u64,
     /// The shared folder does not exist (an unmounted disk, a folder moved away): nothing is
     /// shared until it appears again.
-    #[serde(default)]
     pub root_missing: bool,
     /// Whether changes are seen as they happen.
-    #[serde(default)]
     pub watch: WatchState,
 }
 
 /// Whether the filesystem watcher sees the shared folder's changes as they happen.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum WatchState {
     /// Not watching (yet): the first scan runs, or there is no shared folder.
     #[default]
@@ -158,7 +154,7 @@ impl Default for IndexOptions {
 }
 
 /// How far a scan's hashing has got.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HashingProgress {
     /// Files hashed so far in this scan.
     pub files_done: u64,

@@ -72,7 +72,7 @@ pub struct EntryRow {
 }
 
 /// An entry that could not be indexed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanError {
     /// Path relative to the share root (lossy if the name is not UTF-8).
     pub path: String,

@@ -28,7 +28,6 @@ use iwant_behaviours::{
     id::{Id, IdPrefix},
     search,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -44,8 +43,7 @@ use crate::{
 pub const KEEP_FINISHED: usize = 32;
 
 /// Where a download is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DownloadState {
     /// Finding holders, fetching the piece list or manifest.
     Starting,
@@ -74,7 +72,7 @@ impl DownloadState {
 }
 
 /// A download's progress, as `iwant get` and `iwant status` show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
     /// The content id (64 hex digits).
     pub id: Id,
@@ -110,7 +108,6 @@ pub struct Progress {
     pub elapsed_ms: u64,
     /// Set while the download cannot write its data (a full disk, a read-only or removed
     /// download folder): what failed. It keeps what it has and retries every few seconds.
-    #[serde(default)]
     pub write_error: Option<String>,
 }
 

@@ -81,7 +81,7 @@ pub struct Served {
 }
 
 /// [`Served`] as `iwant status --json` shows it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServedCounts {
     /// Piece bytes sent to peers.
     pub bytes: u64,

@@ -15,9 +15,10 @@ use std::{
 use futures::{AsyncWriteExt, StreamExt};
 use iwant::{
     config::Home,
-    control::{Client, ClientError, ErrorKind, Request, Response},
+    control::{
+        Client, ClientError, Download as Progress, DownloadState, ErrorKind, Request, Response,
+    },
     share::{manifest, pieces::FileHash, pieces::Layout},
-    transfer::{DownloadState, Progress},
 };
 use iwant_behaviours::{
     chunk, content,

@@ -349,14 +349,25 @@ fn saves_come_at_most_once_a_second_and_only_after_a_change() {
     let mut f = connected(&[&[PIECE; 4]], &[1]);
     let units = give(&mut f, 1, t(0));
     f.on_tick(t(900));
-    assert_eq!(saves(&drain(&mut f)), Vec::<Vec<u8>>::new(), "nothing changed");
+    assert_eq!(
+        saves(&drain(&mut f)),
+        Vec::<Vec<u8>>::new(),
+        "nothing changed"
+    );
     done(&mut f, 1, units[0], t(1_000));
     f.on_tick(t(1_100));
     let first = saves(&drain(&mut f));
-    assert_eq!(first, [units::bitfield([true, false, false, false].into_iter())]);
+    assert_eq!(
+        first,
+        [units::bitfield([true, false, false, false].into_iter())]
+    );
     done(&mut f, 1, units[1], t(1_200));
     f.on_tick(t(1_400));
-    assert_eq!(saves(&drain(&mut f)).len(), 0, "less than a second since the last save");
+    assert_eq!(
+        saves(&drain(&mut f)).len(),
+        0,
+        "less than a second since the last save"
+    );
     f.on_tick(t(2_100));
     assert_eq!(
         saves(&drain(&mut f)),
