@@ -4,7 +4,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{stream::BoxStream, StreamExt};
 use tokio::{
-    io::BufReader,
+    io::{AsyncReadExt, BufReader},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -152,10 +152,14 @@ where
                 };
                 // A follow may last as long as its download: other commands get its place.
                 drop(slot.connection);
-                // Until the stream ends, the client is gone (the write fails) or the node stops.
+                // Until the stream ends, the client goes away or the node stops. The client sends
+                // nothing more, so a read returns only when it closes (or breaks the protocol):
+                // a client that left is noticed at once, not at the next reply.
+                let mut probe = [0u8; 1];
                 loop {
                     let reply = tokio::select! {
                         reply = replies.next() => reply,
+                        _ = stream.read(&mut probe) => None,
                         _ = shutdown.cancelled() => None,
                     };
                     let Some(reply) = reply else {
@@ -212,6 +216,38 @@ mod tests {
         assert!(matches!(answer, Ok(Response::Folders(_))), "{answer:?}");
         shutdown.cancel();
         drop(follows);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_follow_whose_client_left_gives_its_place_back_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().to_path_buf())).unwrap();
+        let (shutdown, task) = server(&home).await;
+        let client = Client::new(home);
+        // The followed downloads never change: only the client's leaving can end a follow.
+        // Three rounds of all the follows the node allows, each dropped before the next:
+        // every follow of a round must be taken (not refused) within the deadline.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for round in 0..3 {
+            let mut follows = Vec::new();
+            while follows.len() < MAX_FOLLOWERS {
+                let mut follow = client.follow("abcd").await.unwrap();
+                match tokio::time::timeout(Duration::from_millis(20), follow.next()).await {
+                    // Taken: a never-changing follow sends nothing.
+                    Err(_) => follows.push(follow),
+                    Ok(Err(ClientError::Remote(e))) if e.message.contains("followed already") => {
+                        assert!(
+                            tokio::time::Instant::now() < deadline,
+                            "round {round}: the places of the clients that left are still held"
+                        );
+                    }
+                    Ok(other) => panic!("round {round}: {other:?}"),
+                }
+            }
+            drop(follows);
+        }
+        shutdown.cancel();
         task.await.unwrap();
     }
 
