@@ -38,6 +38,7 @@ mod download;
 mod election;
 mod private;
 mod safety;
+mod scale;
 mod search;
 mod soak;
 
@@ -141,6 +142,8 @@ pub struct Lab {
     dir: Option<tempfile::TempDir>,
     bridge_created: bool,
     nodes: Vec<Node>,
+    /// The nodes' log filter, when the test sets one ([`Lab::set_log`]).
+    log: Option<String>,
 }
 
 /// One node's place in the lab, and its process when running.
@@ -236,6 +239,7 @@ impl Lab {
             dir: Some(dir),
             bridge_created: false,
             nodes,
+            log: None,
         };
         // On any error below, dropping `lab` removes what was created so far.
         let _guard = NETWORK_SETUP.lock().unwrap_or_else(PoisonError::into_inner);
@@ -250,6 +254,7 @@ impl Lab {
         lab.bridge_created = true;
 
         // From here on a failure is a bug, not a missing capability.
+        make_room_for_neighbours(n);
         disable_ipv6(&bridge);
         ip_or_panic(&format!("link set {bridge} up"));
         for node in &mut lab.nodes {
@@ -318,6 +323,10 @@ impl Lab {
             !self.is_running(i),
             "bug in the test: node {i} is already running"
         );
+        let filter = std::env::var("IWANT_LAB_LOG")
+            .ok()
+            .or_else(|| self.log.clone())
+            .unwrap_or_else(|| NODE_LOG.to_owned());
         let node = &mut self.nodes[i];
         node.starts += 1;
         let header = format!(
@@ -337,7 +346,6 @@ impl Lab {
             file
         };
         let (stdout, stderr) = (log(&node.stdout), log(&node.stderr));
-        let filter = std::env::var("IWANT_LAB_LOG").unwrap_or_else(|_| NODE_LOG.to_owned());
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &node.netns])
             .arg(bin())
@@ -466,6 +474,23 @@ impl Lab {
             .expect("bug: a paused node has a process");
         signal(child, libc::SIGCONT);
         self.nodes[i].paused = false;
+    }
+
+    /// The log filter of the nodes started from now on (instead of [`NODE_LOG`]; `IWANT_LAB_LOG`
+    /// still wins). Large labs log less, so that logging does not load the machine.
+    pub fn set_log(&mut self, filter: &str) {
+        self.log = Some(filter.to_owned());
+    }
+
+    /// Node `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
+    /// The host side of node `i`'s veth pair (in the root namespace): its counters are the
+    /// node's traffic.
+    pub fn host_veth(&self, i: usize) -> &str {
+        &self.nodes[i].veth
     }
 
     /// Whether node `i` is paused by [`Lab::pause`].
@@ -1007,6 +1032,30 @@ fn ip_or_panic(command: &str) {
 
 /// Turns IPv6 off on a root-namespace interface before it goes up, so the root namespace gets
 /// no address at all (not even link-local) on the lab's network.
+/// Makes room in the kernel's ARP table for a lab of `n` nodes.
+///
+/// The IPv4 neighbour table is one table for the whole kernel, shared by every network
+/// namespace, with a hard limit (`gc_thresh3`, 1,024 entries by default). A full mesh of `n`
+/// nodes needs about n² entries (each node's view of each other node, plus a multicast entry
+/// each): past 32 nodes the table overflows ("neighbour table overflow" in the kernel log),
+/// and sends fail with ENOBUFS, mDNS queries and answers included, so late nodes never find
+/// anyone. A real LAN has a table per machine; this is the lab's own limit. The thresholds
+/// are only ever raised, never lowered.
+fn make_room_for_neighbours(n: usize) {
+    let need = (n * n + 256) as u64;
+    for (knob, want) in [("gc_thresh2", need), ("gc_thresh3", 2 * need)] {
+        let path = Path::new("/proc/sys/net/ipv4/neigh/default").join(knob);
+        let now: u64 = fs::read_to_string(&path)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if now < want {
+            fs::write(&path, want.to_string())
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+    }
+}
+
 fn disable_ipv6(interface: &str) {
     let knob = Path::new("/proc/sys/net/ipv6/conf")
         .join(interface)
