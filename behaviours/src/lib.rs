@@ -26,6 +26,7 @@ pub mod election;
 pub mod id;
 pub mod index_sync;
 pub mod peer_exchange;
+pub mod peers;
 pub mod search;
 pub mod wire;
 
@@ -58,13 +59,18 @@ pub struct Config {
     pub agent_version: String,
     /// Run mDNS discovery. Default: `true`.
     pub mdns: bool,
-    /// How often each connection is pinged. Default: 1 s.
+    /// How often each connection is pinged (for the round-trip time, and to find hung peers;
+    /// the kernel's TCP keepalive finds vanished ones). Default: 5 s (py-libp2p closes a ping
+    /// stream that stays silent for 10 s, and a new ping stream every time would keep an idle
+    /// foreign peer's connection open forever).
     pub ping_interval: Duration,
-    /// How long a ping may take before the connection counts as dead. Default: 2 s.
+    /// How long a ping may take before it counts as failed. Default: 10 s.
     pub ping_timeout: Duration,
-    /// The lifetime of this node's mDNS records on other nodes. Default: 2 min.
+    /// The lifetime of this node's mDNS records on other nodes. Default: 6 min.
     pub mdns_ttl: Duration,
-    /// How often mDNS asks the network again once it has settled. Default: 30 s.
+    /// How often mDNS asks the network again once it has settled. Default: 5 min (every
+    /// query is answered by every node: on a LAN of hundreds, a short interval floods it;
+    /// a new node asks at once, and the others learn of it from its connections).
     pub mdns_query_interval: Duration,
     /// The leader election's timers. Default: [`election::Config::default`].
     pub election: election::Config,
@@ -75,10 +81,10 @@ impl Default for Config {
         Self {
             agent_version: format!("{AGENT_PREFIX}{}", env!("CARGO_PKG_VERSION")),
             mdns: true,
-            ping_interval: Duration::from_secs(1),
-            ping_timeout: Duration::from_secs(2),
-            mdns_ttl: Duration::from_secs(120),
-            mdns_query_interval: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(10),
+            mdns_ttl: Duration::from_secs(360),
+            mdns_query_interval: Duration::from_secs(300),
             election: election::Config::default(),
         }
     }

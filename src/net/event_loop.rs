@@ -9,7 +9,7 @@ use futures::StreamExt;
 use iwant_behaviours::{
     content, election, index_sync,
     peer_exchange::{self, Ack, Announce},
-    search, NodeBehaviour, NodeBehaviourEvent,
+    peers, search, NodeBehaviour, NodeBehaviourEvent,
 };
 use libp2p::{
     core::transport::{ListenerId, TransportError},
@@ -36,13 +36,12 @@ use tokio_util::sync::CancellationToken;
 use super::{
     private::HandshakeHints, tcp, Command, ContentInbound, LeaderInbound, LeaderView, NetStatus,
     NetworkClient, PeerStatus, RequestError, COMMAND_QUEUE, DEPARTURES_QUEUE, DIAL_TIMEOUT,
-    GOODBYE_LIMIT, GOSSIP_TTL, IDLE_TIMEOUT, INBOUND_QUEUE, LIVENESS_TIMEOUT, MAX_DISCOVERED_PEERS,
-    REDIAL_INTERVAL,
+    GOODBYE_LIMIT, IDLE_TIMEOUT, INBOUND_QUEUE, LIVENESS_TIMEOUT, REDIAL_INTERVAL,
 };
 use crate::config::DEFAULT_PORT;
 
-/// Most addresses remembered per mDNS-discovered peer.
-const MAX_ADDRS_PER_PEER: usize = 8;
+/// How often the address book is asked which peers to dial.
+const BOOK_TICK: Duration = Duration::from_millis(250);
 
 /// What the network needs to start.
 #[derive(Debug, Clone)]
@@ -118,10 +117,8 @@ pub struct EventLoop {
     peers: HashMap<PeerId, Peer>,
     listen_addrs: Vec<Multiaddr>,
     known_addrs: Vec<KnownAddr>,
-    /// Peers found by mDNS, until their records expire.
-    discovered: HashMap<PeerId, Vec<Multiaddr>>,
-    /// Peers other nodes told us about, with when we last heard of them.
-    gossiped: HashMap<PeerId, (Vec<Multiaddr>, Instant)>,
+    /// The peers found by mDNS or announced by other nodes, and when to dial each.
+    book: peers::Book,
     /// The election's leader and term, for [`NetworkClient::leader_watch`].
     leader: watch::Sender<LeaderView>,
     /// Requests from peers, to the leader task.
@@ -269,8 +266,7 @@ pub fn spawn(
         peers: HashMap::new(),
         listen_addrs: Vec::new(),
         known_addrs,
-        discovered: HashMap::new(),
-        gossiped: HashMap::new(),
+        book: peers::Book::new(local_peer_id, rand::random()),
         leader: leader_tx,
         inbound: inbound_tx,
         pending_index: HashMap::new(),
@@ -333,6 +329,15 @@ where
         .boxed())
 }
 
+/// Whether `addr` is on a loopback interface (`127.0.0.0/8`, `::1`).
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         Protocol::P2p(peer) => Some(peer),
@@ -345,7 +350,9 @@ impl EventLoop {
     pub async fn run(mut self) {
         let mut redial = tokio::time::interval(REDIAL_INTERVAL);
         redial.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut watchdog = tokio::time::interval(LIVENESS_TIMEOUT / 6);
+        let mut dial_book = tokio::time::interval(BOOK_TICK);
+        dial_book.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut watchdog = tokio::time::interval(DISCONNECT_GRACE);
         watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -357,6 +364,7 @@ impl EventLoop {
                     None => break,
                 },
                 _ = redial.tick() => self.redial(),
+                _ = dial_book.tick() => self.dial_due(),
                 _ = watchdog.tick() => self.close_silent_connections(),
             }
         }
@@ -673,7 +681,7 @@ impl EventLoop {
         }
     }
 
-    /// Dials every known address and discovered peer that is not connected.
+    /// Dials every known address (`--peer`, the config, `iwant dial`) that is not connected.
     fn redial(&mut self) {
         for known in &mut self.known_addrs {
             let connected = known.peer.is_some_and(|p| self.swarm.is_connected(&p));
@@ -683,16 +691,11 @@ impl EventLoop {
                 }
             }
         }
-        self.gossiped
-            .retain(|_, (_, heard)| heard.elapsed() < GOSSIP_TTL);
-        let disconnected: Vec<(PeerId, Vec<Multiaddr>)> = self
-            .discovered
-            .iter()
-            .chain(self.gossiped.iter().map(|(p, (addrs, _))| (p, addrs)))
-            .filter(|(p, _)| !self.swarm.is_connected(p))
-            .map(|(p, addrs)| (*p, addrs.clone()))
-            .collect();
-        for (peer, addrs) in disconnected {
+    }
+
+    /// Dials the peers of the address book whose time has come.
+    fn dial_due(&mut self) {
+        for (peer, addrs) in self.book.due(Instant::now()) {
             self.dial_peer(peer, addrs);
         }
     }
@@ -708,27 +711,48 @@ impl EventLoop {
             .build();
         if let Err(e) = self.swarm.dial(opts) {
             tracing::trace!(%peer, error = %e, "not dialing");
+            if self.swarm.is_connected(&peer) {
+                self.book.connected(&peer);
+            } else {
+                self.book.dial_failed(&peer, Instant::now());
+            }
         }
     }
 
-    /// Tells a newly identified iwant peer about our other iwant peers, and them about it.
+    /// Tells a newly identified iwant peer about our other iwant peers (one direction only:
+    /// telling every peer about every newcomer as well costs n² messages per node while a room
+    /// of nodes forms, n³ in all; the others meet the newcomer when it dials them, or by
+    /// mDNS). Loopback addresses go only to a peer connected over loopback: to any other, they
+    /// name its own machine.
     fn exchange_peers(&mut self, new: PeerId) {
-        let iwant_addrs = |p: &Peer| p.iwant_addrs.clone();
-        let Some(new_addrs) = self.peers.get(&new).and_then(iwant_addrs) else {
+        let Some(newcomer) = self.peers.get(&new) else {
             return;
         };
+        if newcomer.iwant_addrs.is_none() {
+            return;
+        }
+        let local_link = newcomer
+            .connections
+            .values()
+            .any(|c| is_loopback(&c.remote));
         let others: Vec<(PeerId, Vec<Multiaddr>)> = self
             .peers
             .iter()
             .filter(|(id, _)| **id != new)
-            .filter_map(|(id, p)| iwant_addrs(p).map(|a| (*id, a)))
+            .filter_map(|(id, p)| {
+                let addrs: Vec<Multiaddr> = p
+                    .iwant_addrs
+                    .as_ref()?
+                    .iter()
+                    .filter(|a| local_link || !is_loopback(a))
+                    .cloned()
+                    .collect();
+                (!addrs.is_empty()).then_some((*id, addrs))
+            })
             .collect();
         let behaviour = &mut self.swarm.behaviour_mut().peer_exchange;
         for chunk in others.chunks(peer_exchange::MAX_PEERS) {
             behaviour.send_request(&new, Announce::new(chunk.iter().map(|(p, a)| (*p, &a[..]))));
-        }
-        for (other, _) in &others {
-            behaviour.send_request(other, Announce::new([(new, &new_addrs[..])]));
         }
     }
 
@@ -755,21 +779,24 @@ impl EventLoop {
                         return;
                     }
                 };
-                let local = *self.swarm.local_peer_id();
+                let now = Instant::now();
                 for (other, addrs) in records {
-                    if other == local || addrs.is_empty() || self.swarm.is_connected(&other) {
+                    let new = !self.book.contains(&other);
+                    if !self.book.add(other, &addrs, peers::Source::Announced, now) {
+                        if new && self.book.len() >= peers::book::MAX_PEERS {
+                            tracing::warn!(%peer, "too many known peers; ignoring the rest");
+                            break;
+                        }
                         continue;
                     }
-                    if !self.gossiped.contains_key(&other)
-                        && self.gossiped.len() >= MAX_DISCOVERED_PEERS
-                    {
-                        tracing::warn!(%peer, "too many announced peers; ignoring the rest");
-                        break;
+                    if new {
+                        tracing::debug!(from = %peer, peer = %other, "learned of a peer");
                     }
-                    tracing::debug!(from = %peer, peer = %other, "learned of a peer");
-                    self.gossiped.insert(other, (addrs.clone(), Instant::now()));
-                    self.dial_peer(other, addrs);
+                    if self.swarm.is_connected(&other) {
+                        self.book.connected(&other);
+                    }
                 }
+                self.dial_due();
             }
             Event::OutboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "peer announcement not delivered");
@@ -822,6 +849,7 @@ impl EventLoop {
                         known.peer = Some(peer_id);
                     }
                 }
+                self.book.connected(&peer_id);
                 let peer = self.peers.entry(peer_id).or_default();
                 if peer.connections.is_empty() {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
@@ -844,6 +872,7 @@ impl EventLoop {
                     entry.get_mut().connections.remove(&connection_id);
                     if entry.get().connections.is_empty() {
                         entry.remove();
+                        self.book.disconnected(&peer_id, Instant::now());
                         let _ = self.departures.send(peer_id);
                         match cause {
                             Some(error) => {
@@ -867,6 +896,7 @@ impl EventLoop {
                 }
                 if let Some(peer) = peer_id {
                     tracing::debug!(%peer, %error, "dial failed");
+                    self.book.dial_failed(&peer, Instant::now());
                 }
                 if let libp2p::swarm::DialError::Transport(attempts) = &error {
                     for (addr, error) in attempts {
@@ -937,39 +967,28 @@ impl EventLoop {
                 }
             },
             NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
-                let mut new = Vec::new();
+                let now = Instant::now();
                 for (peer, addr) in found {
-                    let known = self.discovered.len();
-                    match self.discovered.entry(peer) {
-                        Entry::Occupied(mut e) => {
-                            let addrs = e.get_mut();
-                            if !addrs.contains(&addr) && addrs.len() < MAX_ADDRS_PER_PEER {
-                                addrs.push(addr);
-                            }
-                        }
-                        Entry::Vacant(e) if known < MAX_DISCOVERED_PEERS => {
+                    let new = !self.book.contains(&peer);
+                    if self
+                        .book
+                        .add(peer, std::slice::from_ref(&addr), peers::Source::Mdns, now)
+                    {
+                        if new {
                             tracing::debug!(%peer, %addr, "discovered by mDNS");
-                            e.insert(vec![addr]);
-                            new.push(peer);
                         }
-                        Entry::Vacant(_) => {
-                            tracing::warn!(%peer, "too many discovered peers; ignoring");
+                        if self.swarm.is_connected(&peer) {
+                            self.book.connected(&peer);
                         }
+                    } else if new && self.book.len() >= peers::book::MAX_PEERS {
+                        tracing::warn!(%peer, "too many known peers; ignoring");
                     }
                 }
-                for peer in new {
-                    let addrs = self.discovered[&peer].clone();
-                    self.dial_peer(peer, addrs);
-                }
+                self.dial_due();
             }
             NodeBehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
                 for (peer, addr) in gone {
-                    if let Entry::Occupied(mut e) = self.discovered.entry(peer) {
-                        e.get_mut().retain(|a| *a != addr);
-                        if e.get().is_empty() {
-                            e.remove();
-                        }
-                    }
+                    self.book.expire(&peer, &addr);
                 }
             }
             NodeBehaviourEvent::PeerExchange(event) => self.on_peer_exchange(event),

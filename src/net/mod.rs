@@ -8,11 +8,14 @@
 //! and the shutdown token.
 //!
 //! Connection policy (see `docs/architecture.md`):
-//! - peers come from mDNS, from `--peer` addresses and from other nodes (peer exchange);
-//!   disconnected ones are redialed every [`REDIAL_INTERVAL`];
+//! - peers come from mDNS and from other nodes (peer exchange) into the address book
+//!   (`iwant_behaviours::peers::Book`: of two nodes that find each other, the one with the
+//!   smaller peer id dials; redials back off from 1 s to 60 s); `--peer` addresses are
+//!   redialed every [`REDIAL_INTERVAL`];
 //! - duplicates from simultaneous dials are closed by `iwant_behaviours::connections`;
-//! - a connection with no answered ping for [`LIVENESS_TIMEOUT`] (3 s) is closed, so a vanished
-//!   peer leaves within about 3 s;
+//! - a vanished peer is found by the kernel's TCP keepalive within about 5 s ([`tcp::tune`]);
+//!   a connection with no answered ping for [`LIVENESS_TIMEOUT`] (20 s: a hung peer, whose
+//!   kernel still answers the keepalive) is closed;
 //! - connections to iwant peers stay open; others close after [`IDLE_TIMEOUT`] without streams.
 
 mod event_loop;
@@ -33,24 +36,19 @@ pub const DEPARTURES_QUEUE: usize = 256;
 /// How many commands may wait for the event loop before senders wait.
 pub const COMMAND_QUEUE: usize = 64;
 
-/// How often disconnected known peers are dialed again.
+/// How often disconnected `--peer` addresses are dialed again.
 pub const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long a connection may go without an answered ping before it is closed (ping runs
-/// every 1 s with a 2 s timeout).
-pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How long a peer that another node announced stays in the redial set without news of it.
-pub const GOSSIP_TTL: Duration = Duration::from_secs(120);
+/// every 5 s). Vanished peers are found sooner, by TCP keepalive ([`tcp::tune`]); this finds
+/// hung ones, whose kernel still answers it.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a connection to a non-iwant peer may sit without streams before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long one dial (TCP connect + Noise + Yamux) may take.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Most peers remembered from mDNS at once; beyond it, new discoveries are ignored.
-pub const MAX_DISCOVERED_PEERS: usize = 1024;
 
 /// How long a shutting-down node may spend saying goodbye (a leader's last message to the
 /// election participants) before the `Swarm` is dropped.

@@ -41,6 +41,52 @@ pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How many connections may wait in a listener's accept queue (libp2p-tcp's default).
 pub const LISTEN_BACKLOG: i32 = 1024;
 
+/// How long a connection may carry nothing before the kernel starts probing it (TCP
+/// keepalive).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
+
+/// How far apart the kernel's keepalive probes go.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many unanswered keepalive probes make a connection dead (where the platform lets us
+/// choose; Windows always sends 10).
+pub const KEEPALIVE_PROBES: u32 = 3;
+
+/// How long sent data may stay unacknowledged before the connection fails (Linux).
+pub const USER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tunes a connected stream: `TCP_NODELAY`, and liveness left to the kernel. A peer that
+/// vanishes without a word (a pulled cable, a switched-off machine, a cut link) is found dead
+/// by the kernel after about [`KEEPALIVE_IDLE`] + [`KEEPALIVE_PROBES`] × [`KEEPALIVE_INTERVAL`]
+/// of silence (5 s), or [`USER_TIMEOUT`] after data it did not acknowledge; the connection then
+/// fails and closes like any other. Probes cost the node nothing (the kernel answers and
+/// sends them), so this scales to hundreds of connections, where pinging every connection
+/// every second from the node does not.
+pub fn tune(stream: &tokio::net::TcpStream) {
+    let socket = socket2::SockRef::from(stream);
+    if let Err(error) = socket.set_tcp_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    #[cfg(not(windows))]
+    let keepalive = keepalive.with_retries(KEEPALIVE_PROBES);
+    if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "cannot set TCP keepalive");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket.set_tcp_user_timeout(Some(USER_TIMEOUT)) {
+        tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
+    }
+}
+
+/// Tunes a dialed stream ([`tune`]).
+fn tuned(stream: tcp::tokio::TcpStream) -> tcp::tokio::TcpStream {
+    tune(&stream.0);
+    stream
+}
+
 /// What a listener hands the swarm for each accepted connection: the stream itself.
 type Upgrade = future::Ready<Result<tcp::tokio::TcpStream, io::Error>>;
 
@@ -106,7 +152,10 @@ impl libp2p::core::Transport for Transport {
     type Output = tcp::tokio::TcpStream;
     type Error = io::Error;
     type ListenerUpgrade = Upgrade;
-    type Dial = <tcp::tokio::Transport as libp2p::core::Transport>::Dial;
+    type Dial = futures::future::MapOk<
+        <tcp::tokio::Transport as libp2p::core::Transport>::Dial,
+        fn(tcp::tokio::TcpStream) -> tcp::tokio::TcpStream,
+    >;
 
     fn listen_on(
         &mut self,
@@ -159,7 +208,11 @@ impl libp2p::core::Transport for Transport {
         opts: DialOpts,
     ) -> Result<Self::Dial, TransportError<io::Error>> {
         // The dialer has no listeners, so it never binds a dial to a listen port.
-        self.dialer.dial(addr, opts)
+        let dial = self.dialer.dial(addr, opts)?;
+        Ok(futures::TryFutureExt::map_ok(
+            dial,
+            tuned as fn(tcp::tokio::TcpStream) -> tcp::tokio::TcpStream,
+        ))
     }
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Event> {
@@ -230,10 +283,7 @@ impl Listener {
                     Ok(local) => local,
                     Err(error) => return Poll::Ready(self.error(error)),
                 };
-                // Inherited from the listener on most systems; set it to be sure.
-                if let Err(error) = stream.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
-                }
+                tune(&stream);
                 Poll::Ready(TransportEvent::Incoming {
                     listener_id: self.id,
                     upgrade: future::ok(tcp::tokio::TcpStream(stream)),

@@ -390,7 +390,7 @@ async def hold_chunk_streams(host, peer_id, file_id: bytes, n: int, keep: list) 
 
 async def slot_leak(args) -> dict:
     """A peer holds 8 chunk streams and stops answering pings, so the node closes its
-    connection (docs: no answered ping for 3 s). Afterwards the same peer must get its 8 streams
+    connection (docs: no answered ping for 20 s, net::LIVENESS_TIMEOUT). Afterwards the same peer must get its 8 streams
     again, and 7 other peers 8 each: 64 in all, the documented total."""
     out: dict = {}
     file_id = bytes.fromhex(args.file_id)
@@ -403,7 +403,7 @@ async def slot_leak(args) -> dict:
         keep: list = []
         out["first_opened"] = await hold_chunk_streams(x, peer_id, file_id, 8, keep)
         t0 = time.monotonic()
-        while iw.is_connected(x, peer_id) and time.monotonic() - t0 < 15:
+        while iw.is_connected(x, peer_id) and time.monotonic() - t0 < 40:
             await trio.sleep(0.1)
         out["closed_by_node_after_s"] = round(time.monotonic() - t0, 2)
         out["closed_by_node"] = not iw.is_connected(x, peer_id)

@@ -286,8 +286,8 @@ fn py_chunk_slots_come_back_after_the_node_closes_a_connection() {
     let Some((fx, r)) = run_scenario(
         "py_chunk_slots_come_back_after_the_node_closes_a_connection",
         "slot-leak",
-        Duration::from_secs(60),
         Duration::from_secs(90),
+        Duration::from_secs(120),
     ) else {
         return;
     };
