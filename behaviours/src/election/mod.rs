@@ -49,6 +49,13 @@ pub struct Config {
     /// How long a candidate waits for a majority before it stands again in a new term (plus
     /// jitter). Default: 400 ms.
     pub round_timeout: Duration,
+    /// A node without a leader does not stand while participants keep arriving (a room of
+    /// nodes powering on, a mesh still forming): it waits until none has arrived for this
+    /// long, so that it stands with the whole network in view. Default: 500 ms.
+    pub settle: Duration,
+    /// ...but it waits at most this long past its own deadline for the network to settle.
+    /// Default: 5 s.
+    pub max_settle: Duration,
 }
 
 impl Default for Config {
@@ -61,6 +68,8 @@ impl Default for Config {
             election_step: Duration::from_millis(100),
             election_jitter: Duration::from_millis(100),
             round_timeout: Duration::from_millis(400),
+            settle: Duration::from_millis(500),
+            max_settle: Duration::from_secs(5),
         }
     }
 }
@@ -75,6 +84,13 @@ impl Config {
     /// Sets [`Config::election_step`].
     pub fn with_election_step(mut self, d: Duration) -> Self {
         self.election_step = d;
+        self
+    }
+
+    /// Sets [`Config::settle`] and [`Config::max_settle`].
+    pub fn with_settle(mut self, settle: Duration, max: Duration) -> Self {
+        self.settle = settle;
+        self.max_settle = max;
         self
     }
 

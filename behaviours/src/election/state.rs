@@ -114,6 +114,11 @@ pub struct ElectionState {
     /// Still in the start-up wait: the first deadline adds the ranked election delay before
     /// standing, once the node knows its peers.
     starting: bool,
+    /// When the last new participant arrived.
+    last_joined: Option<Instant>,
+    /// Since when this node has held back from standing because participants keep arriving
+    /// ([`Config::settle`]).
+    holding_since: Option<Instant>,
     /// The jitter's generator, seeded by the caller (tests replay a seed).
     rng: SmallRng,
 }
@@ -130,6 +135,8 @@ impl ElectionState {
             role: Role::Left,
             peers: BTreeSet::new(),
             starting: true,
+            last_joined: None,
+            holding_since: None,
             rng: SmallRng::seed_from_u64(seed),
         };
         let wait = state.config.startup_wait + state.jitter();
@@ -185,7 +192,7 @@ impl ElectionState {
             // election): ignored, so a peer cannot push the term to where it overflows.
             Input::Received { message, .. }
                 if message.term() > self.term.saturating_add(MAX_TERM_JUMP) => {}
-            Input::PeerConnected(peer) => self.on_connected(peer, &mut out),
+            Input::PeerConnected(peer) => self.on_connected(now, peer, &mut out),
             Input::PeerDisconnected(peer) => self.on_gone(now, peer, &mut out),
             Input::Received { from, message } => match message {
                 Message::Heartbeat { term } => self.on_heartbeat(now, from, term, &mut out),
@@ -213,10 +220,11 @@ impl ElectionState {
         out
     }
 
-    fn on_connected(&mut self, peer: PeerId, out: &mut Vec<Action>) {
+    fn on_connected(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
         if peer == self.local || !self.peers.insert(peer) {
             return;
         }
+        self.last_joined = Some(now);
         let term = self.term;
         match &self.role {
             Role::Leader { .. } => send(out, peer, Message::Heartbeat { term }),
@@ -269,6 +277,7 @@ impl ElectionState {
     fn follow(&mut self, now: Instant, leader: PeerId, term: u64, out: &mut Vec<Action>) {
         let changed = self.leader() != Some(leader) || self.term != term;
         self.starting = false;
+        self.holding_since = None;
         if term > self.term {
             self.voted_for = None;
         }
@@ -429,6 +438,19 @@ impl ElectionState {
                 }
                 self.broadcast(Message::VoteRequest { term }, out);
             }
+            Role::Follower {
+                leader: None,
+                deadline,
+                ..
+            } if now >= *deadline => {
+                if let Some(until) = self.hold_back(now) {
+                    if let Role::Follower { deadline, .. } = &mut self.role {
+                        *deadline = until;
+                    }
+                    return;
+                }
+                self.stand(now, out)
+            }
             Role::Follower { deadline, .. } | Role::Candidate { deadline, .. }
                 if now >= *deadline =>
             {
@@ -442,6 +464,21 @@ impl ElectionState {
             }
             _ => {}
         }
+    }
+
+    /// When a leaderless node that is due to stand should look again instead, because a
+    /// participant arrived within [`Config::settle`] (and it has not held back for
+    /// [`Config::max_settle`] yet); `None` when it should stand now.
+    fn hold_back(&mut self, now: Instant) -> Option<Instant> {
+        let joined = self.last_joined?;
+        let since = *self.holding_since.get_or_insert(now);
+        let settled = now.saturating_duration_since(joined) >= self.config.settle;
+        if settled || now.saturating_duration_since(since) >= self.config.max_settle {
+            self.holding_since = None;
+            return None;
+        }
+        // Then the ranked delay again, so that the smallest id still stands first.
+        Some(joined + self.config.settle + self.election_delay())
     }
 
     /// Starts a new term as a candidate.
@@ -1325,5 +1362,148 @@ mod tests {
         ] {
             assert!(s.handle(t0 + Duration::from_secs(5), input).is_empty());
         }
+    }
+
+    /// A room of `n` nodes powering on: every node starts at once and every link comes up
+    /// at a random moment within `window` (the mesh forming). Runs until the mesh is complete
+    /// and all agree on one leader; returns the sim and the time from the last link.
+    fn room(n: usize, window: Duration, seed: u64) -> (Sim, Duration) {
+        let mut sim = Sim::new(&ids(n), Config::default());
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut ups: Vec<(Duration, usize, usize)> = Vec::new();
+        for i in 0..n {
+            for j in i + 1..n {
+                let at = Duration::from_millis(rng.random_range(0..=window.as_millis() as u64));
+                ups.push((at, i, j));
+            }
+        }
+        ups.sort();
+        let start = sim.now;
+        let mut next = 0;
+        while next < ups.len() {
+            while next < ups.len() && start + ups[next].0 <= sim.now {
+                let (_, i, j) = ups[next];
+                sim.connect(i, j);
+                next += 1;
+            }
+            sim.step();
+        }
+        let took = sim.run_until(Duration::from_secs(30), |s| {
+            s.agreed().is_some() && s.leaders() == 1
+        });
+        (sim, took)
+    }
+
+    fn max_term(sim: &Sim) -> u64 {
+        sim.nodes.iter().map(|n| n.term()).max().unwrap_or(0)
+    }
+
+    /// Kills the leader (its connections close at once) and returns how long the others take
+    /// to agree on a new one.
+    fn kill_leader(sim: &mut Sim) -> Duration {
+        let n = sim.nodes.len();
+        let (old, _) = sim.agreed().expect("agreed before the kill");
+        let dead = sim.index(old);
+        for j in 0..n {
+            if j != dead {
+                sim.disconnect(dead, j);
+            }
+        }
+        let rest: Vec<usize> = (0..n).filter(|&j| j != dead).collect();
+        sim.run_until(Duration::from_secs(3), |s| {
+            s.agreed_among(&rest).is_some_and(|(l, _)| l != old)
+        })
+    }
+
+    #[test]
+    fn rooms_of_100_and_300_nodes_powering_on_agree_with_small_terms_and_fail_over_fast() {
+        for (n, window, seeds) in [(100, 5_000, 3), (300, 8_000, 1)] {
+            for seed in 0..seeds {
+                let (mut sim, took) = room(n, Duration::from_millis(window), seed);
+                let term = max_term(&sim);
+                assert!(
+                    took < Duration::from_secs(10),
+                    "{n} nodes, seed {seed}: one leader {took:?} after the last link"
+                );
+                assert!(term <= 3, "{n} nodes, seed {seed}: term {term}");
+                // Calm: nothing changes while the network idles.
+                let changes = sim.changes.len();
+                sim.run(Duration::from_secs(10));
+                assert_eq!(
+                    sim.changes.len(),
+                    changes,
+                    "{n} nodes, seed {seed}: not calm"
+                );
+                let failover = kill_leader(&mut sim);
+                assert!(
+                    failover < Duration::from_secs(3),
+                    "{n} nodes, seed {seed}: failover {failover:?}"
+                );
+                assert!(
+                    max_term(&sim) <= term + 2,
+                    "{n} nodes: one election, not a storm"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nodes_joining_one_by_one_follow_the_first_leader_in_term_1() {
+        for n in [100, 300] {
+            let mut sim = Sim::new(&ids(n), Config::default());
+            // Node 0 is up first and leads alone; the others join every 50 ms in random order,
+            // each connecting to everyone already up.
+            let mut order: Vec<usize> = (1..n).collect();
+            let mut rng = SmallRng::seed_from_u64(n as u64);
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.random_range(0..=i));
+            }
+            sim.run_until(Duration::from_secs(3), |s| s.nodes[0].leader().is_some());
+            let mut up = vec![0];
+            for &i in &order {
+                for &j in &up {
+                    sim.connect(i, j);
+                }
+                up.push(i);
+                sim.run(Duration::from_millis(50));
+            }
+            sim.run_until(Duration::from_secs(10), |s| s.agreed().is_some());
+            let (leader, term) = sim.agreed().unwrap();
+            assert_eq!((sim.index(leader), term), (0, 1), "{n} nodes");
+            let failover = kill_leader(&mut sim);
+            assert!(failover < Duration::from_secs(3), "{n} nodes: {failover:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_holds_back_while_participants_keep_arriving_but_not_forever() {
+        let config = quiet();
+        let local = ids(1)[0];
+        let t0 = Instant::now();
+        let mut s = ElectionState::new(local, config.clone(), 1, t0);
+        // A participant arrives every 300 ms for 9 s: the network never settles.
+        let mut stood_at = None;
+        for k in 0..30u32 {
+            let t = t0 + Duration::from_millis(300) * k;
+            s.handle(t, Input::PeerConnected(PeerId::random()));
+            let out = s.handle(t, Input::Tick);
+            let stands = out.iter().any(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        message: Message::VoteRequest { .. },
+                        ..
+                    }
+                )
+            });
+            if stands && stood_at.is_none() {
+                stood_at = Some(t - t0);
+            }
+        }
+        let stood = stood_at.expect("it stands while they still arrive, once it held back enough");
+        assert!(
+            stood >= config.startup_wait + config.max_settle,
+            "stood after {stood:?}, before holding back for max_settle"
+        );
     }
 }
