@@ -26,7 +26,7 @@ use libp2p::{Multiaddr, PeerId};
 use rand::{rngs::SmallRng, RngExt, SeedableRng};
 
 /// How long the node with the larger peer id waits for the other to dial first.
-pub const DEFER: Duration = Duration::from_secs(3);
+pub const DEFER: Duration = Duration::from_secs(5);
 
 /// The first wait before dialing a peer again after a failed dial or a closed connection.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -116,8 +116,11 @@ impl Book {
         }
         let entry = self.peers.get_mut(&peer).expect("bug: inserted above");
         for addr in addrs {
-            if !entry.addrs.contains(addr) && entry.addrs.len() < MAX_ADDRS {
-                entry.addrs.push(addr.clone());
+            // One form per address: mDNS names it with `/p2p/<peer>`, identify without, and
+            // two forms of one address would be dialed at once, one dial torn down mid-way.
+            let addr = without_peer(addr);
+            if !entry.addrs.contains(&addr) && entry.addrs.len() < MAX_ADDRS {
+                entry.addrs.push(addr);
             }
         }
         match source {
@@ -243,6 +246,18 @@ impl Book {
     }
 }
 
+/// `addr` without a trailing `/p2p/<peer>`.
+fn without_peer(addr: &Multiaddr) -> Multiaddr {
+    let mut addr = addr.clone();
+    if matches!(
+        addr.iter().last(),
+        Some(libp2p::multiaddr::Protocol::P2p(_))
+    ) {
+        addr.pop();
+    }
+    addr
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +339,17 @@ mod tests {
         book.disconnected(&peer, t);
         let next = book.next_due().unwrap() - t;
         assert!(next < FIRST_BACKOFF.mul_f64(1.25), "reset: {next:?}");
+    }
+
+    #[test]
+    fn an_address_named_with_and_without_its_peer_id_is_kept_once() {
+        let [local, peer]: [PeerId; 2] = ids(2).try_into().unwrap();
+        let t0 = Instant::now();
+        let mut book = Book::new(local, 8);
+        let with_id = addr(2).with(libp2p::multiaddr::Protocol::P2p(peer));
+        book.add(peer, &[with_id], Source::Mdns, t0);
+        book.add(peer, &[addr(2)], Source::Announced, t0);
+        assert_eq!(book.due(t0), [(peer, vec![addr(2)])]);
     }
 
     #[test]

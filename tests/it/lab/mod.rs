@@ -28,6 +28,9 @@
 //! Node processes get `PR_SET_PDEATHSIG = SIGKILL`: they die when the thread that started them
 //! ends, so a killed test run leaves no nodes behind. Use a [`Lab`] from the thread that made it.
 //!
+//! The kernel's ARP table is one table for all namespaces (1,024 entries by default): a lab of
+//! `n` nodes raises its limits to about n² first ([`Lab::new`]; only ever raised).
+//!
 //! The lab needs root and `ip` (iproute2); [`Lab::shape`] also needs `tc`. Without them,
 //! [`Lab::new`] prints `skipping lab test <name>: <reason>` and returns `None`, except under
 //! `CI=true`, where it panics: in CI the lab tests must run. `IWANT_LAB_LOG` overrides the nodes'
