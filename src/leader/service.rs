@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::index::{self, Limits, NetworkIndex};
-use crate::net::{LeaderInbound, LeaderView, NetworkClient};
+use crate::net::{IndexRpc, LeaderInbound, LeaderView, NetworkClient, SearchRpc};
 
 /// How long the entries of a node whose connection is gone are kept.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -298,10 +298,10 @@ impl Service {
         match respond {
             Responder::Net(channel) if refused => {
                 self.net
-                    .respond_index_and_disconnect(channel, response, peer)
+                    .respond::<IndexRpc>(channel, response, Some(peer))
                     .await
             }
-            Responder::Net(channel) => self.net.respond_index(channel, response).await,
+            Responder::Net(channel) => self.net.respond::<IndexRpc>(channel, response, None).await,
             Responder::Local(reply) => {
                 let _ = reply.send(response);
             }
@@ -452,7 +452,7 @@ async fn send_search(
     response: search::Response,
 ) {
     match respond {
-        Responder::Net(channel) => net.respond_search(channel, response).await,
+        Responder::Net(channel) => net.respond::<SearchRpc>(channel, response, None).await,
         Responder::Local(reply) => {
             let _ = reply.send(response);
         }

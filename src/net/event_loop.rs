@@ -20,7 +20,7 @@ use libp2p::{
     multiaddr::Protocol,
     noise, ping,
     pnet::{PnetConfig, PreSharedKey},
-    request_response::{self, OutboundRequestId, ResponseChannel},
+    request_response::{self, ResponseChannel},
     swarm::{
         dial_opts::{DialOpts, PeerCondition},
         ConnectionId, SwarmEvent,
@@ -34,9 +34,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    private::HandshakeHints, tcp, Command, ContentInbound, LeaderInbound, LeaderView, NetStatus,
-    NetworkClient, PeerStatus, RequestError, COMMAND_QUEUE, DEPARTURES_QUEUE, DIAL_TIMEOUT,
-    GOODBYE_LIMIT, IDLE_TIMEOUT, INBOUND_QUEUE, LIVENESS_TIMEOUT, REDIAL_INTERVAL,
+    private::HandshakeHints, tcp, Command, ContentInbound, ContentRpc, IndexRpc, LeaderInbound,
+    LeaderView, NetStatus, NetworkClient, PeerStatus, Pending, RequestError, Rpc, SearchRpc,
+    COMMAND_QUEUE, DEPARTURES_QUEUE, DIAL_TIMEOUT, GOODBYE_LIMIT, IDLE_TIMEOUT, INBOUND_QUEUE,
+    LIVENESS_TIMEOUT, REDIAL_INTERVAL,
 };
 use crate::config::DEFAULT_PORT;
 
@@ -123,14 +124,10 @@ pub struct EventLoop {
     leader: watch::Sender<LeaderView>,
     /// Requests from peers, to the leader task.
     inbound: mpsc::Sender<LeaderInbound>,
-    /// Our index sync requests waiting for their answers.
-    pending_index: HashMap<OutboundRequestId, Reply<index_sync::Response>>,
-    /// Our search requests waiting for their answers.
-    pending_search: HashMap<OutboundRequestId, Reply<search::Response>>,
+    /// Our requests waiting for their answers, per protocol.
+    pending: Pending,
     /// Content requests from peers, to the transfer server.
     content_inbound: mpsc::Sender<ContentInbound>,
-    /// Our content requests waiting for their answers.
-    pending_content: HashMap<OutboundRequestId, Reply<content::Response>>,
     /// Peers to disconnect once their index sync answer is sent (they broke a rule).
     disconnect_after_response: HashSet<PeerId>,
     /// Peers that broke a rule, to disconnect at the given time (after their answer is sent).
@@ -183,8 +180,6 @@ fn describe(error: &TransportError<std::io::Error>) -> String {
         text => text,
     }
 }
-
-type Reply<T> = tokio::sync::oneshot::Sender<Result<T, RequestError>>;
 
 /// What [`spawn`] returns.
 pub struct Spawned {
@@ -269,10 +264,8 @@ pub fn spawn(
         book: peers::Book::new(local_peer_id, rand::random()),
         leader: leader_tx,
         inbound: inbound_tx,
-        pending_index: HashMap::new(),
-        pending_search: HashMap::new(),
+        pending: Pending::default(),
         content_inbound: content_tx,
-        pending_content: HashMap::new(),
         disconnect_after_response: HashSet::new(),
         disconnect_at: HashMap::new(),
         hints: HandshakeHints::new(config.network_key.as_ref()),
@@ -482,74 +475,20 @@ impl EventLoop {
                 self.known_addrs.push(known);
                 let _ = reply.send(result);
             }
-            Command::SyncIndex {
-                peer,
-                request,
-                reply,
-            } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .index_sync
-                    .send_request(&peer, request);
-                self.pending_index.insert(id, reply);
-            }
-            Command::Search {
-                peer,
-                request,
-                reply,
-            } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .search
-                    .send_request(&peer, request);
-                self.pending_search.insert(id, reply);
-            }
-            Command::RespondIndex {
-                channel,
-                response,
+            Command::Request(send) => send(self.swarm.behaviour_mut(), &mut self.pending),
+            Command::Respond {
+                send,
                 then_disconnect,
             } => {
                 // The requester may be gone; nothing to do then.
-                let sent = self
-                    .swarm
-                    .behaviour_mut()
-                    .index_sync
-                    .send_response(channel, response);
+                let sent = send(self.swarm.behaviour_mut());
                 if let Some(peer) = then_disconnect {
-                    if sent.is_ok() && self.disconnect_after_response.len() < INBOUND_QUEUE {
+                    if sent && self.disconnect_after_response.len() < INBOUND_QUEUE {
                         self.disconnect_after_response.insert(peer);
                     } else {
                         let _ = self.swarm.disconnect_peer_id(peer);
                     }
                 }
-            }
-            Command::RespondSearch { channel, response } => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .search
-                    .send_response(channel, response);
-            }
-            Command::Content {
-                peer,
-                request,
-                reply,
-            } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .content
-                    .send_request(&peer, request);
-                self.pending_content.insert(id, reply);
-            }
-            Command::RespondContent { channel, response } => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .content
-                    .send_response(channel, response);
             }
         }
     }
@@ -591,7 +530,7 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(reply) = self.pending_index.remove(&request_id) {
+                if let Some(reply) = IndexRpc::pending(&mut self.pending).remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -602,7 +541,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "index sync request failed");
-                if let Some(reply) = self.pending_index.remove(&request_id) {
+                if let Some(reply) = IndexRpc::pending(&mut self.pending).remove(&request_id) {
                     let _ = reply.send(Err(RequestError::Failed(error.to_string())));
                 }
             }
@@ -616,8 +555,7 @@ impl EventLoop {
     }
 
     fn on_search(&mut self, event: search::Event) {
-        let Some((peer, request, channel)) = route(event, &mut self.pending_search, "search")
-        else {
+        let Some((peer, request, channel)) = route::<SearchRpc>(event, &mut self.pending) else {
             return;
         };
         let inbound = LeaderInbound::Search {
@@ -634,8 +572,7 @@ impl EventLoop {
     /// Hands an inbound content request to the transfer server (answering `busy` here when
     /// it is overloaded).
     fn on_content(&mut self, event: content::Event) {
-        let Some((peer, request, channel)) = route(event, &mut self.pending_content, "content")
-        else {
+        let Some((peer, request, channel)) = route::<ContentRpc>(event, &mut self.pending) else {
             return;
         };
         let inbound = ContentInbound {
@@ -1005,11 +942,12 @@ impl EventLoop {
 /// The common part of a request-response protocol's events: answers and failures of our
 /// requests go to their waiting callers, bad inbound requests are logged, and an inbound
 /// request is returned for the caller to route.
-fn route<Req, Resp>(
-    event: request_response::Event<Req, Resp>,
-    pending: &mut HashMap<OutboundRequestId, Reply<Resp>>,
-    what: &'static str,
-) -> Option<(PeerId, Req, ResponseChannel<Resp>)> {
+fn route<P: Rpc>(
+    event: request_response::Event<P::Request, P::Response>,
+    pending: &mut Pending,
+) -> Option<(PeerId, P::Request, ResponseChannel<P::Response>)> {
+    let what = P::NAME;
+    let pending = P::pending(pending);
     use request_response::{Event, Message};
     match event {
         Event::Message {

@@ -24,8 +24,13 @@ pub mod tcp;
 
 use std::time::Duration;
 
-use iwant_behaviours::{chunk, content, index_sync, libp2p_stream, search};
-use libp2p::{request_response::ResponseChannel, Multiaddr, PeerId};
+use std::collections::HashMap;
+
+use iwant_behaviours::{chunk, content, index_sync, libp2p_stream, search, NodeBehaviour};
+use libp2p::{
+    request_response::{cbor, OutboundRequestId, ResponseChannel},
+    Multiaddr, PeerId,
+};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use event_loop::{spawn, EventLoop, NetConfig, NetError, Spawned};
@@ -77,7 +82,7 @@ pub enum LeaderInbound {
         peer: PeerId,
         /// What it sent (bounds not checked yet).
         request: index_sync::Request,
-        /// Where the answer goes ([`NetworkClient::respond_index`]).
+        /// Where the answer goes ([`NetworkClient::respond`]).
         channel: ResponseChannel<index_sync::Response>,
     },
     /// A peer asked a search.
@@ -86,7 +91,7 @@ pub enum LeaderInbound {
         peer: PeerId,
         /// The query (bounds not checked yet).
         request: search::Request,
-        /// Where the answer goes ([`NetworkClient::respond_search`]).
+        /// Where the answer goes ([`NetworkClient::respond`]).
         channel: ResponseChannel<search::Response>,
     },
 }
@@ -98,7 +103,7 @@ pub struct ContentInbound {
     pub peer: PeerId,
     /// What it asked (bounds not checked yet).
     pub request: content::Request,
-    /// Where the answer goes ([`NetworkClient::respond_content`]).
+    /// Where the answer goes ([`NetworkClient::respond`]).
     pub channel: ResponseChannel<content::Response>,
 }
 
@@ -121,7 +126,6 @@ impl From<NetworkStopped> for RequestError {
 }
 
 /// Requests to the event loop.
-#[derive(Debug)]
 pub enum Command {
     /// Report the node's network state.
     Status {
@@ -135,56 +139,104 @@ pub enum Command {
         /// Whether the dial could be started.
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// Send an index sync request to a peer.
-    SyncIndex {
-        /// The leader.
-        peer: PeerId,
-        /// The request.
-        request: index_sync::Request,
-        /// The answer, or why there is none.
-        reply: oneshot::Sender<Result<index_sync::Response, RequestError>>,
-    },
-    /// Send a search request to a peer.
-    Search {
-        /// The leader.
-        peer: PeerId,
-        /// The request.
-        request: search::Request,
-        /// The answer, or why there is none.
-        reply: oneshot::Sender<Result<search::Response, RequestError>>,
-    },
-    /// Answer an inbound index sync request.
-    RespondIndex {
-        /// The request's channel.
-        channel: ResponseChannel<index_sync::Response>,
-        /// The answer.
-        response: index_sync::Response,
+    /// Send a request on one of the request-response protocols ([`NetworkClient::request`]):
+    /// the closure hands it to the protocol's behaviour and files the reply under its request
+    /// id.
+    Request(SendRequest),
+    /// Answer an inbound request ([`NetworkClient::respond`]): the closure hands the answer to
+    /// the protocol's behaviour and says whether it could be sent.
+    Respond {
+        /// Sends the answer.
+        send: Box<dyn FnOnce(&mut NodeBehaviour) -> bool + Send>,
         /// Close the connection to the peer once the answer is sent (it broke a rule).
         then_disconnect: Option<PeerId>,
     },
-    /// Answer an inbound search request.
-    RespondSearch {
-        /// The request's channel.
-        channel: ResponseChannel<search::Response>,
-        /// The answer.
-        response: search::Response,
-    },
-    /// Send a content request (piece list, manifest page) to a peer.
-    Content {
-        /// The holder.
-        peer: PeerId,
-        /// The request.
-        request: content::Request,
-        /// The answer, or why there is none.
-        reply: oneshot::Sender<Result<content::Response, RequestError>>,
-    },
-    /// Answer an inbound content request.
-    RespondContent {
-        /// The request's channel.
-        channel: ResponseChannel<content::Response>,
-        /// The answer.
-        response: content::Response,
-    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Status { .. } => f.write_str("Status"),
+            Command::Dial { addr, .. } => write!(f, "Dial({addr})"),
+            Command::Request(_) => f.write_str("Request"),
+            Command::Respond {
+                then_disconnect, ..
+            } => write!(f, "Respond(then_disconnect: {then_disconnect:?})"),
+        }
+    }
+}
+
+/// Hands a request to its protocol's behaviour and files its reply ([`Command::Request`]).
+pub type SendRequest = Box<dyn FnOnce(&mut NodeBehaviour, &mut Pending) + Send>;
+
+/// Where an answer to one of our requests goes.
+type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
+
+/// One of the node's request-response protocols, as the generic plumbing sees it: its
+/// messages, its behaviour in the swarm, and where its requests wait for their answers.
+pub trait Rpc: Send + 'static {
+    /// What is asked.
+    type Request: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static;
+    /// What is answered.
+    type Response: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static;
+    /// The name in logs.
+    const NAME: &'static str;
+    /// The protocol's behaviour.
+    fn behaviour(b: &mut NodeBehaviour) -> &mut cbor::Behaviour<Self::Request, Self::Response>;
+    /// Its requests waiting for their answers.
+    fn pending(p: &mut Pending) -> &mut HashMap<OutboundRequestId, Reply<Self::Response>>;
+}
+
+/// Our requests waiting for their answers, one map per protocol (request ids are only unique
+/// within one behaviour).
+#[derive(Default)]
+pub struct Pending {
+    index: HashMap<OutboundRequestId, Reply<index_sync::Response>>,
+    search: HashMap<OutboundRequestId, Reply<search::Response>>,
+    content: HashMap<OutboundRequestId, Reply<content::Response>>,
+}
+
+/// `/iwant/index/1.0.0`: index pushes to the leader.
+pub struct IndexRpc;
+/// `/iwant/search/1.0.0`: searches at the leader.
+pub struct SearchRpc;
+/// `/iwant/content/1.0.0`: piece lists and manifests from a holder.
+pub struct ContentRpc;
+
+impl Rpc for IndexRpc {
+    type Request = index_sync::Request;
+    type Response = index_sync::Response;
+    const NAME: &'static str = "index sync";
+    fn behaviour(b: &mut NodeBehaviour) -> &mut cbor::Behaviour<Self::Request, Self::Response> {
+        &mut b.index_sync
+    }
+    fn pending(p: &mut Pending) -> &mut HashMap<OutboundRequestId, Reply<Self::Response>> {
+        &mut p.index
+    }
+}
+
+impl Rpc for SearchRpc {
+    type Request = search::Request;
+    type Response = search::Response;
+    const NAME: &'static str = "search";
+    fn behaviour(b: &mut NodeBehaviour) -> &mut cbor::Behaviour<Self::Request, Self::Response> {
+        &mut b.search
+    }
+    fn pending(p: &mut Pending) -> &mut HashMap<OutboundRequestId, Reply<Self::Response>> {
+        &mut p.search
+    }
+}
+
+impl Rpc for ContentRpc {
+    type Request = content::Request;
+    type Response = content::Response;
+    const NAME: &'static str = "content";
+    fn behaviour(b: &mut NodeBehaviour) -> &mut cbor::Behaviour<Self::Request, Self::Response> {
+        &mut b.content
+    }
+    fn pending(p: &mut Pending) -> &mut HashMap<OutboundRequestId, Reply<Self::Response>> {
+        &mut p.content
+    }
 }
 
 /// A snapshot of the node's network state.
@@ -269,20 +321,47 @@ impl NetworkClient {
         rx.await.map_err(|_| NetworkStopped)
     }
 
+    /// Sends `request` to `peer` on protocol `P` and waits for its answer.
+    pub async fn request<P: Rpc>(
+        &self,
+        peer: PeerId,
+        request: P::Request,
+    ) -> Result<P::Response, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        let send = move |b: &mut NodeBehaviour, pending: &mut Pending| {
+            let id = P::behaviour(b).send_request(&peer, request);
+            P::pending(pending).insert(id, reply);
+        };
+        self.send(Command::Request(Box::new(send))).await?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Answers an inbound request of protocol `P` (the requester may be gone: then nothing
+    /// happens); with `then_disconnect`, closes the connections to that peer once the answer
+    /// is sent (it broke a rule; it will be redialed later, like any known peer).
+    pub async fn respond<P: Rpc>(
+        &self,
+        channel: ResponseChannel<P::Response>,
+        response: P::Response,
+        then_disconnect: Option<PeerId>,
+    ) {
+        let send =
+            move |b: &mut NodeBehaviour| P::behaviour(b).send_response(channel, response).is_ok();
+        let _ = self
+            .send(Command::Respond {
+                send: Box::new(send),
+                then_disconnect,
+            })
+            .await;
+    }
+
     /// Sends an index sync request to `peer` and waits for its answer.
     pub async fn sync_index(
         &self,
         peer: PeerId,
         request: index_sync::Request,
     ) -> Result<index_sync::Response, RequestError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::SyncIndex {
-            peer,
-            request,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| RequestError::Stopped)?
+        self.request::<IndexRpc>(peer, request).await
     }
 
     /// Sends a search request to `peer` and waits for its answer.
@@ -291,58 +370,7 @@ impl NetworkClient {
         peer: PeerId,
         request: search::Request,
     ) -> Result<search::Response, RequestError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Search {
-            peer,
-            request,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| RequestError::Stopped)?
-    }
-
-    /// Answers an inbound index sync request.
-    pub async fn respond_index(
-        &self,
-        channel: ResponseChannel<index_sync::Response>,
-        response: index_sync::Response,
-    ) {
-        let then_disconnect = None;
-        let _ = self
-            .send(Command::RespondIndex {
-                channel,
-                response,
-                then_disconnect,
-            })
-            .await;
-    }
-
-    /// Answers an inbound index sync request, then closes every connection to `peer`, which
-    /// broke a rule (it will be redialed later, like any known peer).
-    pub async fn respond_index_and_disconnect(
-        &self,
-        channel: ResponseChannel<index_sync::Response>,
-        response: index_sync::Response,
-        peer: PeerId,
-    ) {
-        let _ = self
-            .send(Command::RespondIndex {
-                channel,
-                response,
-                then_disconnect: Some(peer),
-            })
-            .await;
-    }
-
-    /// Answers an inbound search request.
-    pub async fn respond_search(
-        &self,
-        channel: ResponseChannel<search::Response>,
-        response: search::Response,
-    ) {
-        let _ = self
-            .send(Command::RespondSearch { channel, response })
-            .await;
+        self.request::<SearchRpc>(peer, request).await
     }
 
     /// Sends a content request to `peer` and waits for its answer.
@@ -351,25 +379,7 @@ impl NetworkClient {
         peer: PeerId,
         request: content::Request,
     ) -> Result<content::Response, RequestError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Content {
-            peer,
-            request,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| RequestError::Stopped)?
-    }
-
-    /// Answers an inbound content request.
-    pub async fn respond_content(
-        &self,
-        channel: ResponseChannel<content::Response>,
-        response: content::Response,
-    ) {
-        let _ = self
-            .send(Command::RespondContent { channel, response })
-            .await;
+        self.request::<ContentRpc>(peer, request).await
     }
 
     /// Opens a `/iwant/chunk/1` stream to a connected `peer`.

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     fsio,
-    net::{ContentInbound, NetworkClient},
+    net::{ContentInbound, ContentRpc, NetworkClient},
     share::{self, pieces::Layout, scan, IndexHandle},
     store::{FileRow, Store},
 };
@@ -129,7 +129,7 @@ pub async fn run(
             request = requests.recv() => {
                 let Some(ContentInbound { peer, request, channel }) = request else { return };
                 let Ok(permit) = jobs.clone().try_acquire_owned() else {
-                    net.respond_content(channel, content::Response::Busy).await;
+                    net.respond::<ContentRpc>(channel, content::Response::Busy, None).await;
                     continue;
                 };
                 let (net, index, manifests) = (net.clone(), index.clone(), manifests.clone());
@@ -142,7 +142,7 @@ pub async fn run(
                         reason: "internal error".into(),
                     });
                     tracing::debug!(%peer, ?response, "content request answered");
-                    net.respond_content(channel, response).await;
+                    net.respond::<ContentRpc>(channel, response, None).await;
                     drop(permit);
                 });
             }
