@@ -34,6 +34,9 @@ pub struct Behaviour {
     timer: Option<Delay>,
     /// Wakes [`Behaviour::poll`] when the node adds a peer (from outside the swarm's poll).
     waker: Option<Waker>,
+    /// Our dials in flight: only their failures count against a peer (another behaviour's
+    /// dial that fails, or one refused because ours is under way, says nothing about it).
+    dials: HashSet<ConnectionId>,
     pending: VecDeque<ToSwarm<Infallible, Infallible>>,
 }
 
@@ -45,6 +48,7 @@ impl Behaviour {
             connected: HashSet::new(),
             timer: None,
             waker: None,
+            dials: HashSet::new(),
             pending: VecDeque::new(),
         }
     }
@@ -120,6 +124,7 @@ impl NetworkBehaviour for Behaviour {
         let now = Instant::now();
         match event {
             FromSwarm::ConnectionEstablished(e) => {
+                self.dials.remove(&e.connection_id);
                 self.connected.insert(e.peer_id);
                 self.book.connected(&e.peer_id);
             }
@@ -133,8 +138,14 @@ impl NetworkBehaviour for Behaviour {
             }
             FromSwarm::DialFailure(DialFailure {
                 peer_id: Some(peer),
+                connection_id,
                 ..
-            }) => self.book.dial_failed(&peer, now),
+            }) => {
+                if !self.dials.remove(&connection_id) {
+                    return;
+                }
+                self.book.dial_failed(&peer, now);
+            }
             _ => return,
         }
         self.timer = None;
@@ -167,6 +178,7 @@ impl NetworkBehaviour for Behaviour {
                     // survive.
                     .allocate_new_port()
                     .build();
+                self.dials.insert(opts.connection_id());
                 self.pending.push_back(ToSwarm::Dial { opts });
             }
             if !self.pending.is_empty() {
