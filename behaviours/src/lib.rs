@@ -47,6 +47,15 @@ pub const AGENT_PREFIX: &str = "iwant/";
 /// The identify `protocolVersion` every iwant node announces.
 pub const PROTOCOL_VERSION: &str = "/iwant/1";
 
+/// A seed for the address book's jitter that differs from node to node: the end of the peer
+/// id (its start is the same multihash prefix for every node).
+fn jitter_seed(peer: &libp2p::PeerId) -> u64 {
+    let bytes = peer.to_bytes();
+    let mut tail = [0u8; 8];
+    tail.copy_from_slice(&bytes[bytes.len() - 8..]);
+    u64::from_le_bytes(tail)
+}
+
 /// Whether an identify agent string belongs to an iwant node.
 pub fn is_iwant_agent(agent: &str) -> bool {
     agent.starts_with(AGENT_PREFIX)
@@ -109,6 +118,8 @@ impl Config {
 pub struct NodeBehaviour {
     /// Connection policy: dedupe and keep-alive for iwant peers.
     pub connections: connections::Behaviour,
+    /// The address book: which peers to dial, and when.
+    pub peers: peers::Behaviour,
     /// libp2p identify (`/ipfs/id/1.0.0`).
     pub identify: identify::Behaviour,
     /// libp2p ping (`/ipfs/ping/1.0.0`).
@@ -145,6 +156,7 @@ impl NodeBehaviour {
         };
         Ok(Self {
             connections: connections::Behaviour::new(local_peer_id),
+            peers: peers::Behaviour::new(local_peer_id, jitter_seed(&local_peer_id)),
             identify: identify::Behaviour::new(
                 identify::Config::new(PROTOCOL_VERSION.to_string(), keypair.public())
                     .with_agent_version(config.agent_version),

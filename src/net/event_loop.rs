@@ -41,9 +41,6 @@ use super::{
 };
 use crate::config::DEFAULT_PORT;
 
-/// How often the address book is asked which peers to dial.
-const BOOK_TICK: Duration = Duration::from_millis(250);
-
 /// What the network needs to start.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -118,8 +115,6 @@ pub struct EventLoop {
     peers: HashMap<PeerId, Peer>,
     listen_addrs: Vec<Multiaddr>,
     known_addrs: Vec<KnownAddr>,
-    /// The peers found by mDNS or announced by other nodes, and when to dial each.
-    book: peers::Book,
     /// The election's leader and term, for [`NetworkClient::leader_watch`].
     leader: watch::Sender<LeaderView>,
     /// Requests from peers, to the leader task.
@@ -261,7 +256,6 @@ pub fn spawn(
         peers: HashMap::new(),
         listen_addrs: Vec::new(),
         known_addrs,
-        book: peers::Book::new(local_peer_id, rand::random()),
         leader: leader_tx,
         inbound: inbound_tx,
         pending: Pending::default(),
@@ -343,8 +337,6 @@ impl EventLoop {
     pub async fn run(mut self) {
         let mut redial = tokio::time::interval(REDIAL_INTERVAL);
         redial.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut dial_book = tokio::time::interval(BOOK_TICK);
-        dial_book.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut watchdog = tokio::time::interval(DISCONNECT_GRACE);
         watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -357,7 +349,6 @@ impl EventLoop {
                     None => break,
                 },
                 _ = redial.tick() => self.redial(),
-                _ = dial_book.tick() => self.dial_due(),
                 _ = watchdog.tick() => self.close_silent_connections(),
             }
         }
@@ -630,32 +621,6 @@ impl EventLoop {
         }
     }
 
-    /// Dials the peers of the address book whose time has come.
-    fn dial_due(&mut self) {
-        for (peer, addrs) in self.book.due(Instant::now()) {
-            self.dial_peer(peer, addrs);
-        }
-    }
-
-    /// Dials `peer` at `addrs` unless it is connected or being dialed.
-    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        let opts = DialOpts::peer_id(peer)
-            .addresses(addrs)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            // Dialing from the listen port makes two nodes that dial each other at once meet in
-            // one TCP simultaneous open, which the handshake cannot survive.
-            .allocate_new_port()
-            .build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::trace!(%peer, error = %e, "not dialing");
-            if self.swarm.is_connected(&peer) {
-                self.book.connected(&peer);
-            } else {
-                self.book.dial_failed(&peer, Instant::now());
-            }
-        }
-    }
-
     /// Tells a newly identified iwant peer about our other iwant peers (one direction only:
     /// telling every peer about every newcomer as well costs n² messages per node while a room
     /// of nodes forms, n³ in all; the others meet the newcomer when it dials them, or by
@@ -716,11 +681,11 @@ impl EventLoop {
                         return;
                     }
                 };
-                let now = Instant::now();
+                let book = &mut self.swarm.behaviour_mut().peers;
                 for (other, addrs) in records {
-                    let new = !self.book.contains(&other);
-                    if !self.book.add(other, &addrs, peers::Source::Announced, now) {
-                        if new && self.book.len() >= peers::book::MAX_PEERS {
+                    let new = !book.book().contains(&other);
+                    if !book.add(other, &addrs, peers::Source::Announced) {
+                        if new && book.book().len() >= peers::book::MAX_PEERS {
                             tracing::warn!(%peer, "too many known peers; ignoring the rest");
                             break;
                         }
@@ -729,11 +694,7 @@ impl EventLoop {
                     if new {
                         tracing::debug!(from = %peer, peer = %other, "learned of a peer");
                     }
-                    if self.swarm.is_connected(&other) {
-                        self.book.connected(&other);
-                    }
                 }
-                self.dial_due();
             }
             Event::OutboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "peer announcement not delivered");
@@ -786,7 +747,6 @@ impl EventLoop {
                         known.peer = Some(peer_id);
                     }
                 }
-                self.book.connected(&peer_id);
                 let peer = self.peers.entry(peer_id).or_default();
                 if peer.connections.is_empty() {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
@@ -809,7 +769,6 @@ impl EventLoop {
                     entry.get_mut().connections.remove(&connection_id);
                     if entry.get().connections.is_empty() {
                         entry.remove();
-                        self.book.disconnected(&peer_id, Instant::now());
                         let _ = self.departures.send(peer_id);
                         match cause {
                             Some(error) => {
@@ -833,7 +792,6 @@ impl EventLoop {
                 }
                 if let Some(peer) = peer_id {
                     tracing::debug!(%peer, %error, "dial failed");
-                    self.book.dial_failed(&peer, Instant::now());
                 }
                 if let libp2p::swarm::DialError::Transport(attempts) = &error {
                     for (addr, error) in attempts {
@@ -904,28 +862,22 @@ impl EventLoop {
                 }
             },
             NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
-                let now = Instant::now();
+                let book = &mut self.swarm.behaviour_mut().peers;
                 for (peer, addr) in found {
-                    let new = !self.book.contains(&peer);
-                    if self
-                        .book
-                        .add(peer, std::slice::from_ref(&addr), peers::Source::Mdns, now)
-                    {
+                    let new = !book.book().contains(&peer);
+                    if book.add(peer, std::slice::from_ref(&addr), peers::Source::Mdns) {
                         if new {
                             tracing::debug!(%peer, %addr, "discovered by mDNS");
                         }
-                        if self.swarm.is_connected(&peer) {
-                            self.book.connected(&peer);
-                        }
-                    } else if new && self.book.len() >= peers::book::MAX_PEERS {
+                    } else if new && book.book().len() >= peers::book::MAX_PEERS {
                         tracing::warn!(%peer, "too many known peers; ignoring");
                     }
                 }
-                self.dial_due();
             }
             NodeBehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                let book = &mut self.swarm.behaviour_mut().peers;
                 for (peer, addr) in gone {
-                    self.book.expire(&peer, &addr);
+                    book.expire(&peer, &addr);
                 }
             }
             NodeBehaviourEvent::PeerExchange(event) => self.on_peer_exchange(event),
@@ -934,7 +886,9 @@ impl EventLoop {
             NodeBehaviourEvent::Search(event) => self.on_search(event),
             NodeBehaviourEvent::Content(event) => self.on_content(event),
             NodeBehaviourEvent::Chunk(()) => {}
-            NodeBehaviourEvent::Connections(never) => match never {},
+            NodeBehaviourEvent::Connections(never) | NodeBehaviourEvent::Peers(never) => {
+                match never {}
+            }
         }
     }
 }

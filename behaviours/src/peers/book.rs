@@ -210,6 +210,14 @@ impl Book {
         self.back_off(peer, now);
     }
 
+    /// `peer`'s addresses (none if the book does not hold it).
+    pub fn addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.peers
+            .get(peer)
+            .map(|e| e.addrs.clone())
+            .unwrap_or_default()
+    }
+
     /// Whether the book holds `peer`.
     pub fn contains(&self, peer: &PeerId) -> bool {
         self.peers.contains_key(peer)
