@@ -683,16 +683,15 @@ impl EventLoop {
                 };
                 let book = &mut self.swarm.behaviour_mut().peers;
                 for (other, addrs) in records {
-                    let new = !book.book().contains(&other);
-                    if !book.add(other, &addrs, peers::Source::Announced) {
-                        if new && book.book().len() >= peers::book::MAX_PEERS {
-                            tracing::warn!(%peer, "too many known peers; ignoring the rest");
+                    match book.add(other, &addrs, peers::Source::Announced) {
+                        peers::Added::New => {
+                            tracing::debug!(from = %peer, peer = %other, "learned of a peer")
+                        }
+                        peers::Added::Full => {
+                            tracing::warn!(%peer, "too many announced peers; ignoring the rest");
                             break;
                         }
-                        continue;
-                    }
-                    if new {
-                        tracing::debug!(from = %peer, peer = %other, "learned of a peer");
+                        peers::Added::Known | peers::Added::Ignored => {}
                     }
                 }
             }
@@ -864,13 +863,12 @@ impl EventLoop {
             NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let book = &mut self.swarm.behaviour_mut().peers;
                 for (peer, addr) in found {
-                    let new = !book.book().contains(&peer);
-                    if book.add(peer, std::slice::from_ref(&addr), peers::Source::Mdns) {
-                        if new {
-                            tracing::debug!(%peer, %addr, "discovered by mDNS");
+                    match book.add(peer, std::slice::from_ref(&addr), peers::Source::Mdns) {
+                        peers::Added::New => tracing::debug!(%peer, %addr, "discovered by mDNS"),
+                        peers::Added::Full => {
+                            tracing::warn!(%peer, "too many peers found by mDNS; ignoring")
                         }
-                    } else if new && book.book().len() >= peers::book::MAX_PEERS {
-                        tracing::warn!(%peer, "too many known peers; ignoring");
+                        peers::Added::Known | peers::Added::Ignored => {}
                     }
                 }
             }

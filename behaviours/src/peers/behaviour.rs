@@ -22,7 +22,7 @@ use libp2p::{
     Multiaddr, PeerId,
 };
 
-use super::{Book, Source};
+use super::{Added, Book, Source};
 
 /// Dials the address book's peers; see the [`peers`](super) module.
 pub struct Behaviour {
@@ -55,9 +55,9 @@ impl Behaviour {
 
     /// `source` names `peer` at `addrs`; see [`Book::add`]. The dial, if one is due, goes out
     /// at the next poll.
-    pub fn add(&mut self, peer: PeerId, addrs: &[Multiaddr], source: Source) -> bool {
+    pub fn add(&mut self, peer: PeerId, addrs: &[Multiaddr], source: Source) -> Added {
         let added = self.book.add(peer, addrs, source, Instant::now());
-        if added && self.connected.contains(&peer) {
+        if added.held() && self.connected.contains(&peer) {
             self.book.connected(&peer);
         }
         self.timer = None;

@@ -15,7 +15,9 @@
 //!   connection resets it.
 //! - **Forgetting.** A peer is forgotten when the last source that named it expires: mDNS
 //!   says so, or no node announced it for [`ANNOUNCED_TTL`] (only while it is not connected).
-//!   The book holds at most [`MAX_PEERS`] peers and [`MAX_ADDRS`] addresses each.
+//!   The book holds at most [`MAX_PEERS`] peers found by mDNS and [`MAX_PEERS`] known only
+//!   from announcements, so a peer announcing made-up ones cannot crowd out those mDNS finds,
+//!   and [`MAX_ADDRS`] addresses each.
 
 use std::{
     collections::BTreeMap,
@@ -37,11 +39,32 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long an announced peer is remembered without a new announcement, while not connected.
 pub const ANNOUNCED_TTL: Duration = Duration::from_secs(120);
 
-/// Most peers in the book; beyond it, new peers are not added.
+/// Most peers in the book found by mDNS, and most known only from announcements; beyond
+/// either, new peers of that source are not added.
 pub const MAX_PEERS: usize = 1024;
 
 /// Most addresses kept per peer.
 pub const MAX_ADDRS: usize = 8;
+
+/// What [`Book::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// A peer the book did not hold.
+    New,
+    /// A peer it held already (its addresses and source are updated).
+    Known,
+    /// Not added: this node itself, or no address.
+    Ignored,
+    /// Not added: the book holds [`MAX_PEERS`] peers of that source already.
+    Full,
+}
+
+impl Added {
+    /// Whether the book holds the peer now.
+    pub fn held(self) -> bool {
+        matches!(self, Added::New | Added::Known)
+    }
+}
 
 /// Where the book heard of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,15 +109,27 @@ impl Book {
         }
     }
 
-    /// `source` names `peer` at `addrs`. Returns whether the book holds it (false for this
-    /// node itself, for no address, or when the book is full).
-    pub fn add(&mut self, peer: PeerId, addrs: &[Multiaddr], source: Source, now: Instant) -> bool {
+    /// `source` names `peer` at `addrs`.
+    pub fn add(
+        &mut self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+        source: Source,
+        now: Instant,
+    ) -> Added {
         if peer == self.local || addrs.is_empty() {
-            return false;
+            return Added::Ignored;
         }
-        if !self.peers.contains_key(&peer) {
-            if self.peers.len() >= MAX_PEERS {
-                return false;
+        let added = if self.peers.contains_key(&peer) {
+            Added::Known
+        } else {
+            let of_source = self
+                .peers
+                .values()
+                .filter(|e| e.mdns == (source == Source::Mdns))
+                .count();
+            if of_source >= MAX_PEERS {
+                return Added::Full;
             }
             let first = if self.local < peer {
                 now
@@ -113,7 +148,8 @@ impl Book {
                     backoff: FIRST_BACKOFF,
                 },
             );
-        }
+            Added::New
+        };
         let entry = self.peers.get_mut(&peer).expect("bug: inserted above");
         for addr in addrs {
             // One form per address: mDNS names it with `/p2p/<peer>`, identify without, and
@@ -127,7 +163,7 @@ impl Book {
             Source::Mdns => entry.mdns = true,
             Source::Announced => entry.announced = Some(now),
         }
-        true
+        added
     }
 
     /// mDNS no longer lists `addr` of `peer`.
@@ -290,8 +326,8 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Book::new(small, 1);
         let mut b = Book::new(large, 2);
-        assert!(a.add(large, &[addr(2)], Source::Mdns, t0));
-        assert!(b.add(small, &[addr(1)], Source::Mdns, t0));
+        assert!(a.add(large, &[addr(2)], Source::Mdns, t0).held());
+        assert!(b.add(small, &[addr(1)], Source::Mdns, t0).held());
         assert_eq!(peers(&a.due(t0)), [large]);
         assert!(
             b.due(t0).is_empty(),
@@ -395,13 +431,36 @@ mod tests {
         let local = PeerId::random();
         let t0 = Instant::now();
         let mut book = Book::new(local, 6);
-        assert!(!book.add(local, &[addr(1)], Source::Mdns, t0));
-        assert!(!book.add(PeerId::random(), &[], Source::Mdns, t0));
+        assert_eq!(
+            book.add(local, &[addr(1)], Source::Mdns, t0),
+            Added::Ignored
+        );
+        assert_eq!(
+            book.add(PeerId::random(), &[], Source::Mdns, t0),
+            Added::Ignored
+        );
         for _ in 0..MAX_PEERS {
-            assert!(book.add(PeerId::random(), &[addr(1)], Source::Announced, t0));
+            let p = PeerId::random();
+            assert_eq!(book.add(p, &[addr(1)], Source::Announced, t0), Added::New);
+            assert_eq!(book.add(p, &[addr(2)], Source::Announced, t0), Added::Known);
         }
-        assert!(!book.add(PeerId::random(), &[addr(1)], Source::Announced, t0));
+        assert_eq!(
+            book.add(PeerId::random(), &[addr(1)], Source::Announced, t0),
+            Added::Full
+        );
         assert_eq!(book.len(), MAX_PEERS);
+        // Announced peers cannot crowd out the ones mDNS finds, which have a bound of their own.
+        for _ in 0..MAX_PEERS {
+            assert_eq!(
+                book.add(PeerId::random(), &[addr(3)], Source::Mdns, t0),
+                Added::New
+            );
+        }
+        assert_eq!(
+            book.add(PeerId::random(), &[addr(3)], Source::Mdns, t0),
+            Added::Full
+        );
+        assert_eq!(book.len(), 2 * MAX_PEERS);
         let p = PeerId::random();
         let many: Vec<Multiaddr> = (0..20).map(addr).collect();
         let mut small = Book::new(local, 7);

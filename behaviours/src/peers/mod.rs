@@ -9,4 +9,4 @@ mod behaviour;
 pub mod book;
 
 pub use behaviour::Behaviour;
-pub use book::{Book, Source};
+pub use book::{Added, Book, Source};
