@@ -3,7 +3,13 @@
 //! Two nodes that discover each other at the same moment both dial, which leaves two
 //! connections between them. Both ends apply the same deterministic rule to pick the survivor, so
 //! they never close different ones: keep the oldest connection *dialed by the peer with the
-//! smaller peer id*; if there is none, keep the oldest. Everything else is closed.
+//! smaller peer id*; if there is none, keep the oldest. Everything else is closed, and always by
+//! the end that *accepted* it: a dialer counts its connection established one step before the
+//! listener does (multistream-select's lazy negotiation), so a dialer that closed its redundant
+//! connection at once would cut the listener's handshake off ("broken pipe"), a failed handshake
+//! in the listener's log for every simultaneous dial. The listener has finished its handshake
+//! when it closes, and so has the dialer. Each connection has exactly one listener, so each
+//! redundant connection is closed exactly once.
 //!
 //! libp2p closes connections that carry no streams after the swarm's idle timeout, and ping
 //! streams do not count. Connections to peers that the node marks with
@@ -72,7 +78,7 @@ impl Behaviour {
     fn on_established(&mut self, peer: PeerId, id: ConnectionId, role: Endpoint) {
         let conns = self.connections.entry(peer).or_default();
         conns.push((id, role));
-        for close in redundant(&self.local_peer_id, &peer, conns) {
+        for close in to_close(&self.local_peer_id, &peer, conns) {
             tracing::debug!(%peer, connection = %close, "closing a duplicate connection");
             self.pending.push_back(ToSwarm::CloseConnection {
                 peer_id: peer,
@@ -92,12 +98,15 @@ impl Behaviour {
     }
 }
 
-/// The connections to `remote` that both ends agree to close, given ours oldest first.
+/// The connections to `remote` that this end closes, given ours oldest first: the redundant
+/// ones that this end accepted (see the [module docs](self) for why the listener closes).
 ///
 /// The survivor is the oldest connection dialed by the smaller of the two peer ids, or the
 /// oldest of all when the smaller peer dialed none. Both ends compute the same survivor because
-/// each side's role on a connection is the mirror of the other's.
-pub fn redundant(
+/// each side's role on a connection is the mirror of the other's, and where "oldest" could
+/// differ between the ends (several connections dialed by the same peer), only one end, the
+/// listener of them all, decides.
+pub fn to_close(
     local: &PeerId,
     remote: &PeerId,
     conns: &[(ConnectionId, Endpoint)],
@@ -117,8 +126,8 @@ pub fn redundant(
         .0;
     conns
         .iter()
+        .filter(|(id, role)| *id != keep && *role == Endpoint::Listener)
         .map(|(id, _)| *id)
-        .filter(|id| *id != keep)
         .collect()
 }
 
@@ -246,38 +255,53 @@ mod tests {
     fn single_connection_is_never_closed() {
         let (small, big) = ordered_pair();
         let c = ids(1);
-        assert!(redundant(&small, &big, &[(c[0], Endpoint::Listener)]).is_empty());
-        assert!(redundant(&big, &small, &[(c[0], Endpoint::Dialer)]).is_empty());
+        assert!(to_close(&small, &big, &[(c[0], Endpoint::Listener)]).is_empty());
+        assert!(to_close(&big, &small, &[(c[0], Endpoint::Dialer)]).is_empty());
     }
 
     #[test]
-    fn both_ends_close_the_same_connection_of_a_simultaneous_dial() {
+    fn only_the_end_that_accepted_the_redundant_connection_closes_it() {
         let (small, big) = ordered_pair();
         let c = ids(2);
         // c[0] was dialed by `big`, c[1] by `small`; each end saw them in a different order.
-        let on_small = redundant(
+        // Both keep c[1]; `small` accepted c[0] and closes it, `big` dialed it and leaves it.
+        let on_small = to_close(
             &small,
             &big,
             &[(c[0], Endpoint::Listener), (c[1], Endpoint::Dialer)],
         );
-        let on_big = redundant(
+        let on_big = to_close(
             &big,
             &small,
             &[(c[1], Endpoint::Listener), (c[0], Endpoint::Dialer)],
         );
         assert_eq!(on_small, vec![c[0]]);
-        assert_eq!(on_big, vec![c[0]]);
+        assert!(on_big.is_empty());
+        // Seen in the other order, the decision is the same.
+        let on_big = to_close(
+            &big,
+            &small,
+            &[(c[0], Endpoint::Dialer), (c[1], Endpoint::Listener)],
+        );
+        assert!(on_big.is_empty());
     }
 
     #[test]
     fn oldest_survives_when_the_smaller_peer_dialed_none() {
         let (small, big) = ordered_pair();
         let c = ids(3);
-        let conns = [
+        // `big` dialed all three: it closes none, `small` (their listener) keeps its oldest.
+        let on_big = [
             (c[0], Endpoint::Dialer),
             (c[1], Endpoint::Dialer),
             (c[2], Endpoint::Dialer),
         ];
-        assert_eq!(redundant(&big, &small, &conns), vec![c[1], c[2]]);
+        assert!(to_close(&big, &small, &on_big).is_empty());
+        let on_small = [
+            (c[1], Endpoint::Listener),
+            (c[0], Endpoint::Listener),
+            (c[2], Endpoint::Listener),
+        ];
+        assert_eq!(to_close(&small, &big, &on_small), vec![c[0], c[2]]);
     }
 }

@@ -1,5 +1,6 @@
 //! `connections::Behaviour` between real swarms over an in-memory transport with Noise and
-//! Yamux, with a short idle timeout so keep-alive is visible.
+//! Yamux (negotiated lazily, as iwant's transport does), with a short idle timeout so keep-alive
+//! is visible.
 
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ fn swarm() -> Swarm<connections::Behaviour> {
     let key = Keypair::generate_ed25519();
     let peer = key.public().to_peer_id();
     let transport = MemoryTransport::default()
-        .upgrade(Version::V1)
+        .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(&key).unwrap())
         .multiplex(yamux::Config::default())
         .boxed();
@@ -47,6 +48,8 @@ async fn listening() -> (Swarm<connections::Behaviour>, Multiaddr) {
 struct Counts {
     established: usize,
     closed: usize,
+    /// Connections that failed before they were established (in the handshake).
+    failed: usize,
 }
 
 /// Polls both swarms for `d`, counting connection events on each side.
@@ -71,6 +74,9 @@ fn count(c: &mut Counts, e: SwarmEvent<std::convert::Infallible>) {
     match e {
         SwarmEvent::ConnectionEstablished { .. } => c.established += 1,
         SwarmEvent::ConnectionClosed { .. } => c.closed += 1,
+        SwarmEvent::IncomingConnectionError { .. } | SwarmEvent::OutgoingConnectionError { .. } => {
+            c.failed += 1
+        }
         _ => {}
     }
 }
@@ -137,6 +143,11 @@ async fn simultaneous_dials_leave_one_connection_on_both_ends() {
         assert_eq!(cb.established + cb2.established, 2);
         assert_eq!(ca.closed + ca2.closed, 1, "exactly one of the two closed");
         assert_eq!(cb.closed + cb2.closed, 1);
+        assert_eq!(
+            (ca.failed + ca2.failed, cb.failed + cb2.failed),
+            (0, 0),
+            "the duplicate is closed after both ends finished the handshake"
+        );
         assert!(
             a.is_connected(&pb) && b.is_connected(&pa),
             "and the other one survives"

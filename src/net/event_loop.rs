@@ -681,11 +681,12 @@ impl EventLoop {
                         return;
                     }
                 };
-                let book = &mut self.swarm.behaviour_mut().peers;
+                let behaviour = self.swarm.behaviour_mut();
                 for (other, addrs) in records {
-                    match book.add(other, &addrs, peers::Source::Announced) {
+                    match behaviour.peers.add(other, &addrs, peers::Source::Announced) {
                         peers::Added::New => {
-                            tracing::debug!(from = %peer, peer = %other, "learned of a peer")
+                            tracing::debug!(from = %peer, peer = %other, "learned of a peer");
+                            behaviour.election.discovered(other);
                         }
                         peers::Added::Full => {
                             tracing::warn!(%peer, "too many announced peers; ignoring the rest");
@@ -861,10 +862,17 @@ impl EventLoop {
                 }
             },
             NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
-                let book = &mut self.swarm.behaviour_mut().peers;
+                let behaviour = self.swarm.behaviour_mut();
                 for (peer, addr) in found {
-                    match book.add(peer, std::slice::from_ref(&addr), peers::Source::Mdns) {
-                        peers::Added::New => tracing::debug!(%peer, %addr, "discovered by mDNS"),
+                    match behaviour.peers.add(
+                        peer,
+                        std::slice::from_ref(&addr),
+                        peers::Source::Mdns,
+                    ) {
+                        peers::Added::New => {
+                            tracing::debug!(%peer, %addr, "discovered by mDNS");
+                            behaviour.election.discovered(peer);
+                        }
                         peers::Added::Full => {
                             tracing::warn!(%peer, "too many peers found by mDNS; ignoring")
                         }

@@ -22,7 +22,7 @@ use libp2p::{
 use super::{
     handler::{self, Handler},
     protocol::Message,
-    state::{Action, ElectionState, Input},
+    state::{Action, ElectionState, Input, Role},
     Config,
 };
 
@@ -95,6 +95,13 @@ impl Behaviour {
         self.state.peers().iter()
     }
 
+    /// Tells the election that `peer` was found (mDNS, peer exchange) and is not connected
+    /// yet: until this node has known a leader, it waits for such peers to arrive before it
+    /// stands (see [`Input::PeerDiscovered`]).
+    pub fn discovered(&mut self, peer: PeerId) {
+        self.input(Input::PeerDiscovered(peer));
+    }
+
     /// Shuts the election down: a leader sends a goodbye to every participant. Reports
     /// [`Event::Left`] once they are written; keep polling the swarm until then (with a
     /// deadline). After this the node neither votes nor leads.
@@ -123,7 +130,33 @@ impl Behaviour {
 
     fn input(&mut self, input: Input) {
         let now = Instant::now();
+        let before = self.state.term();
+        let cause = match &input {
+            Input::Received { from, message } => Some((*from, *message)),
+            _ => None,
+        };
         let actions = self.state.handle(now, input);
+        if self.state.term() != before {
+            let role = match self.state.role() {
+                Role::Follower { .. } => "follower",
+                Role::Candidate { .. } => "candidate",
+                Role::Leader { .. } => "leader",
+                Role::Left => "left",
+            };
+            let participants = self.state.peers().len();
+            match cause {
+                Some((from, message)) => tracing::debug!(
+                    term = self.state.term(), role, participants, %from, ?message,
+                    "new election term"
+                ),
+                None => tracing::debug!(
+                    term = self.state.term(),
+                    role,
+                    participants,
+                    "new election term"
+                ),
+            }
+        }
         self.apply(actions);
         self.timer = self
             .state

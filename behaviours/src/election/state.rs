@@ -21,6 +21,10 @@ use super::{
     Config,
 };
 
+/// How many found-but-not-connected peers a starting node waits for, at most (peer exchange
+/// and mDNS come from the network: bounded).
+const MAX_EXPECTED: usize = 1024;
+
 /// Something that happened, for [`ElectionState::handle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -28,6 +32,11 @@ pub enum Input {
     PeerConnected(PeerId),
     /// The last connection to a peer closed.
     PeerDisconnected(PeerId),
+    /// A peer was found (mDNS, peer exchange) but is not connected yet. Until this node has
+    /// known a leader, it holds back from standing while peers it found have not arrived
+    /// (at most [`Config::max_settle`]): a node that starts into a busy network waits for them
+    /// instead of leading alone and then merging (each merge costs a term).
+    PeerDiscovered(PeerId),
     /// A message arrived from an authenticated peer.
     Received {
         /// The sender, as Noise authenticated it.
@@ -119,6 +128,11 @@ pub struct ElectionState {
     /// Since when this node has held back from standing because participants keep arriving
     /// ([`Config::settle`]).
     holding_since: Option<Instant>,
+    /// Whether this node has followed or led anyone yet (see [`Input::PeerDiscovered`]).
+    seen_leader: bool,
+    /// Peers found but not connected yet, while this node has not seen a leader; at most
+    /// [`MAX_EXPECTED`].
+    expected: BTreeSet<PeerId>,
     /// The jitter's generator, seeded by the caller (tests replay a seed).
     rng: SmallRng,
 }
@@ -137,6 +151,8 @@ impl ElectionState {
             starting: true,
             last_joined: None,
             holding_since: None,
+            seen_leader: false,
+            expected: BTreeSet::new(),
             rng: SmallRng::seed_from_u64(seed),
         };
         let wait = state.config.startup_wait + state.jitter();
@@ -194,6 +210,15 @@ impl ElectionState {
                 if message.term() > self.term.saturating_add(MAX_TERM_JUMP) => {}
             Input::PeerConnected(peer) => self.on_connected(now, peer, &mut out),
             Input::PeerDisconnected(peer) => self.on_gone(now, peer, &mut out),
+            Input::PeerDiscovered(peer) => {
+                if !self.seen_leader
+                    && peer != self.local
+                    && !self.peers.contains(&peer)
+                    && self.expected.len() < MAX_EXPECTED
+                {
+                    self.expected.insert(peer);
+                }
+            }
             Input::Received { from, message } => match message {
                 Message::Heartbeat { term } => self.on_heartbeat(now, from, term, &mut out),
                 Message::VoteRequest { term } => self.on_vote_request(now, from, term, &mut out),
@@ -224,6 +249,7 @@ impl ElectionState {
         if peer == self.local || !self.peers.insert(peer) {
             return;
         }
+        self.expected.remove(&peer);
         self.last_joined = Some(now);
         let term = self.term;
         match &self.role {
@@ -278,6 +304,8 @@ impl ElectionState {
         let changed = self.leader() != Some(leader) || self.term != term;
         self.starting = false;
         self.holding_since = None;
+        self.seen_leader = true;
+        self.expected.clear();
         if term > self.term {
             self.voted_for = None;
         }
@@ -387,9 +415,11 @@ impl ElectionState {
             if let Some(_leader) = self.leader() {
                 out.push(Action::LeaderLost { term: self.term });
             }
+            // A network ahead of this node, so probably with a leader: wait for its heartbeat
+            // as a follower does, rather than stand again at once in a term above it.
             self.term = term;
             self.voted_for = None;
-            let deadline = now + self.election_delay();
+            let deadline = now + self.config.leader_timeout + self.election_delay();
             self.role = Role::Follower {
                 leader: None,
                 last_heard: None,
@@ -451,11 +481,19 @@ impl ElectionState {
                 }
                 self.stand(now, out)
             }
-            Role::Follower { deadline, .. } | Role::Candidate { deadline, .. }
-                if now >= *deadline =>
-            {
+            Role::Candidate { deadline, .. } if now >= *deadline => {
+                // A contested round without a majority: while participants keep arriving,
+                // the next term waits for them (a majority of a growing network is out of
+                // reach, and every new term costs one).
+                if let Some(until) = self.hold_back(now) {
+                    if let Role::Candidate { deadline, .. } = &mut self.role {
+                        *deadline = until;
+                    }
+                    return;
+                }
                 self.stand(now, out)
             }
+            Role::Follower { deadline, .. } if now >= *deadline => self.stand(now, out),
             Role::Leader { next_heartbeat } if now >= *next_heartbeat => {
                 self.broadcast(Message::Heartbeat { term: self.term }, out);
                 self.role = Role::Leader {
@@ -467,18 +505,29 @@ impl ElectionState {
     }
 
     /// When a leaderless node that is due to stand should look again instead, because a
-    /// participant arrived within [`Config::settle`] (and it has not held back for
-    /// [`Config::max_settle`] yet); `None` when it should stand now.
+    /// participant arrived within [`Config::settle`] or peers it found have not arrived yet
+    /// (and it has not held back for [`Config::max_settle`] yet); `None` when it should stand
+    /// now.
     fn hold_back(&mut self, now: Instant) -> Option<Instant> {
-        let joined = self.last_joined?;
+        let waiting = !self.expected.is_empty();
+        if self.last_joined.is_none() && !waiting {
+            return None;
+        }
         let since = *self.holding_since.get_or_insert(now);
-        let settled = now.saturating_duration_since(joined) >= self.config.settle;
+        let arrived_lately = self
+            .last_joined
+            .is_some_and(|joined| now.saturating_duration_since(joined) < self.config.settle);
+        let settled = !waiting && !arrived_lately;
         if settled || now.saturating_duration_since(since) >= self.config.max_settle {
             self.holding_since = None;
             return None;
         }
         // Then the ranked delay again, so that the smallest id still stands first.
-        Some(joined + self.config.settle + self.election_delay())
+        let from = match self.last_joined {
+            Some(joined) if arrived_lately => joined,
+            _ => now,
+        };
+        Some(from + self.config.settle + self.election_delay())
     }
 
     /// Starts a new term as a candidate.
@@ -522,6 +571,8 @@ impl ElectionState {
         let voters = self.peers.len() + 1 - usize::from(silent);
         if counted * 2 > voters {
             let term = self.term;
+            self.seen_leader = true;
+            self.expected.clear();
             self.role = Role::Leader {
                 next_heartbeat: now + self.config.heartbeat_interval,
             };
@@ -1473,6 +1524,57 @@ mod tests {
             let failover = kill_leader(&mut sim);
             assert!(failover < Duration::from_secs(3), "{n} nodes: {failover:?}");
         }
+    }
+
+    #[test]
+    fn a_node_that_found_a_network_waits_for_it_instead_of_leading_alone() {
+        let peers = ids(4);
+        let mut sim = Sim::new(&peers, Config::default());
+        for (i, j) in [(0, 1), (0, 2), (1, 2)] {
+            sim.connect(i, j);
+        }
+        sim.run_until(Duration::from_secs(5), |s| {
+            s.agreed_among(&[0, 1, 2]).is_some()
+        });
+        let (leader, term) = sim.agreed_among(&[0, 1, 2]).unwrap();
+        // Node 3 starts now and finds the three at once, but its connections take 3 s (a
+        // busy machine, a room powering on).
+        sim.nodes[3] = ElectionState::new(peers[3], Config::default(), 99, sim.now);
+        for p in &peers[..3] {
+            sim.input(3, Input::PeerDiscovered(*p));
+        }
+        sim.run(Duration::from_secs(3));
+        assert!(
+            matches!(sim.nodes[3].role(), Role::Follower { leader: None, .. }),
+            "node 3 stood or led alone: {:?}",
+            sim.nodes[3].role()
+        );
+        for i in 0..3 {
+            sim.connect(3, i);
+        }
+        sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
+        assert_eq!(
+            sim.agreed(),
+            Some((leader, term)),
+            "it joins the leader's term"
+        );
+
+        // Found peers that never arrive hold it back only for max_settle.
+        let config = quiet();
+        let t0 = Instant::now();
+        let mut alone = ElectionState::new(peers[3], config.clone(), 5, t0);
+        alone.handle(t0, Input::PeerDiscovered(peers[0]));
+        let mut t = t0;
+        while alone.leader().is_none() {
+            t = alone.next_deadline().unwrap();
+            alone.handle(t, Input::Tick);
+            assert!(t - t0 < Duration::from_secs(60), "it never led");
+        }
+        assert!(
+            t - t0 >= config.startup_wait + config.max_settle,
+            "led after {:?}, without waiting for the peer it found",
+            t - t0
+        );
     }
 
     #[test]

@@ -34,7 +34,8 @@
 //! The lab needs root and `ip` (iproute2); [`Lab::shape`] also needs `tc`. Without them,
 //! [`Lab::new`] prints `skipping lab test <name>: <reason>` and returns `None`, except under
 //! `CI=true`, where it panics: in CI the lab tests must run. `IWANT_LAB_LOG` overrides the nodes'
-//! log filter (default [`NODE_LOG`]).
+//! log filter (default [`NODE_LOG`]); with `IWANT_LAB_KEEP` set, a lab keeps its nodes' homes
+//! and logs (as a failed test always does) and prints where.
 
 mod discovery;
 mod download;
@@ -856,7 +857,7 @@ impl Drop for Lab {
                 errors.extend(ip(&format!("link del {}", self.names.bridge())).err());
             }
         }
-        if failed {
+        if failed || std::env::var_os("IWANT_LAB_KEEP").is_some() {
             if let Some(dir) = self.dir.take() {
                 eprintln!(
                     "lab {}: homes and logs kept in {}",
