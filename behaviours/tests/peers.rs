@@ -1,10 +1,11 @@
 //! `peers::Behaviour` between real swarms over an in-memory transport with Noise and Yamux:
-//! who dials, backoff on failed dials, and dials by peer id through the book.
+//! who dials, backoff on failed dials, dials by peer id through the book, pinned addresses, and
+//! the liveness watchdog.
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use iwant_behaviours::peers::{self, Source};
+use iwant_behaviours::peers::{self, PinError, Probe, Source};
 use libp2p::{
     core::{transport::MemoryTransport, upgrade::Version, ConnectedPoint, Transport},
     identity::Keypair,
@@ -27,6 +28,11 @@ fn ordered_keys() -> (Keypair, Keypair) {
 }
 
 fn swarm(key: Keypair) -> S {
+    swarm_with(key, peers::LIVENESS_TIMEOUT)
+}
+
+/// A swarm whose behaviour closes connections without an answered probe for `liveness`.
+fn swarm_with(key: Keypair, liveness: Duration) -> S {
     let peer = key.public().to_peer_id();
     let transport = MemoryTransport::default()
         .upgrade(Version::V1)
@@ -35,14 +41,18 @@ fn swarm(key: Keypair) -> S {
         .boxed();
     Swarm::new(
         transport,
-        peers::Behaviour::new(peer, 7),
+        peers::Behaviour::new(peer, 7).with_liveness_timeout(liveness),
         peer,
         Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(60)),
     )
 }
 
 async fn listening(key: Keypair) -> (S, Multiaddr) {
-    let mut s = swarm(key);
+    listening_with(key, peers::LIVENESS_TIMEOUT).await
+}
+
+async fn listening_with(key: Keypair, liveness: Duration) -> (S, Multiaddr) {
+    let mut s = swarm_with(key, liveness);
     s.listen_on(Multiaddr::empty().with(Protocol::Memory(0)))
         .unwrap();
     loop {
@@ -140,4 +150,133 @@ async fn a_dial_by_peer_id_alone_uses_the_books_addresses() {
     b.dial(pa).unwrap();
     let (ea, eb) = established_for(&mut a, &mut b, Duration::from_secs(2)).await;
     assert_eq!((ea, eb), (vec![false], vec![true]));
+}
+
+/// What happened to connections while both swarms ran.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Per swarm: its established connections, by id.
+    established: [Vec<libp2p::swarm::ConnectionId>; 2],
+    /// Per swarm: when each of its connections closed.
+    closed: [Vec<Instant>; 2],
+}
+
+/// Polls both swarms until `done` (checked after every event and every 50 ms) or `limit`.
+async fn run_until(a: &mut S, b: &mut S, limit: Duration, done: impl Fn(&Seen) -> bool) -> Seen {
+    let mut seen = Seen::default();
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while !done(&seen) {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = tick.tick() => {}
+            e = a.select_next_some() => record(&mut seen, 0, e),
+            e = b.select_next_some() => record(&mut seen, 1, e),
+        }
+    }
+    seen
+}
+
+fn record(seen: &mut Seen, side: usize, e: SwarmEvent<std::convert::Infallible>) {
+    match e {
+        SwarmEvent::ConnectionEstablished { connection_id, .. } => {
+            seen.established[side].push(connection_id)
+        }
+        SwarmEvent::ConnectionClosed { .. } => seen.closed[side].push(Instant::now()),
+        _ => {}
+    }
+}
+
+const LIVENESS: Duration = Duration::from_millis(400);
+
+/// `a` (liveness timeout [`LIVENESS`]) connected to `b` (a timeout it never reaches), and the
+/// connection's id on `a`.
+async fn watched_pair() -> (S, S, libp2p::swarm::ConnectionId) {
+    let (ka, kb) = ordered_keys();
+    let (mut a, _) = listening_with(ka, LIVENESS).await;
+    let (mut b, addr_b) = listening_with(kb, Duration::from_secs(60)).await;
+    a.dial(addr_b).unwrap();
+    let up = run_until(&mut a, &mut b, Duration::from_secs(2), |s| {
+        !s.established[0].is_empty()
+    })
+    .await;
+    let conn = *up.established[0].first().expect("connected");
+    (a, b, conn)
+}
+
+#[tokio::test]
+async fn a_connection_without_answered_probes_is_closed_after_the_liveness_timeout() {
+    let (mut a, mut b, _) = watched_pair().await;
+    let start = Instant::now();
+    let seen = run_until(&mut a, &mut b, Duration::from_secs(5), |s| {
+        !s.closed[0].is_empty()
+    })
+    .await;
+    let closed = seen.closed[0]
+        .first()
+        .expect("the silent connection was closed");
+    assert!(
+        *closed - start >= LIVENESS / 2,
+        "closed after {:?}, before its timeout",
+        *closed - start
+    );
+}
+
+#[tokio::test]
+async fn answered_probes_keep_a_connection_open_and_a_failed_one_closes_it() {
+    let (mut a, mut b, conn) = watched_pair().await;
+    // Answers every 100 ms, for five liveness timeouts.
+    for _ in 0..20 {
+        a.behaviour_mut().probed(conn, Probe::Answered);
+        let seen = run_until(&mut a, &mut b, Duration::from_millis(100), |s| {
+            !s.closed[0].is_empty()
+        })
+        .await;
+        assert!(seen.closed[0].is_empty(), "closed although it answered");
+    }
+    a.behaviour_mut().probed(conn, Probe::Failed);
+    let seen = run_until(&mut a, &mut b, LIVENESS / 2, |s| !s.closed[0].is_empty()).await;
+    assert_eq!(seen.closed[0].len(), 1, "a failed probe closes it at once");
+}
+
+#[tokio::test]
+async fn a_peer_without_the_probe_protocol_is_not_judged_by_it() {
+    let (mut a, mut b, conn) = watched_pair().await;
+    a.behaviour_mut().probed(conn, Probe::Unsupported);
+    let seen = run_until(&mut a, &mut b, LIVENESS * 4, |s| !s.closed[0].is_empty()).await;
+    assert!(seen.closed[0].is_empty());
+}
+
+#[tokio::test]
+async fn a_pinned_address_is_dialed_again_when_its_connection_closes() {
+    let (ka, kb) = ordered_keys();
+    let (pa, pb) = (ka.public().to_peer_id(), kb.public().to_peer_id());
+    let (mut a, addr_a) = listening(ka).await;
+    let (mut b, addr_b) = listening(kb).await;
+    // Pinned without a peer id, as `--peer /ip4/.../tcp/4747` is.
+    a.behaviour_mut().pin(addr_b.clone()).unwrap();
+    a.behaviour_mut().pin(addr_b).unwrap();
+    let up = run_until(&mut a, &mut b, Duration::from_secs(2), |s| {
+        !s.established[0].is_empty() && !s.established[1].is_empty()
+    })
+    .await;
+    assert_eq!(
+        up.established[0].len(),
+        1,
+        "dialed once, though pinned twice"
+    );
+    b.disconnect_peer_id(pa).unwrap();
+    let again = run_until(&mut a, &mut b, peers::PIN_REDIAL * 3, |s| {
+        !s.established[0].is_empty()
+    })
+    .await;
+    assert_eq!(again.established[0].len(), 1, "redialed");
+    assert!(a.is_connected(&pb));
+    // Its own address is refused.
+    let own = addr_a.with(Protocol::P2p(pa));
+    assert!(matches!(
+        a.behaviour_mut().pin(own),
+        Err(PinError::OwnAddress(_))
+    ));
 }

@@ -21,10 +21,7 @@ use libp2p::{
     noise, ping,
     pnet::{PnetConfig, PreSharedKey},
     request_response::{self, ResponseChannel},
-    swarm::{
-        dial_opts::{DialOpts, PeerCondition},
-        ConnectionId, SwarmEvent,
-    },
+    swarm::{ConnectionId, SwarmEvent},
     yamux, Multiaddr, PeerId, Swarm,
 };
 use tokio::{
@@ -37,7 +34,6 @@ use super::{
     private::HandshakeHints, tcp, Command, ContentInbound, ContentRpc, IndexRpc, LeaderInbound,
     LeaderView, NetStatus, NetworkClient, PeerStatus, Pending, RequestError, Rpc, SearchRpc,
     COMMAND_QUEUE, DEPARTURES_QUEUE, DIAL_TIMEOUT, GOODBYE_LIMIT, IDLE_TIMEOUT, INBOUND_QUEUE,
-    LIVENESS_TIMEOUT, REDIAL_INTERVAL,
 };
 use crate::config::DEFAULT_PORT;
 
@@ -79,15 +75,6 @@ pub enum NetError {
     },
 }
 
-/// A peer address given by `--peer`, the config or a dial command.
-struct KnownAddr {
-    addr: Multiaddr,
-    /// The peer behind it: from a `/p2p/` suffix, or learned on the first connection.
-    peer: Option<PeerId>,
-    /// The dial under way, if any.
-    pending: Option<ConnectionId>,
-}
-
 #[derive(Default)]
 struct Peer {
     connections: HashMap<ConnectionId, Conn>,
@@ -99,9 +86,6 @@ struct Peer {
 
 struct Conn {
     remote: Multiaddr,
-    /// When the connection last proved alive (established, or a ping answered); `None` when
-    /// the peer does not support ping, so liveness is not judged by it.
-    last_alive: Option<Instant>,
 }
 
 /// How long a peer that broke a rule keeps its connection after its refusal was sent.
@@ -114,7 +98,6 @@ pub struct EventLoop {
     shutdown: CancellationToken,
     peers: HashMap<PeerId, Peer>,
     listen_addrs: Vec<Multiaddr>,
-    known_addrs: Vec<KnownAddr>,
     /// The election's leader and term, for [`NetworkClient::leader_watch`].
     leader: watch::Sender<LeaderView>,
     /// Requests from peers, to the leader task.
@@ -240,22 +223,17 @@ pub fn spawn(
     let (content_tx, content_rx) = mpsc::channel(INBOUND_QUEUE);
     let chunk = swarm.behaviour().chunk.new_control();
     let (departures, _) = broadcast::channel(DEPARTURES_QUEUE);
-    let known_addrs = config
-        .peers
-        .into_iter()
-        .map(|addr| KnownAddr {
-            peer: peer_of(&addr),
-            addr,
-            pending: None,
-        })
-        .collect();
+    for addr in config.peers {
+        if let Err(error) = swarm.behaviour_mut().peers.pin(addr) {
+            tracing::warn!(%error, "not dialing a --peer address");
+        }
+    }
     let event_loop = EventLoop {
         swarm,
         commands: rx,
         shutdown,
         peers: HashMap::new(),
         listen_addrs: Vec::new(),
-        known_addrs,
         leader: leader_tx,
         inbound: inbound_tx,
         pending: Pending::default(),
@@ -325,20 +303,11 @@ fn is_loopback(addr: &Multiaddr) -> bool {
     })
 }
 
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        Protocol::P2p(peer) => Some(peer),
-        _ => None,
-    })
-}
-
 impl EventLoop {
     /// Drives the swarm until the shutdown token is cancelled.
     pub async fn run(mut self) {
-        let mut redial = tokio::time::interval(REDIAL_INTERVAL);
-        redial.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut watchdog = tokio::time::interval(DISCONNECT_GRACE);
-        watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut disconnects = tokio::time::interval(DISCONNECT_GRACE);
+        disconnects.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -348,8 +317,7 @@ impl EventLoop {
                     // Every client is gone: nobody can ask anything any more.
                     None => break,
                 },
-                _ = redial.tick() => self.redial(),
-                _ = watchdog.tick() => self.close_silent_connections(),
+                _ = disconnects.tick() => self.disconnect_rule_breakers(),
             }
         }
         self.say_goodbye().await;
@@ -403,8 +371,6 @@ impl EventLoop {
         }
     }
 
-    /// Closes every connection that answered no ping for [`LIVENESS_TIMEOUT`]. (libp2p ping
-    /// reports a lost peer only after its 10 s stream-negotiation timeout; this is faster.)
     /// Closes the connection of a peer that broke a rule once [`DISCONNECT_GRACE`] has passed
     /// (if its answer was flagged for it), so that the refusal reaches it first: closing at
     /// once can cut the answer off in flight.
@@ -415,7 +381,7 @@ impl EventLoop {
         }
     }
 
-    fn close_silent_connections(&mut self) {
+    fn disconnect_rule_breakers(&mut self) {
         let now = Instant::now();
         let due: Vec<PeerId> = self
             .disconnect_at
@@ -427,28 +393,6 @@ impl EventLoop {
             self.disconnect_at.remove(&peer);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
-        let silent: Vec<(PeerId, ConnectionId)> = self
-            .peers
-            .iter()
-            .flat_map(|(peer, p)| {
-                p.connections.iter().filter_map(move |(id, c)| {
-                    c.last_alive
-                        .is_some_and(|t| t.elapsed() > LIVENESS_TIMEOUT)
-                        .then_some((*peer, *id))
-                })
-            })
-            .collect();
-        for (peer, id) in silent {
-            tracing::info!(%peer, "no ping answered for {LIVENESS_TIMEOUT:?}; closing the connection");
-            if let Some(c) = self
-                .peers
-                .get_mut(&peer)
-                .and_then(|p| p.connections.get_mut(&id))
-            {
-                c.last_alive = None;
-            }
-            self.swarm.close_connection(id);
-        }
     }
 
     fn on_command(&mut self, command: Command) {
@@ -457,14 +401,8 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::Dial { addr, reply } => {
-                let mut known = KnownAddr {
-                    peer: peer_of(&addr),
-                    addr,
-                    pending: None,
-                };
-                let result = dial_known(&mut self.swarm, &mut known);
-                self.known_addrs.push(known);
-                let _ = reply.send(result);
+                let result = self.swarm.behaviour_mut().peers.pin(addr);
+                let _ = reply.send(result.map_err(|e| e.to_string()));
             }
             Command::Request(send) => send(self.swarm.behaviour_mut(), &mut self.pending),
             Command::Respond {
@@ -610,17 +548,6 @@ impl EventLoop {
     }
 
     /// Dials every known address (`--peer`, the config, `iwant dial`) that is not connected.
-    fn redial(&mut self) {
-        for known in &mut self.known_addrs {
-            let connected = known.peer.is_some_and(|p| self.swarm.is_connected(&p));
-            if !connected && known.pending.is_none() {
-                if let Err(e) = dial_known(&mut self.swarm, known) {
-                    tracing::debug!(addr = %known.addr, error = %e, "cannot dial");
-                }
-            }
-        }
-    }
-
     /// Tells a newly identified iwant peer about our other iwant peers (one direction only:
     /// telling every peer about every newcomer as well costs n² messages per node while a room
     /// of nodes forms, n³ in all; the others meet the newcomer when it dials them, or by
@@ -741,12 +668,6 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                for known in &mut self.known_addrs {
-                    if known.pending == Some(connection_id) {
-                        known.pending = None;
-                        known.peer = Some(peer_id);
-                    }
-                }
                 let peer = self.peers.entry(peer_id).or_default();
                 if peer.connections.is_empty() {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
@@ -755,7 +676,6 @@ impl EventLoop {
                     connection_id,
                     Conn {
                         remote: endpoint.get_remote_address().clone(),
-                        last_alive: Some(Instant::now()),
                     },
                 );
             }
@@ -779,19 +699,10 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::OutgoingConnectionError {
-                connection_id,
-                peer_id,
-                error,
-            } => {
-                for known in &mut self.known_addrs {
-                    if known.pending == Some(connection_id) {
-                        known.pending = None;
-                        tracing::debug!(addr = %known.addr, %error, "dial failed");
-                    }
-                }
-                if let Some(peer) = peer_id {
-                    tracing::debug!(%peer, %error, "dial failed");
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                match peer_id {
+                    Some(peer) => tracing::debug!(%peer, %error, "dial failed"),
+                    None => tracing::debug!(%error, "dial failed"),
                 }
                 if let libp2p::swarm::DialError::Transport(attempts) = &error {
                     for (addr, error) in attempts {
@@ -838,29 +749,22 @@ impl EventLoop {
                 peer,
                 connection,
                 result,
-            }) => match result {
-                Ok(rtt) => {
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        p.rtt = Some(rtt);
-                        if let Some(c) = p.connections.get_mut(&connection) {
-                            c.last_alive = Some(Instant::now());
+            }) => {
+                let probe = match result {
+                    Ok(rtt) => {
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.rtt = Some(rtt);
                         }
+                        peers::Probe::Answered
                     }
-                }
-                Err(ping::Failure::Unsupported) => {
-                    let conn = self
-                        .peers
-                        .get_mut(&peer)
-                        .and_then(|p| p.connections.get_mut(&connection));
-                    if let Some(c) = conn {
-                        c.last_alive = None;
+                    Err(ping::Failure::Unsupported) => peers::Probe::Unsupported,
+                    Err(error) => {
+                        tracing::info!(%peer, %error, "ping failed; closing the connection");
+                        peers::Probe::Failed
                     }
-                }
-                Err(error) => {
-                    tracing::info!(%peer, %error, "ping failed; closing the connection");
-                    self.swarm.close_connection(connection);
-                }
-            },
+                };
+                self.swarm.behaviour_mut().peers.probed(connection, probe);
+            }
             NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let behaviour = self.swarm.behaviour_mut();
                 for (peer, addr) in found {
@@ -949,24 +853,6 @@ fn route<P: Rpc>(
 }
 
 /// Starts a dial to a known address, unless its peer is connected or being dialed.
-fn dial_known(swarm: &mut Swarm<NodeBehaviour>, known: &mut KnownAddr) -> Result<(), String> {
-    let opts = match known.peer {
-        Some(peer) => DialOpts::peer_id(peer)
-            .addresses(vec![known.addr.clone()])
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .allocate_new_port()
-            .build(),
-        None => DialOpts::unknown_peer_id()
-            .address(known.addr.clone())
-            .allocate_new_port()
-            .build(),
-    };
-    let id = opts.connection_id();
-    swarm.dial(opts).map_err(|e| e.to_string())?;
-    known.pending = Some(id);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

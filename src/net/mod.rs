@@ -4,14 +4,15 @@
 //! The shape is rust-libp2p's file-sharing example: [`spawn`] builds the swarm, starts
 //! listening (so address errors surface at start-up) and returns a cloneable [`NetworkClient`]
 //! plus the [`EventLoop`] future. The client sends [`Command`]s over a bounded channel, each with
-//! a `oneshot` for the answer; the loop `select!`s over swarm events, commands, a redial timer
-//! and the shutdown token.
+//! a `oneshot` for the answer; the loop `select!`s over swarm events, commands, a timer for
+//! closing rule breakers' connections and the shutdown token.
 //!
-//! Connection policy (see `docs/architecture.md`):
+//! Connection policy (see `docs/architecture.md`), run by `iwant_behaviours::peers::Behaviour`
+//! unless said otherwise:
 //! - peers come from mDNS and from other nodes (peer exchange) into the address book
 //!   (`iwant_behaviours::peers::Book`: of two nodes that find each other, the one with the
 //!   smaller peer id dials; redials back off from 1 s to 60 s); `--peer` addresses are
-//!   redialed every [`REDIAL_INTERVAL`];
+//!   redialed every [`PIN_REDIAL`] while disconnected;
 //! - duplicates from simultaneous dials are closed by `iwant_behaviours::connections`;
 //! - a vanished peer is found by the kernel's TCP keepalive within about 5 s ([`tcp::tune`]);
 //!   a connection with no answered ping for [`LIVENESS_TIMEOUT`] (20 s: a hung peer, whose
@@ -41,13 +42,7 @@ pub const DEPARTURES_QUEUE: usize = 256;
 /// How many commands may wait for the event loop before senders wait.
 pub const COMMAND_QUEUE: usize = 64;
 
-/// How often disconnected `--peer` addresses are dialed again.
-pub const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
-
-/// How long a connection may go without an answered ping before it is closed (ping runs
-/// every 5 s). Vanished peers are found sooner, by TCP keepalive ([`tcp::tune`]); this finds
-/// hung ones, whose kernel still answers it.
-pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(20);
+pub use iwant_behaviours::peers::{LIVENESS_TIMEOUT, PIN_REDIAL};
 
 /// How long a connection to a non-iwant peer may sit without streams before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -132,7 +127,7 @@ pub enum Command {
         /// Where the answer goes.
         reply: oneshot::Sender<NetStatus>,
     },
-    /// Dial an address now and keep it in the redial set.
+    /// Dial an address now and keep it connected (`peers::Behaviour::pin`).
     Dial {
         /// The address, optionally ending in `/p2p/<peer id>`.
         addr: Multiaddr,
@@ -196,48 +191,42 @@ pub struct Pending {
     content: HashMap<OutboundRequestId, Reply<content::Response>>,
 }
 
-/// `/iwant/index/1.0.0`: index pushes to the leader.
-pub struct IndexRpc;
-/// `/iwant/search/1.0.0`: searches at the leader.
-pub struct SearchRpc;
-/// `/iwant/content/1.0.0`: piece lists and manifests from a holder.
-pub struct ContentRpc;
+/// Declares one of the node's request-response protocols: a marker type and its [`Rpc`] impl
+/// (its messages live in `iwant_behaviours::$module`, its behaviour in `NodeBehaviour::$module`,
+/// its waiting requests in `Pending::$pending`).
+macro_rules! rpc {
+    ($(#[$doc:meta])* $name:ident, $module:ident, $pending:ident, $label:literal) => {
+        $(#[$doc])*
+        pub struct $name;
 
-impl Rpc for IndexRpc {
-    type Request = index_sync::Request;
-    type Response = index_sync::Response;
-    const NAME: &'static str = "index sync";
-    fn behaviour(b: &mut NodeBehaviour) -> &mut cbor::Behaviour<Self::Request, Self::Response> {
-        &mut b.index_sync
-    }
-    fn pending(p: &mut Pending) -> &mut HashMap<OutboundRequestId, Reply<Self::Response>> {
-        &mut p.index
-    }
+        impl Rpc for $name {
+            type Request = $module::Request;
+            type Response = $module::Response;
+            const NAME: &'static str = $label;
+            fn behaviour(
+                b: &mut NodeBehaviour,
+            ) -> &mut cbor::Behaviour<Self::Request, Self::Response> {
+                &mut b.$module
+            }
+            fn pending(p: &mut Pending) -> &mut HashMap<OutboundRequestId, Reply<Self::Response>> {
+                &mut p.$pending
+            }
+        }
+    };
 }
 
-impl Rpc for SearchRpc {
-    type Request = search::Request;
-    type Response = search::Response;
-    const NAME: &'static str = "search";
-    fn behaviour(b: &mut NodeBehaviour) -> &mut cbor::Behaviour<Self::Request, Self::Response> {
-        &mut b.search
-    }
-    fn pending(p: &mut Pending) -> &mut HashMap<OutboundRequestId, Reply<Self::Response>> {
-        &mut p.search
-    }
-}
-
-impl Rpc for ContentRpc {
-    type Request = content::Request;
-    type Response = content::Response;
-    const NAME: &'static str = "content";
-    fn behaviour(b: &mut NodeBehaviour) -> &mut cbor::Behaviour<Self::Request, Self::Response> {
-        &mut b.content
-    }
-    fn pending(p: &mut Pending) -> &mut HashMap<OutboundRequestId, Reply<Self::Response>> {
-        &mut p.content
-    }
-}
+rpc!(
+    /// `/iwant/index/1.0.0`: index pushes to the leader.
+    IndexRpc, index_sync, index, "index sync"
+);
+rpc!(
+    /// `/iwant/search/1.0.0`: searches at the leader.
+    SearchRpc, search, search, "search"
+);
+rpc!(
+    /// `/iwant/content/1.0.0`: piece lists and manifests from a holder.
+    ContentRpc, content, content, "content"
+);
 
 /// A snapshot of the node's network state.
 #[derive(Debug, Clone, PartialEq, Eq)]
