@@ -232,6 +232,17 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     .await
     .expect("bug: database task panicked")?;
 
+    let open_files = match crate::limits::raise_open_files() {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the limit on open files; keeping the default");
+            // Budget for the usual default soft limit.
+            Some(1_024)
+        }
+    };
+    let budget = crate::limits::ConnectionBudget::for_open_files(open_files);
+    tracing::debug!(?open_files, ?budget, "open files and connection limits");
+
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut peers = config.peers.clone();
@@ -245,6 +256,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         peers,
         mdns: config.mdns && !options.no_mdns,
         network_key,
+        budget,
     };
     let net::Spawned {
         client: net,

@@ -18,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod fsio;
 pub mod leader;
+pub mod limits;
 pub mod net;
 pub mod share;
 pub mod store;

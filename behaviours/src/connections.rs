@@ -11,6 +11,11 @@
 //! when it closes, and so has the dialer. Each connection has exactly one listener, so each
 //! redundant connection is closed exactly once.
 //!
+//! One remote IP address may hold at most [`MAX_INBOUND_PER_IP`] inbound connections at once,
+//! handshakes included ([`Behaviour::with_max_inbound_per_ip`]): a flood of half-open
+//! connections from one machine takes a few descriptors, not all of them. Loopback is exempt
+//! (it is this machine's own users).
+//!
 //! libp2p closes connections that carry no streams after the swarm's idle timeout, and ping
 //! streams do not count. Connections to peers that the node marks with
 //! [`Behaviour::keep_alive`] (peers that identified as iwant nodes) stay open instead, so a
@@ -19,11 +24,14 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     convert::Infallible,
+    fmt,
+    net::IpAddr,
     task::{Context, Poll},
 };
 
 use libp2p::{
     core::{transport::PortUse, upgrade::DeniedUpgrade, Endpoint},
+    multiaddr::Protocol,
     swarm::{
         handler::ConnectionEvent, CloseConnection, ConnectionDenied, ConnectionHandler,
         ConnectionHandlerEvent, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler,
@@ -32,6 +40,30 @@ use libp2p::{
     Multiaddr, PeerId,
 };
 
+/// Inbound connections one remote IP address may hold at once, by default.
+pub const MAX_INBOUND_PER_IP: usize = 16;
+
+/// Why an inbound connection was refused: its address holds enough already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyFromOneAddress {
+    /// The remote address.
+    pub ip: IpAddr,
+    /// Its limit.
+    pub limit: usize,
+}
+
+impl fmt::Display for TooManyFromOneAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} already holds {} inbound connections",
+            self.ip, self.limit
+        )
+    }
+}
+
+impl std::error::Error for TooManyFromOneAddress {}
+
 /// See the [module docs](self).
 pub struct Behaviour {
     local_peer_id: PeerId,
@@ -39,6 +71,12 @@ pub struct Behaviour {
     connections: HashMap<PeerId, Vec<(ConnectionId, Endpoint)>>,
     /// Peers whose connections are kept alive; only peers with an open connection.
     kept: HashSet<PeerId>,
+    /// The remote IP of each inbound connection counted against its address, from its
+    /// handshake on.
+    inbound: HashMap<ConnectionId, IpAddr>,
+    /// Inbound connections per remote IP (loopback not counted).
+    per_ip: HashMap<IpAddr, usize>,
+    max_inbound_per_ip: usize,
     pending: VecDeque<ToSwarm<Infallible, bool>>,
 }
 
@@ -49,7 +87,50 @@ impl Behaviour {
             local_peer_id,
             connections: HashMap::new(),
             kept: HashSet::new(),
+            inbound: HashMap::new(),
+            per_ip: HashMap::new(),
+            max_inbound_per_ip: MAX_INBOUND_PER_IP,
             pending: VecDeque::new(),
+        }
+    }
+
+    /// Lets one remote IP address hold at most `limit` inbound connections instead of
+    /// [`MAX_INBOUND_PER_IP`].
+    pub fn with_max_inbound_per_ip(mut self, limit: usize) -> Self {
+        self.max_inbound_per_ip = limit;
+        self
+    }
+
+    /// An inbound connection from `remote` is in its handshake: counted, or refused.
+    fn admit(&mut self, id: ConnectionId, remote: &Multiaddr) -> Result<(), TooManyFromOneAddress> {
+        let Some(ip) = ip_of(remote) else {
+            return Ok(());
+        };
+        if ip.is_loopback() {
+            return Ok(());
+        }
+        let count = self.per_ip.entry(ip).or_default();
+        if *count >= self.max_inbound_per_ip {
+            return Err(TooManyFromOneAddress {
+                ip,
+                limit: self.max_inbound_per_ip,
+            });
+        }
+        *count += 1;
+        self.inbound.insert(id, ip);
+        Ok(())
+    }
+
+    /// A counted inbound connection closed or failed.
+    fn release(&mut self, id: ConnectionId) {
+        let Some(ip) = self.inbound.remove(&id) else {
+            return;
+        };
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
         }
     }
 
@@ -131,9 +212,29 @@ pub fn to_close(
         .collect()
 }
 
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
 impl NetworkBehaviour for Behaviour {
     type ConnectionHandler = Handler;
     type ToSwarm = Infallible;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.admit(id, remote).map_err(|refused| {
+            tracing::debug!(%refused, "refused an inbound connection");
+            ConnectionDenied::new(refused)
+        })
+    }
 
     fn handle_established_inbound_connection(
         &mut self,
@@ -165,7 +266,11 @@ impl NetworkBehaviour for Behaviour {
             FromSwarm::ConnectionEstablished(e) => {
                 self.on_established(e.peer_id, e.connection_id, e.endpoint.to_endpoint())
             }
-            FromSwarm::ConnectionClosed(e) => self.on_closed(e.peer_id, e.connection_id),
+            FromSwarm::ConnectionClosed(e) => {
+                self.release(e.connection_id);
+                self.on_closed(e.peer_id, e.connection_id)
+            }
+            FromSwarm::ListenFailure(e) => self.release(e.connection_id),
             _ => {}
         }
     }

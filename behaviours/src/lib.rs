@@ -37,7 +37,11 @@ pub use libp2p_stream;
 use std::time::Duration;
 
 use libp2p::{
-    identify, identity::Keypair, mdns, ping, swarm::behaviour::toggle::Toggle,
+    connection_limits::{self, ConnectionLimits},
+    identify,
+    identity::Keypair,
+    mdns, ping,
+    swarm::behaviour::toggle::Toggle,
     swarm::NetworkBehaviour,
 };
 
@@ -83,6 +87,12 @@ pub struct Config {
     pub mdns_query_interval: Duration,
     /// The leader election's timers. Default: [`election::Config::default`].
     pub election: election::Config,
+    /// Bounds on connections, node-wide (libp2p's `connection_limits`). Default: 128 inbound
+    /// and 64 outbound handshakes at once, 4,096 established, 4 per peer.
+    pub connection_limits: ConnectionLimits,
+    /// Inbound connections one remote IP address may hold at once, handshakes included
+    /// (loopback is exempt). Default: [`connections::MAX_INBOUND_PER_IP`].
+    pub max_inbound_per_ip: usize,
 }
 
 impl Default for Config {
@@ -95,6 +105,12 @@ impl Default for Config {
             mdns_ttl: Duration::from_secs(360),
             mdns_query_interval: Duration::from_secs(300),
             election: election::Config::default(),
+            connection_limits: ConnectionLimits::default()
+                .with_max_pending_incoming(Some(128))
+                .with_max_pending_outgoing(Some(64))
+                .with_max_established(Some(4_096))
+                .with_max_established_per_peer(Some(4)),
+            max_inbound_per_ip: connections::MAX_INBOUND_PER_IP,
         }
     }
 }
@@ -116,6 +132,8 @@ impl Config {
 /// Everything an iwant node speaks, composed into one behaviour.
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
+    /// Node-wide bounds on connections (first: it refuses before anything else is set up).
+    pub limits: connection_limits::Behaviour,
     /// Connection policy: dedupe and keep-alive for iwant peers.
     pub connections: connections::Behaviour,
     /// The address book: which peers to dial, and when.
@@ -155,7 +173,9 @@ impl NodeBehaviour {
             None
         };
         Ok(Self {
-            connections: connections::Behaviour::new(local_peer_id),
+            limits: connection_limits::Behaviour::new(config.connection_limits),
+            connections: connections::Behaviour::new(local_peer_id)
+                .with_max_inbound_per_ip(config.max_inbound_per_ip),
             peers: peers::Behaviour::new(local_peer_id, jitter_seed(&local_peer_id)),
             identify: identify::Behaviour::new(
                 identify::Config::new(PROTOCOL_VERSION.to_string(), keypair.public())

@@ -16,15 +16,20 @@ use super::{
     PROTOCOL_VERSION,
 };
 
-/// Most control connections served at once; more wait in the accept queue.
+/// Most requests handled at once; more wait (their request read) for a place.
 pub const MAX_CONNECTIONS: usize = 16;
+
+/// Most connections whose request is still being read; more wait in the accept queue. A
+/// connection holds no handling place while it sends its request, so idle connections (a
+/// stuck script, a client that never writes) do not keep commands out.
+pub const MAX_WAITING: usize = 256;
 
 /// Most [`Request::Follow`] streams served at once. A follow gives its connection slot back
 /// while it streams, so followed downloads never keep other commands out.
 pub const MAX_FOLLOWERS: usize = 64;
 
-/// How long a client may take to send its request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send its request (the CLI sends it as soon as it connects).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The control server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +67,16 @@ where
     H: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Answer> + Send,
 {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let followers = Arc::new(Semaphore::new(MAX_FOLLOWERS));
+    let places = Places {
+        handling: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        followers: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
+    };
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     let tasks = TaskTracker::new();
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => permit.expect("bug: semaphore closed"),
+            permit = waiting.clone().acquire_owned() => permit.expect("bug: semaphore closed"),
         };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -77,13 +85,10 @@ where
         match accepted {
             Ok((stream, same_user)) => {
                 let handler = handler.clone();
-                let slot = Slot {
-                    connection: permit,
-                    followers: followers.clone(),
-                };
+                let places = places.clone();
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
-                    if let Err(e) = answer(stream, same_user, handler, slot, stop).await {
+                    if let Err(e) = answer(stream, same_user, handler, permit, places, stop).await {
                         tracing::debug!(error = %e, "control connection failed");
                     }
                 });
@@ -98,10 +103,11 @@ where
     tasks.wait().await;
 }
 
-/// A connection's place among the [`MAX_CONNECTIONS`], and where a follow takes its place
-/// among the [`MAX_FOLLOWERS`] instead.
-struct Slot {
-    connection: OwnedSemaphorePermit,
+/// The places a connection takes once its request is read: one of the [`MAX_CONNECTIONS`]
+/// while it is handled, or one of the [`MAX_FOLLOWERS`] while it follows a download.
+#[derive(Clone)]
+struct Places {
+    handling: Arc<Semaphore>,
     followers: Arc<Semaphore>,
 }
 
@@ -109,7 +115,8 @@ async fn answer<H, Fut>(
     stream: impl Conn,
     same_user: bool,
     handler: H,
-    slot: Slot,
+    waiting: OwnedSemaphorePermit,
+    places: Places,
     shutdown: CancellationToken,
 ) -> Result<(), FrameError>
 where
@@ -124,12 +131,22 @@ where
         read_message::<Envelope>(&mut stream, MAX_MESSAGE),
     )
     .await;
+    drop(waiting);
+    let handling = places
+        .handling
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("bug: semaphore closed");
     let result = match request {
         _ if !same_user => Err(ControlError::new(
             ErrorKind::PermissionDenied,
             "only the user who runs this iwant node may control it",
         )),
-        Err(_) => Err(ControlError::new(ErrorKind::BadRequest, "no request within 5 s")),
+        Err(_) => Err(ControlError::new(
+            ErrorKind::BadRequest,
+            format!("no request within {REQUEST_TIMEOUT:?}"),
+        )),
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(FrameError::Io(e))) => return Err(FrameError::Io(e)),
         Ok(Err(e)) => Err(ControlError::new(ErrorKind::BadRequest, e.to_string())),
@@ -143,7 +160,7 @@ where
         Ok(Ok(Some(env))) => match handler(env.request).await {
             Answer::One(result) => result,
             Answer::Stream(mut replies) => {
-                let Ok(_follower) = slot.followers.clone().try_acquire_owned() else {
+                let Ok(_follower) = places.followers.clone().try_acquire_owned() else {
                     let busy = ControlError::new(
                         ErrorKind::BadRequest,
                         format!("{MAX_FOLLOWERS} downloads are followed already; leave one, or watch them all with `iwant status`"),
@@ -151,7 +168,7 @@ where
                     return write_message(&mut stream, &Reply::new(Err(busy)), MAX_REPLY).await;
                 };
                 // A follow may last as long as its download: other commands get its place.
-                drop(slot.connection);
+                drop(handling);
                 // Until the stream ends, the client goes away or the node stops. The client sends
                 // nothing more, so a read returns only when it closes (or breaks the protocol):
                 // a client that left is noticed at once, not at the next reply.
@@ -216,6 +233,31 @@ mod tests {
         assert!(matches!(answer, Ok(Response::Folders(_))), "{answer:?}");
         shutdown.cancel();
         drop(follows);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn idle_connections_do_not_keep_commands_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().to_path_buf())).unwrap();
+        let (shutdown, task) = server(&home).await;
+        // 200 connections that never send a request (a stuck script).
+        let mut idle = Vec::new();
+        for _ in 0..200 {
+            idle.push(
+                crate::control::transport::connect(&home.control_socket())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let client = Client::new(home);
+        // Well inside the request timeout: the command does not wait for the idle ones.
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT / 2, client.request(Request::Config))
+            .await
+            .expect("a command waits behind idle connections");
+        assert!(matches!(answer, Ok(Response::Folders(_))), "{answer:?}");
+        shutdown.cancel();
+        drop(idle);
         task.await.unwrap();
     }
 

@@ -49,6 +49,8 @@ pub struct NetConfig {
     pub mdns: bool,
     /// The private network's pre-shared key, if this node runs one.
     pub network_key: Option<PreSharedKey>,
+    /// How many connections to take (from the open-file limit).
+    pub budget: crate::limits::ConnectionBudget,
 }
 
 /// The network could not start.
@@ -87,6 +89,9 @@ struct Peer {
 struct Conn {
     remote: Multiaddr,
 }
+
+/// Addresses of one peer dialed at once.
+const DIAL_CONCURRENCY: std::num::NonZeroU8 = std::num::NonZeroU8::new(4).unwrap();
 
 /// How long a peer that broke a rule keeps its connection after its refusal was sent.
 const DISCONNECT_GRACE: Duration = Duration::from_millis(500);
@@ -179,7 +184,13 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> Result<Spawned, NetError> {
     let local_peer_id = keypair.public().to_peer_id();
-    let behaviour_config = iwant_behaviours::Config::default().with_mdns(config.mdns);
+    let mut behaviour_config = iwant_behaviours::Config::default().with_mdns(config.mdns);
+    let budget = config.budget;
+    behaviour_config.connection_limits = behaviour_config
+        .connection_limits
+        .with_max_established(Some(budget.established))
+        .with_max_pending_incoming(Some(budget.pending_incoming))
+        .with_max_pending_outgoing(Some(budget.pending_outgoing));
     let transport = build_transport(&keypair, config.network_key)
         .map_err(|e| NetError::Setup(e.to_string()))?;
     let behaviour = NodeBehaviour::new(&keypair, behaviour_config)
@@ -190,7 +201,12 @@ pub fn spawn(
         .unwrap_or_else(|never| match never {})
         .with_behaviour(|_| behaviour)
         .unwrap_or_else(|never| match never {})
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(IDLE_TIMEOUT)
+                // Addresses tried at once per dial (libp2p's default is 8): with
+                // `peers::MAX_DIALS`, it bounds the connection attempts in flight.
+                .with_dial_concurrency_factor(DIAL_CONCURRENCY)
+        })
         .build();
 
     let mut fallback = None;

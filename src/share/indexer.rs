@@ -629,6 +629,10 @@ impl Indexer {
             skipped: walk.skipped,
             ..Default::default()
         };
+        // What the walk could not see stays as it was (a listing that failed is not a folder
+        // emptied: with no file descriptor left, a rescan would otherwise drop every row).
+        let unseen = walk.unreadable;
+        let kept = |path: &str| unseen.iter().any(|u| is_at_or_below(path, u));
         let mut to_hash = Vec::new();
         // An empty table (a first scan) has nothing to reuse: skip one query per file.
         let may_reuse = !old_files.is_empty() || self.store.has_files()?;
@@ -642,7 +646,7 @@ impl Indexer {
                 },
             }
         }
-        change.remove_files = old_files.into_keys().collect();
+        change.remove_files = old_files.into_keys().filter(|p| !kept(p)).collect();
 
         // Directories: the walked ones, and every ancestor of `rel` while something exists there.
         let mut new_dirs: BTreeSet<String> = walk.dirs.into_iter().collect();
@@ -652,7 +656,7 @@ impl Indexer {
         new_dirs.insert(String::new());
         change.remove_dirs = old_dirs
             .iter()
-            .filter(|d| !new_dirs.contains(*d))
+            .filter(|d| !new_dirs.contains(*d) && !kept(d))
             .cloned()
             .collect();
         // New directories get a placeholder row now and their id in `update_dir_ids`.

@@ -36,6 +36,11 @@ pub struct Walk {
     pub skipped: Vec<ScanError>,
     /// Directories that could not be listed (also in `errors`): unreadable ones, typically.
     pub unlisted: Vec<String>,
+    /// Paths whose contents the walk could not see (also in `errors`): a directory it could
+    /// not list or listed only in part, an entry it could not stat (a permission, an I/O error,
+    /// no file descriptor left). Not seeing something is not seeing it gone: the index keeps
+    /// its rows at and below these paths until a walk sees them.
+    pub unreadable: Vec<String>,
     /// The walk was told to stop before it finished: what it found is incomplete and must not
     /// be taken for the folder's contents.
     pub interrupted: bool,
@@ -160,6 +165,7 @@ pub fn walk_until(root: &Path, rel: &str, rules: &Rules, stop: &dyn Fn() -> bool
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
                 walk.errors.push(error(&rel, e));
+                walk.unreadable.push(rel);
                 continue;
             }
         };
@@ -189,7 +195,8 @@ pub fn walk_until(root: &Path, rel: &str, rules: &Rules, stop: &dyn Fn() -> bool
                 Ok(e) => e,
                 Err(e) => {
                     walk.errors.push(error(&rel, e));
-                    walk.unlisted.push(rel);
+                    walk.unlisted.push(rel.clone());
+                    walk.unreadable.push(rel);
                     continue;
                 }
             };
@@ -198,8 +205,10 @@ pub fn walk_until(root: &Path, rel: &str, rules: &Rules, stop: &dyn Fn() -> bool
                 let entry = match entry {
                     Ok(e) => e,
                     Err(e) => {
+                        // The listing broke off: what it did not name may still be there.
                         walk.errors.push(error(&rel, e));
-                        continue;
+                        walk.unreadable.push(rel.clone());
+                        break;
                     }
                 };
                 let name = entry.file_name();

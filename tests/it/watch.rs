@@ -136,3 +136,62 @@ fn an_unreadable_folder_leaves_the_rest_of_the_share_watched() {
     });
     fs::set_permissions(share.join("locked"), fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+#[test]
+fn a_folder_that_cannot_be_listed_keeps_its_files_in_the_index() {
+    let user = User::unprivileged();
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("iwant");
+    fs::hard_link(crate::util::bin(), &bin)
+        .or_else(|_| fs::copy(crate::util::bin(), &bin).map(drop))
+        .unwrap();
+    let (home, share, _) = crate::util::configured_home(dir.path());
+    // A rescan every second: the failed listing comes soon after the folder closes.
+    let config = home.join("config.toml");
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("rescan_interval_secs = 1\n");
+    fs::write(&config, text).unwrap();
+    fs::create_dir_all(share.join("closing/inner")).unwrap();
+    fs::write(share.join("closing/a.txt"), b"a").unwrap();
+    fs::write(share.join("closing/inner/b.txt"), b"b").unwrap();
+    fs::write(share.join("open.txt"), b"open").unwrap();
+    user.own(dir.path());
+
+    let node = user
+        .command(&bin, &home)
+        .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(dir.path().join("node.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut node = KillOnDrop(node);
+    let ls = |args: &[&str]| -> Option<String> {
+        let (code, out, _) = run(user.command(&bin, &home).args(["ls", "--json"]).args(args));
+        (code == 0).then_some(out)
+    };
+    let everything = ["closing/a.txt", "closing/inner/b.txt", "open.txt"];
+    wait_for(LIMIT, "the first scan", || {
+        assert!(node.0.try_wait().unwrap().is_none(), "the node exited");
+        let out = ls(&[])?;
+        everything
+            .iter()
+            .all(|p| out.contains(&format!("\"{p}\"")))
+            .then_some(())
+    });
+
+    // The folder can no longer be listed (a permission here; no file descriptor left, an I/O
+    // error elsewhere). A rescan records why, and must not take its files for deleted.
+    fs::set_permissions(share.join("closing"), fs::Permissions::from_mode(0o000)).unwrap();
+    // The errors and the rows of one walk are written in one transaction: once the error shows,
+    // so would the deletions.
+    wait_for(LIMIT, "a rescan to fail to list the folder", || {
+        ls(&["--errors"])?.contains("\"closing\"").then_some(())
+    });
+    let out = ls(&[]).expect("the node answers");
+    for p in everything {
+        assert!(out.contains(&format!("\"{p}\"")), "{p} was dropped: {out}");
+    }
+    fs::set_permissions(share.join("closing"), fs::Permissions::from_mode(0o755)).unwrap();
+}

@@ -29,6 +29,11 @@ pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often a pinned address without a connection is dialed again.
 pub const PIN_REDIAL: Duration = Duration::from_secs(2);
 
+/// How many of the book's dials may be in flight at once. With the swarm's dial concurrency
+/// factor of 4 (addresses tried at once per dial), at most 64 connection attempts: a burst of
+/// forged peers (mDNS, peer exchange) is dialed a few at a time, never all at once.
+pub const MAX_DIALS: usize = 16;
+
 /// How many addresses [`Behaviour::pin`] keeps (they come from the user; bounded all the same).
 pub const MAX_PINS: usize = 64;
 
@@ -260,10 +265,12 @@ impl Behaviour {
             .filter_map(|(_, last)| last.map(|t| t + self.liveness_timeout))
             .min();
         let pins = self.pins_waiting().then_some(self.next_pin_round);
-        [self.book.next_due(), silent, pins]
-            .into_iter()
-            .flatten()
-            .min()
+        // At the dial cap the book waits for a dial to end (an event), not for a time.
+        let book = self
+            .book
+            .next_due()
+            .filter(|_| self.dials.len() < MAX_DIALS);
+        [book, silent, pins].into_iter().flatten().min()
     }
 }
 
@@ -381,7 +388,8 @@ impl NetworkBehaviour for Behaviour {
                 return Poll::Ready(event);
             }
             let now = Instant::now();
-            for (peer, addrs) in self.book.due(now) {
+            let room = MAX_DIALS.saturating_sub(self.dials.len());
+            for (peer, addrs) in self.book.due(now, room) {
                 let opts = DialOpts::peer_id(peer)
                     .addresses(addrs)
                     .condition(PeerCondition::DisconnectedAndNotDialing)

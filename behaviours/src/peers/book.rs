@@ -180,9 +180,9 @@ impl Book {
         }
     }
 
-    /// The peers to dial now, each with its addresses; each is marked as being dialed until
-    /// [`Book::connected`] or [`Book::dial_failed`].
-    pub fn due(&mut self, now: Instant) -> Vec<(PeerId, Vec<Multiaddr>)> {
+    /// The peers to dial now (at most `max`; the others stay due), each with its addresses;
+    /// each is marked as being dialed until [`Book::connected`] or [`Book::dial_failed`].
+    pub fn due(&mut self, now: Instant, max: usize) -> Vec<(PeerId, Vec<Multiaddr>)> {
         let expired: Vec<PeerId> = self
             .peers
             .iter()
@@ -199,6 +199,9 @@ impl Book {
         }
         let mut due = Vec::new();
         for (peer, entry) in &mut self.peers {
+            if due.len() == max {
+                break;
+            }
             if !entry.connected && !entry.dialing && entry.next_dial <= now {
                 entry.dialing = true;
                 due.push((*peer, entry.addrs.clone()));
@@ -328,15 +331,15 @@ mod tests {
         let mut b = Book::new(large, 2);
         assert!(a.add(large, &[addr(2)], Source::Mdns, t0).held());
         assert!(b.add(small, &[addr(1)], Source::Mdns, t0).held());
-        assert_eq!(peers(&a.due(t0)), [large]);
+        assert_eq!(peers(&a.due(t0, usize::MAX)), [large]);
         assert!(
-            b.due(t0).is_empty(),
+            b.due(t0, usize::MAX).is_empty(),
             "the larger waits for the smaller's dial"
         );
         // The smaller's dial arrives: the larger never dials.
         a.connected(&large);
         b.connected(&small);
-        assert!(b.due(t0 + DEFER * 2).is_empty());
+        assert!(b.due(t0 + DEFER * 2, usize::MAX).is_empty());
     }
 
     #[test]
@@ -345,15 +348,17 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Book::new(large, 2);
         b.add(small, &[addr(1)], Source::Announced, t0);
-        assert!(b.due(t0 + DEFER - Duration::from_millis(1)).is_empty());
+        assert!(b
+            .due(t0 + DEFER - Duration::from_millis(1), usize::MAX)
+            .is_empty());
         let at = b.next_due().unwrap();
         assert!(
             at >= t0 + DEFER && at < t0 + DEFER + DEFER / 2,
             "{:?}",
             at - t0
         );
-        assert_eq!(b.due(at), [(small, vec![addr(1)])]);
-        assert!(b.due(at).is_empty(), "one dial at a time");
+        assert_eq!(b.due(at, usize::MAX), [(small, vec![addr(1)])]);
+        assert!(b.due(at, usize::MAX).is_empty(), "one dial at a time");
     }
 
     #[test]
@@ -364,7 +369,7 @@ mod tests {
         book.add(peer, &[addr(2)], Source::Mdns, t);
         let mut waits = Vec::new();
         for _ in 0..10 {
-            assert_eq!(peers(&book.due(t)), [peer]);
+            assert_eq!(peers(&book.due(t, usize::MAX)), [peer]);
             book.dial_failed(&peer, t);
             let next = book.next_due().unwrap();
             waits.push(next - t);
@@ -377,12 +382,45 @@ mod tests {
                 "wait {k}: {w:?} for {nominal:?}"
             );
         }
-        book.due(t);
+        book.due(t, usize::MAX);
         book.connected(&peer);
-        assert!(book.due(t + MAX_BACKOFF * 2).is_empty(), "connected");
+        assert!(
+            book.due(t + MAX_BACKOFF * 2, usize::MAX).is_empty(),
+            "connected"
+        );
         book.disconnected(&peer, t);
         let next = book.next_due().unwrap() - t;
         assert!(next < FIRST_BACKOFF.mul_f64(1.25), "reset: {next:?}");
+    }
+
+    #[test]
+    fn at_most_max_peers_are_handed_out_and_the_rest_stay_due() {
+        let all = ids(11);
+        let (local, others) = (all[0], &all[1..]);
+        let t0 = Instant::now();
+        let mut book = Book::new(local, 5);
+        for (k, p) in others.iter().enumerate() {
+            book.add(*p, &[addr(k as u8 + 2)], Source::Mdns, t0);
+        }
+        // Past every peer's deferral: all ten are due.
+        let t = t0 + DEFER * 2;
+        let first = book.due(t, 4);
+        assert_eq!(first.len(), 4);
+        assert!(
+            book.next_due().is_some_and(|d| d <= t),
+            "the others are still due"
+        );
+        let second = book.due(t, 4);
+        let third = book.due(t, 4);
+        assert_eq!((second.len(), third.len()), (4, 2));
+        let mut handed: Vec<PeerId> = [first, second, third]
+            .concat()
+            .iter()
+            .map(|(p, _)| *p)
+            .collect();
+        handed.sort();
+        handed.dedup();
+        assert_eq!(handed.len(), 10, "each once");
     }
 
     #[test]
@@ -393,7 +431,7 @@ mod tests {
         let with_id = addr(2).with(libp2p::multiaddr::Protocol::P2p(peer));
         book.add(peer, &[with_id], Source::Mdns, t0);
         book.add(peer, &[addr(2)], Source::Announced, t0);
-        assert_eq!(book.due(t0), [(peer, vec![addr(2)])]);
+        assert_eq!(book.due(t0, usize::MAX), [(peer, vec![addr(2)])]);
     }
 
     #[test]
@@ -402,7 +440,7 @@ mod tests {
         let t0 = Instant::now();
         let mut book = Book::new(local, 4);
         book.add(peer, &[addr(2)], Source::Mdns, t0);
-        book.due(t0);
+        book.due(t0, usize::MAX);
         book.connected(&peer);
         book.dial_failed(&peer, t0);
         assert_eq!(book.next_due(), None);
@@ -416,12 +454,12 @@ mod tests {
         book.add(a, &[addr(1)], Source::Mdns, t0);
         book.add(b, &[addr(2)], Source::Announced, t0);
         book.add(c, &[addr(3)], Source::Announced, t0);
-        book.due(t0 + DEFER * 2);
+        book.due(t0 + DEFER * 2, usize::MAX);
         book.connected(&c);
         book.expire(&a, &addr(1));
         assert!(!book.contains(&a), "mDNS was its only source");
         let later = t0 + ANNOUNCED_TTL + Duration::from_secs(1);
-        book.due(later);
+        book.due(later, usize::MAX);
         assert!(!book.contains(&b), "no announcement for too long");
         assert!(book.contains(&c), "connected");
     }
@@ -465,7 +503,7 @@ mod tests {
         let many: Vec<Multiaddr> = (0..20).map(addr).collect();
         let mut small = Book::new(local, 7);
         small.add(p, &many, Source::Mdns, t0);
-        let due = small.due(t0 + DEFER * 2);
+        let due = small.due(t0 + DEFER * 2, usize::MAX);
         assert_eq!(due[0].1.len(), MAX_ADDRS);
     }
 }

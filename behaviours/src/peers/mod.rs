@@ -11,5 +11,7 @@
 mod behaviour;
 pub mod book;
 
-pub use behaviour::{Behaviour, PinError, Probe, LIVENESS_TIMEOUT, MAX_PINS, PIN_REDIAL};
+pub use behaviour::{
+    Behaviour, PinError, Probe, LIVENESS_TIMEOUT, MAX_DIALS, MAX_PINS, PIN_REDIAL,
+};
 pub use book::{Added, Book, Source};

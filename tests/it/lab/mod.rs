@@ -40,6 +40,7 @@
 mod discovery;
 mod download;
 mod election;
+mod hostile;
 mod private;
 mod safety;
 mod scale;
@@ -169,6 +170,8 @@ struct Node {
     started_at: Option<Instant>,
     starts: u32,
     peer_id: Option<String>,
+    /// The open-file limit (soft and hard) its process starts with, if the test set one.
+    open_files: Option<u64>,
 }
 
 /// Why a lab cannot be built on this machine.
@@ -234,6 +237,7 @@ impl Lab {
                     started_at: None,
                     starts: 0,
                     peer_id: None,
+                    open_files: None,
                 }
             })
             .collect();
@@ -365,6 +369,21 @@ impl Lab {
             .stdout(stdout)
             .stderr(stderr);
         die_with_parent(&mut cmd);
+        if let Some(limit) = node.open_files {
+            let limit = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe; the closure does not allocate.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         node.started_at = Some(Instant::now());
         let child = cmd
             .spawn()
@@ -614,6 +633,28 @@ impl Lab {
         cmd.args(["netns", "exec", &self.nodes[i].netns])
             .arg(program);
         cmd
+    }
+
+    /// Starts node `i` from now on with `limit` open files, soft and hard (so the node cannot
+    /// raise it).
+    pub fn set_open_files(&mut self, i: usize, limit: u64) {
+        self.nodes[i].open_files = Some(limit);
+    }
+
+    /// Gives node `i`'s namespace one more IPv4 address in the lab's subnet, with `host` as its
+    /// last byte (above the nodes' own, e.g. 200), and returns it. Removed with the namespace.
+    pub fn add_addr(&self, i: usize, host: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.addr(0).octets();
+        let extra = Ipv4Addr::new(a, b, c, host);
+        assert!(
+            self.nodes.iter().all(|n| n.addr != extra),
+            "bug in the test: {extra} is a node's address"
+        );
+        ip_or_panic(&format!(
+            "-n {} addr add {extra}/24 dev {NODE_IF}",
+            self.nodes[i].netns
+        ));
+        extra
     }
 
     /// Node `i`'s IPv4 address.
