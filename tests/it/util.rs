@@ -162,10 +162,15 @@ impl LocalNode {
         }
     }
 
-    /// Its first listen address, with its peer id.
+    /// Its first listen address, with its peer id (once the listener reported it: the start
+    /// returns before the swarm's first event is handled).
     pub async fn addr(&self) -> libp2p::Multiaddr {
-        let status = self.node.net.status().await.unwrap();
-        let addr: libp2p::Multiaddr = status.listen_addrs[0].parse().unwrap();
+        let first = wait_for_async(Duration::from_secs(10), "a listen address", || async {
+            let status = self.node.net.status().await.ok()?;
+            status.listen_addrs.first().cloned()
+        })
+        .await;
+        let addr: libp2p::Multiaddr = first.parse().unwrap();
         addr.with(libp2p::multiaddr::Protocol::P2p(self.node.peer_id()))
     }
 

@@ -9,7 +9,7 @@
 //! owner, so tests are deterministic.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -20,6 +20,9 @@ use super::{
     protocol::{Message, MAX_TERM_JUMP},
     Config,
 };
+
+/// How many unanswered rounds in a row mute a participant when nobody answered at all.
+const MUTE_AFTER_ROUNDS: u32 = 3;
 
 /// How many found-but-not-connected peers a starting node waits for, at most (peer exchange
 /// and mDNS come from the network: bounded).
@@ -93,6 +96,8 @@ pub enum Role {
         /// Whether a peer answered in this term (granted or not). A round nobody answered is
         /// repeated in the same term; only a contested round moves to the next term.
         contested: bool,
+        /// The participants that answered in this term (granted or not).
+        answered: BTreeSet<PeerId>,
         /// When this round ends without a majority and the next one starts.
         deadline: Instant,
         /// The leader whose silence started this election, while its connection is still open:
@@ -133,6 +138,13 @@ pub struct ElectionState {
     /// Peers found but not connected yet, while this node has not seen a leader; at most
     /// [`MAX_EXPECTED`].
     expected: BTreeSet<PeerId>,
+    /// Per participant, how many of this node's rounds in a row it left unanswered (reset by
+    /// any message from it).
+    unanswered: BTreeMap<PeerId, u32>,
+    /// Participants that left a round unanswered while others answered it, or
+    /// [`MUTE_AFTER_ROUNDS`] rounds in a row. They do not count among the voters until they send
+    /// something, so identities that join the election and never vote cannot stall it.
+    mute: BTreeSet<PeerId>,
     /// The jitter's generator, seeded by the caller (tests replay a seed).
     rng: SmallRng,
 }
@@ -153,6 +165,8 @@ impl ElectionState {
             holding_since: None,
             seen_leader: false,
             expected: BTreeSet::new(),
+            unanswered: BTreeMap::new(),
+            mute: BTreeSet::new(),
             rng: SmallRng::seed_from_u64(seed),
         };
         let wait = state.config.startup_wait + state.jitter();
@@ -203,6 +217,14 @@ impl ElectionState {
         if self.role == Role::Left {
             return out;
         }
+        if let Input::Received { from, message } = &input {
+            if message.term() <= self.term.saturating_add(MAX_TERM_JUMP)
+                && self.peers.contains(from)
+            {
+                self.unanswered.remove(from);
+                self.mute.remove(from);
+            }
+        }
         match input {
             // A term far ahead of ours comes from no honest node (terms grow by one per
             // election): ignored, so a peer cannot push the term to where it overflows.
@@ -231,6 +253,8 @@ impl ElectionState {
                     } else {
                         // A stale goodbye still means the sender is leaving.
                         self.peers.remove(&from);
+                        self.unanswered.remove(&from);
+                        self.mute.remove(&from);
                     }
                 }
             },
@@ -262,6 +286,8 @@ impl ElectionState {
     /// `peer` disconnected or said goodbye.
     fn on_gone(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
         self.peers.remove(&peer);
+        self.unanswered.remove(&peer);
+        self.mute.remove(&peer);
         match &self.role {
             Role::Follower {
                 leader: Some(leader),
@@ -431,10 +457,14 @@ impl ElectionState {
             return;
         }
         if let Role::Candidate {
-            votes, contested, ..
+            votes,
+            contested,
+            answered,
+            ..
         } = &mut self.role
         {
             *contested = true;
+            answered.insert(from);
             if granted && self.peers.contains(&from) {
                 votes.insert(from);
             }
@@ -450,6 +480,12 @@ impl ElectionState {
                 if let Role::Follower { deadline, .. } = &mut self.role {
                     *deadline = until;
                 }
+                return;
+            }
+        }
+        if self.mute_the_silent(now) {
+            self.check_majority(now, out);
+            if matches!(self.role, Role::Leader { .. }) {
                 return;
             }
         }
@@ -504,6 +540,38 @@ impl ElectionState {
         }
     }
 
+    /// At the end of a candidate's round, mutes the participants that did not answer: at once
+    /// if others answered the round, or after [`MUTE_AFTER_ROUNDS`] unanswered rounds in a row
+    /// (a node whose links are cut hears nobody; it asks a few times before it counts its
+    /// peers out, and the term does not grow meanwhile). Whether any was muted.
+    fn mute_the_silent(&mut self, now: Instant) -> bool {
+        let Role::Candidate {
+            deadline,
+            contested,
+            answered,
+            ..
+        } = &self.role
+        else {
+            return false;
+        };
+        if now < *deadline {
+            return false;
+        }
+        let mut muted = false;
+        for peer in &self.peers {
+            if answered.contains(peer) || self.mute.contains(peer) {
+                continue;
+            }
+            let rounds = self.unanswered.entry(*peer).or_default();
+            *rounds += 1;
+            if *contested || *rounds >= MUTE_AFTER_ROUNDS {
+                self.mute.insert(*peer);
+                muted = true;
+            }
+        }
+        muted
+    }
+
     /// When a leaderless node that is due to stand should look again instead, because a
     /// participant arrived within [`Config::settle`] or peers it found have not arrived yet
     /// (and it has not held back for [`Config::max_settle`] yet); `None` when it should stand
@@ -546,6 +614,7 @@ impl ElectionState {
         self.role = Role::Candidate {
             votes: BTreeSet::from([self.local]),
             contested: false,
+            answered: BTreeSet::new(),
             deadline,
             silent_leader,
         };
@@ -567,8 +636,10 @@ impl ElectionState {
             .iter()
             .filter(|v| **v == self.local || self.peers.contains(v))
             .count();
-        let silent = silent_leader.is_some_and(|l| self.peers.contains(&l));
-        let voters = self.peers.len() + 1 - usize::from(silent);
+        let silent =
+            silent_leader.is_some_and(|l| self.peers.contains(&l) && !self.mute.contains(&l));
+        let muted = self.peers.iter().filter(|p| self.mute.contains(p)).count();
+        let voters = self.peers.len() + 1 - usize::from(silent) - muted;
         if counted * 2 > voters {
             let term = self.term;
             self.seen_leader = true;
@@ -1318,22 +1389,23 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_off_node_asks_again_in_the_same_term() {
+    fn a_cut_off_node_asks_again_in_the_same_term_then_counts_its_silent_peers_out() {
         let mut sim = Sim::new(&ids(3), Config::default());
         sim.mesh();
         sim.run_until(Duration::from_secs(3), |s| s.agreed().is_some());
         let (leader, term) = sim.agreed().unwrap();
         let cut = (sim.index(leader) + 1) % 3;
-        // Its links stay up but carry nothing, as before the liveness watchdog closes them.
+        // Its links stay up but carry nothing, as before TCP keepalive closes them.
         sim.drop = Box::new(move |from, to, _| from == cut || to == cut);
         sim.run(Duration::from_secs(5));
-        assert!(matches!(sim.nodes[cut].role, Role::Candidate { .. }));
-        assert_eq!(
-            sim.nodes[cut].term(),
-            term + 1,
-            "one term, asked again and again"
-        );
-        // The watchdog closes its connections: alone, it leads in that same term.
+        // Asked in one term; after MUTE_AFTER_ROUNDS unanswered rounds it counts the silent
+        // peers out and leads alone, in that same term (as it would once the dead connections
+        // close): the term does not grow.
+        assert_eq!(sim.nodes[cut].term(), term + 1, "one term, asked again");
+        assert_eq!(sim.nodes[cut].leader(), Some(sim.nodes[cut].local));
+        let others: Vec<usize> = (0..3).filter(|&i| i != cut).collect();
+        assert_eq!(sim.agreed_among(&others), Some((leader, term)));
+        // The dead connections close: nothing changes.
         for j in 0..3 {
             if j != cut {
                 sim.disconnect(cut, j);
@@ -1342,6 +1414,48 @@ mod tests {
         sim.run(Duration::from_secs(1));
         assert_eq!(sim.nodes[cut].leader(), Some(sim.nodes[cut].local));
         assert_eq!(sim.nodes[cut].term(), term + 1);
+    }
+
+    #[test]
+    fn silent_participants_do_not_stall_an_election() {
+        // Three honest nodes and four identities that take part and never say a word.
+        let peers = ids(7);
+        let mut sim = Sim::new(&peers, Config::default());
+        sim.mesh();
+        let silent = [3, 4, 5, 6];
+        sim.drop = Box::new(move |from, _, _| silent.contains(&from));
+        let honest = [0, 1, 2];
+        sim.run_until(Duration::from_secs(5), |s| {
+            s.agreed_among(&honest).is_some()
+        });
+        let (leader, term) = sim.agreed_among(&honest).unwrap();
+        let dead = sim.index(leader);
+        for j in 0..7 {
+            if j != dead {
+                sim.disconnect(dead, j);
+            }
+        }
+        let rest: Vec<usize> = honest.iter().copied().filter(|&i| i != dead).collect();
+        let took = sim.run_until(Duration::from_secs(3), |s| {
+            s.agreed_among(&rest).is_some_and(|(l, _)| l != leader)
+        });
+        let (_, new_term) = sim.agreed_among(&rest).unwrap();
+        assert!(new_term <= term + 2, "term {term} -> {new_term}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        // A muted identity that speaks again counts again.
+        let survivor = rest[0];
+        let voice = sim.nodes[3].local;
+        sim.input(
+            survivor,
+            Input::Received {
+                from: voice,
+                message: Message::VoteReply {
+                    term: new_term,
+                    granted: false,
+                },
+            },
+        );
+        assert!(!sim.nodes[survivor].mute.contains(&voice));
     }
 
     #[test]

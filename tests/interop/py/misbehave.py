@@ -18,7 +18,8 @@ Four py-libp2p hosts, each its own peer id:
   after the garbage is done (the flood and the idle peer still connected).
 
 ``--scenario slot-leak`` and ``--scenario election-term`` run two more hostile peers instead
-(see their functions): both found node bugs when they were written.
+(see their functions): both found node bugs when they were written. ``--scenario silent-voters``
+(``--addrs``, ``--count``, ``--hold``) is run by the namespace lab against several nodes.
 
 Prints one JSON object on stdout; exits 0 when the script itself ran to the end (whether the
 node behaved is for the caller to assert on), 1 otherwise.
@@ -477,9 +478,51 @@ async def election_term(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# scenario "silent-voters": identities that join the election and never vote
+
+
+async def silent_voters(args) -> dict:
+    """``--count`` hosts, each its own peer id, connect to every node in ``--addrs`` and accept
+    `/iwant/election/1` streams (so the nodes count them as participants), read everything sent
+    on them and never write a byte; they stay for ``--hold`` seconds. Prints one line
+    ``{"connected": n}`` once every host is connected to every node, then the result."""
+    out: dict = {}
+    addrs = [a for a in args.addrs.split(",") if a]
+
+    async def sink(stream):
+        try:
+            while await stream.read(1024):
+                pass
+        except Exception:  # noqa: BLE001 - the node may reset it
+            pass
+
+    async with AsyncExitStack() as stack:
+        hosts = []
+        for _ in range(args.count):
+            h = await stack.enter_async_context(iw.running_host())
+            h.set_stream_handler(iw.ELECTION, sink)
+            hosts.append(h)
+        for h in hosts:
+            for addr in addrs:
+                await iw.connect(h, addr)
+        sys.stdout.write(json.dumps({"connected": len(hosts) * len(addrs)}) + "\n")
+        sys.stdout.flush()
+        await trio.sleep(args.hold)
+        out["still_connected"] = sum(
+            1 for h in hosts for a in addrs
+            if iw.is_connected(h, iw.info_from_p2p_addr(iw.multiaddr.Multiaddr(a)).peer_id)
+        )
+        out["voters"] = [str(h.get_id()) for h in hosts]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 async def main_async(args) -> dict:
+    if args.scenario == "silent-voters":
+        with trio.fail_after(args.timeout):
+            return await silent_voters(args)
     if args.scenario == "slot-leak":
         with trio.fail_after(args.timeout):
             return await slot_leak(args)
@@ -544,18 +587,25 @@ def describe(e: BaseException) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--addr", required=True)
-    ap.add_argument("--query", required=True)
-    ap.add_argument("--path", required=True)
-    ap.add_argument("--file-id", required=True, help="hex id of the multi-piece file")
+    ap.add_argument("--addr", help="the node (every scenario but silent-voters)")
+    ap.add_argument("--query")
+    ap.add_argument("--path")
+    ap.add_argument("--file-id", help="hex id of the multi-piece file")
+    ap.add_argument("--addrs", default="", help="silent-voters: every node, comma-separated")
+    ap.add_argument("--count", type=int, default=4, help="silent-voters: how many identities")
     ap.add_argument("--piece", type=int, default=1)
     ap.add_argument("--hold", type=float, default=35.0)
     ap.add_argument("--flood-streams", type=int, default=12)
     ap.add_argument("--per-stream", type=int, default=16)
     ap.add_argument("--timeout", type=float, default=150.0)
-    ap.add_argument("--scenario", choices=["main", "slot-leak", "election-term"],
+    ap.add_argument("--scenario", choices=["main", "slot-leak", "election-term", "silent-voters"],
                     default="main")
     args = ap.parse_args()
+    if args.scenario == "silent-voters":
+        if not args.addrs:
+            ap.error("silent-voters needs --addrs")
+    elif not (args.addr and args.query and args.path and args.file_id):
+        ap.error("--addr, --query, --path and --file-id are required")
     try:
         out = trio.run(main_async, args)
         out["ok"] = True

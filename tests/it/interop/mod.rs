@@ -5,7 +5,7 @@
 //! last 175,712), whose id and piece hashes this side computes with the `blake3` crate.
 
 mod js;
-mod py;
+pub(crate) mod py;
 
 use std::{collections::BTreeSet, fs::File, io::Read as _};
 

@@ -33,7 +33,7 @@ use super::{
 use crate::util::{configured_home, iwant, run, wait_for, Daemon};
 
 /// The Python project: requirements.lock, install.sh and the scripts.
-const PY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/py");
+pub(crate) const PY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/py");
 
 const REL_PATH: &str = "pyinterop/pyfixture-700k.bin";
 const QUERY: &str = "pyfixture";
@@ -675,7 +675,7 @@ fn system_python() -> Result<String, String> {
 
 /// The venv's interpreter, installing the venv first if needed (once per process); `None`
 /// (after a `skipping` line) when there is no Python, except under `CI=true`.
-fn venv_python(test: &str) -> Option<PathBuf> {
+pub(crate) fn venv_python(test: &str) -> Option<PathBuf> {
     static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let python = match system_python() {
         Ok(p) => p,

@@ -297,3 +297,81 @@ fn soak_ten_nodes_with_a_follower_restarting_every_5_s() {
         "the nodes disagree at the end: {leaders:?}"
     );
 }
+
+#[test]
+fn four_silent_voters_do_not_stop_the_election_after_the_leader_is_killed() {
+    let test = "four_silent_voters_do_not_stop_the_election_after_the_leader_is_killed";
+    let Some(python) = crate::interop::py::venv_python(test) else {
+        return;
+    };
+    // Nodes 0-2 are honest; node 3's namespace holds four py-libp2p identities that accept
+    // `/iwant/election/1` from every node and never send a byte on it.
+    let Some(mut lab) = Lab::new(test, 4) else {
+        return;
+    };
+    let honest = [0, 1, 2];
+    // The election logs each participant it counts: how the test knows the voters count.
+    lab.set_log("info,iwant_behaviours::election::behaviour=debug");
+    for i in honest {
+        lab.spawn(i, &[]);
+    }
+    for i in honest {
+        lab.wait_ready(i);
+    }
+    lab.wait_until(FIRST_LEADER_LIMIT, "3 nodes agree on a leader", || {
+        agreed(&lab, &honest)
+    });
+    let addrs: Vec<String> = honest
+        .iter()
+        .map(|&i| format!("{}/p2p/{}", lab.tcp_addr(i), lab.peer_id(i)))
+        .collect();
+    let voters = lab
+        .in_netns(3, &python)
+        .current_dir(crate::interop::py::PY_DIR)
+        .args([
+            "misbehave.py",
+            "--scenario",
+            "silent-voters",
+            "--count",
+            "4",
+        ])
+        .args(["--hold", "60", "--timeout", "90", "--addrs"])
+        .arg(addrs.join(","))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the silent voters");
+    let _voters = crate::util::KillOnDrop(voters);
+    // Every honest node counts its two honest peers and the four identities as participants.
+    let participants = |i: usize| {
+        std::fs::read_to_string(lab.stderr_path(i))
+            .unwrap_or_default()
+            .matches("election participant connected")
+            .count()
+    };
+    lab.wait_until(
+        Duration::from_secs(30),
+        "every node counts the 4 voters as participants",
+        || honest.iter().all(|&i| participants(i) >= 6).then_some(()),
+    );
+    let leader = agreed(&lab, &honest).expect("the leader stayed");
+    let (_, term) = view(&lab, leader).expect("running");
+
+    lab.kill(leader);
+    let killed = Instant::now();
+    let rest = all_but(3, leader);
+    let (second, at) = lab.wait_until(
+        KILL_FAILOVER_LIMIT,
+        "the 2 others agree on a new leader despite the 4 silent voters",
+        || agreed(&lab, &rest).map(|l| (l, Instant::now())),
+    );
+    let (_, new_term) = view(&lab, second).expect("running");
+    println!(
+        "silent_voters_failover_ms={} term {term} -> {new_term}",
+        at.duration_since(killed).as_millis()
+    );
+    assert!(
+        new_term <= term + 3,
+        "an election, not a storm: {term} -> {new_term}"
+    );
+}
