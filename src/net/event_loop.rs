@@ -31,9 +31,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    private::HandshakeHints, tcp, Command, ContentInbound, ContentRpc, IndexRpc, LeaderInbound,
-    LeaderView, NetStatus, NetworkClient, PeerStatus, Pending, RequestError, Rpc, SearchRpc,
-    COMMAND_QUEUE, DEPARTURES_QUEUE, DIAL_TIMEOUT, GOODBYE_LIMIT, IDLE_TIMEOUT, INBOUND_QUEUE,
+    private::{HandshakeHints, Layer, Sniffer, Verdicts},
+    tcp, Command, ContentInbound, ContentRpc, IndexRpc, LeaderInbound, LeaderView, NetStatus,
+    NetworkClient, PeerStatus, Pending, RequestError, Rpc, SearchRpc, COMMAND_QUEUE,
+    DEPARTURES_QUEUE, DIAL_TIMEOUT, GOODBYE_LIMIT, IDLE_TIMEOUT, INBOUND_QUEUE,
 };
 use crate::config::DEFAULT_PORT;
 
@@ -191,7 +192,8 @@ pub fn spawn(
         .with_max_established(Some(budget.established))
         .with_max_pending_incoming(Some(budget.pending_incoming))
         .with_max_pending_outgoing(Some(budget.pending_outgoing));
-    let transport = build_transport(&keypair, config.network_key)
+    let verdicts = Verdicts::default();
+    let transport = build_transport(&keypair, config.network_key, verdicts.clone())
         .map_err(|e| NetError::Setup(e.to_string()))?;
     let behaviour = NodeBehaviour::new(&keypair, behaviour_config)
         .map_err(|e| NetError::Setup(e.to_string()))?;
@@ -256,7 +258,7 @@ pub fn spawn(
         content_inbound: content_tx,
         disconnect_after_response: HashSet::new(),
         disconnect_at: HashMap::new(),
-        hints: HandshakeHints::new(config.network_key.as_ref()),
+        hints: HandshakeHints::new(config.network_key.as_ref(), verdicts),
         departures: departures.clone(),
         fallback,
     };
@@ -276,16 +278,38 @@ pub fn spawn(
 }
 
 /// TCP, then (in a private network) the pre-shared key handshake, then Noise, then Yamux,
-/// with a deadline on the whole dial.
+/// with a deadline on the whole dial. The first bytes each connection receives are sniffed
+/// (`private::Sniffer`: below and above the key) and what they say about the peer's key goes
+/// to `verdicts`.
 fn build_transport(
     key: &Keypair,
     network_key: Option<PreSharedKey>,
+    verdicts: Verdicts,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let tcp = tcp::Transport::new();
     match network_key {
-        None => secure(tcp, key),
+        None => secure(
+            tcp.map(move |socket, endpoint| {
+                let remote = endpoint.get_remote_address();
+                Sniffer::new(socket, remote, Layer::Open, verdicts.clone())
+            }),
+            key,
+        ),
         Some(psk) => secure(
-            tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket)),
+            tcp.and_then(move |socket, endpoint| {
+                let remote = endpoint.get_remote_address().clone();
+                let below = Sniffer::new(socket, &remote, Layer::BelowKey, verdicts.clone());
+                let verdicts = verdicts.clone();
+                async move {
+                    let decrypted = PnetConfig::new(psk).handshake(below).await?;
+                    Ok::<_, libp2p::pnet::PnetError>(Sniffer::new(
+                        decrypted,
+                        &remote,
+                        Layer::AboveKey,
+                        verdicts,
+                    ))
+                }
+            }),
             key,
         ),
     }
@@ -876,7 +900,7 @@ mod tests {
     #[tokio::test]
     async fn a_taken_port_is_named_through_every_transport_layer() {
         let key = Keypair::generate_ed25519();
-        let mut first = build_transport(&key, None).unwrap();
+        let mut first = build_transport(&key, None, Verdicts::default()).unwrap();
         let addr: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
         first.listen_on(ListenerId::next(), addr).unwrap();
         let bound = match futures::future::poll_fn(|cx| std::pin::Pin::new(&mut first).poll(cx))
@@ -885,7 +909,8 @@ mod tests {
             libp2p::core::transport::TransportEvent::NewAddress { listen_addr, .. } => listen_addr,
             other => panic!("expected an address, got {other:?}"),
         };
-        let mut second = build_transport(&key, Some(PreSharedKey::new([7; 32]))).unwrap();
+        let mut second =
+            build_transport(&key, Some(PreSharedKey::new([7; 32])), Verdicts::default()).unwrap();
         let error = second
             .listen_on(ListenerId::next(), bound.clone())
             .unwrap_err();

@@ -11,18 +11,27 @@
 //! <64 hex digits>
 //! ```
 //!
-//! A wrong key or a missing one shows only as a handshake that fails; [`HandshakeHints`] turns
-//! those failures into one clear warning per remote address (repeated at most every
-//! [`HINT_INTERVAL`]), on both sides.
+//! A wrong key or a missing one shows only as a handshake that fails. To tell that from the
+//! failures every LAN has (a duplicate connection closed in its handshake, a scanner, a peer
+//! that went away), [`Sniffer`] looks at the first bytes each connection receives: every libp2p
+//! connection starts with multistream-select's header, in the clear on an open network and once
+//! decrypted on a private one. A peer whose first bytes are something else runs another key (or
+//! one, when this node has none); a peer whose raw bytes are the header runs none. Only then
+//! does [`HandshakeHints`] warn about keys, once per remote address (repeated at most every
+//! [`HINT_INTERVAL`]); other handshake failures go to the debug log.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fs, io,
     net::IpAddr,
     path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
+use futures::{AsyncRead, AsyncWrite};
 use libp2p::{multiaddr::Protocol, pnet::PreSharedKey, Multiaddr};
 
 /// A network key file could not be read, parsed or written.
@@ -128,6 +137,148 @@ pub fn write_new_key(path: &Path, force: bool) -> Result<PreSharedKey, KeyError>
 /// How often the same remote address gets the private-network warning again.
 pub const HINT_INTERVAL: Duration = Duration::from_secs(300);
 
+/// The header every libp2p connection starts with: multistream-select 1.0's, as a
+/// length-prefixed line.
+pub const MULTISTREAM_HEADER: &[u8] = b"\x13/multistream/1.0.0\n";
+
+/// What the first bytes of a connection say about the peer's network key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyVerdict {
+    /// Its first bytes (decrypted, if this node has a key) were not multistream-select's
+    /// header: it runs a private network with another key, or one where this node runs none.
+    OtherKey,
+    /// Its raw first bytes were multistream-select's header, though this node has a key: it
+    /// runs no key at all.
+    NoKey,
+}
+
+/// Verdicts of recent connections, by remote IP and port, for [`HandshakeHints`]. Bounded:
+/// the oldest are forgotten.
+#[derive(Debug, Clone, Default)]
+pub struct Verdicts(Arc<Mutex<VecDeque<(Remote, KeyVerdict)>>>);
+
+/// A connection's remote IP and port.
+type Remote = (IpAddr, u16);
+
+/// How many verdicts [`Verdicts`] keeps.
+const MAX_VERDICTS: usize = 256;
+
+impl Verdicts {
+    fn record(&self, remote: Remote, verdict: KeyVerdict) {
+        let mut all = self.0.lock().expect("bug: poisoned");
+        if all.len() >= MAX_VERDICTS {
+            all.pop_front();
+        }
+        all.push_back((remote, verdict));
+    }
+
+    /// The verdict about the connection to or from `remote`, taken out.
+    pub fn take(&self, remote: &Multiaddr) -> Option<KeyVerdict> {
+        let key = ip_port_of(remote)?;
+        let mut all = self.0.lock().expect("bug: poisoned");
+        let at = all.iter().rposition(|(r, _)| *r == key)?;
+        all.remove(at).map(|(_, v)| v)
+    }
+}
+
+/// Which layer a [`Sniffer`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// The raw TCP bytes of a node without a key: not the header → [`KeyVerdict::OtherKey`].
+    Open,
+    /// The raw TCP bytes of a node with a key: the header → [`KeyVerdict::NoKey`].
+    BelowKey,
+    /// The decrypted bytes of a node with a key: not the header → [`KeyVerdict::OtherKey`].
+    AboveKey,
+}
+
+/// A connection's byte stream that looks at its first [`MULTISTREAM_HEADER`]-long bytes and
+/// records a [`KeyVerdict`] in [`Verdicts`] when they say so; otherwise passes everything
+/// through unchanged.
+pub struct Sniffer<S> {
+    inner: S,
+    seen: Vec<u8>,
+    /// Where the verdict goes, until the first bytes are seen.
+    report: Option<(Verdicts, Remote, Layer)>,
+}
+
+impl<S> Sniffer<S> {
+    /// Sniffs `inner`, a connection with `remote` (its IP and port; nothing is recorded
+    /// without them), at `layer`.
+    pub fn new(inner: S, remote: &Multiaddr, layer: Layer, verdicts: Verdicts) -> Self {
+        Sniffer {
+            inner,
+            seen: Vec::with_capacity(MULTISTREAM_HEADER.len()),
+            report: ip_port_of(remote).map(|r| (verdicts, r, layer)),
+        }
+    }
+
+    fn look(&mut self, read: &[u8]) {
+        if self.report.is_none() {
+            return;
+        }
+        let room = MULTISTREAM_HEADER.len() - self.seen.len();
+        self.seen.extend_from_slice(&read[..read.len().min(room)]);
+        if self.seen.len() < MULTISTREAM_HEADER.len() {
+            return;
+        }
+        let Some((verdicts, remote, layer)) = self.report.take() else {
+            return;
+        };
+        let header = self.seen == MULTISTREAM_HEADER;
+        let verdict = match layer {
+            Layer::Open | Layer::AboveKey if !header => Some(KeyVerdict::OtherKey),
+            Layer::BelowKey if header => Some(KeyVerdict::NoKey),
+            _ => None,
+        };
+        if let Some(verdict) = verdict {
+            verdicts.record(remote, verdict);
+        }
+        self.seen = Vec::new();
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Sniffer<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = read {
+            this.look(&buf[..n]);
+        }
+        read
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffer<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
 /// Most remote addresses remembered for [`HandshakeHints`]; the oldest are forgotten.
 const MAX_HINTED: usize = 256;
 
@@ -137,14 +288,18 @@ pub struct HandshakeHints {
     /// The local key's fingerprint, if this node runs a private network.
     fingerprint: Option<String>,
     last: HashMap<IpAddr, Instant>,
+    /// What the transport's sniffers saw.
+    verdicts: Verdicts,
 }
 
 impl HandshakeHints {
-    /// Hints for a node with this key (or none).
-    pub fn new(key: Option<&PreSharedKey>) -> Self {
+    /// Hints for a node with this key (or none), from what the transport's [`Sniffer`]s
+    /// record in `verdicts`.
+    pub fn new(key: Option<&PreSharedKey>, verdicts: Verdicts) -> Self {
         HandshakeHints {
             fingerprint: key.map(|k| k.fingerprint().to_string()),
             last: HashMap::new(),
+            verdicts,
         }
     }
 
@@ -154,8 +309,9 @@ impl HandshakeHints {
     }
 
     /// Called for a connection to or from `remote` that failed with `error`. Logs a warning
-    /// when the error is a failed handshake (not a refused or unreachable address), at most
-    /// once per [`HINT_INTERVAL`] per remote IP; other failures go to the debug log.
+    /// when the error is a failed handshake and the connection's first bytes showed a peer
+    /// with another network key (or none), at most once per [`HINT_INTERVAL`] per remote IP;
+    /// other failures go to the debug log.
     pub fn failed(
         &mut self,
         remote: Option<&Multiaddr>,
@@ -165,10 +321,11 @@ impl HandshakeHints {
         let text = error_chain(error);
         let direction = if inbound { "from" } else { "to" };
         let remote_text = remote.map_or_else(|| "a peer".to_owned(), Multiaddr::to_string);
-        if !is_handshake_failure(&text) {
+        let verdict = remote.and_then(|r| self.verdicts.take(r));
+        let Some(verdict) = verdict.filter(|_| is_handshake_failure(&text)) else {
             tracing::debug!(remote = %remote_text, error = %text, "connection {direction} the peer failed");
             return;
-        }
+        };
         let ip = remote.and_then(ip_of);
         if let Some(ip) = ip {
             let now = Instant::now();
@@ -190,13 +347,18 @@ impl HandshakeHints {
             }
             self.last.insert(ip, now);
         }
-        match &self.fingerprint {
-            Some(fingerprint) => tracing::warn!(
+        match (&self.fingerprint, verdict) {
+            (Some(fingerprint), KeyVerdict::NoKey) => tracing::warn!(
                 remote = %remote_text,
                 error = %text,
-                "connection {direction} {remote_text} failed in the handshake: this node runs a private network (network key fingerprint {fingerprint}), and a peer with a different key or none fails exactly like this; give it the same --network-key file"
+                "connection {direction} {remote_text} failed in the handshake: this node runs a private network (network key fingerprint {fingerprint}) and that peer runs none; give it the same --network-key file"
             ),
-            None => tracing::warn!(
+            (Some(fingerprint), KeyVerdict::OtherKey) => tracing::warn!(
+                remote = %remote_text,
+                error = %text,
+                "connection {direction} {remote_text} failed in the handshake: this node runs a private network (network key fingerprint {fingerprint}) and that peer runs another key; give it the same --network-key file"
+            ),
+            (None, _) => tracing::warn!(
                 remote = %remote_text,
                 error = %text,
                 "connection {direction} {remote_text} failed in the handshake: if that peer runs a private network (iwant node --network-key), this node needs the same key file to join it"
@@ -249,6 +411,14 @@ fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     })
 }
 
+fn ip_port_of(addr: &Multiaddr) -> Option<Remote> {
+    let port = addr.iter().find_map(|p| match p {
+        Protocol::Tcp(port) => Some(port),
+        _ => None,
+    })?;
+    Some((ip_of(addr)?, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +458,56 @@ mod tests {
             replaced.fingerprint().to_string()
         );
         assert!(!path.with_extension("key.tmp").exists());
+    }
+
+    /// Reads everything `bytes` holds through a sniffer at `layer`; the verdict it recorded.
+    fn sniff(bytes: &[u8], layer: Layer) -> Option<KeyVerdict> {
+        use futures::AsyncReadExt;
+        let remote: Multiaddr = "/ip4/10.0.0.2/tcp/4747".parse().unwrap();
+        let verdicts = Verdicts::default();
+        let mut sniffer = Sniffer::new(
+            futures::io::Cursor::new(bytes.to_vec()),
+            &remote,
+            layer,
+            verdicts.clone(),
+        );
+        // In small reads, as a socket may deliver them.
+        let mut out = Vec::new();
+        let mut buf = [0u8; 7];
+        loop {
+            let n = futures::executor::block_on(sniffer.read(&mut buf)).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(out, bytes, "the bytes pass through unchanged");
+        verdicts.take(&remote)
+    }
+
+    #[test]
+    fn first_bytes_tell_a_key_mismatch_from_everything_else() {
+        let mut libp2p = MULTISTREAM_HEADER.to_vec();
+        libp2p.extend_from_slice(b"\x07/noise\n");
+        let nonce_and_ciphertext: Vec<u8> = (0..64u8).map(|b| b.wrapping_mul(37)).collect();
+        // An open node: a libp2p peer is fine; a private-network peer's nonce is not.
+        assert_eq!(sniff(&libp2p, Layer::Open), None);
+        assert_eq!(
+            sniff(&nonce_and_ciphertext, Layer::Open),
+            Some(KeyVerdict::OtherKey)
+        );
+        // A keyed node: an open peer's plain header below the key, garbage above it.
+        assert_eq!(sniff(&libp2p, Layer::BelowKey), Some(KeyVerdict::NoKey));
+        assert_eq!(sniff(&nonce_and_ciphertext, Layer::BelowKey), None);
+        assert_eq!(
+            sniff(&nonce_and_ciphertext, Layer::AboveKey),
+            Some(KeyVerdict::OtherKey)
+        );
+        assert_eq!(sniff(&libp2p, Layer::AboveKey), None);
+        // A peer that sends less than the header (a scanner, a duplicate closed at once) says
+        // nothing about keys.
+        assert_eq!(sniff(&[0x13, b'/', b'x'], Layer::Open), None);
+        assert_eq!(sniff(&[], Layer::Open), None);
     }
 
     #[test]

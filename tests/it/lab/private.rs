@@ -185,3 +185,67 @@ fn only_nodes_with_the_same_key_connect_search_and_fetch() {
     let bytes = fs::read(&arrived).unwrap_or_else(|e| panic!("read {}: {e}", arrived.display()));
     assert_eq!(blake3::hash(&bytes).to_hex().to_string(), alpha);
 }
+
+/// Connects to `target:4747` from node `from`'s namespace `times` times; each connection sends
+/// `send` (maybe nothing) and closes: a port scanner, or a connection closed in its handshake.
+fn poke(lab: &Lab, from: usize, target: usize, send: &[u8], times: usize) {
+    let script = format!(
+        "import socket, time\nfor _ in range({times}):\n    s = socket.create_connection(('{}', 4747), timeout=5)\n    s.sendall(bytes.fromhex('{}'))\n    time.sleep(0.05)\n    s.close()\n",
+        lab.addr(target),
+        send.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let out = lab
+        .in_netns(from, "python3")
+        .args(["-c", &script])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "the poke failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_open_lan_logs_no_key_warning_for_handshakes_that_fail_for_other_reasons() {
+    let Some(mut lab) = Lab::new(
+        "an_open_lan_logs_no_key_warning_for_handshakes_that_fail_for_other_reasons",
+        5,
+    ) else {
+        return;
+    };
+    // Five open nodes, started together (simultaneous dials, duplicates closed in their
+    // handshake). Handshake failures go to the debug log: the test waits for them there.
+    lab.set_log("info,iwant::net::private=debug");
+    lab.start_all(&[]);
+    let all: Vec<usize> = (0..5).collect();
+    lab.wait_until(CONNECT_LIMIT, "the 5 nodes form a mesh", || {
+        lab.is_mesh(&all).then_some(())
+    });
+    // Handshakes that fail for reasons other than keys: a scanner that connects and closes,
+    // and a connection cut off in the middle of multistream-select's header.
+    poke(&lab, 4, 0, b"", 3);
+    poke(&lab, 4, 0, b"\x13/multi", 3);
+    let poker = format!("/ip4/{}/tcp/", lab.addr(4));
+    lab.wait_until(
+        CONNECT_LIMIT,
+        "node 0 logs the 6 failed connections",
+        || {
+            let log = fs::read_to_string(lab.stderr_path(0)).unwrap_or_default();
+            let failed = log
+                .lines()
+                .filter(|l| l.contains(&poker) && l.contains("failed"))
+                .count();
+            (failed >= 6).then_some(())
+        },
+    );
+    // No node may have told its user about keys.
+    for i in all {
+        let log = fs::read_to_string(lab.stderr_path(i)).unwrap_or_default();
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains(HINT)).collect();
+        assert!(
+            warnings.is_empty(),
+            "node {i} warned about keys on an open LAN: {warnings:#?}"
+        );
+    }
+}
