@@ -189,6 +189,7 @@ impl Home {
                     include_hidden: false,
                     ignore: Vec::new(),
                     rescan_interval_secs: default_rescan(),
+                    leader_index_entries: default_leader_entries(),
                 };
                 self.save_config(&config)?;
                 Ok((config, true))
@@ -287,6 +288,25 @@ pub struct Config {
     /// watcher missed (1 to 86,400). Default: 60.
     #[serde(default = "default_rescan", skip_serializing_if = "is_default_rescan")]
     pub rescan_interval_secs: u64,
+    /// While this node leads: how many index entries of all nodes together it holds (1,000 to
+    /// 10,000,000; one node at most half). When it is full, the largest node's entries make
+    /// room for a smaller node's. About 200 bytes each. Default: 2,000,000.
+    #[serde(
+        default = "default_leader_entries",
+        skip_serializing_if = "is_default_leader_entries"
+    )]
+    pub leader_index_entries: u64,
+}
+
+/// The bounds of [`Config::leader_index_entries`].
+pub const LEADER_INDEX_ENTRIES: std::ops::RangeInclusive<u64> = 1_000..=10_000_000;
+
+fn default_leader_entries() -> u64 {
+    2_000_000
+}
+
+fn is_default_leader_entries(n: &u64) -> bool {
+    *n == default_leader_entries()
 }
 
 /// The longest allowed rescan interval, in seconds (a day).
@@ -313,6 +333,18 @@ impl Config {
     pub fn set_folders(&mut self, folders: &Folders) {
         self.shared_dir = folders.shared_dir.clone();
         self.download_dir = folders.download_dir.clone();
+    }
+
+    /// The leader's index limits, within their bounds.
+    pub fn leader_limits(&self) -> crate::leader::index::Limits {
+        let all = self
+            .leader_index_entries
+            .clamp(*LEADER_INDEX_ENTRIES.start(), *LEADER_INDEX_ENTRIES.end())
+            as usize;
+        crate::leader::index::Limits {
+            max_entries_per_peer: all / 2,
+            max_entries: all,
+        }
     }
 
     /// The rescan interval, within its bounds.

@@ -265,7 +265,12 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         content_inbound,
     } = net::spawn(keypair, net_config, shutdown.child_token())?;
     tasks.spawn(event_loop.run());
-    let (leader, service) = leader::spawn(net.clone(), inbound, shutdown.child_token());
+    let (leader, service) = leader::spawn(
+        net.clone(),
+        inbound,
+        config.leader_limits(),
+        shutdown.child_token(),
+    );
     tasks.spawn(service.run());
     let options = share::IndexOptions {
         rules: share::ignore::Rules::new(config.include_hidden, &config.ignore, Some(home.root())),

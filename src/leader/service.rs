@@ -10,6 +10,9 @@
 //! - A node's entries are keyed by its authenticated peer id; a node can only touch its own.
 //! - A message that breaks a bound is refused, the sender's entries are dropped and its
 //!   connection is closed, with the reason logged.
+//! - A full index makes room for a push by dropping the largest nodes' entries, as long as each
+//!   is larger than the sender would be (`NetworkIndex::upsert`); they must send a snapshot
+//!   again.
 //! - A node whose connection is gone keeps its entries for [`GRACE`], so a blip does not empty
 //!   the index; then they go.
 //! - When this node becomes the leader it starts empty and every node sends it a snapshot;
@@ -114,12 +117,15 @@ pub struct Service {
     warm: watch::Sender<bool>,
     warm_deadline: Instant,
     searches: Arc<Semaphore>,
+    /// The index's bounds (`config.toml`'s `leader_index_entries`).
+    limits: Limits,
 }
 
 /// Creates the service; run the returned [`Service`] with [`Service::run`].
 pub fn spawn(
     net: NetworkClient,
     inbound: mpsc::Receiver<LeaderInbound>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> (LeaderHandle, Service) {
     let (tx, own) = mpsc::channel(LOCAL_QUEUE);
@@ -132,12 +138,13 @@ pub fn spawn(
         own,
         shutdown,
         leading: false,
-        index: Arc::new(RwLock::new(NetworkIndex::new(Limits::default()))),
+        index: Arc::new(RwLock::new(NetworkIndex::new(limits))),
         peers: HashMap::new(),
         awaited: HashSet::new(),
         warm,
         warm_deadline: Instant::now(),
         searches: Arc::new(Semaphore::new(MAX_SEARCHES)),
+        limits,
     };
     (LeaderHandle { tx }, service)
 }
@@ -187,7 +194,7 @@ impl Service {
         let dropped = {
             let mut index = self.index.write().expect("bug: poisoned");
             let dropped = index.len();
-            *index = NetworkIndex::new(Limits::default());
+            *index = NetworkIndex::new(self.limits);
             dropped
         };
         self.peers.clear();
@@ -288,6 +295,17 @@ impl Service {
         respond: Responder<index_sync::Response>,
     ) {
         let response = self.apply(peer, request).await;
+        let evicted = self.write(|index| index.take_evicted()).await;
+        for (larger, entries) in evicted {
+            tracing::warn!(
+                node = %larger,
+                entries,
+                "the network index is full: dropped the entries of its largest node to make room for a smaller one ({peer}); that node is asked for its index again"
+            );
+            // Its next push is answered `need_snapshot`; a snapshot that does not fit is
+            // refused then.
+            self.peers.remove(&larger);
+        }
         let refused = matches!(response, index_sync::Response::Refused { .. });
         if let index_sync::Response::Refused { reason } = &response {
             tracing::warn!(%peer, %reason, "index push refused; dropping the node's entries and its connection");

@@ -251,6 +251,9 @@ pub struct NetworkIndex {
     peers: Vec<Option<PeerSlot>>,
     free_slots: Vec<u32>,
     slot_of: BTreeMap<PeerId, u32>,
+    /// Nodes dropped to make room since [`Self::take_evicted`] was last called, with how many
+    /// entries each had.
+    evicted: Vec<(PeerId, usize)>,
     /// id → holders.
     by_id: HashTable<IdEntry>,
     /// (id, peer slot) → first record of that peer with that id.
@@ -285,6 +288,7 @@ impl NetworkIndex {
             peers: Vec::new(),
             free_slots: Vec::new(),
             slot_of: BTreeMap::new(),
+            evicted: Vec::new(),
             by_id: HashTable::new(),
             by_id_peer: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
@@ -325,11 +329,37 @@ impl NetworkIndex {
                 limit: self.limits.max_entries_per_peer,
             });
         }
+        // A full index makes room by dropping the largest nodes, as long as each is larger
+        // than this one would be: a node with a small index is never refused because others
+        // filled the index, and a node cannot push a smaller one out. All or nothing.
         if self.len + added > self.limits.max_entries {
-            return Err(LimitError::TooMany {
-                entries: self.len + added,
-                limit: self.limits.max_entries,
-            });
+            let mut larger: Vec<(usize, PeerId)> = self
+                .slot_of
+                .iter()
+                .filter(|(p, _)| **p != peer)
+                .map(|(p, &s)| (self.peer_slot(s).paths.len(), *p))
+                .filter(|(entries, _)| *entries > peer_entries)
+                .collect();
+            larger.sort_unstable_by(|a, b| b.cmp(a));
+            let mut over = self.len + added - self.limits.max_entries;
+            let mut drop = Vec::new();
+            for (entries, p) in larger {
+                if over == 0 {
+                    break;
+                }
+                over = over.saturating_sub(entries);
+                drop.push((p, entries));
+            }
+            if over > 0 {
+                return Err(LimitError::TooMany {
+                    entries: self.len + added,
+                    limit: self.limits.max_entries,
+                });
+            }
+            for (p, entries) in drop {
+                self.remove_peer(&p);
+                self.evicted.push((p, entries));
+            }
         }
         if entries.is_empty() {
             return Ok(());
@@ -403,6 +433,12 @@ impl NetworkIndex {
         live(&mut self.peers, slot).snapshot = false;
         self.drop_slot_if_idle(slot);
         all.len()
+    }
+
+    /// The nodes whose entries [`Self::upsert`] dropped to make room for a smaller node's, with
+    /// how many entries each had, since the last call.
+    pub fn take_evicted(&mut self) -> Vec<(PeerId, usize)> {
+        std::mem::take(&mut self.evicted)
     }
 
     /// How many entries `peer` has in the index.

@@ -319,15 +319,24 @@ fn limits_are_all_or_nothing() {
     index
         .upsert(peer(2), vec![file("x", 1), file("y", 2)])
         .expect("ok");
+    // The index is full. A small node makes room by dropping the largest one (peer 1, 3).
+    index
+        .upsert(peer(3), vec![file("z", 9)])
+        .expect("room made");
+    assert_eq!(index.take_evicted(), vec![(peer(1), 3)]);
+    assert_eq!(index.take_evicted(), vec![], "reported once");
+    assert_eq!(index.peer_len(&peer(1)), 0);
+    assert_eq!((index.peers(), index.len()), (2, 3));
+    // The dropped node cannot come back by pushing out a smaller one: refused, nothing applied.
     assert_eq!(
-        index.upsert(peer(3), vec![file("z", 9)]),
+        index.upsert(peer(1), vec![file("a", 1), file("b", 2), file("c", 3)]),
         Err(LimitError::TooMany {
             entries: 6,
             limit: 5
         })
     );
-    assert_eq!(index.peers(), 2);
-    assert_eq!(index.len(), 5);
+    assert_eq!(index.take_evicted(), vec![]);
+    assert_eq!((index.peers(), index.len()), (2, 3));
     assert_eq!(
         LimitError::TooMany {
             entries: 6,

@@ -517,9 +517,51 @@ async def silent_voters(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# scenario "index-flood": identities that fill the leader's index
+
+
+async def index_flood(args) -> dict:
+    """``--count`` hosts, each its own peer id, push a snapshot of ``--entries`` made-up entries
+    each (pages of 8,192) to the leader at ``--addr``, one host after the other; then stay
+    connected for ``--hold`` seconds. Prints one line ``{"pushed": [...]}`` (each host's last
+    answer) once all pushed, then the result."""
+    out: dict = {"answers": []}
+    async with AsyncExitStack() as stack:
+        for n in range(args.count):
+            h = await stack.enter_async_context(iw.running_host())
+            peer_id, _ = await iw.connect(h, args.addr)
+            session = int.from_bytes(os.urandom(8), "big")
+            total, page, answer = args.entries, 0, None
+            while True:
+                first = page * 8192
+                count = min(8192, total - first)
+                last = first + count >= total
+                entries = [
+                    {"path": f"flood/{n}/{first + k:07d}.bin", "kind": "file", "size": 1,
+                     "id": os.urandom(32)}
+                    for k in range(count)
+                ]
+                body = cbor.encode({"snapshot": {"session": session, "page": page,
+                                                 "last": last, "version": 1,
+                                                 "entries": entries}})
+                answer, _ = await iw.request(h, peer_id, iw.INDEX, body, 4096)
+                if last or not (isinstance(answer, dict) and "ack" in answer):
+                    break
+                page += 1
+            out["answers"].append(answer if isinstance(answer, (dict, str)) else repr(answer))
+        sys.stdout.write(json.dumps({"pushed": out["answers"]}, default=str) + "\n")
+        sys.stdout.flush()
+        await trio.sleep(args.hold)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 async def main_async(args) -> dict:
+    if args.scenario == "index-flood":
+        with trio.fail_after(args.timeout):
+            return await index_flood(args)
     if args.scenario == "silent-voters":
         with trio.fail_after(args.timeout):
             return await silent_voters(args)
@@ -592,18 +634,23 @@ def main() -> int:
     ap.add_argument("--path")
     ap.add_argument("--file-id", help="hex id of the multi-piece file")
     ap.add_argument("--addrs", default="", help="silent-voters: every node, comma-separated")
-    ap.add_argument("--count", type=int, default=4, help="silent-voters: how many identities")
+    ap.add_argument("--count", type=int, default=4, help="silent-voters, index-flood: identities")
+    ap.add_argument("--entries", type=int, default=10000, help="index-flood: entries per identity")
     ap.add_argument("--piece", type=int, default=1)
     ap.add_argument("--hold", type=float, default=35.0)
     ap.add_argument("--flood-streams", type=int, default=12)
     ap.add_argument("--per-stream", type=int, default=16)
     ap.add_argument("--timeout", type=float, default=150.0)
-    ap.add_argument("--scenario", choices=["main", "slot-leak", "election-term", "silent-voters"],
+    ap.add_argument("--scenario",
+                    choices=["main", "slot-leak", "election-term", "silent-voters", "index-flood"],
                     default="main")
     args = ap.parse_args()
     if args.scenario == "silent-voters":
         if not args.addrs:
             ap.error("silent-voters needs --addrs")
+    elif args.scenario == "index-flood":
+        if not args.addr:
+            ap.error("index-flood needs --addr")
     elif not (args.addr and args.query and args.path and args.file_id):
         ap.error("--addr, --query, --path and --file-id are required")
     try:

@@ -2,7 +2,7 @@
 
 use std::{
     fs,
-    io::Read,
+    io::{BufRead, Read},
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -179,4 +179,110 @@ fn a_flood_of_half_open_connections_leaves_the_index_and_the_cli_working() {
     let (code, errors, _) = run(lab.cli(0).args(["ls", "--errors", "--json"]));
     assert_eq!(code, 0);
     assert_eq!(errors.trim(), "[]", "no listing failed");
+}
+
+#[test]
+fn a_node_filling_the_leaders_index_cannot_push_a_small_node_out() {
+    let test = "a_node_filling_the_leaders_index_cannot_push_a_small_node_out";
+    let Some(python) = crate::interop::py::venv_python(test) else {
+        return;
+    };
+    // Node 0 leads (it starts first, alone); node 1 shares a few files; node 2's namespace
+    // holds two py-libp2p identities that fill node 0's index (a cap of 20,000 entries here,
+    // set in its config) with 9,999 made-up entries each (with node 0's own root: 19,999).
+    let Some(mut lab) = Lab::new(test, 3) else {
+        return;
+    };
+    lab.start(0, &[]);
+    lab.stop(0);
+    let config = lab.home(0).join("config.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(&config, format!("{text}leader_index_entries = 20000\n")).unwrap();
+    lab.start(0, &[]);
+    lab.wait_until(Duration::from_secs(10), "node 0 leads", || {
+        (lab.status(0)["leader"].as_str() == Some(lab.peer_id(0))).then_some(())
+    });
+    let flood = lab
+        .in_netns(2, &python)
+        .current_dir(crate::interop::py::PY_DIR)
+        .args(["misbehave.py", "--scenario", "index-flood", "--count", "2"])
+        .args([
+            "--entries",
+            "9999",
+            "--hold",
+            "60",
+            "--timeout",
+            "90",
+            "--addr",
+        ])
+        .arg(format!("{}/p2p/{}", lab.tcp_addr(0), lab.peer_id(0)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the index flood");
+    let mut flood = crate::util::KillOnDrop(flood);
+    let mut line = String::new();
+    std::io::BufReader::new(flood.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read the flood's report");
+    let pushed: Value = serde_json::from_str(&line).expect("the flood reports JSON");
+    assert_eq!(
+        pushed["pushed"],
+        serde_json::json!([{"ack": {"version": 1}}, {"ack": {"version": 1}}]),
+        "both identities filled the index"
+    );
+    // The honest node joins with its files: the index is full, so the largest node makes
+    // room.
+    for k in 0..10 {
+        super::search::write_shared(
+            &lab,
+            1,
+            &format!("honest-{k}.txt"),
+            format!("{k}").as_bytes(),
+        );
+    }
+    lab.start(1, &[]);
+    lab.wait_until(
+        Duration::from_secs(30),
+        "node 1's files are searchable at the full leader",
+        || {
+            let (code, out, _) = run(lab.cli(1).args(["search", "honest", "--json"]));
+            (code == 0 && out.matches("honest-").count() >= 10).then_some(())
+        },
+    );
+    let log = fs::read_to_string(lab.stderr_path(0)).unwrap_or_default();
+    assert!(
+        log.contains("to make room"),
+        "the leader says whom it dropped"
+    );
+    // A third identity as large as the remaining one cannot push anyone out: refused.
+    let again = lab
+        .in_netns(2, &python)
+        .current_dir(crate::interop::py::PY_DIR)
+        .args(["misbehave.py", "--scenario", "index-flood", "--count", "1"])
+        .args([
+            "--entries",
+            "9999",
+            "--hold",
+            "0",
+            "--timeout",
+            "60",
+            "--addr",
+        ])
+        .arg(format!("{}/p2p/{}", lab.tcp_addr(0), lab.peer_id(0)))
+        .output()
+        .expect("run the second flood");
+    let report = String::from_utf8_lossy(&again.stdout);
+    let pushed: Value = serde_json::from_str(report.lines().next().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("the second flood reports JSON ({e}): {report}"));
+    assert!(
+        pushed["pushed"][0].get("refused").is_some(),
+        "a third identity is refused: {report}"
+    );
+    let (code, out, _) = run(lab.cli(0).args(["search", "honest", "--json"]));
+    assert_eq!(code, 0);
+    assert!(
+        out.matches("honest-").count() >= 10,
+        "node 1's files stay: {out}"
+    );
 }
