@@ -17,7 +17,9 @@
 //!   the index; then they go.
 //! - When this node becomes the leader it starts empty and every node sends it a snapshot;
 //!   searches wait until the nodes connected at that moment have sent theirs, or at most
-//!   [`WARMUP`], so the first searches after a failover see the whole network.
+//!   [`WARMUP`], so the first searches after a failover see the whole network; and a search
+//!   or lookup that finds nothing while a node that connected less than [`READY_LIMIT`] ago
+//!   has not sent its whole index is answered "busy" (the asker asks again).
 //! - When this node stops leading, it forgets everything.
 
 use std::{
@@ -39,6 +41,13 @@ pub const GRACE: Duration = Duration::from_secs(10);
 
 /// Longest a new leader makes searches wait for the connected nodes' snapshots.
 pub const WARMUP: Duration = Duration::from_secs(3);
+
+/// How long a node connected to the leader may take to send its index before the leader
+/// stops waiting for it: until then, a search or lookup that finds nothing is answered "busy"
+/// (try again shortly) instead of "nothing found", so a `get` right after a failover (or a
+/// healed partition) asks again until the snapshots on their way are in, instead of failing.
+/// Well within the asker's 8 s (`ask::ASK_DEADLINE`), which also covers the election.
+pub const READY_LIMIT: Duration = Duration::from_secs(4);
 
 /// Most searches running at once; beyond, the leader answers busy.
 pub const MAX_SEARCHES: usize = 16;
@@ -116,6 +125,8 @@ pub struct Service {
     /// `true` once searches may run (see [`WARMUP`]).
     warm: watch::Sender<bool>,
     warm_deadline: Instant,
+    /// When this leader first saw each connected iwant node (see [`READY_LIMIT`]).
+    joined: HashMap<PeerId, Instant>,
     searches: Arc<Semaphore>,
     /// The index's bounds (`config.toml`'s `leader_index_entries`).
     limits: Limits,
@@ -143,6 +154,7 @@ pub fn spawn(
         awaited: HashSet::new(),
         warm,
         warm_deadline: Instant::now(),
+        joined: HashMap::new(),
         searches: Arc::new(Semaphore::new(MAX_SEARCHES)),
         limits,
     };
@@ -203,7 +215,9 @@ impl Service {
             // Wait for the nodes we know now; the rest join whenever they do.
             self.awaited = self.connected_iwant_peers().await;
             self.awaited.insert(self.local);
-            self.warm_deadline = Instant::now() + WARMUP;
+            let now = Instant::now();
+            self.joined = self.awaited.iter().map(|p| (*p, now)).collect();
+            self.warm_deadline = now + WARMUP;
             tracing::info!(
                 nodes = self.awaited.len(),
                 "leading: collecting every node's index"
@@ -259,7 +273,29 @@ impl Service {
         }
         self.awaited
             .retain(|p| *p == self.local || connected.contains(p));
+        self.note_joined(&connected);
         self.update_warm();
+    }
+
+    /// Remembers when each of the `connected` nodes was first seen, and forgets those gone.
+    fn note_joined(&mut self, connected: &HashSet<PeerId>) {
+        let now = Instant::now();
+        let local = self.local;
+        self.joined
+            .retain(|p, _| *p == local || connected.contains(p));
+        for p in connected {
+            self.joined.entry(*p).or_insert(now);
+        }
+    }
+
+    /// Whether some connected node joined less than [`READY_LIMIT`] ago and has not sent its
+    /// whole index yet: the index may lack what it holds.
+    fn still_filling(&self) -> bool {
+        let now = Instant::now();
+        self.joined.iter().any(|(p, since)| {
+            now.duration_since(*since) < READY_LIMIT
+                && self.peers.get(p).is_none_or(|s| s.version.is_none())
+        })
     }
 
     fn update_warm(&mut self) {
@@ -447,6 +483,11 @@ impl Service {
             send_search(&net, respond, response).await;
             return;
         };
+        // Nodes that connected since the last look count from now (a healed partition brings
+        // a whole network at once, a reconcile only looks every second).
+        let connected = self.connected_iwant_peers().await;
+        self.note_joined(&connected);
+        let filling = self.still_filling();
         let index = self.index.clone();
         let mut warm = self.warm.subscribe();
         let deadline = tokio::time::Instant::from_std(self.warm_deadline);
@@ -454,11 +495,19 @@ impl Service {
             let _permit = permit;
             // Wait for the nodes' snapshots after a leader change, at most until the deadline.
             let _ = tokio::time::timeout_at(deadline, warm.wait_for(|w| *w)).await;
-            let response = tokio::task::spawn_blocking(move || {
-                run_search(&index.read().expect("bug: poisoned"), request, peer)
-            })
-            .await
-            .expect("bug: search panicked");
+            let search = |request: search::Request| {
+                let index = index.clone();
+                tokio::task::spawn_blocking(move || {
+                    run_search(&index.read().expect("bug: poisoned"), request, peer)
+                })
+            };
+            let mut response = search(request).await.expect("bug: search panicked");
+            // Nothing found by a new leader that lacks some connected node's index: "busy",
+            // so the asker asks again (it owns the deadline), rather than "not found".
+            let empty = matches!(&response, search::Response::Results(r) if r.total == 0);
+            if empty && filling {
+                response = search::Response::Busy;
+            }
             send_search(&net, respond, response).await;
         });
     }

@@ -16,8 +16,10 @@
 //! (a lost download or a duplicate placement shows); that no shared file changed (content and
 //! mtime) and no temporary file is left in any shared or download folder; that no node
 //! panicked in any of its runs (the lab appends every run to one log); and that every search
-//! succeeds and finds every holder. Failed searches and refused `get`s during the chaos (no
-//! leader, a leader that does not know the holders yet) are allowed and counted. It prints a
+//! succeeds and finds every holder. Failed searches during the chaos are allowed and counted;
+//! a `get` may be refused only when no holder of its item was reachable (down, cut off or
+//! rejoining after a cut, or started moments before), or when the asking node was cut off or
+//! rejoining: any other refusal fails the soak. It prints a
 //! table of counts (`docs/benchmarks.md` has those of the project's runs).
 //!
 //! Kills prefer the leader (35 %) and nodes with unfinished downloads (50 % of the rest), but
@@ -166,6 +168,14 @@ struct Item {
     files: Vec<(String, String)>,
 }
 
+/// How long after its start a node counts as indexed at the leader (its snapshot sent): a
+/// `get` of an item whose holders all started later may rightly find nobody.
+const INDEXED_AFTER: Duration = Duration::from_secs(5);
+
+/// How long after its link is healed a node counts as rejoined: its connections closed while
+/// it was cut off (keepalive, about 5 s), and the redials back off (1, 2, 4, 8 s).
+const REJOINED_AFTER: Duration = Duration::from_secs(20);
+
 /// Whether a node is down (killed) or cut off, and until when.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Impaired {
@@ -200,7 +210,11 @@ struct Counts {
     lossy: u32,
     gets_tried: u32,
     gets_accepted: u32,
+    /// `get`s refused although a holder of the item was reachable when it was asked.
     gets_refused: BTreeMap<String, u32>,
+    /// `get`s refused while no holder was reachable (down, cut off, or restarted less than
+    /// [`INDEXED_AFTER`] before): the truth, not a failure.
+    gets_refused_unreachable: u32,
     /// Unfinished downloads on a node when it was killed.
     interrupted: u32,
     /// Downloads seen `waiting` (no holder reachable).
@@ -496,8 +510,14 @@ struct Soak {
     unknown: Vec<(usize, Value)>,
     counts: Counts,
     impaired: [Option<Impaired>; NODES],
+    /// When each node's cut link was last healed: it takes a few redials (with backoff) to
+    /// rejoin the others.
+    healed_at: [Option<Instant>; NODES],
     degraded: [Degraded; NODES],
     gets_in_flight: Vec<(usize, usize)>,
+    /// Per `get` in flight: its item's holders as they were when it was asked (for the report
+    /// of a refusal), and whether one was reachable.
+    get_holders: BTreeMap<(usize, usize), (String, bool)>,
     searches_in_flight: usize,
     /// The last leader some node named.
     leader: Option<usize>,
@@ -604,6 +624,39 @@ impl Soak {
     fn start_get(&mut self, lab: &Lab, tx: &mpsc::Sender<Outcome>, i: usize, k: usize) {
         let mut cmd = lab.cli(i);
         cmd.args(["get", &self.items[k].id, "--detach", "--json"]);
+        let rejoining =
+            |n: usize| self.healed_at[n].is_some_and(|at| at.elapsed() < REJOINED_AFTER);
+        let asker_cut = matches!(self.impaired[i], Some(Impaired::Cut(_))) || rejoining(i);
+        let mut reachable = false;
+        let holders: Vec<String> = self.items[k]
+            .holders
+            .iter()
+            .map(|&h| {
+                let state = match self.impaired[h] {
+                    Some(Impaired::Down(_)) => "down".to_owned(),
+                    Some(Impaired::Cut(_)) => "cut".to_owned(),
+                    None if rejoining(h) => "rejoining".to_owned(),
+                    None => {
+                        let up = lab.started_at(h).elapsed();
+                        reachable |= up >= INDEXED_AFTER && !asker_cut;
+                        format!("up {:.1} s", up.as_secs_f64())
+                    }
+                };
+                format!("node {h} {state}")
+            })
+            .collect();
+        let asker = if asker_cut {
+            "cut off or rejoining"
+        } else {
+            "up"
+        };
+        self.get_holders.insert(
+            (i, k),
+            (
+                format!("{}; the asking node: {asker}", holders.join(", ")),
+                reachable,
+            ),
+        );
         let tx = tx.clone();
         self.gets_in_flight.push((i, k));
         self.counts.gets_tried += 1;
@@ -670,12 +723,26 @@ impl Soak {
                         track.active = true;
                         track.last = Some(progress);
                     } else {
-                        *self
-                            .counts
-                            .gets_refused
-                            .entry(reason(code, &err))
-                            .or_default() += 1;
+                        let (holders, reachable) = self
+                            .get_holders
+                            .get(&(node, item))
+                            .cloned()
+                            .unwrap_or_else(|| ("?".into(), true));
+                        eprintln!(
+                            "soak: `get` of item {item} on node {node} refused ({}); its holders when asked: {holders}",
+                            err.trim(),
+                        );
+                        if reachable {
+                            *self
+                                .counts
+                                .gets_refused
+                                .entry(reason(code, &err))
+                                .or_default() += 1;
+                        } else {
+                            self.counts.gets_refused_unreachable += 1;
+                        }
                     }
+                    self.get_holders.remove(&(node, item));
                 }
                 Outcome::Search { code, found, err } => {
                     self.searches_in_flight -= 1;
@@ -807,6 +874,7 @@ impl Soak {
                 }
                 Some(Impaired::Cut(until)) if all || now >= until => {
                     lab.heal(i);
+                    self.healed_at[i] = Some(Instant::now());
                     self.impaired[i] = None;
                     log(format!("heal node {i}"));
                 }
@@ -1101,8 +1169,12 @@ fn print_results(
         c.seen_waiting.len()
     );
     println!(
-        "| `get` refused during the chaos | {refused} of {} {:?} |",
+        "| `get` refused during the chaos, a holder reachable | {refused} of {} {:?} |",
         c.gets_tried, c.gets_refused
+    );
+    println!(
+        "| `get` refused during the chaos, no holder reachable (correct) | {} |",
+        c.gets_refused_unreachable
     );
     println!(
         "| kills (-9) / of the leader | {} / {} |",
@@ -1197,8 +1269,10 @@ fn soak_five_nodes_under_chaos_lose_nothing_and_break_nothing() {
         unknown: Vec::new(),
         counts: Counts::default(),
         impaired: [None; NODES],
+        healed_at: [None; NODES],
         degraded: [None; NODES],
         gets_in_flight: Vec::new(),
+        get_holders: BTreeMap::new(),
         searches_in_flight: 0,
         leader: None,
     };
@@ -1303,6 +1377,11 @@ fn soak_five_nodes_under_chaos_lose_nothing_and_break_nothing() {
         "the soak (seed {seed}, replay with IWANT_SOAK_SEED={seed}) found {} problem(s):\n{}",
         problems.len(),
         problems.join("\n")
+    );
+    assert!(
+        c.gets_refused.is_empty(),
+        "the soak (seed {seed}) saw `get`s refused although a holder was reachable: {:?}",
+        c.gets_refused
     );
     assert!(
         c.gets_accepted > 0 && c.kills > 0,
