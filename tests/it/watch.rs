@@ -8,7 +8,7 @@
 use std::{
     fs,
     os::unix::{fs::PermissionsExt, process::CommandExt},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -64,38 +64,65 @@ impl User {
     }
 }
 
+/// A scratch folder for a node that runs as a [`User`]: the binary linked in (the test
+/// binary's folders may be closed to `nobody`) and a configured home whose `config.toml` ends
+/// with `config_extra`.
+struct Scratch {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    home: PathBuf,
+    share: PathBuf,
+}
+
+impl Scratch {
+    fn new(config_extra: &str) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("iwant");
+        fs::hard_link(crate::util::bin(), &bin)
+            .or_else(|_| fs::copy(crate::util::bin(), &bin).map(drop))
+            .unwrap();
+        let (home, share, _) = crate::util::configured_home(dir.path());
+        let config = home.join("config.toml");
+        let mut text = fs::read_to_string(&config).unwrap();
+        text.push_str(config_extra);
+        fs::write(&config, text).unwrap();
+        Scratch {
+            dir,
+            bin,
+            home,
+            share,
+        }
+    }
+
+    /// Starts `iwant node` as `user` (loopback, mDNS off); its stderr goes to `node.err`.
+    fn node(&self, user: User) -> KillOnDrop {
+        let node = user
+            .command(&self.bin, &self.home)
+            .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(self.dir.path().join("node.err")).unwrap())
+            .spawn()
+            .unwrap();
+        KillOnDrop(node)
+    }
+}
+
 #[test]
 fn an_unreadable_folder_leaves_the_rest_of_the_share_watched() {
     let user = User::unprivileged();
-    let dir = tempfile::tempdir().unwrap();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    // The test binary's folders may be closed to `nobody`: a link to it in the scratch folder.
-    let bin = dir.path().join("iwant");
-    fs::hard_link(crate::util::bin(), &bin)
-        .or_else(|_| fs::copy(crate::util::bin(), &bin).map(drop))
-        .unwrap();
-    let (home, share, _) = crate::util::configured_home(dir.path());
-    let config = home.join("config.toml");
-    let mut text = fs::read_to_string(&config).unwrap();
-    text.push_str("rescan_interval_secs = 3600\n");
-    fs::write(&config, text).unwrap();
+    let scratch = Scratch::new("rescan_interval_secs = 3600\n");
+    let (dir, bin, home, share) = (&scratch.dir, &scratch.bin, &scratch.home, &scratch.share);
     fs::create_dir_all(share.join("open")).unwrap();
     fs::write(share.join("open/old.txt"), b"old").unwrap();
     fs::create_dir_all(share.join("locked/inner")).unwrap();
     user.own(dir.path());
     fs::set_permissions(share.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
 
-    let node = user
-        .command(&bin, &home)
-        .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(dir.path().join("node.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut node = KillOnDrop(node);
+    let mut node = scratch.node(user);
     let status = || -> Option<Value> {
-        let (code, out, _) = run(user.command(&bin, &home).args(["status", "--json"]));
+        let (code, out, _) = run(user.command(bin, home).args(["status", "--json"]));
         (code == 0).then(|| serde_json::from_str(&out).unwrap())
     };
     let watch = wait_for(LIMIT, "the first scan and the watcher", || {
@@ -108,7 +135,7 @@ fn an_unreadable_folder_leaves_the_rest_of_the_share_watched() {
         serde_json::json!({"state": "partial", "unwatched": 1}),
         "one folder is not watched, the rest is"
     );
-    let (code, out, _) = run(user.command(&bin, &home).arg("status"));
+    let (code, out, _) = run(user.command(bin, home).arg("status"));
     assert_eq!(code, 0);
     assert!(
         out.contains("Watching:         all but 1 folder (unreadable?)"),
@@ -116,7 +143,7 @@ fn an_unreadable_folder_leaves_the_rest_of_the_share_watched() {
     );
 
     let listed = |path: &str| {
-        let (code, out, _) = run(user.command(&bin, &home).args(["ls", "--json"]));
+        let (code, out, _) = run(user.command(bin, home).args(["ls", "--json"]));
         code == 0 && out.contains(&format!("\"{path}\""))
     };
     // A change in a watched folder, and in a folder made after the start (watched on its own
@@ -140,35 +167,18 @@ fn an_unreadable_folder_leaves_the_rest_of_the_share_watched() {
 #[test]
 fn a_folder_that_cannot_be_listed_keeps_its_files_in_the_index() {
     let user = User::unprivileged();
-    let dir = tempfile::tempdir().unwrap();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let bin = dir.path().join("iwant");
-    fs::hard_link(crate::util::bin(), &bin)
-        .or_else(|_| fs::copy(crate::util::bin(), &bin).map(drop))
-        .unwrap();
-    let (home, share, _) = crate::util::configured_home(dir.path());
     // A rescan every second: the failed listing comes soon after the folder closes.
-    let config = home.join("config.toml");
-    let mut text = fs::read_to_string(&config).unwrap();
-    text.push_str("rescan_interval_secs = 1\n");
-    fs::write(&config, text).unwrap();
+    let scratch = Scratch::new("rescan_interval_secs = 1\n");
+    let (dir, bin, home, share) = (&scratch.dir, &scratch.bin, &scratch.home, &scratch.share);
     fs::create_dir_all(share.join("closing/inner")).unwrap();
     fs::write(share.join("closing/a.txt"), b"a").unwrap();
     fs::write(share.join("closing/inner/b.txt"), b"b").unwrap();
     fs::write(share.join("open.txt"), b"open").unwrap();
     user.own(dir.path());
 
-    let node = user
-        .command(&bin, &home)
-        .args(["node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(dir.path().join("node.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut node = KillOnDrop(node);
+    let mut node = scratch.node(user);
     let ls = |args: &[&str]| -> Option<String> {
-        let (code, out, _) = run(user.command(&bin, &home).args(["ls", "--json"]).args(args));
+        let (code, out, _) = run(user.command(bin, home).args(["ls", "--json"]).args(args));
         (code == 0).then_some(out)
     };
     let everything = ["closing/a.txt", "closing/inner/b.txt", "open.txt"];

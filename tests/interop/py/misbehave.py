@@ -443,19 +443,21 @@ async def slot_leak(args) -> dict:
 # scenario "election-term": a foreign participant announcing the largest term
 
 
+async def sink(stream) -> None:
+    """Reads a stream to its end and drops what it reads (an election stream we never answer)."""
+    try:
+        while await stream.read(1024):
+            pass
+    except Exception:  # noqa: BLE001 - the node may reset it
+        pass
+
+
 async def election_term(args) -> dict:
     """A foreign peer that accepts `/iwant/election/1` (so the node counts it as a participant)
     sends `Heartbeat {term: 2^64 - 1}` for 2 s and leaves. The node must survive and, once it
     has elected a leader again, answer a well-behaved client's search."""
     out: dict = {}
     async with iw.running_host() as h:
-        async def sink(stream):
-            try:
-                while await stream.read(1024):
-                    pass
-            except Exception:  # noqa: BLE001 - the node may reset it
-                pass
-
         h.set_stream_handler(iw.ELECTION, sink)
         peer_id, _ = await iw.connect(h, args.addr)
         s = await h.new_stream(peer_id, [iw.ELECTION])
@@ -488,13 +490,6 @@ async def silent_voters(args) -> dict:
     ``{"connected": n}`` once every host is connected to every node, then the result."""
     out: dict = {}
     addrs = [a for a in args.addrs.split(",") if a]
-
-    async def sink(stream):
-        try:
-            while await stream.read(1024):
-                pass
-        except Exception:  # noqa: BLE001 - the node may reset it
-            pass
 
     async with AsyncExitStack() as stack:
         hosts = []
