@@ -690,13 +690,19 @@ async fn an_ambiguous_prefix_lists_the_candidates_and_downloads_nothing() {
     a.wait_indexed(&ix).await;
     a.wait_indexed(&iy).await;
     let prefix = ix.to_hex()[..4].to_string();
-    let err = wait_for_async(LIMIT, "the leader to know both ids", || async {
-        match b.get(&prefix).await {
-            Err(ClientError::Remote(e)) if e.kind == ErrorKind::Ambiguous => Some(e),
-            _ => None,
-        }
-    })
-    .await;
+    // Wait with searches, which change nothing: a `get` asked while the leader knew only one
+    // of the two would rightly download it.
+    for name in ["x.txt", "y.txt"] {
+        wait_for_async(LIMIT, "the leader to know both files", || async {
+            let found = b.search_paths(name).await?;
+            found.iter().any(|p| p == name).then_some(())
+        })
+        .await;
+    }
+    let err = match b.get(&prefix).await {
+        Err(ClientError::Remote(e)) if e.kind == ErrorKind::Ambiguous => e,
+        other => panic!("an ambiguous prefix: {other:?}"),
+    };
     assert!(
         err.message.contains(ix.to_hex().as_str()),
         "{}",

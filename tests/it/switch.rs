@@ -9,10 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iwant::{
-    config::Home,
-    control::{Client, Request, Response},
-};
+use iwant::control::{Request, Response};
 
 use crate::util::{iwant, wait_for, wait_for_async, Daemon, KillOnDrop, LocalNode as Node};
 
@@ -32,22 +29,6 @@ fn sparse_files(dir: &Path, count: u64, len: u64) {
     }
 }
 
-async fn search_paths(node: &Node, text: &str) -> Option<Vec<String>> {
-    let client = Client::new(Home::resolve(Some(node.home.clone())).unwrap());
-    let request = Request::Search {
-        text: text.into(),
-        kind: None,
-        limit: 20,
-        offset: 0,
-    };
-    match client.request(request).await.ok()? {
-        Response::SearchResults(reply) => {
-            Some(reply.results.into_iter().map(|r| r.hit.path).collect())
-        }
-        _ => None,
-    }
-}
-
 /// The issue: "A new shared folder cancels the running scan of the old one at once; the old
 /// folder's entries leave the network within 1 s."
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +37,7 @@ async fn a_new_shared_folder_stops_the_old_scan_and_its_entries_leave_the_networ
     let b = Node::start(vec![a.addr().await]).await;
     a.write("old-report.txt", b"last year's numbers");
     wait_for_async(LIMIT, "b to find a's old-report.txt", || async {
-        let found = search_paths(&b, "old-report").await?;
+        let found = b.search_paths("old-report").await?;
         found.iter().any(|p| p == "old-report.txt").then_some(())
     })
     .await;
@@ -87,7 +68,7 @@ async fn a_new_shared_folder_stops_the_old_scan_and_its_entries_leave_the_networ
         Duration::from_secs(1),
         "old-report.txt to leave b's search",
         || async {
-            let found = search_paths(&b, "old-report").await?;
+            let found = b.search_paths("old-report").await?;
             found.is_empty().then_some(())
         },
     )
@@ -95,7 +76,7 @@ async fn a_new_shared_folder_stops_the_old_scan_and_its_entries_leave_the_networ
     let left = switched.elapsed();
 
     wait_for_async(LIMIT, "b to find a's new-notes.txt", || async {
-        let found = search_paths(&b, "new-notes").await?;
+        let found = b.search_paths("new-notes").await?;
         found.iter().any(|p| p == "new-notes.txt").then_some(())
     })
     .await;

@@ -174,6 +174,23 @@ impl LocalNode {
         addr.with(libp2p::multiaddr::Protocol::P2p(self.node.peer_id()))
     }
 
+    /// The paths of what `iwant search <text>` finds through this node (the first 20), or
+    /// `None` while it fails.
+    pub async fn search_paths(&self, text: &str) -> Option<Vec<String>> {
+        let request = iwant::control::Request::Search {
+            text: text.into(),
+            kind: None,
+            limit: 20,
+            offset: 0,
+        };
+        match self.client().request(request).await.ok()? {
+            iwant::control::Response::SearchResults(reply) => {
+                Some(reply.results.into_iter().map(|r| r.hit.path).collect())
+            }
+            _ => None,
+        }
+    }
+
     /// A control-channel client of it, as the CLI has.
     pub fn client(&self) -> iwant::control::Client {
         iwant::control::Client::new(iwant::config::Home::resolve(Some(self.home.clone())).unwrap())
