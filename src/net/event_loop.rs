@@ -336,11 +336,7 @@ where
 
 /// Whether `addr` is on a loopback interface (`127.0.0.0/8`, `::1`).
 fn is_loopback(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_loopback(),
-        Protocol::Ip6(ip) => ip.is_loopback(),
-        _ => false,
-    })
+    iwant_behaviours::connections::ip_of(addr).is_some_and(|ip| ip.is_loopback())
 }
 
 impl EventLoop {

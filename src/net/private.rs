@@ -32,6 +32,7 @@ use std::{
 };
 
 use futures::{AsyncRead, AsyncWrite};
+use iwant_behaviours::connections::ip_of;
 use libp2p::{multiaddr::Protocol, pnet::PreSharedKey, Multiaddr};
 
 /// A network key file could not be read, parsed or written.
@@ -401,14 +402,6 @@ fn is_handshake_failure(text: &str) -> bool {
     ]
     .iter()
     .any(|needle| text.contains(needle))
-}
-
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
-    })
 }
 
 fn ip_port_of(addr: &Multiaddr) -> Option<Remote> {

@@ -218,18 +218,18 @@ impl ElectionState {
             return out;
         }
         if let Input::Received { from, message } = &input {
-            if message.term() <= self.term.saturating_add(MAX_TERM_JUMP)
-                && self.peers.contains(from)
-            {
+            // A term far ahead of ours comes from no honest node (terms grow by one per
+            // election): ignored, so a peer cannot push the term to where it overflows.
+            if message.term() > self.term.saturating_add(MAX_TERM_JUMP) {
+                return out;
+            }
+            // A participant that speaks counts as a voter again.
+            if self.peers.contains(from) {
                 self.unanswered.remove(from);
                 self.mute.remove(from);
             }
         }
         match input {
-            // A term far ahead of ours comes from no honest node (terms grow by one per
-            // election): ignored, so a peer cannot push the term to where it overflows.
-            Input::Received { message, .. }
-                if message.term() > self.term.saturating_add(MAX_TERM_JUMP) => {}
             Input::PeerConnected(peer) => self.on_connected(now, peer, &mut out),
             Input::PeerDisconnected(peer) => self.on_gone(now, peer, &mut out),
             Input::PeerDiscovered(peer) => {
@@ -504,25 +504,21 @@ impl ElectionState {
                 }
                 self.broadcast(Message::VoteRequest { term }, out);
             }
+            // A leaderless follower due to stand, or a contested round without a majority:
+            // while participants keep arriving, the next term waits for them (a majority of a
+            // growing network is out of reach, and every new term costs one).
             Role::Follower {
                 leader: None,
                 deadline,
                 ..
-            } if now >= *deadline => {
-                if let Some(until) = self.hold_back(now) {
-                    if let Role::Follower { deadline, .. } = &mut self.role {
-                        *deadline = until;
-                    }
-                    return;
-                }
-                self.stand(now, out)
             }
-            Role::Candidate { deadline, .. } if now >= *deadline => {
-                // A contested round without a majority: while participants keep arriving,
-                // the next term waits for them (a majority of a growing network is out of
-                // reach, and every new term costs one).
+            | Role::Candidate { deadline, .. }
+                if now >= *deadline =>
+            {
                 if let Some(until) = self.hold_back(now) {
-                    if let Role::Candidate { deadline, .. } = &mut self.role {
+                    if let Role::Follower { deadline, .. } | Role::Candidate { deadline, .. } =
+                        &mut self.role
+                    {
                         *deadline = until;
                     }
                     return;
