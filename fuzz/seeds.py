@@ -92,12 +92,28 @@ def manifest():
     return [out, b"iwant/manifest/1\n"]
 
 
+def mdns():
+    # An answer of rust-libp2p's libp2p-mdns 0.49 (behaviours/src/mdns/packet.rs has the same
+    # bytes) and a query for libp2p peers.
+    answer = bytes.fromhex(
+        "123484000000000100000001045f703270045f756470056c6f63616c00000c0001000001680037357347"
+        "435437796231726c42566f364a3764443132395236625879564c53797269585063575258394e46316c6d"
+        "747a64784356756d5400357347435437796231726c42566f364a3764443132395236625879564c537972"
+        "69585063575258394e46316c6d747a64784356756d54000010800100000168005857646e73616464723d"
+        "2f6970342f31302e392e302e312f7463702f343734372f7032702f313244334b6f6f57454658416b6d35"
+        "4237784145557843486d3369357a7a5237566d43414447554c337351473551525659746f72")
+    query = (struct.pack(">6H", 0, 0, 1, 0, 0, 0) + b"\x04_p2p\x04_udp\x05local\x00"
+             + struct.pack(">HH", 12, 1))
+    return [answer, query]
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     seeds = {name: [cbor(v) for v in values] for name, values in SEEDS.items()}
     seeds["election_frame"] = election()
     seeds["chunk_request"], seeds["chunk_frames"] = chunk()
     seeds["manifest"] = manifest()
+    seeds["mdns_packet"] = mdns()
     for name, values in seeds.items():
         folder = os.path.join(here, "corpus", name)
         os.makedirs(folder, exist_ok=True)

@@ -25,6 +25,7 @@ pub mod content;
 pub mod election;
 pub mod id;
 pub mod index_sync;
+pub mod mdns;
 pub mod peer_exchange;
 pub mod peers;
 pub mod search;
@@ -40,7 +41,7 @@ use libp2p::{
     connection_limits::{self, ConnectionLimits},
     identify,
     identity::Keypair,
-    mdns, ping,
+    ping,
     swarm::behaviour::toggle::Toggle,
     swarm::NetworkBehaviour,
 };
@@ -143,7 +144,7 @@ pub struct NodeBehaviour {
     /// libp2p ping (`/ipfs/ping/1.0.0`).
     pub ping: ping::Behaviour,
     /// mDNS discovery; absent when turned off.
-    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub mdns: Toggle<mdns::Behaviour>,
     /// Peer exchange (`/iwant/peers/1.0.0`).
     pub peer_exchange: peer_exchange::Behaviour,
     /// Leader election (`/iwant/election/1`).
@@ -166,9 +167,8 @@ impl NodeBehaviour {
             let mdns_config = mdns::Config {
                 ttl: config.mdns_ttl,
                 query_interval: config.mdns_query_interval,
-                ..Default::default()
             };
-            Some(mdns::tokio::Behaviour::new(mdns_config, local_peer_id)?)
+            Some(mdns::Behaviour::new(mdns_config, local_peer_id)?)
         } else {
             None
         };

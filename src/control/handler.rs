@@ -3,7 +3,7 @@
 //! `config`, downloads by `transfer`). Room errors become [`ControlError`]s through the `From`
 //! impls at the end of this file, so a request's code is its happy path.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
 use futures::{
     stream::{self, BoxStream},
@@ -168,9 +168,14 @@ impl Handler {
         let answer =
             leader::ask::ask(&self.net, &self.leader, request, leader::ask::ASK_DEADLINE).await?;
         let local = self.net.local_peer_id().to_string();
-        let results = answer
-            .results
-            .hits
+        // What this node can check of the leader's word: holders it never met are left out (a
+        // leader cannot point users at peers that are not on the LAN; one that left moments
+        // ago stays, for the leader's grace period), and so is a hit without any holder left. Whether a holder has the id is checked when it is
+        // fetched (docs/election.md, "A leader that lies").
+        let mut known: HashSet<String> =
+            self.net.met_peers().iter().map(|p| p.to_string()).collect();
+        known.insert(local.clone());
+        let results = leader::ask::known_holders_only(answer.results.hits, &known)
             .into_iter()
             .map(|hit| SearchResult {
                 name: hit.path.rsplit('/').next().unwrap_or_default().to_string(),

@@ -5,17 +5,20 @@
 //! again, until [`ASK_DEADLINE`]; then it says so plainly. It never fails just because an
 //! election is running.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use iwant_behaviours::search::{Request, Response, Results};
+use iwant_behaviours::search::{Hit, Request, Response, Results};
 use libp2p::PeerId;
 use tokio::{sync::watch, time::Instant};
 
 use super::LeaderHandle;
 use crate::net::{LeaderView, NetworkClient, RequestError};
 
-/// How long a question may wait for a leader and its answer, in all.
-pub const ASK_DEADLINE: Duration = Duration::from_secs(8);
+/// How long a question may wait for a leader and its answer, in all: an election (up to a
+/// few seconds after a leader is cut off), a new leader collecting the nodes' indexes
+/// (`service::READY_LIMIT`), a leader on a slow or lossy link. Under the CLI's 15 s.
+pub const ASK_DEADLINE: Duration = Duration::from_secs(12);
 
 /// How long to wait before asking again when the leader was busy or is not the leader any
 /// more but no other was announced yet.
@@ -125,9 +128,66 @@ pub async fn ask(
     }
 }
 
+/// The hits of a leader's answer as far as this node can check them: holders it does not know
+/// (`known`: the peers it was connected to since it started, and itself) are left out, and so is a hit left
+/// without holders; `holder_count` drops by as many. A leader can name only peers on the LAN,
+/// not invent them; whether a holder really has the id is checked when it is fetched (every
+/// piece against the id).
+pub fn known_holders_only(hits: Vec<Hit>, known: &HashSet<String>) -> Vec<Hit> {
+    hits.into_iter()
+        .filter_map(|mut hit| {
+            let listed = hit.holders.len();
+            hit.holders.retain(|h| known.contains(h));
+            if hit.holders.is_empty() {
+                return None;
+            }
+            let dropped = u32::try_from(listed - hit.holders.len()).unwrap_or(u32::MAX);
+            let kept = u32::try_from(hit.holders.len()).unwrap_or(u32::MAX);
+            hit.holder_count = hit.holder_count.saturating_sub(dropped).max(kept);
+            Some(hit)
+        })
+        .collect()
+}
+
 /// Returns when the leader is no longer `target`.
 async fn leader_moves(leader: &mut watch::Receiver<LeaderView>, target: PeerId) {
     if leader.wait_for(|v| v.leader != Some(target)).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iwant_behaviours::{id::Id, wire::Kind};
+
+    use super::*;
+
+    fn hit(byte: u8, holders: &[&str], count: u32) -> Hit {
+        Hit {
+            id: Id::from([byte; 32]),
+            kind: Kind::File,
+            size: 1,
+            path: format!("f{byte}"),
+            score: 0,
+            holders: holders.iter().map(|h| h.to_string()).collect(),
+            holder_count: count,
+        }
+    }
+
+    #[test]
+    fn holders_this_node_does_not_know_are_left_out() {
+        let known: HashSet<String> = ["me", "a", "b"].map(String::from).into();
+        let hits = vec![
+            hit(1, &["a", "ghost"], 2),
+            hit(2, &["ghost", "phantom"], 2),
+            hit(3, &["me", "b"], 5),
+        ];
+        let kept = known_holders_only(hits, &known);
+        assert_eq!(kept.len(), 2, "the hit held only by invented peers is gone");
+        assert_eq!(kept[0].holders, ["a"]);
+        assert_eq!(kept[0].holder_count, 1);
+        // Holders beyond the listed ones cannot be checked: the count stays the leader's.
+        assert_eq!(kept[1].holders, ["me", "b"]);
+        assert_eq!(kept[1].holder_count, 5);
     }
 }

@@ -6,7 +6,9 @@
 //! an empty delta checks that the leader still holds our version. Anything unexpected (the
 //! leader answers "need snapshot", a delta gap, a lagging subscription, a folder switch)
 //! starts over with a snapshot; failures wait [`RETRY`] first. One request is in flight at a
-//! time, so the leader sees our messages in order.
+//! time, so the leader sees our messages in order. A leader that leaves our pushes unserved
+//! for [`SERVICE_LIMIT`] is deposed: this node stops following it (docs/election.md,
+//! "A leader that does not serve").
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -33,6 +35,12 @@ pub const RETRY: Duration = Duration::from_millis(500);
 /// How long to wait after the leader refused our index (a bound broken).
 pub const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
+/// How long the leader may leave this node's pushes unserved (no answer, or "busy" / "not
+/// the leader" while the election says it leads) before this node deposes it
+/// ([`NetworkClient::depose`]). With the 10 s request timeout: deposed at the third push
+/// that goes unanswered, about 20 s after the first was sent.
+pub const SERVICE_LIMIT: Duration = Duration::from_secs(20);
+
 /// Why a sync round ended.
 enum Restart {
     /// Start over at once with a snapshot (new leader, gap, lag).
@@ -56,6 +64,7 @@ pub async fn run(
         net,
         local,
         session: 0,
+        unserved: None,
     };
     loop {
         let restart = tokio::select! {
@@ -81,6 +90,9 @@ struct Publisher {
     local: LeaderHandle,
     leader: watch::Receiver<LeaderView>,
     session: u64,
+    /// The leader and since when (the sending of the first push it did not serve) it has
+    /// served none of ours.
+    unserved: Option<(PeerId, tokio::time::Instant)>,
 }
 
 impl Publisher {
@@ -165,19 +177,46 @@ impl Publisher {
     }
 
     /// Sends one request and maps anything but an ack to how to start over.
-    async fn send(&self, target: PeerId, request: Request) -> Result<(), Restart> {
-        let response = if target == self.net.local_peer_id() {
-            self.local.index(request).await.ok_or(Restart::Stop)?
-        } else {
-            match self.net.sync_index(target, request).await {
-                Ok(response) => response,
-                Err(crate::net::RequestError::Stopped) => return Err(Restart::Stop),
-                Err(e) => {
-                    tracing::debug!(leader = %target, error = %e, "index push failed");
-                    return Err(Restart::After(RETRY));
-                }
+    async fn send(&mut self, target: PeerId, request: Request) -> Result<(), Restart> {
+        if target == self.net.local_peer_id() {
+            let response = self.local.index(request).await.ok_or(Restart::Stop)?;
+            return Self::outcome(target, response);
+        }
+        let sent = tokio::time::Instant::now();
+        let (outcome, served) = match self.net.sync_index(target, request).await {
+            // Served: acknowledged, or any decision about our index.
+            Ok(response) => {
+                let served = !matches!(response, Response::NotLeader | Response::Busy);
+                (Self::outcome(target, response), served)
+            }
+            Err(crate::net::RequestError::Stopped) => return Err(Restart::Stop),
+            Err(e) => {
+                tracing::debug!(leader = %target, error = %e, "index push failed");
+                (Err(Restart::After(RETRY)), false)
             }
         };
+        if served {
+            self.unserved = None;
+            return outcome;
+        }
+        let since = match self.unserved {
+            Some((leader, since)) if leader == target => since,
+            _ => {
+                self.unserved = Some((target, sent));
+                sent
+            }
+        };
+        if since.elapsed() >= SERVICE_LIMIT {
+            self.unserved = None;
+            if self.net.depose(target).await.is_err() {
+                return Err(Restart::Stop);
+            }
+        }
+        outcome
+    }
+
+    /// What the leader's answer means for the round.
+    fn outcome(target: PeerId, response: Response) -> Result<(), Restart> {
         match response {
             Response::Ack { .. } => Ok(()),
             Response::NeedSnapshot => {

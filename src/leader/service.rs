@@ -46,7 +46,7 @@ pub const WARMUP: Duration = Duration::from_secs(3);
 /// stops waiting for it: until then, a search or lookup that finds nothing is answered "busy"
 /// (try again shortly) instead of "nothing found", so a `get` right after a failover (or a
 /// healed partition) asks again until the snapshots on their way are in, instead of failing.
-/// Well within the asker's 8 s (`ask::ASK_DEADLINE`), which also covers the election.
+/// Well within the asker's 12 s (`ask::ASK_DEADLINE`), which also covers the election.
 pub const READY_LIMIT: Duration = Duration::from_secs(4);
 
 /// Most searches running at once; beyond, the leader answers busy.
@@ -213,7 +213,7 @@ impl Service {
         self.warm.send_replace(false);
         if leading {
             // Wait for the nodes we know now; the rest join whenever they do.
-            self.awaited = self.connected_iwant_peers().await;
+            self.awaited = self.connected_iwant_peers();
             self.awaited.insert(self.local);
             let now = Instant::now();
             self.joined = self.awaited.iter().map(|p| (*p, now)).collect();
@@ -231,20 +231,8 @@ impl Service {
         }
     }
 
-    async fn connected_iwant_peers(&self) -> HashSet<PeerId> {
-        let Ok(status) = self.net.status().await else {
-            return HashSet::new();
-        };
-        status
-            .peers
-            .iter()
-            .filter(|p| {
-                p.agent
-                    .as_deref()
-                    .is_some_and(iwant_behaviours::is_iwant_agent)
-            })
-            .filter_map(|p| p.peer_id.parse().ok())
-            .collect()
+    fn connected_iwant_peers(&self) -> HashSet<PeerId> {
+        (*self.net.iwant_peers()).clone()
     }
 
     /// Starts the grace period of nodes that left, drops those whose grace is over, and lets
@@ -253,7 +241,7 @@ impl Service {
         if !self.leading {
             return;
         }
-        let connected = self.connected_iwant_peers().await;
+        let connected = self.net.iwant_peers();
         let now = Instant::now();
         let mut gone = Vec::new();
         for (peer, sync) in &mut self.peers {
@@ -485,7 +473,7 @@ impl Service {
         };
         // Nodes that connected since the last look count from now (a healed partition brings
         // a whole network at once, a reconcile only looks every second).
-        let connected = self.connected_iwant_peers().await;
+        let connected = self.net.iwant_peers();
         self.note_joined(&connected);
         let filling = self.still_filling();
         let index = self.index.clone();

@@ -1,13 +1,14 @@
 //! The task that owns the `Swarm`.
 
 use std::{
-    collections::{hash_map::Entry, HashMap, HashSet},
+    collections::{hash_map::Entry, HashMap, HashSet, VecDeque},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use futures::StreamExt;
 use iwant_behaviours::{
-    content, election, index_sync,
+    content, election, index_sync, mdns,
     peer_exchange::{self, Ack, Announce},
     peers, search, NodeBehaviour, NodeBehaviourEvent,
 };
@@ -16,7 +17,6 @@ use libp2p::{
     core::{muxing::StreamMuxerBox, transport::Boxed, upgrade, Transport},
     identify,
     identity::Keypair,
-    mdns,
     multiaddr::Protocol,
     noise, ping,
     pnet::{PnetConfig, PreSharedKey},
@@ -94,6 +94,9 @@ struct Conn {
 /// Addresses of one peer dialed at once.
 const DIAL_CONCURRENCY: std::num::NonZeroU8 = std::num::NonZeroU8::new(4).unwrap();
 
+/// How many peers [`NetworkClient::met_peers`] remembers.
+pub const MAX_MET: usize = 4096;
+
 /// How long a peer that broke a rule keeps its connection after its refusal was sent.
 const DISCONNECT_GRACE: Duration = Duration::from_millis(500);
 
@@ -120,6 +123,11 @@ pub struct EventLoop {
     hints: HandshakeHints,
     /// Where peers whose last connection closed are announced.
     departures: broadcast::Sender<PeerId>,
+    /// The connected peers identified as iwant nodes, for [`NetworkClient::iwant_peers`].
+    iwant_peers: watch::Sender<Arc<HashSet<PeerId>>>,
+    /// Every peer connected since the start, for [`NetworkClient::met_peers`], and the order
+    /// they were met in (the oldest is forgotten first beyond [`MAX_MET`]).
+    met: (watch::Sender<Arc<HashSet<PeerId>>>, VecDeque<PeerId>),
     /// The free-port listener used because the default port could not be, until its port is
     /// logged.
     fallback: Option<Fallback>,
@@ -241,6 +249,8 @@ pub fn spawn(
     let (content_tx, content_rx) = mpsc::channel(INBOUND_QUEUE);
     let chunk = swarm.behaviour().chunk.new_control();
     let (departures, _) = broadcast::channel(DEPARTURES_QUEUE);
+    let (iwant_peers, iwant_peers_rx) = watch::channel(Arc::new(HashSet::new()));
+    let (met, met_rx) = watch::channel(Arc::new(HashSet::new()));
     for addr in config.peers {
         if let Err(error) = swarm.behaviour_mut().peers.pin(addr) {
             tracing::warn!(%error, "not dialing a --peer address");
@@ -260,6 +270,8 @@ pub fn spawn(
         disconnect_at: HashMap::new(),
         hints: HandshakeHints::new(config.network_key.as_ref(), verdicts),
         departures: departures.clone(),
+        iwant_peers,
+        met: (met, VecDeque::new()),
         fallback,
     };
     let client = NetworkClient {
@@ -268,6 +280,8 @@ pub fn spawn(
         leader: leader_rx,
         chunk,
         departures,
+        iwant_peers: iwant_peers_rx,
+        met: met_rx,
     };
     Ok(Spawned {
         client,
@@ -439,6 +453,10 @@ impl EventLoop {
             Command::Dial { addr, reply } => {
                 let result = self.swarm.behaviour_mut().peers.pin(addr);
                 let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
+            Command::Depose { leader } => {
+                tracing::warn!(%leader, "the leader does not answer this node's index pushes: following another");
+                self.swarm.behaviour_mut().election.depose(leader);
             }
             Command::Request(send) => send(self.swarm.behaviour_mut(), &mut self.pending),
             Command::Respond {
@@ -707,6 +725,20 @@ impl EventLoop {
                 let peer = self.peers.entry(peer_id).or_default();
                 if peer.connections.is_empty() {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    let (met, order) = &mut self.met;
+                    met.send_if_modified(|met| {
+                        if met.contains(&peer_id) {
+                            return false;
+                        }
+                        let met = Arc::make_mut(met);
+                        if order.len() >= MAX_MET {
+                            if let Some(oldest) = order.pop_front() {
+                                met.remove(&oldest);
+                            }
+                        }
+                        order.push_back(peer_id);
+                        met.insert(peer_id)
+                    });
                 }
                 peer.connections.insert(
                     connection_id,
@@ -726,6 +758,9 @@ impl EventLoop {
                     if entry.get().connections.is_empty() {
                         entry.remove();
                         let _ = self.departures.send(peer_id);
+                        self.iwant_peers.send_if_modified(|peers| {
+                            peers.contains(&peer_id) && Arc::make_mut(peers).remove(&peer_id)
+                        });
                         match cause {
                             Some(error) => {
                                 tracing::info!(peer = %peer_id, %error, "peer disconnected")
@@ -770,6 +805,17 @@ impl EventLoop {
                     tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
                 }
                 peer.agent = Some(info.agent_version);
+                self.iwant_peers.send_if_modified(|peers| {
+                    if is_iwant == peers.contains(&peer_id) {
+                        return false;
+                    }
+                    let peers = Arc::make_mut(peers);
+                    if is_iwant {
+                        peers.insert(peer_id)
+                    } else {
+                        peers.remove(&peer_id)
+                    }
+                });
                 if is_iwant {
                     let first = peer.iwant_addrs.is_none();
                     let mut addrs = info.listen_addrs;

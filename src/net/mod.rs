@@ -23,9 +23,11 @@ mod event_loop;
 pub mod private;
 pub mod tcp;
 
-use std::time::Duration;
-
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use iwant_behaviours::{chunk, content, index_sync, libp2p_stream, search, NodeBehaviour};
 use libp2p::{
@@ -34,7 +36,7 @@ use libp2p::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-pub use event_loop::{spawn, EventLoop, NetConfig, NetError, Spawned};
+pub use event_loop::{spawn, EventLoop, NetConfig, NetError, Spawned, MAX_MET};
 
 /// How many peer departures [`NetworkClient::departures`] holds for a slow receiver.
 pub const DEPARTURES_QUEUE: usize = 256;
@@ -134,6 +136,12 @@ pub enum Command {
         /// Whether the dial could be started.
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Stop following `leader`, which does not serve, and ignore it for a while
+    /// ([`NetworkClient::depose`]).
+    Depose {
+        /// The leader.
+        leader: PeerId,
+    },
     /// Send a request on one of the request-response protocols ([`NetworkClient::request`]):
     /// the closure hands it to the protocol's behaviour and files the reply under its request
     /// id.
@@ -153,6 +161,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Status { .. } => f.write_str("Status"),
             Command::Dial { addr, .. } => write!(f, "Dial({addr})"),
+            Command::Depose { leader } => write!(f, "Depose({leader})"),
             Command::Request(_) => f.write_str("Request"),
             Command::Respond {
                 then_disconnect, ..
@@ -273,6 +282,8 @@ pub struct NetworkClient {
     leader: watch::Receiver<LeaderView>,
     chunk: libp2p_stream::Control,
     departures: broadcast::Sender<PeerId>,
+    iwant_peers: watch::Receiver<Arc<HashSet<PeerId>>>,
+    met: watch::Receiver<Arc<HashSet<PeerId>>>,
 }
 
 impl std::fmt::Debug for NetworkClient {
@@ -308,6 +319,13 @@ impl NetworkClient {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Dial { addr, reply }).await?;
         rx.await.map_err(|_| NetworkStopped)
+    }
+
+    /// Deposes `leader`, which does not serve: this node stops following it and ignores it
+    /// in elections for a while (`election::Input::Depose`), so that it follows (or becomes)
+    /// another leader.
+    pub async fn depose(&self, leader: PeerId) -> Result<(), NetworkStopped> {
+        self.send(Command::Depose { leader }).await
     }
 
     /// Sends `request` to `peer` on protocol `P` and waits for its answer.
@@ -384,6 +402,17 @@ impl NetworkClient {
     /// than [`DEPARTURES_QUEUE`] behind misses some (and is told so).
     pub fn departures(&self) -> broadcast::Receiver<PeerId> {
         self.departures.subscribe()
+    }
+
+    /// The connected peers identified as iwant nodes, now (no round trip to the event loop).
+    pub fn iwant_peers(&self) -> Arc<HashSet<PeerId>> {
+        self.iwant_peers.borrow().clone()
+    }
+
+    /// Every peer this node was connected to since it started, connected now or not (at most
+    /// [`MAX_MET`], the oldest forgotten first).
+    pub fn met_peers(&self) -> Arc<HashSet<PeerId>> {
+        self.met.borrow().clone()
     }
 
     /// The inbound `/iwant/chunk/1` streams. Only one caller (the transfer server) may take

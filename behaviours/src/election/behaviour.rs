@@ -102,6 +102,12 @@ impl Behaviour {
         self.input(Input::PeerDiscovered(peer));
     }
 
+    /// Tells the election that `peer`, this node's leader, does not serve: it stops following
+    /// it and ignores it for a while (see [`Input::Depose`]).
+    pub fn depose(&mut self, peer: PeerId) {
+        self.input(Input::Depose(peer));
+    }
+
     /// Shuts the election down: a leader sends a goodbye to every participant. Reports
     /// [`Event::Left`] once they are written; keep polling the swarm until then (with a
     /// deadline). After this the node neither votes nor leads.

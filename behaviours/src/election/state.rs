@@ -28,6 +28,22 @@ const MUTE_AFTER_ROUNDS: u32 = 3;
 /// and mDNS come from the network: bounded).
 const MAX_EXPECTED: usize = 1024;
 
+/// How long a deposed leader goes unheard the first time ([`Input::Depose`]); each further
+/// deposition of the same peer doubles it, up to [`MAX_DISTRUST`].
+pub const DISTRUST: Duration = Duration::from_secs(10 * 60);
+
+/// The longest a deposed peer goes unheard.
+pub const MAX_DISTRUST: Duration = Duration::from_secs(4 * 60 * 60);
+
+/// How many deposed peers are remembered (the oldest is forgotten first).
+const MAX_DISTRUSTED: usize = 64;
+
+/// How long after deposing its leader a node that found no other leader since gives in and
+/// trusts that leader again: the room still has it, so the fault is more likely this node's
+/// own (its link, its view). Long enough for the others to find a leader that does not serve
+/// on their own (each checks at least every 15 s, and deposes after 20 s).
+pub const FORGIVE_AFTER: Duration = Duration::from_secs(45);
+
 /// Something that happened, for [`ElectionState::handle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -47,6 +63,11 @@ pub enum Input {
         /// What it said.
         message: Message,
     },
+    /// This node's leader does not serve (its index pushes go unanswered): stop following
+    /// it, and ignore it (its heartbeats, its votes, its candidacies) for [`DISTRUST`], twice
+    /// as long for each further time, up to [`MAX_DISTRUST`]. The other followers find the
+    /// same on their own and elect another leader among themselves.
+    Depose(PeerId),
     /// Time passed: [`ElectionState::next_deadline`] may have been reached.
     Tick,
     /// This node is shutting down: a leader says goodbye, then the machine stops.
@@ -114,6 +135,16 @@ pub enum Role {
     Left,
 }
 
+/// A deposed peer ([`Input::Depose`]).
+#[derive(Debug, Clone)]
+struct Distrust {
+    /// Ignored until then.
+    until: Instant,
+    /// Deposed (last) at.
+    since: Instant,
+    times: u32,
+}
+
 /// The election state of one node. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct ElectionState {
@@ -145,6 +176,11 @@ pub struct ElectionState {
     /// [`MUTE_AFTER_ROUNDS`] rounds in a row. They do not count among the voters until they send
     /// something, so identities that join the election and never vote cannot stall it.
     mute: BTreeSet<PeerId>,
+    /// Deposed peers: until when each is ignored, and how often it was deposed; at most
+    /// [`MAX_DISTRUSTED`].
+    distrusted: BTreeMap<PeerId, Distrust>,
+    /// Connected participants set aside while distrusted: they count again when it ends.
+    sidelined: BTreeSet<PeerId>,
     /// The jitter's generator, seeded by the caller (tests replay a seed).
     rng: SmallRng,
 }
@@ -167,6 +203,8 @@ impl ElectionState {
             expected: BTreeSet::new(),
             unanswered: BTreeMap::new(),
             mute: BTreeSet::new(),
+            distrusted: BTreeMap::new(),
+            sidelined: BTreeSet::new(),
             rng: SmallRng::seed_from_u64(seed),
         };
         let wait = state.config.startup_wait + state.jitter();
@@ -217,6 +255,18 @@ impl ElectionState {
         if self.role == Role::Left {
             return out;
         }
+        self.restore_trust(now, &mut out);
+        match &input {
+            Input::Received { from, .. } if self.is_distrusted(from, now) => return out,
+            Input::PeerConnected(peer) if self.is_distrusted(peer, now) => {
+                self.sidelined.insert(*peer);
+                return out;
+            }
+            Input::PeerDisconnected(peer) => {
+                self.sidelined.remove(peer);
+            }
+            _ => {}
+        }
         if let Input::Received { from, message } = &input {
             // A term far ahead of ours comes from no honest node (terms grow by one per
             // election): ignored, so a peer cannot push the term to where it overflows.
@@ -258,6 +308,7 @@ impl ElectionState {
                     }
                 }
             },
+            Input::Depose(peer) => self.depose(now, peer, &mut out),
             Input::Tick => self.on_tick(now, &mut out),
             Input::Leave => {
                 if matches!(self.role, Role::Leader { .. }) {
@@ -267,6 +318,81 @@ impl ElectionState {
             }
         }
         out
+    }
+
+    fn is_distrusted(&self, peer: &PeerId, now: Instant) -> bool {
+        self.distrusted.get(peer).is_some_and(|d| d.until > now)
+    }
+
+    fn depose(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
+        if peer == self.local {
+            return;
+        }
+        if !self.distrusted.contains_key(&peer) && self.distrusted.len() >= MAX_DISTRUSTED {
+            let oldest = self
+                .distrusted
+                .iter()
+                .min_by_key(|(_, d)| d.until)
+                .map(|(p, _)| *p);
+            if let Some(oldest) = oldest {
+                self.distrusted.remove(&oldest);
+                self.sidelined.remove(&oldest);
+            }
+        }
+        let entry = self.distrusted.entry(peer).or_insert(Distrust {
+            until: now,
+            since: now,
+            times: 0,
+        });
+        entry.since = now;
+        entry.times = entry.times.saturating_add(1);
+        let factor = 1u32 << entry.times.saturating_sub(1).min(16);
+        entry.until = now + DISTRUST.saturating_mul(factor).min(MAX_DISTRUST);
+        if self.peers.contains(&peer) {
+            self.sidelined.insert(peer);
+            // As if it had left: a leader is lost at once, a candidate re-counts its voters.
+            self.on_gone(now, peer, out);
+        }
+    }
+
+    /// A node that deposed a peer [`FORGIVE_AFTER`] ago or longer and has found no leader
+    /// since trusts that peer again: had the others deposed it too, they would have elected
+    /// another leader by now, so the room still follows it and the fault is more likely this
+    /// node's own. The peer counts as a participant again (a candidate asks it for its vote;
+    /// a leader answers with its heartbeat, which this node follows).
+    fn forgive(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.sidelined.is_empty() || self.leader().is_some() {
+            return;
+        }
+        let mut any = false;
+        for peer in &self.sidelined {
+            if let Some(d) = self.distrusted.get_mut(peer) {
+                if now.saturating_duration_since(d.since) >= FORGIVE_AFTER {
+                    d.until = now;
+                    any = true;
+                }
+            }
+        }
+        if any {
+            self.restore_trust(now, out);
+        }
+    }
+
+    /// Distrusted peers whose time is up count again (if still connected).
+    fn restore_trust(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.sidelined.is_empty() {
+            return;
+        }
+        let back: Vec<PeerId> = self
+            .sidelined
+            .iter()
+            .filter(|p| !self.is_distrusted(p, now))
+            .copied()
+            .collect();
+        for peer in back {
+            self.sidelined.remove(&peer);
+            self.on_connected(now, peer, out);
+        }
     }
 
     fn on_connected(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
@@ -473,6 +599,7 @@ impl ElectionState {
     }
 
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.forgive(now, out);
         if self.starting && self.next_deadline().is_some_and(|d| now >= d) {
             self.starting = false;
             if let Role::Follower { leader: None, .. } = self.role {
@@ -1452,6 +1579,66 @@ mod tests {
             },
         );
         assert!(!sim.nodes[survivor].mute.contains(&voice));
+    }
+
+    #[test]
+    fn a_leader_its_followers_depose_is_replaced_and_not_heard_for_a_while() {
+        // Four nodes; the leader stops serving (the node tells the election so when its index
+        // pushes go unanswered), and its followers find out at different moments.
+        let peers = ids(4);
+        let mut sim = Sim::new(&peers, Config::default());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(5), |s| s.agreed().is_some());
+        let (bad, term) = sim.agreed().unwrap();
+        let b = sim.index(bad);
+        let rest: Vec<usize> = (0..4).filter(|&i| i != b).collect();
+        for (k, &i) in rest.iter().enumerate() {
+            sim.input(i, Input::Depose(bad));
+            if k + 1 < rest.len() {
+                sim.run(Duration::from_secs(3));
+            }
+        }
+        let took = sim.run_until(Duration::from_secs(5), |s| {
+            s.agreed_among(&rest).is_some_and(|(l, _)| l != bad)
+        });
+        let (good, new_term) = sim.agreed_among(&rest).unwrap();
+        // The deposed leader keeps heartbeating (and asks for votes): nobody follows it, for
+        // the whole distrust time.
+        sim.run(DISTRUST - Duration::from_secs(30));
+        assert_eq!(sim.agreed_among(&rest).map(|(l, _)| l), Some(good));
+        let (_, later) = sim.agreed_among(&rest).unwrap();
+        println!(
+            "deposed: new leader {took:?} after the last follower deposed it; terms {term} -> {new_term} -> {later}"
+        );
+        assert!(new_term <= term + 10, "term {term} -> {new_term}");
+    }
+
+    #[test]
+    fn a_node_alone_in_deposing_the_leader_gives_in() {
+        // One follower's pushes fail (its own trouble); the others are served and keep
+        // following the leader, so they deny its votes: it trusts the leader again.
+        let peers = ids(4);
+        let mut sim = Sim::new(&peers, Config::default());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(5), |s| s.agreed().is_some());
+        let (leader, term) = sim.agreed().unwrap();
+        let lonely = (0..4).find(|&i| i != sim.index(leader)).unwrap();
+        sim.input(lonely, Input::Depose(leader));
+        assert_eq!(sim.nodes[lonely].leader(), None);
+        let others: Vec<usize> = (0..4).filter(|&i| i != lonely).collect();
+        let took = sim.run_until(FORGIVE_AFTER + Duration::from_secs(10), |s| {
+            s.agreed().is_some_and(|(l, _)| l == leader)
+        });
+        // The others never left the leader.
+        assert!(sim
+            .changes
+            .iter()
+            .all(|(i, l)| !others.contains(i) || *l == Some(leader)));
+        let (_, after) = sim.agreed().unwrap();
+        println!("alone: back to the leader after {took:?}; term {term} -> {after}");
+        assert!(took >= FORGIVE_AFTER, "{took:?}");
+        // Meanwhile it asked in one term (nobody answered it in its term): one term more.
+        assert!(after <= term + 1, "term {term} -> {after}");
     }
 
     #[test]

@@ -19,7 +19,8 @@ Four py-libp2p hosts, each its own peer id:
 
 ``--scenario slot-leak`` and ``--scenario election-term`` run two more hostile peers instead
 (see their functions): both found node bugs when they were written. ``--scenario silent-voters``
-(``--addrs``, ``--count``, ``--hold``) is run by the namespace lab against several nodes.
+(``--addrs``, ``--count``, ``--hold``) and ``--scenario mute-leader`` (``--addrs``, ``--term``,
+``--hold``) are run by the namespace lab against several nodes.
 
 Prints one JSON object on stdout; exits 0 when the script itself ran to the end (whether the
 node behaved is for the caller to assert on), 1 otherwise.
@@ -512,6 +513,44 @@ async def silent_voters(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# scenario "mute-leader": an identity that wins the election and serves nothing
+
+
+async def mute_leader(args) -> dict:
+    """One host connects to every node in ``--addrs``, accepts `/iwant/election/1`,
+    `/iwant/index/1.0.0` and `/iwant/search/1.0.0` streams and never answers on them, and
+    sends `Heartbeat {term: --term}` to every node every 200 ms for ``--hold`` seconds: a
+    leader claim the nodes follow, from a leader that serves nothing. Prints one line
+    ``{"leader": peer_id}`` once it heartbeats every node, then the result."""
+    out: dict = {}
+    addrs = [a for a in args.addrs.split(",") if a]
+    async with iw.running_host() as h:
+        for proto in (iw.ELECTION, iw.INDEX, iw.SEARCH):
+            h.set_stream_handler(proto, sink)
+        streams = []
+        for addr in addrs:
+            peer_id, _ = await iw.connect(h, addr)
+            streams.append(await h.new_stream(peer_id, [iw.ELECTION]))
+        hb = cbor.encode({"heartbeat": {"term": args.term}})
+        frame = bytes([len(hb)]) + hb
+        sys.stdout.write(json.dumps({"leader": str(h.get_id())}) + "\n")
+        sys.stdout.flush()
+        sent, failed = 0, 0
+        end = time.monotonic() + args.hold
+        while time.monotonic() < end:
+            for s in streams:
+                try:
+                    await s.write(frame)
+                    sent += 1
+                except Exception:  # noqa: BLE001 - a node may close it
+                    failed += 1
+            await trio.sleep(0.2)
+        out["heartbeats"] = sent
+        out["failed_writes"] = failed
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # scenario "index-flood": identities that fill the leader's index
 
 
@@ -557,6 +596,9 @@ async def main_async(args) -> dict:
     if args.scenario == "index-flood":
         with trio.fail_after(args.timeout):
             return await index_flood(args)
+    if args.scenario == "mute-leader":
+        with trio.fail_after(args.timeout):
+            return await mute_leader(args)
     if args.scenario == "silent-voters":
         with trio.fail_after(args.timeout):
             return await silent_voters(args)
@@ -628,7 +670,9 @@ def main() -> int:
     ap.add_argument("--query")
     ap.add_argument("--path")
     ap.add_argument("--file-id", help="hex id of the multi-piece file")
-    ap.add_argument("--addrs", default="", help="silent-voters: every node, comma-separated")
+    ap.add_argument("--addrs", default="",
+                    help="silent-voters, mute-leader: every node, comma-separated")
+    ap.add_argument("--term", type=int, default=1, help="mute-leader: the term it claims")
     ap.add_argument("--count", type=int, default=4, help="silent-voters, index-flood: identities")
     ap.add_argument("--entries", type=int, default=10000, help="index-flood: entries per identity")
     ap.add_argument("--piece", type=int, default=1)
@@ -637,12 +681,13 @@ def main() -> int:
     ap.add_argument("--per-stream", type=int, default=16)
     ap.add_argument("--timeout", type=float, default=150.0)
     ap.add_argument("--scenario",
-                    choices=["main", "slot-leak", "election-term", "silent-voters", "index-flood"],
+                    choices=["main", "slot-leak", "election-term", "silent-voters", "index-flood",
+                             "mute-leader"],
                     default="main")
     args = ap.parse_args()
-    if args.scenario == "silent-voters":
+    if args.scenario in ("silent-voters", "mute-leader"):
         if not args.addrs:
-            ap.error("silent-voters needs --addrs")
+            ap.error(f"{args.scenario} needs --addrs")
     elif args.scenario == "index-flood":
         if not args.addr:
             ap.error("index-flood needs --addr")

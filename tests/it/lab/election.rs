@@ -34,7 +34,6 @@ const PARTITION_LIMIT: Duration = Duration::from_secs(10);
 const HEAL_LIMIT: Duration = Duration::from_secs(3);
 
 /// How long the lossy network is watched for leader changes.
-#[cfg(feature = "lab-netem")]
 const LOSSY_WINDOW: Duration = Duration::from_secs(30);
 
 /// Node `i`'s leader (a node index; `None` when it has none or the leader is not in the lab)
@@ -198,24 +197,22 @@ fn partition_elects_a_leader_per_side_and_heal_leaves_one() {
     assert!(leaders.contains(&one));
 }
 
-/// Needs a kernel with the `netem` qdisc, which this project's machines lack (`tc` answers
-/// "Specified qdisc kind is unknown"), so it is built only with `--features lab-netem`; the
-/// same scenario runs in simulation in `behaviours/src/election/state.rs`
-/// (`five_percent_loss_and_50_ms_latency_do_not_make_the_leader_flap`).
-#[cfg(feature = "lab-netem")]
+/// 5 % of every node's packets lost, both ways (nftables, see [`Lab::lose`]), for
+/// [`LOSSY_WINDOW`]: the leader stays. (The simulation
+/// `five_percent_loss_and_50_ms_latency_do_not_make_the_leader_flap` adds 50 ms of latency,
+/// which nftables cannot.)
 #[test]
 fn lossy_network_does_not_make_the_leader_flap() {
     let Some(mut lab) = Lab::new("lossy_network_does_not_make_the_leader_flap", 5) else {
         return;
     };
-    assert!(lab.has_netem(), "this kernel has no netem qdisc");
     lab.start_all(&[]);
     let all: Vec<usize> = (0..5).collect();
     let leader = lab.wait_until(FIRST_LEADER_LIMIT, "5 nodes agree on a leader", || {
         agreed(&lab, &all)
     });
     for i in 0..5 {
-        lab.netem(i, Duration::from_millis(50), 5);
+        lab.lose(i, 5);
     }
     let start = Instant::now();
     let mut polls = 0;
@@ -232,7 +229,12 @@ fn lossy_network_does_not_make_the_leader_flap() {
         }
         polls += 1;
     }
-    println!("lossy_polls={polls}");
+    let lost: Vec<u64> = (0..5).map(|i| lab.lost(i)).collect();
+    println!("lossy_polls={polls} lost_packets={lost:?}");
+    assert!(
+        lost.iter().all(|&n| n > 0),
+        "every node lost packets: {lost:?}"
+    );
 }
 
 /// The soak of `benches/election.sh` (built only with `--features lab-soak`: it takes a minute): 10 nodes,
@@ -373,5 +375,103 @@ fn four_silent_voters_do_not_stop_the_election_after_the_leader_is_killed() {
     assert!(
         new_term <= term + 3,
         "an election, not a storm: {term} -> {new_term}"
+    );
+}
+
+/// A py-libp2p identity claims the lead with a higher term (the nodes follow it) and then
+/// serves nothing: index pushes and searches go unanswered. Each node deposes it once its
+/// pushes went unserved for `publish::SERVICE_LIMIT` (20 s), and the honest nodes elect one of
+/// themselves; searches work again, while the identity keeps heartbeating.
+#[test]
+fn a_leader_that_does_not_serve_is_deposed() {
+    let test = "a_leader_that_does_not_serve_is_deposed";
+    let Some(python) = crate::interop::py::venv_python(test) else {
+        return;
+    };
+    let Some(mut lab) = Lab::new(test, 4) else {
+        return;
+    };
+    let honest = [0, 1, 2];
+    crate::lab::search::write_shared(&lab, 1, "served-by-an-honest-leader.txt", b"yes");
+    for i in honest {
+        lab.spawn(i, &[]);
+    }
+    for i in honest {
+        lab.wait_ready(i);
+    }
+    lab.wait_until(FIRST_LEADER_LIMIT, "3 nodes agree on a leader", || {
+        agreed(&lab, &honest)
+    });
+    let (_, term) = view(&lab, 0).expect("running");
+    let addrs: Vec<String> = honest
+        .iter()
+        .map(|&i| format!("{}/p2p/{}", lab.tcp_addr(i), lab.peer_id(i)))
+        .collect();
+    let hijacker = lab
+        .in_netns(3, &python)
+        .current_dir(crate::interop::py::PY_DIR)
+        .args(["misbehave.py", "--scenario", "mute-leader"])
+        .args(["--term", &(term + 1).to_string()])
+        .args(["--hold", "90", "--timeout", "120", "--addrs"])
+        .arg(addrs.join(","))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the mute leader");
+    let mut hijacker = crate::util::KillOnDrop(hijacker);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hijacker.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .expect("read the mute leader's id");
+    let mute: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    let mute = mute["leader"].as_str().expect("its peer id").to_owned();
+    let follows_mute = |i: usize| {
+        lab.try_status(i)
+            .is_some_and(|s| s["leader"].as_str() == Some(mute.as_str()))
+    };
+    lab.wait_until(
+        Duration::from_secs(10),
+        "the nodes follow the mute leader",
+        || honest.iter().all(|&i| follows_mute(i)).then_some(()),
+    );
+    let hijacked = Instant::now();
+    let (code, _, err) = crate::util::run(lab.cli(2).args(["search", "served-by", "--json"]));
+    assert_ne!(code, 0, "a search under the mute leader fails: {err}");
+
+    let (leader, at) = lab.wait_until(
+        Duration::from_secs(45),
+        "the nodes depose the mute leader and agree on one of themselves",
+        || agreed(&lab, &honest).map(|l| (l, Instant::now())),
+    );
+    let (_, new_term) = view(&lab, leader).expect("running");
+    println!(
+        "mute_leader_deposed_ms={} term {term} -> {} (mute) -> {new_term}",
+        at.duration_since(hijacked).as_millis(),
+        term + 1
+    );
+    let log = std::fs::read_to_string(lab.stderr_path(0)).unwrap_or_default();
+    assert!(
+        log.contains("does not answer this node's index pushes"),
+        "node 0 says why it left its leader"
+    );
+    lab.wait_until(
+        Duration::from_secs(20),
+        "a search finds node 1's file",
+        || {
+            let (code, out, _) =
+                crate::util::run(lab.cli(2).args(["search", "served-by", "--json"]));
+            (code == 0 && out.contains("served-by-an-honest-leader.txt")).then_some(())
+        },
+    );
+    // The mute identity is still there, still heartbeating: nobody follows it again.
+    assert!(
+        honest.iter().all(|&i| !follows_mute(i)),
+        "a node went back to the mute leader"
+    );
+    assert!(
+        matches!(hijacker.0.try_wait(), Ok(None)),
+        "the mute leader is still running"
     );
 }

@@ -579,35 +579,72 @@ impl Lab {
         self.tc(i, &format!("qdisc del dev {NODE_IF} root"));
     }
 
-    /// Delays everything node `i` sends by `delay` and drops `loss_percent` % of it at random
-    /// (a `netem` qdisc on its interface; replaces any earlier shaping). Panics if the kernel
-    /// has no `netem`; check [`Lab::has_netem`] first.
-    #[cfg(feature = "lab-netem")]
-    pub fn netem(&self, i: usize, delay: Duration, loss_percent: u32) {
-        self.tc(
+    /// Drops `percent` % of the packets node `i` sends and of those it receives, at random:
+    /// nftables `numgen random` rules on the ingress and egress hooks of its interface, in its
+    /// own namespace (this kernel has no `netem`; `tc` shaping is independent and stays).
+    /// Replaces any earlier loss.
+    pub fn lose(&self, i: usize, percent: u32) {
+        let rule = format!("numgen random mod 100 < {percent} counter drop");
+        self.nft(
             i,
             &format!(
-                "qdisc replace dev {NODE_IF} root netem delay {}ms loss {loss_percent}%",
-                delay.as_millis()
+                "table netdev iwant_loss {{\n\
+                 chain ingress {{ type filter hook ingress device \"{NODE_IF}\" priority 0; {rule}; }}\n\
+                 chain egress {{ type filter hook egress device \"{NODE_IF}\" priority 0; {rule}; }}\n\
+                 }}\n"
             ),
         );
     }
 
-    /// Whether this kernel has the `netem` qdisc (tried on node 0's `lo`, then removed).
-    #[cfg(feature = "lab-netem")]
-    pub fn has_netem(&self) -> bool {
-        let Some(tc) = find_on_path("tc") else {
-            return false;
-        };
-        let (code, _, _) = run(self
-            .in_netns(0, &tc)
-            .args(["qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]));
-        if code == 0 {
+    /// How many packets node `i`'s loss rules have dropped so far (0 without loss).
+    pub fn lost(&self, i: usize) -> u64 {
+        let nft = find_on_path("nft").expect("`nft` is not on PATH");
+        let (code, out, _) =
             run(self
-                .in_netns(0, &tc)
-                .args(["qdisc", "del", "dev", "lo", "root"]));
+                .in_netns(i, nft)
+                .args(["list", "table", "netdev", "iwant_loss"]));
+        if code != 0 {
+            return 0;
         }
-        code == 0
+        out.split("counter packets ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Ends node `i`'s packet loss, if any.
+    pub fn clear_loss(&self, i: usize) {
+        self.nft(i, "");
+    }
+
+    /// Replaces node `i`'s `iwant_loss` table with `table` (nftables syntax; empty: none).
+    fn nft(&self, i: usize, table: &str) {
+        use std::io::Write;
+        let nft = find_on_path("nft")
+            .expect("`nft` is not on PATH: install nftables (Debian: `apt-get install nftables`)");
+        // Adding the table first makes deleting it work whether it existed or not.
+        let script =
+            format!("add table netdev iwant_loss\ndelete table netdev iwant_loss\n{table}");
+        let mut child = self
+            .in_netns(i, nft)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .expect("write the nft script");
+        let out = child.wait_with_output().expect("wait for nft");
+        assert!(
+            out.status.success(),
+            "nft in node {i}'s namespace failed: {}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The queueing disciplines on node `i`'s interface, as `tc qdisc show` prints them.
