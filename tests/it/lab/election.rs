@@ -55,6 +55,25 @@ fn agreed(lab: &Lab, nodes: &[usize]) -> Option<usize> {
     (same && nodes.contains(&leader)).then_some(leader)
 }
 
+/// Starts nodes 0, 1 and 2 (the honest ones of a lab whose node 3 holds foreign identities),
+/// waits for them to agree on a leader, and returns their full addresses (with `/p2p/`).
+fn start_honest_three(lab: &mut Lab) -> Vec<String> {
+    let honest = [0, 1, 2];
+    for i in honest {
+        lab.spawn(i, &[]);
+    }
+    for i in honest {
+        lab.wait_ready(i);
+    }
+    lab.wait_until(FIRST_LEADER_LIMIT, "3 nodes agree on a leader", || {
+        agreed(lab, &honest)
+    });
+    honest
+        .iter()
+        .map(|&i| format!("{}/p2p/{}", lab.tcp_addr(i), lab.peer_id(i)))
+        .collect()
+}
+
 fn all_but(n: usize, gone: usize) -> Vec<usize> {
     (0..n).filter(|&i| i != gone).collect()
 }
@@ -314,19 +333,7 @@ fn four_silent_voters_do_not_stop_the_election_after_the_leader_is_killed() {
     let honest = [0, 1, 2];
     // The election logs each participant it counts: how the test knows the voters count.
     lab.set_log("info,iwant_behaviours::election::behaviour=debug");
-    for i in honest {
-        lab.spawn(i, &[]);
-    }
-    for i in honest {
-        lab.wait_ready(i);
-    }
-    lab.wait_until(FIRST_LEADER_LIMIT, "3 nodes agree on a leader", || {
-        agreed(&lab, &honest)
-    });
-    let addrs: Vec<String> = honest
-        .iter()
-        .map(|&i| format!("{}/p2p/{}", lab.tcp_addr(i), lab.peer_id(i)))
-        .collect();
+    let addrs = start_honest_three(&mut lab);
     let voters = lab
         .in_netns(3, &python)
         .current_dir(crate::interop::py::PY_DIR)
@@ -393,20 +400,8 @@ fn a_leader_that_does_not_serve_is_deposed() {
     };
     let honest = [0, 1, 2];
     crate::lab::search::write_shared(&lab, 1, "served-by-an-honest-leader.txt", b"yes");
-    for i in honest {
-        lab.spawn(i, &[]);
-    }
-    for i in honest {
-        lab.wait_ready(i);
-    }
-    lab.wait_until(FIRST_LEADER_LIMIT, "3 nodes agree on a leader", || {
-        agreed(&lab, &honest)
-    });
+    let addrs = start_honest_three(&mut lab);
     let (_, term) = view(&lab, 0).expect("running");
-    let addrs: Vec<String> = honest
-        .iter()
-        .map(|&i| format!("{}/p2p/{}", lab.tcp_addr(i), lab.peer_id(i)))
-        .collect();
     let hijacker = lab
         .in_netns(3, &python)
         .current_dir(crate::interop::py::PY_DIR)

@@ -68,6 +68,23 @@ fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// For `how_long`, asks node 0 (process `pid`) for its status every 250 ms (each must
+/// succeed) and watches its open descriptors; returns the most descriptors seen and the
+/// slowest `status`.
+fn watch_node_0(lab: &Lab, pid: u32, how_long: Duration) -> (usize, Duration) {
+    let started = Instant::now();
+    let (mut max_fds, mut slowest_status) = (0, Duration::ZERO);
+    while started.elapsed() < how_long {
+        max_fds = max_fds.max(open_fds(pid));
+        let asked = Instant::now();
+        let (code, _, err) = run(lab.cli(0).args(["status", "--json"]));
+        assert_eq!(code, 0, "status failed under attack: {err}");
+        slowest_status = slowest_status.max(asked.elapsed());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    (max_fds, slowest_status)
+}
+
 fn shared_files(lab: &Lab, i: usize) -> Option<usize> {
     let (code, out, _) = run(lab.cli(i).args(["ls", "--json"]));
     if code != 0 {
@@ -129,16 +146,7 @@ fn a_flood_of_half_open_connections_leaves_the_index_and_the_cli_working() {
         .expect("run python3");
     let mut flooder = crate::util::KillOnDrop(flooder);
 
-    let started = Instant::now();
-    let (mut max_fds, mut slowest_status) = (0, Duration::ZERO);
-    while started.elapsed() < Duration::from_secs(flood_secs - 2) {
-        max_fds = max_fds.max(open_fds(pid));
-        let asked = Instant::now();
-        let (code, _, err) = run(lab.cli(0).args(["status", "--json"]));
-        assert_eq!(code, 0, "status failed during the flood: {err}");
-        slowest_status = slowest_status.max(asked.elapsed());
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let (max_fds, slowest_status) = watch_node_0(&lab, pid, Duration::from_secs(flood_secs - 2));
     let status = flooder.0.wait().expect("wait for the flooder");
     let (mut report, mut err) = (String::new(), String::new());
     flooder
@@ -441,17 +449,8 @@ fn forged_mdns_answers_cannot_aim_the_nodes_at_a_host() {
         .expect("run python3");
     let mut forger = crate::util::KillOnDrop(forger);
 
-    let started = Instant::now();
     let pid = lab.pid(0).expect("node 0 runs");
-    let (mut max_fds, mut slowest_status) = (0, Duration::ZERO);
-    while started.elapsed() < Duration::from_secs(seconds - 2) {
-        max_fds = max_fds.max(open_fds(pid));
-        let asked = Instant::now();
-        let (code, _, err) = run(lab.cli(0).args(["status", "--json"]));
-        assert_eq!(code, 0, "status failed: {err}");
-        slowest_status = slowest_status.max(asked.elapsed());
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let (max_fds, slowest_status) = watch_node_0(&lab, pid, Duration::from_secs(seconds - 2));
     let forged = output_json(&mut forger.0, "the forger");
     let hits = output_json(&mut victim.0, "the victim");
     eprintln!(
