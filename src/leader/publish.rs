@@ -37,8 +37,8 @@ pub const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
 /// How long the leader may leave this node's pushes unserved (no answer, or "busy" / "not
 /// the leader" while the election says it leads) before this node deposes it
-/// ([`NetworkClient::depose`]). With the 10 s request timeout: deposed at the third push
-/// that goes unanswered, about 20 s after the first was sent.
+/// ([`NetworkClient::depose`]). With the 10 s request timeout: deposed when the second push
+/// in a row times out, about 20 s after the first was sent.
 pub const SERVICE_LIMIT: Duration = Duration::from_secs(20);
 
 /// Why a sync round ended.

@@ -1222,7 +1222,7 @@ fn a_download_over_a_lossy_link_completes() {
     // TCP over 5 % loss recovers most losses by fast retransmit and the rest by timeouts of at
     // least 200 ms; 40 KB/s is far below what it moves even then.
     const LOSSY_FLOOR: u64 = 40_000;
-    let Some(mut lab) = Lab::new("a_download_over_a_lossy_link_completes", 2) else {
+    let Some(mut lab) = Lab::with_loss("a_download_over_a_lossy_link_completes", 2) else {
         return;
     };
     lab.start_all(&[]);

@@ -222,7 +222,7 @@ fn partition_elects_a_leader_per_side_and_heal_leaves_one() {
 /// which nftables cannot.)
 #[test]
 fn lossy_network_does_not_make_the_leader_flap() {
-    let Some(mut lab) = Lab::new("lossy_network_does_not_make_the_leader_flap", 5) else {
+    let Some(mut lab) = Lab::with_loss("lossy_network_does_not_make_the_leader_flap", 5) else {
         return;
     };
     lab.start_all(&[]);

@@ -31,7 +31,8 @@
 //! The kernel's ARP table is one table for all namespaces (1,024 entries by default): a lab of
 //! `n` nodes raises its limits to about n² first ([`Lab::new`]; only ever raised).
 //!
-//! The lab needs root and `ip` (iproute2); [`Lab::shape`] also needs `tc`. Without them,
+//! The lab needs root and `ip` (iproute2); [`Lab::shape`] also needs `tc`, and [`Lab::lose`]
+//! `nft` (nftables; tests that use it start with [`Lab::with_loss`]). Without them,
 //! [`Lab::new`] prints `skipping lab test <name>: <reason>` and returns `None`, except under
 //! `CI=true`, where it panics: in CI the lab tests must run. `IWANT_LAB_LOG` overrides the nodes'
 //! log filter (default [`NODE_LOG`]); with `IWANT_LAB_KEEP` set, a lab keeps its nodes' homes
@@ -198,6 +199,20 @@ impl Lab {
                 None
             }
         }
+    }
+
+    /// Like [`Lab::new`], for a test that also makes links lossy ([`Lab::lose`]): needs `nft`.
+    pub fn with_loss(test: &str, n: usize) -> Option<Lab> {
+        if find_on_path("nft").is_none() {
+            let reason = "`nft` (nftables) is not on PATH";
+            assert!(
+                !in_ci(),
+                "lab test {test} cannot run, and under CI=true it must: {reason}"
+            );
+            eprintln!("skipping lab test {test}: {reason}");
+            return None;
+        }
+        Lab::new(test, n)
     }
 
     fn build(test: &str, n: usize) -> Result<Lab, Unavailable> {

@@ -1213,7 +1213,7 @@ fn print_results(soak: &Soak, end: &TheEnd, seed: u64, times: [(&str, Duration);
 
 #[test]
 fn soak_five_nodes_under_chaos_lose_nothing_and_break_nothing() {
-    let Some(mut lab) = Lab::new(
+    let Some(mut lab) = Lab::with_loss(
         "soak_five_nodes_under_chaos_lose_nothing_and_break_nothing",
         NODES,
     ) else {
