@@ -287,8 +287,12 @@ mod tests {
         w.files.sort_by(|a, b| a.path.cmp(&b.path));
         w.dirs.sort();
         let files: Vec<&str> = w.files.iter().map(|f| f.path.as_str()).collect();
+        // The partial download is never listed; on Unix, the link to a file inside is (as the
+        // file it names), the links out of the folder, to a directory and the socket are not.
         #[cfg(unix)]
         assert_eq!(files, ["a/f.txt", "inner-link", "top"]);
+        #[cfg(not(unix))]
+        assert_eq!(files, ["a/f.txt", "top"]);
         assert_eq!(w.dirs, ["", "a", "a/empty"]);
         assert!(w.errors.is_empty(), "{:?}", w.errors);
         assert_eq!(w.files[0].stamp.size, 5);

@@ -816,6 +816,7 @@ async fn a_folder_of_names_other_platforms_cannot_store_arrives_whole() {
     a.node.stop().await;
 }
 
+#[cfg(unix)]
 fn set_mtime(path: &Path, mtime: std::time::SystemTime) {
     let file = fs::File::options().write(true).open(path).unwrap();
     file.set_modified(mtime).unwrap();

@@ -1,7 +1,7 @@
 //! Listen ports: a node's port is its own (no `SO_REUSEPORT`), a taken explicit port fails the
 //! start naming it, and a taken default port falls back to a free one and says which.
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use libp2p::{multiaddr::Protocol, Multiaddr};
 
@@ -30,7 +30,7 @@ async fn a_nodes_listen_port_cannot_be_shared_with_so_reuseport() {
     use socket2::{Domain, Socket, Type};
     let node = LocalNode::start(vec![]).await;
     let port = listen_port(&node).await;
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     socket.set_reuse_address(true).unwrap();
     socket.set_reuse_port(true).unwrap();

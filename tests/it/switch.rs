@@ -3,15 +3,18 @@
 
 use std::{
     fs,
-    io::Read,
     path::Path,
-    process::Stdio,
     time::{Duration, Instant},
 };
+// For the tests of a daemon process (signals, a second daemon, FIFOs): Unix only.
+#[cfg(unix)]
+use std::{io::Read, process::Stdio};
 
 use iwant::control::{Request, Response};
 
-use crate::util::{iwant, wait_for, wait_for_async, Daemon, KillOnDrop, LocalNode as Node};
+#[cfg(unix)]
+use crate::util::{iwant, wait_for, Daemon, KillOnDrop};
+use crate::util::{wait_for_async, LocalNode as Node};
 
 /// Generous bound for what the issue does not bound more tightly.
 const LIMIT: Duration = Duration::from_secs(20);
