@@ -5,7 +5,7 @@ use std::{
     collections::{HashMap, VecDeque},
     convert::Infallible,
     net::{IpAddr, Ipv4Addr},
-    sync::{Arc, RwLock},
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -57,6 +57,8 @@ pub enum Event {
 pub struct Behaviour {
     shared: Arc<Shared>,
     listen: ListenAddresses,
+    /// Publishes `listen` to the interface tasks.
+    listen_tx: tokio::sync::watch::Sender<Vec<Multiaddr>>,
     if_watch: IfWatcher,
     interfaces: HashMap<Ipv4Addr, JoinHandle<()>>,
     heard_tx: mpsc::Sender<Heard>,
@@ -74,14 +76,16 @@ impl Behaviour {
     /// The mDNS behaviour of node `local`. Needs a tokio runtime (one task per interface).
     pub fn new(config: Config, local: PeerId) -> std::io::Result<Self> {
         let (heard_tx, heard_rx) = mpsc::channel(HEARD_QUEUE);
+        let (listen_tx, listen_rx) = tokio::sync::watch::channel(Vec::new());
         Ok(Self {
             shared: Arc::new(Shared {
                 local,
-                listen: RwLock::new(Vec::new()),
+                listen: listen_rx,
                 ttl: u32::try_from(config.ttl.as_secs()).unwrap_or(u32::MAX),
                 query_interval: config.query_interval,
             }),
             listen: ListenAddresses::default(),
+            listen_tx,
             if_watch: IfWatcher::new()?,
             interfaces: HashMap::new(),
             heard_tx,
@@ -136,12 +140,8 @@ impl Behaviour {
     }
 
     fn publish_listen_addrs(&self) {
-        let mut shared = self
-            .shared
-            .listen
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *shared = self.listen.iter().cloned().collect();
+        self.listen_tx
+            .send_replace(self.listen.iter().cloned().collect());
     }
 }
 

@@ -1,12 +1,13 @@
 //! One interface's mDNS: its two sockets, the queries it sends, the answers it gives (at most
-//! one per [`ANSWER_GAP`], however many queries arrive) and the answers it hears (at most
+//! one per [`ANSWER_GAP`], however many queries arrive; also unasked, when its addresses
+//! change) and the answers it hears (at most
 //! [`MAX_DATAGRAMS_PER_SECOND`] read; only addresses at the datagram's source kept), handed
 //! to the behaviour through a bounded channel that drops what does not fit.
 
 use std::{
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::Duration,
 };
 
@@ -15,7 +16,7 @@ use rand::RngExt;
 use socket2::{Domain, Socket, Type};
 use tokio::{
     net::UdpSocket,
-    sync::mpsc,
+    sync::{mpsc, watch},
     task::JoinHandle,
     time::{sleep_until, Instant},
 };
@@ -43,8 +44,9 @@ const FIRST_PROBE: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct Shared {
     pub local: PeerId,
-    /// Our listen addresses (the swarm's, kept current by the behaviour).
-    pub listen: RwLock<Vec<Multiaddr>>,
+    /// Our listen addresses (the swarm's, kept current by the behaviour; an interface
+    /// announces its own whenever they change).
+    pub listen: watch::Receiver<Vec<Multiaddr>>,
     /// The TTL of our answers, in seconds.
     pub ttl: u32,
     pub query_interval: Duration,
@@ -103,6 +105,10 @@ struct Interface {
 
 impl Interface {
     async fn run(self) {
+        let mut listen = self.shared.listen.clone();
+        // Our addresses as last announced (an answer with none is not sent: nobody could dial
+        // it, and nobody would ask again for minutes).
+        let mut announced: Vec<Multiaddr> = Vec::new();
         let mut buf = vec![0u8; MAX_PACKET];
         let mut next_query = Instant::now();
         let mut probe = Some(FIRST_PROBE);
@@ -125,12 +131,30 @@ impl Interface {
                         _ => self.interval(),
                     };
                 }
+                changed = listen.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // New addresses are announced unasked (RFC 6762, 8.3): the others stopped
+                    // asking once they heard anyone, and would not learn of them for minutes.
+                    if self.own_addrs() != announced {
+                        answer_peers = true;
+                        if answer_at.is_none() {
+                            let now = Instant::now();
+                            let earliest = last_answer.map_or(now, |at| at + ANSWER_GAP);
+                            answer_at = Some(earliest.max(now));
+                        }
+                    }
+                }
                 () = sleep_until(answer_due), if answer_at.is_some() => {
                     answer_at = None;
                     last_answer = Some(Instant::now());
                     let mut packets = Vec::new();
                     if std::mem::take(&mut answer_peers) {
-                        packets = self.answers();
+                        announced = self.own_addrs();
+                        if !announced.is_empty() {
+                            packets = packet::response(self.shared.local, &announced, self.shared.ttl);
+                        }
                     }
                     if std::mem::take(&mut answer_service) {
                         packets.push(packet::service_response(self.shared.ttl));
@@ -214,18 +238,15 @@ impl Interface {
         true
     }
 
-    /// Our answer on this interface: the listen addresses at its IP.
-    fn answers(&self) -> Vec<Vec<u8>> {
-        let addrs: Vec<Multiaddr> = self
-            .shared
+    /// Our listen addresses at this interface's IP.
+    fn own_addrs(&self) -> Vec<Multiaddr> {
+        self.shared
             .listen
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .borrow()
             .iter()
             .filter(|addr| matches!(addr.iter().next(), Some(Protocol::Ip4(ip)) if ip == self.addr))
             .cloned()
-            .collect();
-        packet::response(self.shared.local, &addrs, self.shared.ttl)
+            .collect()
     }
 
     async fn send_all(&self, packets: &[Vec<u8>]) {

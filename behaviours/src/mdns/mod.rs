@@ -15,6 +15,8 @@
 //!   asks for. A TTL of 0 forgets at once.
 //! - **No amplifier.** However many queries arrive, an interface answers at most once per
 //!   [`ANSWER_GAP`] (answers are multicast: one serves every asker).
+//! - **Announced.** An interface also answers unasked when its addresses change, and never
+//!   with none: the others stop asking once anyone answered them.
 //!
 //! IPv4 only (as rust-libp2p's default); loopback interfaces are skipped.
 //!
