@@ -170,8 +170,9 @@ impl Handler {
         let local = self.net.local_peer_id().to_string();
         // What this node can check of the leader's word: holders it never met are left out (a
         // leader cannot point users at peers that are not on the LAN; one that left moments
-        // ago stays, for the leader's grace period), and so is a hit without any holder left. Whether a holder has the id is checked when it is
-        // fetched (docs/election.md, "A leader that lies").
+        // ago stays, for the leader's grace period), and so is a hit without any holder left.
+        // Whether a holder has the id is checked when it is fetched (docs/election.md, "A
+        // leader that lies").
         let mut known: HashSet<String> =
             self.net.met_peers().iter().map(|p| p.to_string()).collect();
         known.insert(local.clone());

@@ -213,7 +213,7 @@ impl Service {
         self.warm.send_replace(false);
         if leading {
             // Wait for the nodes we know now; the rest join whenever they do.
-            self.awaited = self.connected_iwant_peers();
+            self.awaited = (*self.net.iwant_peers()).clone();
             self.awaited.insert(self.local);
             let now = Instant::now();
             self.joined = self.awaited.iter().map(|p| (*p, now)).collect();
@@ -229,10 +229,6 @@ impl Service {
                 "no longer leading: network index dropped"
             );
         }
-    }
-
-    fn connected_iwant_peers(&self) -> HashSet<PeerId> {
-        (*self.net.iwant_peers()).clone()
     }
 
     /// Starts the grace period of nodes that left, drops those whose grace is over, and lets
