@@ -69,7 +69,9 @@ pub struct Home {
 
 impl Home {
     /// The home given by `--home`, else `$IWANT_HOME` (clap fills both into `explicit`), else
-    /// the platform's data directory for iwant.
+    /// the platform's local data directory for iwant: `~/.local/share/iwant` on Linux,
+    /// `~/Library/Application Support/iwant` on macOS, `%LOCALAPPDATA%\iwant\data` on Windows
+    /// (local, not roaming: the index database is this machine's and may be large).
     pub fn resolve(explicit: Option<PathBuf>) -> Result<Self, ConfigError> {
         match explicit {
             Some(root) => Ok(Self {
@@ -80,7 +82,7 @@ impl Home {
                 let dirs =
                     directories::ProjectDirs::from("", "", "iwant").ok_or(ConfigError::NoHome)?;
                 Ok(Self {
-                    root: dirs.data_dir().to_path_buf(),
+                    root: dirs.data_local_dir().to_path_buf(),
                     explicit: false,
                 })
             }

@@ -1,6 +1,6 @@
 //! The CLI side: sends one request to the daemon and waits, for a bounded time, for its reply.
 
-use std::{io, path::PathBuf, time::Duration};
+use std::{io, time::Duration};
 
 use tokio::io::BufReader;
 
@@ -18,18 +18,20 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the home's control channel.
-    #[error("the iwant node is not running (nothing answers at {socket}); start it with `iwant node{flag}`")]
+    #[error("the iwant node is not running (nothing answers at {channel}); start it with `iwant node{flag}`")]
     NotRunning {
-        /// The socket path.
-        socket: PathBuf,
+        /// The control socket's path, or the pipe's name on Windows.
+        channel: String,
         /// The `--home` flag needed to reach this home, or "".
         flag: String,
     },
     /// The channel exists but belongs to another user.
-    #[error("permission denied on the control channel {socket}: only the user who started the node can control it")]
+    #[error("permission denied on the control channel {channel}: {reason}")]
     PermissionDenied {
-        /// The socket path.
-        socket: PathBuf,
+        /// The control socket's path, or the pipe's name on Windows.
+        channel: String,
+        /// Why.
+        reason: String,
     },
     /// The daemon did not answer in time.
     #[error("the iwant node did not answer within {} s", REPLY_TIMEOUT.as_secs())]
@@ -76,19 +78,26 @@ impl Client {
     /// Connects and sends `request`.
     async fn open(&self, request: Request) -> Result<Replies, ClientError> {
         let socket = self.home.control_socket();
+        let channel = transport::channel_name(&socket);
         let stream = transport::connect(&socket)
             .await
             .map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
                     ClientError::NotRunning {
-                        socket: socket.clone(),
+                        channel,
                         flag: self.home.cli_flag(),
                     }
                 }
                 io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
-                    socket: socket.clone(),
+                    channel,
+                    // Our own explanation (Windows: the pipe's server is another user), or the
+                    // usual one.
+                    reason: match e.get_ref() {
+                        Some(why) => why.to_string(),
+                        None => "only the user who started the node can control it".to_owned(),
+                    },
                 },
-                _ => ClientError::Protocol(format!("cannot connect to {}: {e}", socket.display())),
+                _ => ClientError::Protocol(format!("cannot connect to {channel}: {e}")),
             })?;
         let mut stream = BufReader::new(stream);
         let envelope = Envelope {

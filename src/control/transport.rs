@@ -4,6 +4,10 @@ use std::{io, path::Path};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+#[cfg(windows)]
+#[path = "winuser.rs"]
+mod winuser;
+
 /// A connected control stream.
 pub(crate) trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for T {}
@@ -79,11 +83,13 @@ mod imp {
         ClientOptions, NamedPipeClient, NamedPipeServer, ServerOptions,
     };
 
+    use super::winuser::{check_server_is_us, PipeSecurity};
+
     /// Windows' "all pipe instances are busy".
     const ERROR_PIPE_BUSY: i32 = 231;
 
     /// The pipe name for a home: `\\.\pipe\iwant-<FNV-1a of the home path>`.
-    fn pipe_name(path: &Path) -> String {
+    pub(super) fn pipe_name(path: &Path) -> String {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in path.to_string_lossy().to_lowercase().bytes() {
             hash ^= u64::from(byte);
@@ -92,55 +98,66 @@ mod imp {
         format!(r"\\.\pipe\iwant-{hash:016x}")
     }
 
-    /// The daemon's end of the control channel: a local-only named pipe. Its default security
-    /// descriptor grants write access only to the creating user, SYSTEM and administrators.
+    /// The daemon's end of the control channel: a local-only named pipe that only this
+    /// user (and SYSTEM) may open ([`super::winuser`]).
     pub struct Listener {
         name: String,
+        security: PipeSecurity,
         next: Mutex<Option<NamedPipeServer>>,
     }
 
     impl Listener {
-        /// Creates the first pipe instance; fails if a live daemon already owns the name.
+        /// Creates the first pipe instance; fails if a live daemon (or anyone else) already
+        /// owns the name.
         pub async fn bind(path: &Path) -> io::Result<Self> {
             let name = pipe_name(path);
-            let first = ServerOptions::new()
-                .first_pipe_instance(true)
-                .reject_remote_clients(true)
-                .create(&name)
-                .map_err(|e| {
-                    if e.kind() == io::ErrorKind::PermissionDenied {
-                        io::Error::new(
-                            io::ErrorKind::AddrInUse,
-                            "another iwant node is already running with this home",
-                        )
-                    } else {
-                        e
-                    }
-                })?;
+            let security = PipeSecurity::only_this_user()?;
+            let first = create(&name, &security, true).map_err(|e| {
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "another iwant node is already running with this home (or another \
+                             program holds its control pipe {name})"
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })?;
             Ok(Self {
                 name,
+                security,
                 next: Mutex::new(Some(first)),
             })
         }
 
-        /// Waits for the next client. The pipe's ACL already keeps other users out.
+        /// Waits for the next client. The pipe's DACL already keeps other users out.
         pub async fn accept(&self) -> io::Result<(NamedPipeServer, bool)> {
             let server = match self.next.lock().expect("bug: poisoned").take() {
                 Some(s) => s,
-                None => ServerOptions::new()
-                    .reject_remote_clients(true)
-                    .create(&self.name)?,
+                None => create(&self.name, &self.security, false)?,
             };
             server.connect().await?;
-            let replacement = ServerOptions::new()
-                .reject_remote_clients(true)
-                .create(&self.name)?;
+            let replacement = create(&self.name, &self.security, false)?;
             *self.next.lock().expect("bug: poisoned") = Some(replacement);
             Ok((server, true))
         }
     }
 
-    /// Connects to the daemon's pipe for the home whose socket path is `path`.
+    /// One instance of the pipe `name`, local clients only, with the DACL of `security`.
+    fn create(name: &str, security: &PipeSecurity, first: bool) -> io::Result<NamedPipeServer> {
+        // SAFETY: `security` points to valid SECURITY_ATTRIBUTES that outlive the call.
+        unsafe {
+            ServerOptions::new()
+                .first_pipe_instance(first)
+                .reject_remote_clients(true)
+                .create_with_security_attributes_raw(name, security.as_ptr())
+        }
+    }
+
+    /// Connects to the daemon's pipe for the home whose socket path is `path`, and checks that
+    /// the process serving it runs as this user.
     pub async fn connect(path: &Path) -> io::Result<NamedPipeClient> {
         let name = pipe_name(path);
         for _ in 0..50 {
@@ -148,7 +165,11 @@ mod imp {
                 Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await
                 }
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(client) => {
+                    check_server_is_us(&client)?;
+                    return Ok(client);
+                }
             }
         }
         Err(io::Error::new(
@@ -166,6 +187,15 @@ pub(crate) type Stream = tokio::net::UnixStream;
 /// The client's end of a control connection.
 #[cfg(windows)]
 pub(crate) type Stream = tokio::net::windows::named_pipe::NamedPipeClient;
+
+/// How the control channel of the home whose socket path is `path` is named to the user: the
+/// socket's path on Unix, the pipe's name on Windows.
+pub(crate) fn channel_name(path: &Path) -> String {
+    #[cfg(unix)]
+    return path.display().to_string();
+    #[cfg(windows)]
+    return imp::pipe_name(path);
+}
 
 /// Connects to the control channel of the home whose socket path is `path`.
 pub(crate) async fn connect(path: &Path) -> io::Result<Stream> {
