@@ -424,7 +424,11 @@ fn a_node_that_leaves_takes_its_files_with_it() {
             .then_some(())
     });
 
+    // Each grace is counted from the moment its node began to leave: a stopping node closes
+    // its connections at once, before its process has exited and `stop` returns.
+    let stopping = Instant::now();
     assert!(lab.stop(stopped).success(), "SIGTERM is a clean exit");
+    let killing = Instant::now();
     lab.kill(killed);
     let left = Instant::now();
     for i in [stopped, killed] {
@@ -442,9 +446,12 @@ fn a_node_that_leaves_takes_its_files_with_it() {
             gone[0].is_none(),
             gone[1].is_none()
         );
-        for (slot, i) in [stopped, killed].into_iter().enumerate() {
+        for (slot, (i, began)) in [(stopped, stopping), (killed, killing)]
+            .into_iter()
+            .enumerate()
+        {
             if gone[slot].is_none() && !found(&lab, searcher, i) {
-                gone[slot] = Some(left.elapsed());
+                gone[slot] = Some(began.elapsed());
             }
         }
         std::thread::sleep(SEARCH_POLL);
