@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use iwant::leader::index::{Entry, Kind, Limits, NetworkIndex, Query, Tier};
+use iwant::leader::index::{Collection, Entry, Kind, Limits, NetworkIndex, Query, Tier};
 use libp2p::PeerId;
 use rand::{rngs::SmallRng, RngExt, SeedableRng};
 
@@ -389,7 +389,7 @@ fn build(n: usize, peers: &[PeerId]) -> (NetworkIndex, Duration) {
     for (p, peer) in peers.iter().enumerate() {
         let mut rng = Rng::new(p as u64 + 1);
         let mut i = 0u64;
-        index.begin_snapshot(*peer);
+        index.begin_snapshot(*peer, Collection::Shared);
         // Paths that repeat within a peer replace each other; keep going to `per_peer`.
         while index.peer_len(peer) < per_peer {
             let missing = per_peer - index.peer_len(peer);
@@ -399,9 +399,11 @@ fn build(n: usize, peers: &[PeerId]) -> (NetworkIndex, Duration) {
                     entry(p, i, shared_pool, &mut rng)
                 })
                 .collect();
-            index.upsert(*peer, batch).expect("within limits");
+            index
+                .upsert(*peer, Collection::Shared, batch)
+                .expect("within limits");
         }
-        index.finish_snapshot(*peer);
+        index.finish_snapshot(*peer, Collection::Shared);
     }
     (index, start.elapsed())
 }

@@ -192,6 +192,7 @@ impl Home {
                     ignore: Vec::new(),
                     rescan_interval_secs: default_rescan(),
                     leader_index_entries: default_leader_entries(),
+                    offer_downloads: true,
                 };
                 self.save_config(&config)?;
                 Ok((config, true))
@@ -298,6 +299,16 @@ pub struct Config {
         skip_serializing_if = "is_default_leader_entries"
     )]
     pub leader_index_entries: u64,
+    /// Whether what this node downloaded is offered to the network in turn, so that every
+    /// finished copy is one more source: only the files iwant itself placed in the download
+    /// folder, and each only while unchanged (nothing else there is ever offered). Default:
+    /// `true`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub offer_downloads: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// The bounds of [`Config::leader_index_entries`].

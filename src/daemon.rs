@@ -22,11 +22,11 @@ use tokio::sync::{watch, Mutex};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::{folders_at_start, ConfigError, Folders, Home, Places},
+    config::{folders_at_start, Config, ConfigError, Folders, Home, Places},
     control, leader,
     net::{self, NetConfig, NetworkClient},
-    share::{self, IndexHandle},
-    store::Db,
+    share::{self, Collection, IndexHandle},
+    store::{Db, StoreError},
     transfer::{self, Transfers},
 };
 
@@ -58,7 +58,9 @@ pub struct RunningNode {
     pub folders: watch::Receiver<Folders>,
     /// The index of the shared folder.
     pub index: IndexHandle,
-    index_thread: std::thread::JoinHandle<()>,
+    /// What the node offers (the shared folder, and its downloads unless turned off).
+    pub offered: share::Offered,
+    index_threads: Vec<std::thread::JoinHandle<()>>,
     home: Home,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -90,8 +92,10 @@ impl RunningNode {
     pub async fn wait(self) {
         self.shutdown.cancelled().await;
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        // The indexer stops alongside the tasks: it needs none of them to finish.
-        self.index.stop();
+        // The indexers stop alongside the tasks: they need none of them to finish.
+        for (_, index) in self.offered.indexes() {
+            index.stop();
+        }
         self.tasks.close();
         if tokio::time::timeout_at(deadline.into(), self.tasks.wait())
             .await
@@ -102,19 +106,16 @@ impl RunningNode {
                 "some tasks did not stop in time; leaving them"
             );
         }
-        let thread = self.index_thread;
-        let mut finished = false;
-        while Instant::now() < deadline {
-            if thread.is_finished() {
-                finished = true;
-                break;
-            }
+        let mut threads = self.index_threads;
+        while Instant::now() < deadline && !threads.iter().all(|t| t.is_finished()) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if !finished {
-            tracing::warn!("the indexer did not stop in time; leaving it");
-        } else if thread.join().is_err() {
-            tracing::error!("the indexer thread panicked");
+        for thread in threads.drain(..) {
+            if !thread.is_finished() {
+                tracing::warn!("an indexer did not stop in time; leaving it");
+            } else if thread.join().is_err() {
+                tracing::error!("an indexer thread panicked");
+            }
         }
         drop(self.listener);
         drop(self.lock);
@@ -125,6 +126,34 @@ impl RunningNode {
         self.shutdown.cancel();
         self.wait().await;
     }
+}
+
+/// Starts offering what this node downloaded: the placed files the store remembers for the
+/// download folder, and an indexer of that folder that sees only them.
+async fn offer_downloads(
+    db: &Db,
+    download_dir: &std::path::Path,
+    config: &Config,
+    home: &Home,
+    live_roots: share::LiveRoots,
+) -> Result<(share::OfferedDownloads, std::thread::JoinHandle<()>), StoreError> {
+    let (db2, key) = (db.clone(), download_dir.to_string_lossy().into_owned());
+    let placed = tokio::task::spawn_blocking(move || db2.get()?.placed(&key))
+        .await
+        .expect("bug: store task panicked")?;
+    let placed = Arc::new(share::placed::Placed::new(placed));
+    // What came from the network is offered as it came: hidden names too (a folder's id stays
+    // the one it was downloaded as). Secrets, the home and the user's rules still apply.
+    let rules = share::ignore::Rules::new(true, &config.ignore, Some(home.root()))
+        .only_placed(placed.clone());
+    let options = share::IndexOptions {
+        rules,
+        rescan_interval: config.rescan_interval(),
+        collection: Collection::Downloads,
+        live_roots,
+    };
+    let (index, thread) = share::spawn(db.clone(), download_dir.to_path_buf(), options)?;
+    Ok((share::OfferedDownloads { index, placed }, thread))
 }
 
 /// Errors that stop a node from starting.
@@ -272,12 +301,19 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         shutdown.child_token(),
     );
     tasks.spawn(service.run());
+    let live_roots = share::LiveRoots::default();
     let options = share::IndexOptions {
         rules: share::ignore::Rules::new(config.include_hidden, &config.ignore, Some(home.root())),
         rescan_interval: config.rescan_interval(),
+        collection: Collection::Shared,
+        live_roots: live_roots.clone(),
     };
-    let (index, index_thread) = match share::spawn(db, folders.shared_dir.clone(), options) {
-        Ok(started) => started,
+    let mut index_threads = Vec::new();
+    let index = match share::spawn(db.clone(), folders.shared_dir.clone(), options) {
+        Ok((index, thread)) => {
+            index_threads.push(thread);
+            index
+        }
         Err(e) => {
             shutdown.cancel();
             return Err(e.into());
@@ -285,15 +321,42 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     };
     tasks.spawn(leader::publish::run(
         index.clone(),
+        Collection::Shared,
         net.clone(),
         leader.clone(),
         shutdown.child_token(),
     ));
+    let downloads = if config.offer_downloads {
+        match offer_downloads(&db, &folders.download_dir, &config, &home, live_roots).await {
+            Ok((downloads, thread)) => {
+                index_threads.push(thread);
+                tasks.spawn(leader::publish::run(
+                    downloads.index.clone(),
+                    Collection::Downloads,
+                    net.clone(),
+                    leader.clone(),
+                    shutdown.child_token(),
+                ));
+                Some(downloads)
+            }
+            Err(e) => {
+                index.stop();
+                shutdown.cancel();
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
+    let offered = share::Offered {
+        shared: index.clone(),
+        downloads,
+    };
 
     let served = Arc::new(transfer::serve::Served::default());
     tasks.spawn(transfer::serve::run(
         net.clone(),
-        index.clone(),
+        offered.clone(),
         content_inbound,
         served.clone(),
         shutdown.child_token(),
@@ -303,7 +366,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     let transfers = Transfers::new(
         net.clone(),
         leader.clone(),
-        index.clone(),
+        offered.clone(),
         folders_rx.clone(),
         shutdown.child_token(),
         tasks.clone(),
@@ -318,7 +381,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         served,
         net: net.clone(),
         leader,
-        index: index.clone(),
+        offered: offered.clone(),
         home: home.clone(),
         config: Mutex::new(config),
         folders: folders_tx,
@@ -338,7 +401,8 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         first_run,
         folders: folders_rx,
         index,
-        index_thread,
+        offered,
+        index_threads,
         home,
         shutdown,
         tasks,

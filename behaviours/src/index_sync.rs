@@ -10,6 +10,11 @@
 //! The leader keys every entry by the sender's authenticated peer id: there is no peer id in
 //! the messages, so a node can only add or remove its own entries.
 //!
+//! A node offers up to two [`Collection`]s: its shared folder, and what it downloaded. Each is
+//! synced on its own (its own snapshots, versions and deltas; every message names its
+//! collection, the shared folder when the field is absent), and a snapshot of one never
+//! touches the other's entries.
+//!
 //! Wire format: libp2p request-response, one CBOR value per stream direction. Limits: requests
 //! of at most [`MAX_REQUEST`] bytes (bigger ones fail to decode), at most [`MAX_ENTRIES`]
 //! entries or removed paths per message, paths of at most [`MAX_PATH`] bytes. [`Request::check`]
@@ -60,11 +65,43 @@ pub enum Request {
     Delta(Delta),
 }
 
+/// Which of a node's collections a message is about.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Collection {
+    /// The shared folder (paths are relative to it).
+    #[default]
+    Shared,
+    /// What the node downloaded and offers in turn (paths are relative to its download
+    /// folder; only content the node itself downloaded, unchanged, is in it).
+    Downloads,
+}
+
+impl Collection {
+    /// Both collections.
+    pub const ALL: [Collection; 2] = [Collection::Shared, Collection::Downloads];
+
+    /// Whether this is the default, [`Collection::Shared`] (then the field is not sent).
+    pub fn is_shared(&self) -> bool {
+        *self == Collection::Shared
+    }
+
+    /// A small index, 0 or 1.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// One page of a snapshot. Pages are numbered from 0 and sent in order; page 0 starts a new
 /// snapshot (dropping any unfinished one); the page with `last` completes it, and the leader
 /// then forgets the sender's entries that no page of it named.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotPage {
+    /// The collection this snapshot is of.
+    #[serde(default, skip_serializing_if = "Collection::is_shared")]
+    pub collection: Collection,
     /// Chosen by the sender per snapshot; every page of one snapshot carries the same value.
     pub session: u64,
     /// The page's number, from 0.
@@ -81,6 +118,9 @@ pub struct SnapshotPage {
 /// The changes between two index versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delta {
+    /// The collection this delta is of.
+    #[serde(default, skip_serializing_if = "Collection::is_shared")]
+    pub collection: Collection,
     /// The version the leader must hold for the sender for this delta to apply.
     pub base: u64,
     /// The version after it (`base` itself for an empty delta that only checks the leader
@@ -143,6 +183,14 @@ pub fn behaviour() -> Behaviour {
 }
 
 impl Request {
+    /// The collection the message is about.
+    pub fn collection(&self) -> Collection {
+        match self {
+            Request::Snapshot(page) => page.collection,
+            Request::Delta(delta) => delta.collection,
+        }
+    }
+
     /// Checks every bound of the message; the error says which one was broken.
     pub fn check(&self) -> Result<(), String> {
         match self {
@@ -186,7 +234,12 @@ fn check_entries(entries: &[Entry]) -> Result<(), String> {
 
 /// Cuts `entries` into snapshot pages that stay within [`PAGE_BUDGET`] bytes and
 /// [`MAX_ENTRIES`] entries each; always at least one page (an empty index is one empty page).
-pub fn paginate(entries: Vec<Entry>, session: u64, version: u64) -> Vec<SnapshotPage> {
+pub fn paginate(
+    collection: Collection,
+    entries: Vec<Entry>,
+    session: u64,
+    version: u64,
+) -> Vec<SnapshotPage> {
     let mut pages = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;
@@ -205,6 +258,7 @@ pub fn paginate(entries: Vec<Entry>, session: u64, version: u64) -> Vec<Snapshot
         .into_iter()
         .enumerate()
         .map(|(i, entries)| SnapshotPage {
+            collection,
             session,
             page: i as u32,
             last: i + 1 == count,
@@ -237,6 +291,7 @@ mod tests {
     fn messages_round_trip_through_cbor() {
         let requests = [
             Request::Snapshot(SnapshotPage {
+                collection: Collection::Shared,
                 session: 3,
                 page: 0,
                 last: true,
@@ -244,6 +299,7 @@ mod tests {
                 entries: vec![entry("a/b.txt")],
             }),
             Request::Delta(Delta {
+                collection: Collection::Downloads,
                 base: 12,
                 version: 13,
                 upserted: vec![entry("c")],
@@ -260,6 +316,34 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_folder_is_the_collection_of_messages_that_name_none() {
+        // A message of the shared folder is encoded as before collections existed, and a
+        // message without the field is about the shared folder.
+        let delta = Delta {
+            collection: Collection::Shared,
+            base: 1,
+            version: 2,
+            upserted: vec![],
+            removed: vec![],
+        };
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &Request::Delta(delta.clone())).unwrap();
+        assert!(!buf.windows(10).any(|w| w == b"collection"));
+        let back: Request = cbor4ii::serde::from_slice(&buf).unwrap();
+        assert_eq!(back, Request::Delta(delta));
+        let downloads = Request::Delta(Delta {
+            collection: Collection::Downloads,
+            base: 1,
+            version: 2,
+            upserted: vec![],
+            removed: vec![],
+        });
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &downloads).unwrap();
+        assert!(buf.windows(9).any(|w| w == b"downloads"));
+    }
+
+    #[test]
     fn pages_stay_under_the_codec_limit_whatever_the_paths() {
         let long = "x/".repeat(MAX_PATH / 2 - 1) + "y";
         assert!(long.len() <= MAX_PATH);
@@ -267,7 +351,7 @@ mod tests {
             .map(|i| entry(&format!("{long}{i}")[..MAX_PATH.min(long.len())]))
             .chain((0..20_000).map(|i| entry(&format!("short/{i}"))))
             .collect();
-        let pages = paginate(entries, 1, 5);
+        let pages = paginate(Collection::Shared, entries, 1, 5);
         assert!(pages.len() > 2);
         assert_eq!(pages.iter().map(|p| p.entries.len()).sum::<usize>(), 22_000);
         for (i, page) in pages.iter().enumerate() {
@@ -277,12 +361,13 @@ mod tests {
             let len = encoded_len(&Request::Snapshot(page.clone()));
             assert!(len as u64 <= MAX_REQUEST, "page {i}: {len} bytes");
         }
-        assert_eq!(paginate(Vec::new(), 1, 0).len(), 1);
+        assert_eq!(paginate(Collection::Downloads, Vec::new(), 1, 0).len(), 1);
     }
 
     #[test]
     fn hostile_messages_are_refused() {
         let too_many = Request::Snapshot(SnapshotPage {
+            collection: Collection::Shared,
             session: 1,
             page: 0,
             last: true,
@@ -300,6 +385,7 @@ mod tests {
             "trailing/".into(),
         ] {
             let request = Request::Delta(Delta {
+                collection: Collection::Shared,
                 base: 1,
                 version: 2,
                 upserted: vec![entry(&bad)],
@@ -307,6 +393,7 @@ mod tests {
             });
             assert!(request.check().is_err(), "{bad:?} accepted");
             let request = Request::Delta(Delta {
+                collection: Collection::Shared,
                 base: 1,
                 version: 2,
                 upserted: vec![],
@@ -315,6 +402,7 @@ mod tests {
             assert!(request.check().is_err(), "{bad:?} accepted as removed");
         }
         let backwards = Request::Delta(Delta {
+            collection: Collection::Shared,
             base: 5,
             version: 4,
             upserted: vec![],
@@ -322,6 +410,7 @@ mod tests {
         });
         assert!(backwards.check().is_err());
         let empty_file = Request::Delta(Delta {
+            collection: Collection::Shared,
             base: 1,
             version: 2,
             upserted: vec![entry("")],
@@ -333,6 +422,7 @@ mod tests {
     #[test]
     fn too_many_entries_decode_capped_and_are_still_refused() {
         let page = Request::Snapshot(SnapshotPage {
+            collection: Collection::Shared,
             session: 1,
             page: 0,
             last: true,
@@ -352,6 +442,7 @@ mod tests {
         );
         assert!(back.check().unwrap_err().contains("entries"));
         let delta = Request::Delta(Delta {
+            collection: Collection::Shared,
             base: 1,
             version: 2,
             upserted: vec![entry("u"); MAX_ENTRIES + 5],

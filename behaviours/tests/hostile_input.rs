@@ -211,6 +211,7 @@ wire!(
     check = index_sync::Request::check,
     samples = vec![
         index_sync::Request::Snapshot(index_sync::SnapshotPage {
+            collection: Default::default(),
             session: 7,
             page: 0,
             last: true,
@@ -218,6 +219,7 @@ wire!(
             entries: vec![entry("a/b"), entry("c")],
         }),
         index_sync::Request::Delta(index_sync::Delta {
+            collection: Default::default(),
             base: 1,
             version: 2,
             upserted: vec![entry("x")],
@@ -965,6 +967,7 @@ fn index_request() -> impl Strategy<Value = index_sync::Request> {
         )
             .prop_map(|(session, page, last, version, entries)| {
                 index_sync::Request::Snapshot(index_sync::SnapshotPage {
+                    collection: Default::default(),
                     session,
                     page,
                     last,
@@ -980,6 +983,7 @@ fn index_request() -> impl Strategy<Value = index_sync::Request> {
         )
             .prop_map(|(a, b, upserted, removed)| {
                 index_sync::Request::Delta(index_sync::Delta {
+                    collection: Default::default(),
                     base: a.min(b),
                     version: a.max(b),
                     upserted,
@@ -1189,6 +1193,7 @@ fn values_beyond_the_limits_decode_but_fail_their_checks() {
         }),
         Box::new(|| {
             index_sync::Request::Delta(index_sync::Delta {
+                collection: Default::default(),
                 base: 0,
                 version: 1,
                 upserted: vec![],

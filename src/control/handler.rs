@@ -21,7 +21,7 @@ use crate::{
     config::{change_folder, Config, FolderChange, FolderError, Folders, Home, Places, Role},
     leader::{self, ask::AskError, LeaderHandle},
     net::{NetworkClient, PeerStatus},
-    share::{self, IndexHandle},
+    share::{self, Offered},
     store::{ScanError, StoreError},
     transfer::{self, serve::ServedCounts, GetError, Progress, Transfers},
 };
@@ -36,8 +36,8 @@ pub struct Handler {
     pub net: NetworkClient,
     /// The leader, for searches.
     pub leader: LeaderHandle,
-    /// This node's index.
-    pub index: IndexHandle,
+    /// What this node offers: its shared folder's index, and its downloads'.
+    pub offered: Offered,
     /// The node's home.
     pub home: Home,
     /// The config as last saved; the lock serialises folder changes.
@@ -65,18 +65,22 @@ impl Handler {
         Ok(match request {
             Request::Status => Response::Status(Box::new(self.status().await?)),
             Request::List { skipped: true, .. } => {
-                let skipped = self.index.skipped(super::MAX_SKIPPED_LISTED).await?;
-                let total = self.index.status().skipped;
+                let skipped = self
+                    .offered
+                    .shared
+                    .skipped(super::MAX_SKIPPED_LISTED)
+                    .await?;
+                let total = self.offered.shared.status().skipped;
                 Response::Skipped {
                     skipped: all(skipped),
                     total,
                 }
             }
             Request::List { errors: false, .. } => Response::Entries {
-                entries: self.index.entries().await?,
+                entries: self.offered.shared.entries().await?,
             },
             Request::List { errors: true, .. } => Response::ScanErrors {
-                errors: all(self.index.errors().await?),
+                errors: all(self.offered.shared.errors().await?),
             },
             Request::Search {
                 text,
@@ -134,7 +138,7 @@ impl Handler {
             shared_dir: folders.shared_dir,
             download_dir: folders.download_dir,
             home: self.home.root().to_path_buf(),
-            index: self.index.status().into(),
+            index: self.offered.shared.status().into(),
             leader: net.leader,
             term: net.term,
             network_key: net.network_key,
@@ -215,7 +219,21 @@ impl Handler {
         if role == Role::Shared {
             // Also when it is the same folder: a missing one may be back, an interrupted
             // first scan finishes.
-            self.index.set_root(next.shared_dir.clone()).await;
+            self.offered.shared.set_root(next.shared_dir.clone()).await;
+        }
+        if let (Role::Download, Some(downloads)) = (role, &self.offered.downloads) {
+            // The new folder offers what downloads placed there (none, unless it was the
+            // download folder before).
+            let (db, key) = (
+                downloads.index.db().clone(),
+                next.download_dir.to_string_lossy().into_owned(),
+            );
+            let placed = tokio::task::spawn_blocking(move || db.get()?.placed(&key))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+            downloads.placed.replace(placed);
+            downloads.index.set_root(next.download_dir.clone()).await;
         }
         *config = next;
         tracing::info!(shared = %folders.shared_dir.display(), download = %folders.download_dir.display(), "folders changed");

@@ -1,4 +1,5 @@
-//! Pushes this node's index to whichever node leads (this node included).
+//! Pushes this node's index to whichever node leads (this node included): one publisher per
+//! collection (the shared folder, and the downloads this node offers), each on its own.
 //!
 //! For every new leader: subscribe to the index's deltas, take a snapshot (version +
 //! entries), send it in pages, then send each change as a delta from the version the leader
@@ -13,7 +14,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use iwant_behaviours::{
-    index_sync::{self, Delta, Request, Response},
+    index_sync::{self, Collection, Delta, Request, Response},
     wire,
 };
 use libp2p::PeerId;
@@ -51,15 +52,17 @@ enum Restart {
     Stop,
 }
 
-/// Runs until `shutdown` is cancelled.
+/// Publishes `index` as this node's `collection` until `shutdown` is cancelled.
 pub async fn run(
     index: IndexHandle,
+    collection: Collection,
     net: NetworkClient,
     local: LeaderHandle,
     shutdown: CancellationToken,
 ) {
     let mut publisher = Publisher {
         index,
+        collection,
         leader: net.leader_watch(),
         net,
         local,
@@ -86,6 +89,7 @@ pub async fn run(
 
 struct Publisher {
     index: IndexHandle,
+    collection: Collection,
     net: NetworkClient,
     local: LeaderHandle,
     leader: watch::Receiver<LeaderView>,
@@ -114,7 +118,7 @@ impl Publisher {
         let entries = wire_entries(entries);
         let count = entries.len();
         self.session = self.session.wrapping_add(1);
-        for page in index_sync::paginate(entries, self.session, version) {
+        for page in index_sync::paginate(self.collection, entries, self.session, version) {
             if self.leader_changed(target) {
                 return Restart::Now;
             }
@@ -122,7 +126,7 @@ impl Publisher {
                 return restart;
             }
         }
-        tracing::debug!(leader = %target, version, entries = count, "index sent to the leader");
+        tracing::debug!(leader = %target, collection = ?self.collection, version, entries = count, "index sent to the leader");
 
         let mut known = version;
         let mut check = tokio::time::interval(CHECK_INTERVAL);
@@ -154,7 +158,7 @@ impl Publisher {
                     let delta = match merge(known, &batch) {
                         Merged::Nothing => continue,
                         Merged::Resync => return Restart::Now,
-                        Merged::Delta(delta) => delta,
+                        Merged::Delta(delta) => Delta { collection: self.collection, ..delta },
                     };
                     let version = delta.version;
                     if let Err(restart) = self.send(target, Request::Delta(delta)).await {
@@ -163,7 +167,13 @@ impl Publisher {
                     known = version;
                 }
                 _ = check.tick() => {
-                    let probe = Delta { base: known, version: known, upserted: vec![], removed: vec![] };
+                    let probe = Delta {
+                        collection: self.collection,
+                        base: known,
+                        version: known,
+                        upserted: vec![],
+                        removed: vec![],
+                    };
                     if let Err(restart) = self.send(target, Request::Delta(probe)).await {
                         return restart;
                     }
@@ -296,6 +306,7 @@ fn merge(known: u64, batch: &[Arc<IndexDelta>]) -> Merged {
         }
     }
     Merged::Delta(Delta {
+        collection: Collection::Shared,
         base: known,
         version,
         upserted,

@@ -33,7 +33,7 @@ use libp2p::{request_response::ResponseChannel, PeerId};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::index::{self, Limits, NetworkIndex};
+use super::index::{self, Collection, Limits, NetworkIndex};
 use crate::net::{IndexRpc, LeaderInbound, LeaderView, NetworkClient, SearchRpc};
 
 /// How long the entries of a node whose connection is gone are kept.
@@ -101,12 +101,26 @@ enum Responder<T> {
 /// What the service knows of one node's sync.
 #[derive(Default)]
 struct PeerSync {
-    /// The version of its index the service holds, once a snapshot completed.
+    /// Each collection's sync, by [`Collection::index`].
+    colls: [CollSync; 2],
+    /// Since when it has not been connected.
+    absent_since: Option<Instant>,
+}
+
+impl PeerSync {
+    /// The version of the node's shared folder the service holds, once a snapshot completed.
+    fn shared_version(&self) -> Option<u64> {
+        self.colls[Collection::Shared.index()].version
+    }
+}
+
+/// What the service knows of the sync of one collection of a node.
+#[derive(Default)]
+struct CollSync {
+    /// The version of the collection the service holds, once a snapshot completed.
     version: Option<u64>,
     /// The snapshot under way: session, next page, version.
     snapshot: Option<(u64, u32, u64)>,
-    /// Since when it has not been connected.
-    absent_since: Option<Instant>,
 }
 
 /// The service task's state.
@@ -278,7 +292,10 @@ impl Service {
         let now = Instant::now();
         self.joined.iter().any(|(p, since)| {
             now.duration_since(*since) < READY_LIMIT
-                && self.peers.get(p).is_none_or(|s| s.version.is_none())
+                && self
+                    .peers
+                    .get(p)
+                    .is_none_or(|s| s.shared_version().is_none())
         })
     }
 
@@ -286,10 +303,11 @@ impl Service {
         if *self.warm.borrow() || !self.leading {
             return;
         }
-        let synced = self
-            .awaited
-            .iter()
-            .all(|p| self.peers.get(p).is_some_and(|s| s.version.is_some()));
+        let synced = self.awaited.iter().all(|p| {
+            self.peers
+                .get(p)
+                .is_some_and(|s| s.shared_version().is_some())
+        });
         if synced || Instant::now() >= self.warm_deadline {
             if !synced {
                 tracing::info!("answering searches before every node's index arrived");
@@ -354,8 +372,10 @@ impl Service {
         if let Err(reason) = request.check() {
             return Response::Refused { reason };
         }
-        let sync = self.peers.entry(peer).or_default();
-        sync.absent_since = None;
+        let coll = request.collection();
+        let node = self.peers.entry(peer).or_default();
+        node.absent_since = None;
+        let sync = &mut node.colls[coll.index()];
         match request {
             index_sync::Request::Snapshot(page) => {
                 let first = page.page == 0;
@@ -384,18 +404,18 @@ impl Service {
                 let result = self
                     .write(move |index| {
                         if first {
-                            index.begin_snapshot(peer);
+                            index.begin_snapshot(peer, coll);
                         }
-                        index.upsert(peer, entries)?;
-                        Ok::<_, index::LimitError>(last.then(|| index.finish_snapshot(peer)))
+                        index.upsert(peer, coll, entries)?;
+                        Ok::<_, index::LimitError>(last.then(|| index.finish_snapshot(peer, coll)))
                     })
                     .await;
                 match result {
                     Ok(finished) => {
                         if let Some(stale) = finished {
-                            let sync = self.peers.entry(peer).or_default();
-                            sync.version = Some(version);
-                            tracing::debug!(%peer, version, stale, "snapshot complete");
+                            self.peers.entry(peer).or_default().colls[coll.index()].version =
+                                Some(version);
+                            tracing::debug!(%peer, ?coll, version, stale, "snapshot complete");
                         }
                         Response::Ack { version }
                     }
@@ -420,13 +440,14 @@ impl Service {
                 let removed = delta.removed;
                 let result = self
                     .write(move |index| {
-                        index.remove(peer, &removed);
-                        index.upsert(peer, upserted)
+                        index.remove(peer, coll, &removed);
+                        index.upsert(peer, coll, upserted)
                     })
                     .await;
                 match result {
                     Ok(()) => {
-                        self.peers.entry(peer).or_default().version = Some(version);
+                        self.peers.entry(peer).or_default().colls[coll.index()].version =
+                            Some(version);
                         Response::Ack { version }
                     }
                     Err(e) => Response::Refused {

@@ -11,14 +11,21 @@
 //!    file overrides a shallower one, `!` negates within these files).
 //!
 //! User rules (4, 5) only add skips: they cannot un-skip what 1 to 3 skipped.
+//!
+//! The download folder (offered as the downloads collection) has one more rule, before all
+//! of these: only the files this node's downloads placed there, and the folders above them,
+//! are indexed ([`Rules::only_placed`], [`super::placed`]).
 
 use std::{
     collections::HashMap,
     fs::{self, Metadata},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+use super::placed::Placed;
 
 /// The name of the per-directory rules file.
 pub const IGNORE_FILE: &str = ".iwantignore";
@@ -118,6 +125,8 @@ pub struct Rules {
     include_hidden: bool,
     config: Gitignore,
     home: Option<PathBuf>,
+    /// For the download folder: only what this node's downloads placed there, unchanged.
+    only: Option<Arc<Placed>>,
 }
 
 impl Default for Rules {
@@ -154,7 +163,25 @@ impl Rules {
             include_hidden,
             config,
             home: home.and_then(|h| fs::canonicalize(h).ok()),
+            only: None,
         }
+    }
+
+    /// These rules, and before them: only the files in `placed` (and the folders above them)
+    /// are indexed, each only with the content placed (the download folder's rules).
+    pub fn only_placed(self, placed: Arc<Placed>) -> Self {
+        Self {
+            only: Some(placed),
+            ..self
+        }
+    }
+
+    /// Whether the file `rel`, whose content is `id`, is a placed file whose content changed
+    /// since (then it is not indexed, [`super::placed::CHANGED`]).
+    pub fn changed_since_placed(&self, rel: &str, id: &[u8; 32]) -> bool {
+        self.only
+            .as_ref()
+            .is_some_and(|placed| placed.file(rel).is_some_and(|placed| placed.0 != *id))
     }
 
     /// The canonical home, if any.
@@ -190,6 +217,16 @@ impl WalkRules<'_> {
     /// or `None` if it is indexed.
     pub fn skip(&mut self, rel: &str, meta: &Metadata) -> Option<Reason> {
         let is_dir = meta.is_dir();
+        if let Some(placed) = &self.rules.only {
+            let placed = if is_dir {
+                placed.has_dir(rel)
+            } else {
+                placed.file(rel).is_some()
+            };
+            if !placed {
+                return Some(super::placed::NOT_PLACED.into());
+            }
+        }
         // The home is a directory: files need no path built to know they are not it.
         if is_dir
             && self

@@ -16,8 +16,8 @@ use rayon::prelude::*;
 use tokio::sync::broadcast;
 
 use super::{
-    hasher, manifest, scan, HashingProgress, IndexDelta, IndexEntry, IndexOptions, IndexStatus,
-    Kind, WatchState, DELTA_QUEUE, SETTLE,
+    hasher, manifest, scan, Collection, HashingProgress, IndexDelta, IndexEntry, IndexOptions,
+    IndexStatus, Kind, WatchState, DELTA_QUEUE, SETTLE,
 };
 use iwant_behaviours::id::Id;
 
@@ -44,8 +44,13 @@ const MISSING_POLL: Duration = Duration::from_secs(1);
 /// never all zeros in practice); readers leave such rows out.
 const PLACEHOLDER_ID: [u8; 32] = [0; 32];
 
-/// The `meta` key of the index version.
-const VERSION_KEY: &str = "index_version";
+/// The `meta` key of a collection's index version.
+fn version_key(collection: Collection) -> &'static str {
+    match collection {
+        Collection::Shared => "index_version",
+        Collection::Downloads => "downloads_index_version",
+    }
+}
 
 enum Msg {
     /// Paths the watcher reported (absolute).
@@ -55,6 +60,8 @@ enum Msg {
 }
 
 struct Shared {
+    /// The collection indexed.
+    collection: Collection,
     status: Mutex<IndexStatus>,
     root: Mutex<PathBuf>,
     /// The watcher lost events: rescan everything.
@@ -141,7 +148,7 @@ impl IndexHandle {
             let store = db.get()?;
             // The indexer writes a change, then its version, then publishes it: reading the
             // version first means the entries hold at least that version.
-            let version = stored_version(&store)?;
+            let version = stored_version(&store, shared.collection)?;
             if shared.hidden.load(Ordering::Acquire) {
                 return Ok((version, Vec::new()));
             }
@@ -193,12 +200,22 @@ impl IndexHandle {
     }
 }
 
-/// The index version last written to the store.
-fn stored_version(store: &Store) -> Result<u64, StoreError> {
+/// The index version of `collection` last written to the store.
+fn stored_version(store: &Store, collection: Collection) -> Result<u64, StoreError> {
     Ok(store
-        .meta(VERSION_KEY)?
+        .meta(version_key(collection))?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0))
+}
+
+/// Whether `path` is, or lies inside, a download's partial file or folder
+/// (`.<name>.<id>.iwant-part`).
+fn in_partial_download(path: &Path) -> bool {
+    path.components().any(|c| {
+        c.as_os_str()
+            .to_str()
+            .is_some_and(|name| name.starts_with('.') && name.ends_with(scan::PARTIAL_SUFFIX))
+    })
 }
 
 /// The store key of a share root.
@@ -214,10 +231,13 @@ pub fn spawn(
     options: IndexOptions,
 ) -> Result<(IndexHandle, std::thread::JoinHandle<()>), StoreError> {
     let store = db.get()?;
-    let version = stored_version(&store)?;
+    let collection = options.collection;
+    let version = stored_version(&store, collection)?;
+    options.live_roots.lock().expect("bug: poisoned")[collection.index()] = Some(root_key(&root));
     let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
     let (deltas, _) = broadcast::channel(DELTA_QUEUE);
     let shared = Arc::new(Shared {
+        collection,
         status: Mutex::new(IndexStatus {
             version,
             ..Default::default()
@@ -255,9 +275,13 @@ pub fn spawn(
         rules: options.rules,
         rescan_interval: options.rescan_interval,
         missing: false,
+        live_roots: options.live_roots,
     };
     let thread = std::thread::Builder::new()
-        .name("iwant-index".into())
+        .name(match collection {
+            Collection::Shared => "iwant-index".into(),
+            Collection::Downloads => "iwant-index-dl".into(),
+        })
         .spawn(move || indexer.run(rx))
         .expect("cannot start the indexer thread");
     Ok((handle, thread))
@@ -281,6 +305,8 @@ struct Indexer {
     rescan_interval: Duration,
     /// The shared folder does not exist: nothing is indexed or published until it does.
     missing: bool,
+    /// Every collection's current root (this one's kept up to date here).
+    live_roots: super::LiveRoots,
 }
 
 /// The outcome of one reconcile, before directory ids.
@@ -437,6 +463,11 @@ impl Indexer {
                     return;
                 }
             }
+            // Downloads in progress write their partial files piece by piece: never indexed,
+            // and not worth a queue slot each.
+            if event.paths.iter().all(|p| in_partial_download(p)) {
+                return;
+            }
             match tx.try_send(Msg::Fs(event.paths)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => shared.overflow.store(true, Ordering::Relaxed),
@@ -491,7 +522,14 @@ impl Indexer {
         }
         tracing::info!(from = %self.root.display(), to = %root.display(), "switching the shared folder");
         let old = std::mem::replace(&mut self.key, root_key(&root));
-        if let Err(e) = self.store.forget_other_roots(&[&old, &self.key]) {
+        let other = {
+            let mut live = self.live_roots.lock().expect("bug: poisoned");
+            live[self.shared.collection.index()] = Some(self.key.clone());
+            live.iter().flatten().cloned().collect::<Vec<String>>()
+        };
+        let mut keep: Vec<&str> = vec![&old, &self.key];
+        keep.extend(other.iter().map(String::as_str));
+        if let Err(e) = self.store.forget_other_roots(&keep) {
             tracing::warn!(error = %e, "cannot prune the old index");
         }
         self.root = root.clone();
@@ -641,6 +679,12 @@ impl Indexer {
                 Some(row) if row.stamp == found.stamp => {}
                 _ if !may_reuse => to_hash.push(found),
                 _ => match self.reusable(&found)? {
+                    Some(row) if self.rules.changed_since_placed(&row.path, &row.id) => {
+                        change.skipped.push(ScanError {
+                            path: row.path,
+                            reason: super::placed::CHANGED.into(),
+                        });
+                    }
                     Some(row) => change.upsert_files.push(row),
                     None => to_hash.push(found),
                 },
@@ -802,6 +846,13 @@ impl Indexer {
             }
             let unchanged = |m: &std::fs::Metadata| scan::Stamp::of(m) == found.stamp;
             match result {
+                Ok((hash, _))
+                    if self
+                        .rules
+                        .changed_since_placed(&found.path, hash.id.as_bytes()) =>
+                {
+                    self.drop_changed(found.path, change, delta);
+                }
                 Ok((hash, after)) if unchanged(&after) => part.upsert_files.push(FileRow {
                     path: found.path,
                     stamp: found.stamp,
@@ -832,6 +883,18 @@ impl Indexer {
         self.store.apply_index_change(&self.key, &part)?;
         hashed.append(&mut part.upsert_files);
         Ok(())
+    }
+
+    /// A file of the download folder whose content is no longer what this node downloaded:
+    /// out of the index (and of the network's), listed as skipped.
+    fn drop_changed(&mut self, path: String, change: &mut IndexChange, delta: &mut Delta) {
+        tracing::info!(path, "a downloaded file changed; no longer offered");
+        delta.removed.push(path.clone());
+        change.remove_files.push(path.clone());
+        change.skipped.push(ScanError {
+            path,
+            reason: super::placed::CHANGED.into(),
+        });
     }
 
     /// Recomputes the ids of `dirs` from the stored entries; writes and reports the changed ones.
@@ -884,8 +947,10 @@ impl Indexer {
         removed: Vec<String>,
     ) -> Result<(), StoreError> {
         self.version += 1;
-        self.store
-            .set_meta(VERSION_KEY, &self.version.to_string())?;
+        self.store.set_meta(
+            version_key(self.shared.collection),
+            &self.version.to_string(),
+        )?;
         let delta = IndexDelta {
             version: self.version,
             reset,

@@ -18,12 +18,14 @@ pub mod ignore;
 mod indexer;
 pub mod manifest;
 pub mod pieces;
+pub mod placed;
 pub mod scan;
 mod watch;
 
 use std::time::Duration;
 
 pub use indexer::{spawn, IndexHandle};
+pub use iwant_behaviours::index_sync::Collection;
 
 pub use iwant_behaviours::id::Id;
 pub use manifest::Kind;
@@ -123,7 +125,66 @@ pub struct IndexOptions {
     pub rules: ignore::Rules,
     /// How often the whole share is re-walked; [`RESCAN_INTERVAL`] by default.
     pub rescan_interval: Duration,
+    /// Which collection this indexer keeps: the shared folder, or the download folder (whose
+    /// rules then say [`ignore::Rules::only_placed`]).
+    pub collection: Collection,
+    /// The folder every collection's indexer indexes now, shared by them: a switch of one
+    /// folder never prunes the other's rows.
+    pub live_roots: LiveRoots,
 }
+
+/// What this node offers the network: its shared folder and, unless the config turns it off,
+/// what it downloaded (the files its downloads placed in the download folder, unchanged).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Offered {
+    /// The shared folder's index.
+    pub shared: IndexHandle,
+    /// The download folder's index and the files placed there, if downloads are offered.
+    pub downloads: Option<OfferedDownloads>,
+}
+
+/// The downloads this node offers.
+#[derive(Clone)]
+pub struct OfferedDownloads {
+    /// The download folder's index (only placed files, [`ignore::Rules::only_placed`]).
+    pub index: IndexHandle,
+    /// The files placed there.
+    pub placed: std::sync::Arc<placed::Placed>,
+}
+
+impl Offered {
+    /// Only the shared folder.
+    pub fn shared_only(shared: IndexHandle) -> Self {
+        Self {
+            shared,
+            downloads: None,
+        }
+    }
+
+    /// The index of `collection`, if it is offered.
+    pub fn index(&self, collection: Collection) -> Option<&IndexHandle> {
+        match collection {
+            Collection::Shared => Some(&self.shared),
+            Collection::Downloads => self.downloads.as_ref().map(|d| &d.index),
+        }
+    }
+
+    /// Every offered collection and its index, the shared folder first.
+    pub fn indexes(&self) -> impl Iterator<Item = (Collection, &IndexHandle)> {
+        Collection::ALL
+            .into_iter()
+            .filter_map(|c| self.index(c).map(|i| (c, i)))
+    }
+
+    /// The database the indexes live in.
+    pub fn db(&self) -> &crate::store::Db {
+        self.shared.db()
+    }
+}
+
+/// The folder each collection's indexer indexes now (store keys), by [`Collection::index`].
+pub type LiveRoots = std::sync::Arc<std::sync::Mutex<[Option<String>; 2]>>;
 
 /// The store's rows, as a directory's manifest is built from them.
 impl manifest::IndexRow for crate::store::EntryRow {
@@ -149,6 +210,8 @@ impl Default for IndexOptions {
         Self {
             rules: ignore::Rules::default(),
             rescan_interval: RESCAN_INTERVAL,
+            collection: Collection::Shared,
+            live_roots: LiveRoots::default(),
         }
     }
 }

@@ -74,6 +74,14 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         PRIMARY KEY (root, path)
     ) STRICT;",
+    // 6: the files (with the content placed) and folders (no id) this node's downloads placed
+    // in a download folder (`root`): the only entries that folder offers to the network.
+    "CREATE TABLE placed (
+        root TEXT NOT NULL,
+        path TEXT NOT NULL,
+        id BLOB,
+        PRIMARY KEY (root, path)
+    ) STRICT;",
 ];
 
 mod index;

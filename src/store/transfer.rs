@@ -160,6 +160,37 @@ impl Store {
             .map_err(|e| self.error(e))
     }
 
+    /// Records what a download placed in the download folder `root`: files (relative paths,
+    /// content ids) and folders (no id); a path placed again gets the new content.
+    pub fn add_placed(&self, root: &str, files: &[(String, Option<Id>)]) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.error(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO placed (root, path, id) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(|e| self.error(e))?;
+            for (path, id) in files {
+                stmt.execute(params![root, path, id])
+                    .map_err(|e| self.error(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.error(e))
+    }
+
+    /// The files (with their content) and folders (no id) downloads placed in the download
+    /// folder `root`.
+    pub fn placed(&self, root: &str) -> Result<Vec<(String, Option<Id>)>, StoreError> {
+        self.query(
+            "SELECT path, id FROM placed WHERE root = ?1",
+            params![root],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+    }
+
     /// Forgets download `id` (finished or cancelled).
     pub fn delete_download(&self, id: &Id) -> Result<(), StoreError> {
         self.conn

@@ -35,7 +35,7 @@ use crate::{
     config::Folders,
     leader::{self, ask::AskError, LeaderHandle},
     net::NetworkClient,
-    share::{IndexHandle, Kind},
+    share::{Kind, Offered},
     store::StoreError,
 };
 
@@ -157,7 +157,7 @@ pub struct Transfers {
 struct Inner {
     net: NetworkClient,
     leader: LeaderHandle,
-    index: IndexHandle,
+    index: Offered,
     folders: watch::Receiver<Folders>,
     slots: Mutex<BTreeMap<Id, Slot>>,
     counter: std::sync::atomic::AtomicU64,
@@ -170,7 +170,7 @@ impl Transfers {
     pub fn new(
         net: NetworkClient,
         leader: LeaderHandle,
-        index: IndexHandle,
+        index: Offered,
         folders: watch::Receiver<Folders>,
         shutdown: CancellationToken,
         tasks: TaskTracker,

@@ -1,7 +1,8 @@
 //! Serving: piece lists and manifests (`/iwant/content/1.0.0`) and pieces (`/iwant/chunk/1`)
 //! to peers that download from this node.
 //!
-//! Only content that is in the index of the current shared folder is served, by id. A file is
+//! Only content that is in the index of the current shared folder, or of the downloads this
+//! node offers (`share::Offered`), is served, by id. A file is
 //! opened beneath the share root without following a symlink out of it and without blocking
 //! ([`fsio::open_beneath`]); then the open file's own metadata (device, inode, size, mtime,
 //! ctime) is compared with the index row, and only that open file is read. A file changed or
@@ -42,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     fsio,
     net::{ContentInbound, ContentRpc, NetworkClient},
-    share::{self, pieces::Layout, scan, IndexHandle},
+    share::{self, pieces::Layout, scan, Collection, Offered},
     store::{FileRow, Store},
 };
 
@@ -103,7 +104,7 @@ impl Served {
 /// every inbound chunk stream, counting what it sends in `served`.
 pub async fn run(
     net: NetworkClient,
-    index: IndexHandle,
+    index: Offered,
     mut requests: mpsc::Receiver<ContentInbound>,
     served: Arc<Served>,
     shutdown: CancellationToken,
@@ -240,7 +241,7 @@ struct ManifestCache {
 }
 
 fn answer_content(
-    index: &IndexHandle,
+    index: &Offered,
     manifests: &ManifestCache,
     request: content::Request,
 ) -> content::Response {
@@ -254,10 +255,9 @@ fn answer_content(
             return content::Response::Busy;
         }
     };
-    let root = index.root_key();
     match request {
-        content::Request::Pieces { id } => match shared_file(index, &store, &root, &id) {
-            Ok((row, _, _)) => content::Response::Pieces {
+        content::Request::Pieces { id } => match shared_file(index, &store, &id) {
+            Ok(Found { row, .. }) => content::Response::Pieces {
                 size: row.stamp.size,
                 piece_size: Layout::for_len(row.stamp.size).piece_size(),
                 pieces: Bytes(row.pieces),
@@ -265,7 +265,10 @@ fn answer_content(
             Err(_) => content::Response::NotFound,
         },
         content::Request::Manifest { id, offset } => {
-            let Some(manifest) = manifest(manifests, &store, &root, id) else {
+            let Some(manifest) = index
+                .indexes()
+                .find_map(|(_, i)| manifest(manifests, &store, &i.root_key(), id))
+            else {
                 return content::Response::NotFound;
             };
             let total = manifest.len() as u64;
@@ -306,32 +309,53 @@ fn manifest(cache: &ManifestCache, store: &Store, root: &str, id: Id) -> Option<
     Some(bytes)
 }
 
-/// The index row, the path and the open file of a shared file with content `id`, opened
-/// beneath the share root without following a symlink out of it ([`fsio::open_beneath`]), and
-/// whose open file's own metadata (device, inode, size, mtime, ctime) still matches the row. A
-/// file that changed or was replaced is reported to the indexer and not served (nor copied by a
-/// local download); only the returned open file may be read. Fails with `NotFound` when no
-/// file of `root` has that id, `Unavailable` when the indexed file is not that file any more.
-pub(super) fn shared_file(
-    index: &IndexHandle,
-    store: &Store,
-    root: &str,
-    id: &Id,
-) -> Result<(FileRow, PathBuf, File), Status> {
-    let row = store
-        .shared_file(root, id)
-        .ok()
-        .flatten()
-        .ok_or(Status::NotFound)?;
-    let share = index.root();
-    let path = scan::native(&share, &row.path);
-    match fsio::open_beneath(&share, &row.path) {
-        Ok(file) if unchanged(&file, &row) => Ok((row, path, file)),
-        _ => {
-            index.recheck(path);
-            Err(Status::Unavailable)
+/// A file this node offers with content `id`, found in the index of one of its collections
+/// (the shared folder first), opened beneath that collection's folder without following a
+/// symlink out of it ([`fsio::open_beneath`]), and whose open file's own metadata (device,
+/// inode, size, mtime, ctime) still matches its row. A file that changed or was replaced is
+/// reported to its indexer and not served (nor copied by a local download); only the returned
+/// open file may be read. Fails with `NotFound` when no offered file has that id,
+/// `Unavailable` when the indexed files are not that content any more.
+pub(super) fn shared_file(offered: &Offered, store: &Store, id: &Id) -> Result<Found, Status> {
+    let mut status = Status::NotFound;
+    for (collection, index) in offered.indexes() {
+        let root = index.root_key();
+        let Some(row) = store.shared_file(&root, id).ok().flatten() else {
+            continue;
+        };
+        let folder = index.root();
+        let path = scan::native(&folder, &row.path);
+        match fsio::open_beneath(&folder, &row.path) {
+            Ok(file) if unchanged(&file, &row) => {
+                return Ok(Found {
+                    row,
+                    path,
+                    file,
+                    collection,
+                    root,
+                })
+            }
+            _ => {
+                index.recheck(path);
+                status = Status::Unavailable;
+            }
         }
     }
+    Err(status)
+}
+
+/// An offered file found by [`shared_file`].
+pub(super) struct Found {
+    /// Its index row.
+    pub row: FileRow,
+    /// Its path on disk.
+    pub path: PathBuf,
+    /// The open file, checked against the row.
+    pub file: File,
+    /// The collection it was found in.
+    pub collection: Collection,
+    /// That collection's store key (its folder) when it was found.
+    pub root: String,
 }
 
 /// Whether the open `file` is still the version of the file that `row` indexed.
@@ -345,7 +369,8 @@ fn unchanged(file: &File, row: &FileRow) -> bool {
 /// A file being served on one stream.
 struct Serving {
     id: Id,
-    /// The share root it was found under.
+    /// The collection it was found in, and that collection's folder (store key) then.
+    collection: Collection,
     root: String,
     row: FileRow,
     path: PathBuf,
@@ -368,11 +393,7 @@ type ReadPiece = tokio::task::JoinHandle<(std::io::Result<()>, Vec<u8>)>;
 
 /// Answers the requests of one chunk stream, one after the other, until the peer closes it.
 /// Within a request, the next piece is read from disk while the current one is sent.
-async fn serve_stream(
-    mut stream: Stream,
-    index: IndexHandle,
-    served: &Served,
-) -> std::io::Result<()> {
+async fn serve_stream(mut stream: Stream, index: Offered, served: &Served) -> std::io::Result<()> {
     let mut current: Option<Serving> = None;
     let mut store: Option<crate::store::Pooled> = None;
     let mut spare: Vec<Vec<u8>> = Vec::new();
@@ -453,7 +474,9 @@ async fn serve_stream(
         })
         .await?;
         if status == Status::Unavailable {
-            index.recheck(serving.path.clone());
+            if let Some(i) = index.index(serving.collection) {
+                i.recheck(serving.path.clone());
+            }
         }
         // A file that could not be read is looked up afresh next time.
         if status != Status::Unavailable {
@@ -463,32 +486,36 @@ async fn serve_stream(
     within(write_limit(0), "closing the stream", stream.close()).await
 }
 
-/// Finds what to serve for `id`: the file already open on this stream if it is still under the
-/// same share root and its open file still has the stamp of its row (`fstat`, not the path:
+/// Finds what to serve for `id`: the file already open on this stream if its collection is
+/// still in the same folder and its open file still has the stamp of its row (`fstat`, not the path:
 /// what is read is what was checked), or a fresh lookup in the index. An id that is not indexed
 /// is `NotFound`; an indexed file that cannot be opened beneath the share or no longer matches
 /// its row is `Unavailable` (and goes back to the indexer).
 fn resolve(
-    index: &IndexHandle,
+    index: &Offered,
     store: Option<&Store>,
     previous: Option<Serving>,
     id: Id,
 ) -> Result<Serving, Status> {
-    let root = index.root_key();
     if let Some(prev) = previous {
-        if prev.root == root && unchanged(&prev.file, &prev.row) {
+        let collection = index.index(prev.collection);
+        if collection.is_some_and(|c| c.root_key() == prev.root) && unchanged(&prev.file, &prev.row)
+        {
             return Ok(prev);
         }
-        index.recheck(prev.path);
+        if let Some(c) = collection {
+            c.recheck(prev.path);
+        }
     }
     let store = store.ok_or(Status::Busy)?;
-    let (row, path, file) = shared_file(index, store, &root, &id)?;
+    let found = shared_file(index, store, &id)?;
     Ok(Serving {
         id,
-        root,
-        layout: Layout::for_len(row.stamp.size),
-        row,
-        path,
-        file: Arc::new(file),
+        collection: found.collection,
+        root: found.root,
+        layout: Layout::for_len(found.row.stamp.size),
+        row: found.row,
+        path: found.path,
+        file: Arc::new(found.file),
     })
 }

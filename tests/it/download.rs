@@ -332,6 +332,7 @@ mod hostile {
             }
         }
         let request = index_sync::Request::Snapshot(SnapshotPage {
+            collection: Default::default(),
             session: 1,
             page: 0,
             last: true,
@@ -932,4 +933,96 @@ async fn a_file_swapped_for_a_symlink_or_a_fifo_never_serves_what_is_outside() {
     assert_eq!((pieces.concat(), end), (other.clone(), None));
     driver.abort();
     a.node.stop().await;
+}
+
+/// Waits until `node` offers `id` from its download folder (its downloads index holds it).
+async fn wait_offered(node: &Node, id: impl Into<Id>) -> String {
+    let id: Id = id.into();
+    let downloads = node
+        .node
+        .offered
+        .downloads
+        .clone()
+        .expect("downloads are offered by default");
+    wait_for_async(LIMIT, "the download to be offered", || async {
+        let entries = downloads.index.entries().await.ok()?;
+        entries.iter().find(|e| e.id == id).map(|e| e.path.clone())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_download_serves_the_next_downloader_after_the_seeder_left() {
+    let a = Node::start(vec![]).await;
+    let b = Node::start(vec![a.addr().await]).await;
+    let c = Node::start(vec![a.addr().await, b.addr().await]).await;
+    let file = data(3_000_000, 41);
+    a.write("film.mkv", &file);
+    a.write("game/data/level1.pak", &data(700_000, 42));
+    fs::create_dir_all(a.share.join("game/saves")).unwrap();
+    let file_id = blake3::hash(&file);
+    a.wait_indexed(file_id).await;
+    let dir_id = wait_for_async(LIMIT, "the folder to be indexed", || async {
+        let entries = a.node.index.entries().await.ok()?;
+        let game = entries.iter().find(|e| e.path == "game")?;
+        (entries.iter().any(|e| e.path == "game/saves")
+            && entries.iter().any(|e| e.path == "game/data/level1.pak"))
+        .then_some(game.id)
+    })
+    .await;
+
+    for id in [Id::from(file_id), dir_id] {
+        let p = b.fetch(id).await;
+        assert_eq!(p.state, DownloadState::Done, "{p:?}");
+    }
+    // B offers both, under the ids it downloaded (the folder's too: same names, same tree).
+    assert_eq!(wait_offered(&b, file_id).await, "film.mkv");
+    assert_eq!(wait_offered(&b, dir_id).await, "game");
+
+    // What the user puts in the download folder, or changes there, is never offered.
+    let downloads = b.node.offered.downloads.clone().unwrap();
+    fs::write(b.downloads.join("mine.txt"), b"my own notes").unwrap();
+    fs::write(
+        b.downloads.join("game/data/extra.txt"),
+        b"added by the user",
+    )
+    .unwrap();
+    wait_for_async(LIMIT, "the user's files to be left out", || async {
+        let skipped = downloads.index.skipped(100).await.ok()?;
+        let out = |p: &str| skipped.iter().any(|s| s.path == p);
+        (out("mine.txt") && out("game/data/extra.txt")).then_some(())
+    })
+    .await;
+    let entries = downloads.index.entries().await.unwrap();
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.path == "mine.txt" || e.path.ends_with("extra.txt")),
+        "{entries:?}"
+    );
+
+    // The seeder leaves: C gets both from B alone.
+    a.node.stop().await;
+    for (id, name) in [(Id::from(file_id), "film.mkv"), (dir_id, "game")] {
+        let p = c.fetch(id).await;
+        assert_eq!(p.state, DownloadState::Done, "{name}: {p:?}");
+        assert_eq!(p.path.as_deref(), Some(c.downloads.join(name).as_path()));
+    }
+    assert_eq!(fs::read(c.downloads.join("film.mkv")).unwrap(), file);
+    assert_eq!(
+        fs::read(c.downloads.join("game/data/level1.pak")).unwrap(),
+        data(700_000, 42)
+    );
+    assert!(c.downloads.join("game/saves").is_dir());
+    assert!(!c.downloads.join("game/data/extra.txt").exists());
+
+    // A downloaded file edited in place is no longer offered.
+    fs::write(b.downloads.join("film.mkv"), b"edited").unwrap();
+    wait_for_async(LIMIT, "the edited download to be withdrawn", || async {
+        let entries = downloads.index.entries().await.ok()?;
+        (!entries.iter().any(|e| e.path == "film.mkv")).then_some(())
+    })
+    .await;
+    c.node.stop().await;
+    b.node.stop().await;
 }

@@ -367,6 +367,7 @@ mod hostile {
 
     pub fn snapshot(entries: Vec<Entry>) -> index_sync::Request {
         index_sync::Request::Snapshot(SnapshotPage {
+            collection: Default::default(),
             session: 1,
             page: 0,
             last: true,
@@ -392,6 +393,7 @@ async fn hostile_peers_cannot_touch_others_entries_and_are_cut_off() {
 
     // A delta before any snapshot: the leader asks for a snapshot.
     let delta = index_sync::Request::Delta(Delta {
+        collection: Default::default(),
         base: 0,
         version: 1,
         upserted: vec![],
@@ -424,6 +426,7 @@ async fn hostile_peers_cannot_touch_others_entries_and_are_cut_off() {
         .iter()
         .any(|h| h.hit.id == plans && h.hit.holder_count == 1));
     let remove = index_sync::Request::Delta(Delta {
+        collection: Default::default(),
         base: 1,
         version: 2,
         upserted: vec![],

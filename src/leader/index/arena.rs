@@ -8,7 +8,7 @@ use libp2p::PeerId;
 
 use super::{
     rank::{self, DIR_BIT, LIVE_BIT},
-    Entry, Kind, NetworkIndex, NONE,
+    Collection, Entry, Kind, NetworkIndex, NONE,
 };
 
 /// One stored entry. A free arena slot has `peer == NONE` and an empty `text`.
@@ -26,9 +26,11 @@ pub(super) struct Record {
     /// Neighbours among the records of the same id and peer.
     pub(super) prev: u32,
     pub(super) next: u32,
-    /// The peer's snapshot generation when last upserted.
+    /// The peer's snapshot generation of the record's collection when last upserted.
     pub(super) gen: u32,
     pub(super) kind: Kind,
+    /// Which of the peer's collections the record is in.
+    pub(super) coll: Collection,
 }
 
 impl Record {
@@ -45,6 +47,7 @@ impl Record {
             next: NONE,
             gen: 0,
             kind: Kind::File,
+            coll: Collection::Shared,
         }
     }
 
@@ -98,10 +101,11 @@ pub(super) struct IdEntry {
 
 pub(super) struct PeerSlot {
     pub(super) peer: PeerId,
-    /// The peer's records, hashed by path.
+    /// The peer's records of both collections, hashed by path.
     pub(super) paths: HashTable<u32>,
-    pub(super) gen: u32,
-    pub(super) snapshot: bool,
+    /// Per collection: the snapshot generation, and whether a snapshot is open.
+    pub(super) gen: [u32; 2],
+    pub(super) snapshot: [bool; 2],
 }
 
 pub(super) fn hash_path(h: &DefaultHashBuilder, path: &str) -> u64 {
@@ -136,8 +140,8 @@ impl NetworkIndex {
         let p = PeerSlot {
             peer,
             paths: HashTable::new(),
-            gen: 0,
-            snapshot: false,
+            gen: [0; 2],
+            snapshot: [false; 2],
         };
         let slot = match self.free_slots.pop() {
             Some(slot) => {
@@ -156,7 +160,7 @@ impl NetworkIndex {
     /// Frees a peer's slot once it has no entry and no open snapshot.
     pub(super) fn drop_slot_if_idle(&mut self, slot: u32) {
         let p = self.peer_slot(slot);
-        if p.paths.is_empty() && !p.snapshot {
+        if p.paths.is_empty() && !p.snapshot.iter().any(|open| *open) {
             let peer = p.peer;
             self.slot_of.remove(&peer);
             self.peers[slot as usize] = None;
@@ -164,21 +168,23 @@ impl NetworkIndex {
         }
     }
 
-    pub(super) fn find_path(&self, slot: u32, path: &str) -> Option<u32> {
+    pub(super) fn find_path(&self, slot: u32, coll: Collection, path: &str) -> Option<u32> {
         let records = &self.records;
         self.peer_slot(slot)
             .paths
             .find(hash_path(&self.hasher, path), |&j| {
-                records[j as usize].path() == path
+                let r = &records[j as usize];
+                r.coll == coll && r.path() == path
             })
             .copied()
     }
 
-    /// Adds or replaces one entry of the peer in `slot` (limits already checked).
-    pub(super) fn put(&mut self, slot: u32, e: Entry) {
-        let gen = self.peer_slot(slot).gen;
+    /// Adds or replaces one entry of collection `coll` of the peer in `slot` (limits already
+    /// checked).
+    pub(super) fn put(&mut self, slot: u32, coll: Collection, e: Entry) {
+        let gen = self.peer_slot(slot).gen[coll.index()];
         let dir = if e.kind == Kind::Dir { DIR_BIT } else { 0 };
-        if let Some(i) = self.find_path(slot, &e.path) {
+        if let Some(i) = self.find_path(slot, coll, &e.path) {
             if self.records[i as usize].id != e.id {
                 self.unlink_id(i);
                 self.records[i as usize].id = e.id;
@@ -222,6 +228,7 @@ impl NetworkIndex {
             next: NONE,
             gen,
             kind: e.kind,
+            coll,
         };
         let i = match self.free.pop() {
             Some(i) => {

@@ -46,6 +46,7 @@ use libp2p::PeerId;
 
 pub use crate::share::Kind;
 use iwant_behaviours::id::Id;
+pub use iwant_behaviours::index_sync::Collection;
 
 use self::arena::{hash_path, live, IdEntry, Masks, PeerSlot, Record};
 
@@ -298,25 +299,31 @@ impl NetworkIndex {
         }
     }
 
-    /// Starts a full snapshot from `peer`: entries upserted until [`Self::finish_snapshot`] are
-    /// the new truth; entries of the peer not upserted since are removed by `finish_snapshot`.
-    /// (Old entries stay searchable meanwhile.) Calling it again restarts the snapshot.
-    pub fn begin_snapshot(&mut self, peer: PeerId) {
+    /// Starts a full snapshot of collection `coll` from `peer`: its entries upserted until
+    /// [`Self::finish_snapshot`] are the new truth; entries of that collection of the peer not
+    /// upserted since are removed by `finish_snapshot` (the other collection's stay). (Old
+    /// entries stay searchable meanwhile.) Calling it again restarts the snapshot.
+    pub fn begin_snapshot(&mut self, peer: PeerId, coll: Collection) {
         let slot = self.intern(peer);
         let p = live(&mut self.peers, slot);
-        p.gen = p.gen.wrapping_add(1);
-        p.snapshot = true;
+        p.gen[coll.index()] = p.gen[coll.index()].wrapping_add(1);
+        p.snapshot[coll.index()] = true;
     }
 
-    /// Adds or replaces the peer's entries by path (of one path given twice, the last wins).
-    /// All-or-nothing: if the batch would exceed a limit, nothing of it is applied and the error
-    /// says which limit.
-    pub fn upsert(&mut self, peer: PeerId, entries: Vec<Entry>) -> Result<(), LimitError> {
+    /// Adds or replaces the peer's entries of collection `coll` by path (of one path given
+    /// twice, the last wins). All-or-nothing: if the batch would exceed a limit, nothing of it
+    /// is applied and the error says which limit. The limits count both collections of a peer.
+    pub fn upsert(
+        &mut self,
+        peer: PeerId,
+        coll: Collection,
+        entries: Vec<Entry>,
+    ) -> Result<(), LimitError> {
         let slot = self.slot_of.get(&peer).copied();
         let existing = slot.map_or(0, |s| self.peer_slot(s).paths.len());
         let mut fresh: HashSet<&str> = HashSet::new();
         for e in &entries {
-            if slot.is_none_or(|s| self.find_path(s, &e.path).is_none()) {
+            if slot.is_none_or(|s| self.find_path(s, coll, &e.path).is_none()) {
                 fresh.insert(&e.path);
             }
         }
@@ -376,43 +383,47 @@ impl NetworkIndex {
                 .reserve(added, |&j| hash_path(hasher, records[j as usize].path()));
         }
         for e in entries {
-            self.put(slot, e);
+            self.put(slot, coll, e);
         }
         Ok(())
     }
 
-    /// Removes the peer's entries at these paths (unknown paths are ignored). A peer can only
-    /// ever touch its own entries (the peer id is the authenticated sender).
-    pub fn remove(&mut self, peer: PeerId, paths: &[String]) {
+    /// Removes the peer's entries of collection `coll` at these paths (unknown paths are
+    /// ignored). A peer can only ever touch its own entries (the peer id is the authenticated
+    /// sender).
+    pub fn remove(&mut self, peer: PeerId, coll: Collection, paths: &[String]) {
         let Some(&slot) = self.slot_of.get(&peer) else {
             return;
         };
         for path in paths {
-            if let Some(i) = self.find_path(slot, path) {
+            if let Some(i) = self.find_path(slot, coll, path) {
                 self.remove_record(i);
             }
         }
         self.drop_slot_if_idle(slot);
     }
 
-    /// Ends the snapshot begun by [`Self::begin_snapshot`]; returns how many stale entries
-    /// went. Without a begun snapshot it does nothing and returns 0.
-    pub fn finish_snapshot(&mut self, peer: PeerId) -> usize {
+    /// Ends the snapshot of `coll` begun by [`Self::begin_snapshot`]; returns how many stale
+    /// entries went. Without a begun snapshot it does nothing and returns 0.
+    pub fn finish_snapshot(&mut self, peer: PeerId, coll: Collection) -> usize {
         let Some(&slot) = self.slot_of.get(&peer) else {
             return 0;
         };
         let p = live(&mut self.peers, slot);
-        if !p.snapshot {
+        if !p.snapshot[coll.index()] {
             return 0;
         }
-        p.snapshot = false;
-        let gen = p.gen;
+        p.snapshot[coll.index()] = false;
+        let gen = p.gen[coll.index()];
         let records = &self.records;
         let stale: Vec<u32> = p
             .paths
             .iter()
             .copied()
-            .filter(|&i| records[i as usize].gen != gen)
+            .filter(|&i| {
+                let r = &records[i as usize];
+                r.coll == coll && r.gen != gen
+            })
             .collect();
         for &i in &stale {
             self.remove_record(i);
@@ -430,7 +441,7 @@ impl NetworkIndex {
         for &i in &all {
             self.remove_record(i);
         }
-        live(&mut self.peers, slot).snapshot = false;
+        live(&mut self.peers, slot).snapshot = [false; 2];
         self.drop_slot_if_idle(slot);
         all.len()
     }

@@ -38,7 +38,9 @@ fn index_of(paths: &[&str]) -> NetworkIndex {
         .enumerate()
         .map(|(n, p)| file(p, n as u32))
         .collect();
-    index.upsert(peer(1), entries).expect("within limits");
+    index
+        .upsert(peer(1), Collection::Shared, entries)
+        .expect("within limits");
     index
 }
 
@@ -161,7 +163,7 @@ fn typo_pass_runs_only_when_nothing_matched_as_a_subsequence() {
         tiers(&index, "btaman"),
         vec![("bataman.mkv".to_string(), Some(Tier::Fuzzy))]
     );
-    index.remove(peer(1), &["bataman.mkv".to_string()]);
+    index.remove(peer(1), Collection::Shared, &["bataman.mkv".to_string()]);
     assert_eq!(
         tiers(&index, "btaman"),
         vec![("batman.mkv".to_string(), Some(Tier::Typo))]
@@ -180,13 +182,25 @@ fn same_id_across_peers_and_paths_is_one_row_with_all_holders() {
     };
     let (a, b, c) = (peer(3), peer(1), peer(2));
     index
-        .upsert(a, vec![e("movies/batman.mkv", 7), e("other.txt", 1)])
+        .upsert(
+            a,
+            Collection::Shared,
+            vec![e("movies/batman.mkv", 7), e("other.txt", 1)],
+        )
         .expect("ok");
     index
-        .upsert(b, vec![e("copy/batman.mkv", 7), e("films/batman.mkv", 7)])
+        .upsert(
+            b,
+            Collection::Shared,
+            vec![e("copy/batman.mkv", 7), e("films/batman.mkv", 7)],
+        )
         .expect("ok");
     index
-        .upsert(c, vec![e("x/the batman.mkv", 7), e("batman2.mkv", 2)])
+        .upsert(
+            c,
+            Collection::Shared,
+            vec![e("x/the batman.mkv", 7), e("batman2.mkv", 2)],
+        )
         .expect("ok");
     let results = index.search(&Query::new("batman"));
     assert_eq!(results.total, 2);
@@ -216,13 +230,13 @@ fn same_id_across_peers_and_paths_is_one_row_with_all_holders() {
 fn more_holders_rank_first_among_equals() {
     let mut index = NetworkIndex::new(Limits::default());
     index
-        .upsert(peer(1), vec![file("a/song.mp3", 1)])
+        .upsert(peer(1), Collection::Shared, vec![file("a/song.mp3", 1)])
         .expect("ok");
     index
-        .upsert(peer(1), vec![file("b/song.mp3", 2)])
+        .upsert(peer(1), Collection::Shared, vec![file("b/song.mp3", 2)])
         .expect("ok");
     index
-        .upsert(peer(2), vec![file("c/song.mp3", 2)])
+        .upsert(peer(2), Collection::Shared, vec![file("c/song.mp3", 2)])
         .expect("ok");
     assert_eq!(paths(&index, "song"), ["b/song.mp3", "a/song.mp3"]);
 }
@@ -298,10 +312,18 @@ fn limits_are_all_or_nothing() {
     };
     let mut index = NetworkIndex::new(limits);
     index
-        .upsert(peer(1), vec![file("a", 1), file("b", 2)])
+        .upsert(
+            peer(1),
+            Collection::Shared,
+            vec![file("a", 1), file("b", 2)],
+        )
         .expect("ok");
     assert_eq!(
-        index.upsert(peer(1), vec![file("c", 3), file("d", 4), file("a", 5)]),
+        index.upsert(
+            peer(1),
+            Collection::Shared,
+            vec![file("c", 3), file("d", 4), file("a", 5)]
+        ),
         Err(LimitError::TooManyForPeer {
             peer_entries: 4,
             limit: 3
@@ -312,16 +334,24 @@ fn limits_are_all_or_nothing() {
     assert_eq!(index.search(&Query::new("a")).hits[0].size, 1);
     // Replacing known paths and repeating a path within the batch add nothing.
     index
-        .upsert(peer(1), vec![file("a", 6), file("c", 3), file("c", 8)])
+        .upsert(
+            peer(1),
+            Collection::Shared,
+            vec![file("a", 6), file("c", 3), file("c", 8)],
+        )
         .expect("ok");
     assert_eq!(index.peer_len(&peer(1)), 3);
     assert_eq!(index.search(&Query::new("c")).hits[0].size, 8);
     index
-        .upsert(peer(2), vec![file("x", 1), file("y", 2)])
+        .upsert(
+            peer(2),
+            Collection::Shared,
+            vec![file("x", 1), file("y", 2)],
+        )
         .expect("ok");
     // The index is full. A small node makes room by dropping the largest one (peer 1, 3).
     index
-        .upsert(peer(3), vec![file("z", 9)])
+        .upsert(peer(3), Collection::Shared, vec![file("z", 9)])
         .expect("room made");
     assert_eq!(index.take_evicted(), vec![(peer(1), 3)]);
     assert_eq!(index.take_evicted(), vec![], "reported once");
@@ -329,7 +359,11 @@ fn limits_are_all_or_nothing() {
     assert_eq!((index.peers(), index.len()), (2, 3));
     // The dropped node cannot come back by pushing out a smaller one: refused, nothing applied.
     assert_eq!(
-        index.upsert(peer(1), vec![file("a", 1), file("b", 2), file("c", 3)]),
+        index.upsert(
+            peer(1),
+            Collection::Shared,
+            vec![file("a", 1), file("b", 2), file("c", 3)]
+        ),
         Err(LimitError::TooMany {
             entries: 6,
             limit: 5
@@ -354,23 +388,30 @@ fn snapshot_removes_what_was_not_sent_again() {
     index
         .upsert(
             p,
+            Collection::Shared,
             vec![file("keep.txt", 1), file("gone.txt", 2), file("old.txt", 3)],
         )
         .expect("ok");
     index
-        .upsert(peer(2), vec![file("gone.txt", 2)])
+        .upsert(peer(2), Collection::Shared, vec![file("gone.txt", 2)])
         .expect("ok");
-    index.begin_snapshot(p);
-    index.upsert(p, vec![file("keep.txt", 1)]).expect("ok");
+    index.begin_snapshot(p, Collection::Shared);
+    index
+        .upsert(p, Collection::Shared, vec![file("keep.txt", 1)])
+        .expect("ok");
     // Old entries stay searchable during the snapshot.
     assert_eq!(paths(&index, "old"), ["old.txt"]);
     // Restarting forgets what the aborted snapshot sent.
-    index.begin_snapshot(p);
+    index.begin_snapshot(p, Collection::Shared);
     index
-        .upsert(p, vec![file("keep.txt", 1), file("new.txt", 4)])
+        .upsert(
+            p,
+            Collection::Shared,
+            vec![file("keep.txt", 1), file("new.txt", 4)],
+        )
         .expect("ok");
-    assert_eq!(index.finish_snapshot(p), 2);
-    assert_eq!(index.finish_snapshot(p), 0);
+    assert_eq!(index.finish_snapshot(p, Collection::Shared), 2);
+    assert_eq!(index.finish_snapshot(p, Collection::Shared), 0);
     assert_eq!(index.peer_len(&p), 2);
     assert!(paths(&index, "old").is_empty());
     let gone = index.search(&Query::new("gone"));
@@ -379,26 +420,66 @@ fn snapshot_removes_what_was_not_sent_again() {
         vec![(peer(2), "gone.txt".to_string())]
     );
     // An empty snapshot empties the peer.
-    index.begin_snapshot(p);
-    assert_eq!(index.finish_snapshot(p), 2);
+    index.begin_snapshot(p, Collection::Shared);
+    assert_eq!(index.finish_snapshot(p, Collection::Shared), 2);
     assert_eq!(index.peer_len(&p), 0);
     assert_eq!(index.peers(), 1);
-    assert_eq!(index.finish_snapshot(peer(9)), 0);
+    assert_eq!(index.finish_snapshot(peer(9), Collection::Shared), 0);
+}
+
+#[test]
+fn a_peers_two_collections_are_synced_apart_and_hold_an_id_once() {
+    let mut index = NetworkIndex::new(Limits::default());
+    let (p, d) = (peer(1), Collection::Downloads);
+    index
+        .upsert(
+            p,
+            Collection::Shared,
+            vec![file("song.flac", 1), file("a.txt", 2)],
+        )
+        .expect("ok");
+    // The same path in the other collection is another entry.
+    index
+        .upsert(p, d, vec![file("song.flac", 1), file("got.mkv", 3)])
+        .expect("ok");
+    assert_eq!(index.peer_len(&p), 4);
+    // One peer holding an id in both collections is one holder.
+    let hit = &index.search(&Query::new("song")).hits[0];
+    assert_eq!(hit.holder_count, 1);
+    // A snapshot of the downloads leaves the shared folder's entries alone, and the reverse.
+    index.begin_snapshot(p, d);
+    index.upsert(p, d, vec![file("got.mkv", 3)]).expect("ok");
+    assert_eq!(index.finish_snapshot(p, d), 1);
+    assert_eq!(paths(&index, "song"), ["song.flac"]);
+    assert_eq!(index.peer_len(&p), 3);
+    index.begin_snapshot(p, Collection::Shared);
+    assert_eq!(index.finish_snapshot(p, Collection::Shared), 2);
+    assert_eq!(paths(&index, "got"), ["got.mkv"]);
+    // A removal names its collection.
+    index.remove(p, Collection::Shared, &["got.mkv".to_string()]);
+    assert_eq!(index.peer_len(&p), 1);
+    index.remove(p, d, &["got.mkv".to_string()]);
+    assert_eq!(index.peer_len(&p), 0);
+    assert_eq!(index.peers(), 0);
 }
 
 #[test]
 fn a_peer_cannot_remove_another_peers_entries() {
     let mut index = NetworkIndex::new(Limits::default());
     index
-        .upsert(peer(1), vec![file("mine.txt", 1)])
+        .upsert(peer(1), Collection::Shared, vec![file("mine.txt", 1)])
         .expect("ok");
     index
-        .upsert(peer(2), vec![file("theirs.txt", 2)])
+        .upsert(peer(2), Collection::Shared, vec![file("theirs.txt", 2)])
         .expect("ok");
-    index.remove(peer(2), &["mine.txt".to_string(), "nope".to_string()]);
-    index.remove(peer(3), &["mine.txt".to_string()]);
+    index.remove(
+        peer(2),
+        Collection::Shared,
+        &["mine.txt".to_string(), "nope".to_string()],
+    );
+    index.remove(peer(3), Collection::Shared, &["mine.txt".to_string()]);
     assert_eq!(paths(&index, "mine"), ["mine.txt"]);
-    index.remove(peer(2), &["theirs.txt".to_string()]);
+    index.remove(peer(2), Collection::Shared, &["theirs.txt".to_string()]);
     assert!(paths(&index, "theirs").is_empty());
     assert_eq!(index.len(), 1);
     assert_eq!(index.peers(), 1);
@@ -408,8 +489,12 @@ fn a_peer_cannot_remove_another_peers_entries() {
 #[test]
 fn replacing_an_entry_moves_it_to_its_new_id() {
     let mut index = NetworkIndex::new(Limits::default());
-    index.upsert(peer(1), vec![file("a.txt", 1)]).expect("ok");
-    index.upsert(peer(1), vec![file("a.txt", 2)]).expect("ok");
+    index
+        .upsert(peer(1), Collection::Shared, vec![file("a.txt", 1)])
+        .expect("ok");
+    index
+        .upsert(peer(1), Collection::Shared, vec![file("a.txt", 2)])
+        .expect("ok");
     assert!(index.locate(&hex(&id(1)), 5).is_empty());
     let hits = index.locate(&hex(&id(2)), 5);
     assert_eq!(hits.len(), 1);
@@ -458,7 +543,9 @@ fn root_entry_is_stored_but_never_a_search_result() {
         size: 0,
         id: id(99),
     };
-    index.upsert(peer(1), vec![root]).expect("ok");
+    index
+        .upsert(peer(1), Collection::Shared, vec![root])
+        .expect("ok");
     assert_eq!(index.len(), 1);
     for text in ["a", "\0", "x y"] {
         assert!(paths(&index, text).is_empty());
@@ -477,8 +564,12 @@ fn hex(id: &[u8; 32]) -> String {
 fn locate_by_hex_prefix() {
     let mut index = NetworkIndex::new(Limits::default());
     let entries: Vec<Entry> = (0..200).map(|n| file(&format!("f{n}"), n)).collect();
-    index.upsert(peer(1), entries).expect("ok");
-    index.upsert(peer(2), vec![file("copy", 5)]).expect("ok");
+    index
+        .upsert(peer(1), Collection::Shared, entries)
+        .expect("ok");
+    index
+        .upsert(peer(2), Collection::Shared, vec![file("copy", 5)])
+        .expect("ok");
     let full = hex(&id(5));
     for prefix in [
         &full[..1],
@@ -518,7 +609,11 @@ fn kind_filter() {
         id: id(1),
     };
     index
-        .upsert(peer(1), vec![dir, file("music/Queen/queen.flac", 2)])
+        .upsert(
+            peer(1),
+            Collection::Shared,
+            vec![dir, file("music/Queen/queen.flac", 2)],
+        )
         .expect("ok");
     let search = |kind| {
         let q = Query {
@@ -546,7 +641,9 @@ fn results_are_the_same_over_many_chunks() {
         .collect();
     entries[0] = file("a/target.txt", 1);
     entries.push(file("z/target.txt", 1));
-    index.upsert(peer(1), entries).expect("ok");
+    index
+        .upsert(peer(1), Collection::Shared, entries)
+        .expect("ok");
     let results = index.search(&Query::new("target"));
     assert_eq!(results.total, 1);
     assert_eq!(results.hits[0].path, "a/target.txt");
@@ -566,8 +663,12 @@ fn slots_and_records_are_reused() {
     let mut index = NetworkIndex::new(Limits::default());
     for round in 0..3 {
         let entries = (0..100).map(|n| file(&format!("f{n}"), n)).collect();
-        index.upsert(peer(1), entries).expect("ok");
-        index.upsert(peer(2), vec![file("f1", 1)]).expect("ok");
+        index
+            .upsert(peer(1), Collection::Shared, entries)
+            .expect("ok");
+        index
+            .upsert(peer(2), Collection::Shared, vec![file("f1", 1)])
+            .expect("ok");
         assert_eq!(index.len(), 101, "round {round}");
         assert_eq!(index.locate(&hex(&id(1)), 1)[0].holder_count, 2);
         assert_eq!(index.remove_peer(&peer(1)), 100);
@@ -603,7 +704,7 @@ fn check_invariants(index: &NetworkIndex) {
             continue;
         }
         live += 1;
-        assert_eq!(index.find_path(r.peer, r.path()), Some(i as u32));
+        assert_eq!(index.find_path(r.peer, r.coll, r.path()), Some(i as u32));
         holders.entry(r.id).or_default().insert(r.peer);
     }
     assert_eq!(live, index.len());
@@ -724,7 +825,7 @@ fn search_agrees_with_scoring_every_record_on_its_own() {
     for round in 0..6 {
         for p in 1..=4u8 {
             if round == 3 && p == 2 {
-                index.begin_snapshot(peer(p));
+                index.begin_snapshot(peer(p), Collection::Shared);
             }
             let entries = (0..1500)
                 .map(|_| Entry {
@@ -738,11 +839,13 @@ fn search_agrees_with_scoring_every_record_on_its_own() {
                     id: id(rng.below(3000) as u32),
                 })
                 .collect();
-            index.upsert(peer(p), entries).expect("within limits");
+            index
+                .upsert(peer(p), Collection::Shared, entries)
+                .expect("within limits");
             let gone: Vec<String> = (0..100).map(|_| random_path(&mut rng)).collect();
-            index.remove(peer(p), &gone);
+            index.remove(peer(p), Collection::Shared, &gone);
             if round == 4 && p == 2 {
-                index.finish_snapshot(peer(p));
+                index.finish_snapshot(peer(p), Collection::Shared);
             }
         }
     }
@@ -772,8 +875,8 @@ fn search_agrees_with_scoring_every_record_on_its_own() {
     }
     // Forgetting peers keeps every table consistent.
     index.remove_peer(&peer(3));
-    index.begin_snapshot(peer(1));
-    assert!(index.finish_snapshot(peer(1)) > 0);
+    index.begin_snapshot(peer(1), Collection::Shared);
+    assert!(index.finish_snapshot(peer(1), Collection::Shared) > 0);
     check_invariants(&index);
     let q = Query::new("cab");
     assert_eq!(index.search(&q), reference(&index, &q));

@@ -48,7 +48,7 @@ use super::{units::Plan, DownloadState, Progress};
 use crate::{
     leader::{self, LeaderHandle},
     net::NetworkClient,
-    share::{IndexHandle, Kind},
+    share::{Kind, Offered},
     store::{DownloadRow, Store},
 };
 
@@ -153,7 +153,7 @@ pub struct Context {
     /// Who holds the content.
     pub holders: Arc<dyn Holders>,
     /// This node's index and store.
-    pub index: IndexHandle,
+    pub index: Offered,
     /// The progress, for every follower (`iwant get`, `status`, `cancel`) to watch.
     pub progress: Arc<watch::Sender<Progress>>,
     /// Stops the task: the user cancelled, or the node stops.
@@ -221,13 +221,14 @@ pub async fn run(ctx: Context, start: Start) {
             });
             // Done for the user; the row goes once the data is surely on disk, so a crash
             // before that re-checks the placed copy at the next start.
-            let placed = path.clone();
-            blocking(move || place::sync_tree(&plan, &placed)).await;
+            let (placed, synced) = (path.clone(), plan.clone());
+            blocking(move || place::sync_tree(&synced, &placed)).await;
             if let Err(Stop::Failed(e)) =
                 ctx.store(move |s| s.forget_download(&id, started_ms)).await
             {
                 tracing::warn!(error = %e, "cannot forget a finished download");
             }
+            place::offer(&ctx, &path, &plan).await;
         }
         Err(Stop::Interrupted) if ctx.cancelled.is_cancelled() => {
             let part = ctx

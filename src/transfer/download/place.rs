@@ -7,6 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use iwant_behaviours::id::Id;
+
 use super::{blocking, Context, Placed, Stop, Work};
 use crate::{
     share::{self, scan},
@@ -34,6 +36,48 @@ pub(super) async fn run(ctx: &Context, work: Work) -> Result<Placed, Stop> {
     ctx.store(move |s| s.set_download_placed(&id, Some(&at)))
         .await?;
     Ok((placed, plan, row.started_ms))
+}
+
+/// Offers what a finished download placed at `placed` (when this node offers its downloads):
+/// records its files (paths relative to the download folder, content ids) and folders in the
+/// store and in the download folder's rules, and has that folder's indexer look at them.
+pub(super) async fn offer(ctx: &Context, placed: &Path, plan: &Plan) {
+    let Some(downloads) = ctx.index.downloads.clone() else {
+        return;
+    };
+    let Some(dest) = placed.parent() else {
+        return;
+    };
+    let rel = |disk: &Path| scan::rel_string(disk.strip_prefix(dest).ok()?);
+    let mut entries: Vec<(String, Option<Id>)> = Vec::new();
+    if plan.is_dir {
+        entries.extend(rel(placed).map(|r| (r, None)));
+        for dir in &plan.dirs {
+            entries.extend(rel(&scan::native(placed, dir)).map(|r| (r, None)));
+        }
+    }
+    for f in &plan.files {
+        for p in &f.paths {
+            let disk = if plan.is_dir {
+                scan::native(placed, p)
+            } else {
+                placed.to_path_buf()
+            };
+            entries.extend(rel(&disk).map(|r| (r, Some(f.id))));
+        }
+    }
+    let root = dest.to_string_lossy().into_owned();
+    let saved = entries.clone();
+    let key = root.clone();
+    if let Err(Stop::Failed(e)) = ctx.store(move |s| s.add_placed(&key, &saved)).await {
+        tracing::warn!(error = %e, "cannot record a finished download to offer it");
+        return;
+    }
+    // Only while this is still the download folder (it may have changed since the start).
+    if downloads.index.root_key() == root {
+        downloads.placed.add(entries);
+        downloads.index.recheck(placed.to_path_buf());
+    }
 }
 
 /// Whether every file of a placed download (every copy of identical contents too) hashes to

@@ -89,30 +89,26 @@ pub(super) async fn run(ctx: &Context, target: Target) -> Result<DownloadRow, St
     Ok(row)
 }
 
-/// The size and the piece list or manifest from this node's own index, if it shares the id.
+/// The size and the piece list or manifest from this node's own indexes, if it offers the id.
 async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
-    let (db, root, id, kind) = (
-        ctx.index.db().clone(),
-        ctx.index.root_key(),
-        target.id,
-        target.kind,
-    );
+    let (db, id, kind) = (ctx.index.db().clone(), target.id, target.kind);
+    let roots: Vec<String> = ctx.index.indexes().map(|(_, i)| i.root_key()).collect();
     blocking(move || -> Option<(u64, Vec<u8>)> {
         let store = db.get().ok()?;
-        match kind {
+        roots.iter().find_map(|root| match kind {
             Kind::File => {
-                let row = store.shared_file(&root, &id).ok()??;
+                let row = store.shared_file(root, &id).ok()??;
                 Plan::file(id, row.stamp.size, &row.pieces).ok()?;
                 Some((row.stamp.size, row.pieces))
             }
             Kind::Dir => {
-                let path = store.shared_dir(&root, &id).ok()??;
-                let entries = store.entries_below(&root, &path).ok()?;
+                let path = store.shared_dir(root, &id).ok()??;
+                let entries = store.entries_below(root, &path).ok()?;
                 let (encoded, size, _) = share::manifest::encode_below(&entries, &path);
                 Plan::dir(id, &encoded).ok()?;
                 Some((size, encoded))
             }
-        }
+        })
     })
     .await
 }

@@ -188,13 +188,17 @@ async fn copy_local(ctx: &Context, plan: &Plan, part: &Path, done: &mut [bool]) 
         let Ok(store) = index.db().get() else {
             return Vec::new();
         };
-        let root = index.root_key();
         let mut copied = Vec::new();
         for ((i, id), target) in missing.into_iter().zip(targets) {
             // What this node would serve: indexed here and unchanged on disk.
             // Copied from the verified open file, never from the path again; the length is
             // counted here (some platforms report 0 from `fs::copy`).
-            let Ok((row, _, mut source)) = serve::shared_file(&index, &store, &root, &id) else {
+            let Ok(serve::Found {
+                row,
+                file: mut source,
+                ..
+            }) = serve::shared_file(&index, &store, &id)
+            else {
                 continue;
             };
             let mut copy = || -> std::io::Result<u64> {

@@ -15,7 +15,8 @@
 //! (a lost download or a duplicate placement shows); that no shared file changed (content and
 //! mtime) and no temporary file is left in any shared or download folder; that no node
 //! panicked in any of its runs (the lab appends every run to one log); and that every search
-//! succeeds and finds every holder. Failed searches during the chaos are allowed and counted;
+//! succeeds and finds every holder (the sharers, and every node with an intact downloaded copy:
+//! downloads are offered in turn). Failed searches during the chaos are allowed and counted;
 //! refused `get`s are counted apart when no holder of the item was reachable (down, cut off or
 //! rejoining after a cut, or started moments before) or the asking node was cut off or
 //! rejoining (the truth), and each refusal is printed with its holders' states; a refusal
@@ -948,84 +949,11 @@ fn check_the_end(
     stamps_before: &[BTreeMap<String, (u64, SystemTime)>],
     download_dirs: &[PathBuf],
 ) -> TheEnd {
-    // After the chaos every search succeeds and names every holder: first the leader collects
-    // every index again, then each node searches for each item once.
-    for (k, item) in soak.items.iter().enumerate() {
-        let word = item.name.split('.').next().expect("a name");
-        wait_holders(lab, k % NODES, word, &item.id, &item.holders);
-    }
     let mut problems: Vec<String> = Vec::new();
     for (reason, n) in &soak.counts.gets_refused {
         problems.push(format!(
             "{n} `get`(s) refused during the chaos while a holder was reachable: {reason}"
         ));
-    }
-    let mut final_searches = 0;
-    for i in 0..NODES {
-        for item in &soak.items {
-            let word = item.name.split('.').next().expect("a name");
-            let (code, out, err) = run(lab.cli(i).args(["search", word, "--json"]));
-            final_searches += 1;
-            let holders = serde_json::from_str::<Value>(&out).ok().and_then(|reply| {
-                reply["results"]
-                    .as_array()?
-                    .iter()
-                    .find(|hit| hit["id"] == item.id.as_str())
-                    .and_then(|hit| hit["holder_count"].as_u64())
-            });
-            if code != 0 || holders != Some(item.holders.len() as u64) {
-                problems.push(format!(
-                    "after the chaos, `search {word}` on node {i} exited with {code} and \
-                     found {} with {holders:?} holders (of {}): {}{out}",
-                    item.name,
-                    item.holders.len(),
-                    err.trim()
-                ));
-            }
-        }
-    }
-
-    // No shared file changed (content, size, mtime); every holder still indexes its items.
-    for (i, before) in stamps_before.iter().enumerate() {
-        let changed = changes(before, &shared_stamps(lab, i));
-        if !changed.is_empty() {
-            problems.push(format!(
-                "node {i}'s shared files changed (size, mtime): {}",
-                changed.join("; ")
-            ));
-        }
-        for item in soak.items.iter().filter(|item| item.holders.contains(&i)) {
-            for (rel, hash) in &item.files {
-                let got = b3sum(&shared(lab, i).join(rel));
-                if &got != hash {
-                    problems.push(format!(
-                        "node {i}'s shared {rel} hashes to {got}, not {hash}"
-                    ));
-                }
-            }
-            let indexed = shared_id(lab, i, &item.name);
-            if indexed.as_deref() != Some(item.id.as_str()) {
-                problems.push(format!(
-                    "node {i} indexes its {} as {indexed:?}, not {}",
-                    item.name, item.id
-                ));
-            }
-        }
-    }
-
-    // No temporary file anywhere in a shared or a download folder (they are hidden: `.`).
-    for (i, downloads) in download_dirs.iter().enumerate() {
-        for root in [shared(lab, i), downloads.clone()] {
-            for (rel, _, _) in walk(&root) {
-                let name = rel.rsplit('/').next().unwrap_or_default();
-                if name.starts_with('.') || name.ends_with(".iwant-part") {
-                    problems.push(format!(
-                        "left behind on node {i}: {}",
-                        root.join(rel).display()
-                    ));
-                }
-            }
-        }
     }
 
     // Every copy in every download folder is intact, one per accepted download.
@@ -1084,6 +1012,86 @@ fn check_the_end(
             }
         }
     }
+    // After the chaos every search succeeds and names every holder: the nodes that share an
+    // item, and the nodes that downloaded it (each offers its intact copies in turn). First
+    // the leader collects every index again, then each node searches for each item once.
+    let holders_of = |k: usize| -> Vec<usize> {
+        let mut all: BTreeSet<usize> = soak.items[k].holders.iter().copied().collect();
+        all.extend((0..NODES).filter(|&i| copies.contains_key(&(i, k))));
+        all.into_iter().collect()
+    };
+    for (k, item) in soak.items.iter().enumerate() {
+        let word = item.name.split('.').next().expect("a name");
+        wait_holders(lab, k % NODES, word, &item.id, &holders_of(k));
+    }
+    let mut final_searches = 0;
+    for i in 0..NODES {
+        for (k, item) in soak.items.iter().enumerate() {
+            let want = holders_of(k).len() as u64;
+            let word = item.name.split('.').next().expect("a name");
+            let (code, out, err) = run(lab.cli(i).args(["search", word, "--json"]));
+            final_searches += 1;
+            let holders = serde_json::from_str::<Value>(&out).ok().and_then(|reply| {
+                reply["results"]
+                    .as_array()?
+                    .iter()
+                    .find(|hit| hit["id"] == item.id.as_str())
+                    .and_then(|hit| hit["holder_count"].as_u64())
+            });
+            if code != 0 || holders != Some(want) {
+                problems.push(format!(
+                    "after the chaos, `search {word}` on node {i} exited with {code} and \
+                     found {} with {holders:?} holders (of {want}): {}{out}",
+                    item.name,
+                    err.trim()
+                ));
+            }
+        }
+    }
+
+    // No shared file changed (content, size, mtime); every holder still indexes its items.
+    for (i, before) in stamps_before.iter().enumerate() {
+        let changed = changes(before, &shared_stamps(lab, i));
+        if !changed.is_empty() {
+            problems.push(format!(
+                "node {i}'s shared files changed (size, mtime): {}",
+                changed.join("; ")
+            ));
+        }
+        for item in soak.items.iter().filter(|item| item.holders.contains(&i)) {
+            for (rel, hash) in &item.files {
+                let got = b3sum(&shared(lab, i).join(rel));
+                if &got != hash {
+                    problems.push(format!(
+                        "node {i}'s shared {rel} hashes to {got}, not {hash}"
+                    ));
+                }
+            }
+            let indexed = shared_id(lab, i, &item.name);
+            if indexed.as_deref() != Some(item.id.as_str()) {
+                problems.push(format!(
+                    "node {i} indexes its {} as {indexed:?}, not {}",
+                    item.name, item.id
+                ));
+            }
+        }
+    }
+
+    // No temporary file anywhere in a shared or a download folder (they are hidden: `.`).
+    for (i, downloads) in download_dirs.iter().enumerate() {
+        for root in [shared(lab, i), downloads.clone()] {
+            for (rel, _, _) in walk(&root) {
+                let name = rel.rsplit('/').next().unwrap_or_default();
+                if name.starts_with('.') || name.ends_with(".iwant-part") {
+                    problems.push(format!(
+                        "left behind on node {i}: {}",
+                        root.join(rel).display()
+                    ));
+                }
+            }
+        }
+    }
+
     for (&(i, k), track) in &soak.tracks {
         let have = copies.get(&(i, k)).copied().unwrap_or(0);
         if have != track.accepted {
