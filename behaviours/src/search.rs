@@ -34,8 +34,11 @@ pub const MAX_RESULTS: u32 = 1000;
 /// Most holders listed per hit.
 pub const MAX_HOLDERS: usize = 32;
 
-/// Largest encoded request, in bytes.
-pub const MAX_REQUEST: u64 = 4 * 1024;
+/// Most ids in one [`Request::Holders`].
+pub const MAX_HOLDER_IDS: usize = 512;
+
+/// Largest encoded request, in bytes: a [`Request::Holders`] of [`MAX_HOLDER_IDS`] ids.
+pub const MAX_REQUEST: u64 = 24 * 1024;
 
 /// Largest encoded response, in bytes: a full page of hits with the longest paths.
 pub const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
@@ -55,6 +58,13 @@ pub enum Request {
         prefix: String,
         /// Most ids to return (at most [`MAX_PAGE`]).
         max: u32,
+    },
+    /// The holders of each of these ids (e.g. the files of a folder being downloaded), at most
+    /// [`MAX_HOLDER_IDS`]; answered with [`Response::Holders`].
+    Holders {
+        /// The ids.
+        #[serde(deserialize_with = "crate::wire::capped::<_, _, MAX_HOLDER_IDS>")]
+        ids: Vec<Id>,
     },
 }
 
@@ -77,6 +87,13 @@ pub struct Query {
 pub enum Response {
     /// One page of results.
     Results(Results),
+    /// For a [`Request::Holders`]: the peer ids (base58) holding each id, in the order asked,
+    /// at most [`MAX_HOLDERS`] each.
+    Holders {
+        /// One list per id asked.
+        #[serde(deserialize_with = "crate::wire::capped::<_, _, MAX_HOLDER_IDS>")]
+        holders: Vec<Vec<String>>,
+    },
     /// This node is not the leader (any more).
     NotLeader,
     /// The leader runs too many searches at once; try again shortly.
@@ -171,6 +188,15 @@ impl Request {
                 }
                 Ok(())
             }
+            Request::Holders { ids } => {
+                if ids.len() > MAX_HOLDER_IDS {
+                    return Err(format!(
+                        "the holders of {} ids asked for, more than {MAX_HOLDER_IDS}",
+                        ids.len()
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -178,6 +204,27 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_holders_request_and_answer_fit_their_limits() {
+        let request = Request::Holders {
+            ids: vec![Id([0xcd; 32]); MAX_HOLDER_IDS],
+        };
+        request.check().unwrap();
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &request).unwrap();
+        assert!(buf.len() as u64 <= MAX_REQUEST, "{} bytes", buf.len());
+        let too_many = Request::Holders {
+            ids: vec![Id([1; 32]); MAX_HOLDER_IDS + 1],
+        };
+        assert!(too_many.check().is_err());
+        let answer = Response::Holders {
+            holders: vec![vec![libp2p::PeerId::random().to_string(); MAX_HOLDERS]; MAX_HOLDER_IDS],
+        };
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &answer).unwrap();
+        assert!(buf.len() as u64 <= MAX_RESPONSE, "{} bytes", buf.len());
+    }
 
     #[test]
     fn a_full_page_of_the_longest_hits_fits_the_response_limit() {

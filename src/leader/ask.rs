@@ -52,13 +52,49 @@ pub struct Answer {
     pub leader: PeerId,
 }
 
-/// Asks the leader `request`, waiting at most `deadline` for a leader and its answer.
+/// Asks the leader `request` (a search or a locate), waiting at most `deadline` for a leader
+/// and its answer.
 pub async fn ask(
     net: &NetworkClient,
     local: &LeaderHandle,
     request: Request,
     deadline: Duration,
 ) -> Result<Answer, AskError> {
+    match ask_any(net, local, request, deadline).await? {
+        (Response::Results(results), leader) => Ok(Answer { results, leader }),
+        (other, leader) => Err(AskError::Refused(format!(
+            "leader {leader} answered a search with {other:?}"
+        ))),
+    }
+}
+
+/// The holders of each of `ids` (at most [`iwant_behaviours::search::MAX_HOLDER_IDS`]) as the leader knows
+/// them, in the order of `ids`; waits at most `deadline` for a leader and its answer.
+pub async fn holders(
+    net: &NetworkClient,
+    local: &LeaderHandle,
+    ids: Vec<iwant_behaviours::id::Id>,
+    deadline: Duration,
+) -> Result<Vec<Vec<PeerId>>, AskError> {
+    let asked = ids.len();
+    match ask_any(net, local, Request::Holders { ids }, deadline).await? {
+        (Response::Holders { holders }, _) if holders.len() == asked => Ok(holders
+            .into_iter()
+            .map(|peers| peers.iter().filter_map(|p| p.parse().ok()).collect())
+            .collect()),
+        (other, leader) => Err(AskError::Refused(format!(
+            "leader {leader} answered a holders request with {other:?}"
+        ))),
+    }
+}
+
+/// Asks the leader `request`; returns its answer (results or holders) and who gave it.
+async fn ask_any(
+    net: &NetworkClient,
+    local: &LeaderHandle,
+    request: Request,
+    deadline: Duration,
+) -> Result<(Response, PeerId), AskError> {
     let start = Instant::now();
     let until = start + deadline;
     let mut leader = net.leader_watch();
@@ -106,11 +142,8 @@ pub async fn ask(
                 last = format!("leader {target} did not answer");
                 continue;
             }
-            Ok(Ok(Response::Results(results))) => {
-                return Ok(Answer {
-                    results,
-                    leader: target,
-                })
+            Ok(Ok(answer @ (Response::Results(_) | Response::Holders { .. }))) => {
+                return Ok((answer, target));
             }
             Ok(Ok(Response::Refused { reason })) => return Err(AskError::Refused(reason)),
             Ok(Ok(Response::NotLeader)) => last = format!("{target} is no longer the leader"),

@@ -555,6 +555,21 @@ fn run_search(
             });
         }
         search::Request::Locate { prefix, max } => index.locate(&prefix, max as usize),
+        search::Request::Holders { ids } => {
+            return search::Response::Holders {
+                holders: ids
+                    .iter()
+                    .map(|id| {
+                        index
+                            .holders_of(&id.0)
+                            .into_iter()
+                            .take(search::MAX_HOLDERS)
+                            .map(|p| p.to_string())
+                            .collect()
+                    })
+                    .collect(),
+            }
+        }
     };
     search::Response::Results(search::Results {
         total: hits.len() as u64,

@@ -20,7 +20,11 @@
 //!
 //! # Policy
 //!
-//! Units go out lowest index first, one owner each. A peer's window (bytes it may have in
+//! A peer serves the units it has: every unit, or (a holder of some files of a folder, or of
+//! some pieces) only those its [`Have`] names. Units go out one owner each, the rarest first
+//! among those the peer has (the fewest partial peers have it; ties and the common case of
+//! peers that all have everything: the lowest index), so that the seeder sends what nobody
+//! else can and downloaders feed each other the rest. A peer's window (bytes it may have in
 //! flight) is its measured rate × [`Config::window_time`], clamped to
 //! [`Config::min_window_bytes`]..=[`Config::max_window_bytes`], and at most
 //! [`Config::max_window_units`] units; a peer with nothing in flight always gets one unit. A
@@ -40,7 +44,8 @@
 //!    own nothing and get nothing;
 //! 4. `next` never exceeds a peer's window, except that a peer with nothing in flight may
 //!    always get one unit;
-//! 5. a unit is never given twice to the same peer at once.
+//! 5. a unit is never given twice to the same peer at once;
+//! 6. a peer only ever gets units it has.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -56,6 +61,46 @@ pub const MIN_RATE_SAMPLE: Duration = Duration::from_millis(10);
 
 /// The most peers holding one unit at once: its holder and one endgame duplicate.
 pub const MAX_OWNERS: usize = 2;
+
+/// The most queued units [`Planner::next`] weighs for rarity; beyond, it takes the first it
+/// has (the rarest-first choice is a heuristic; its cost stays bounded).
+pub const RAREST_SCAN: usize = 4096;
+
+/// Which units a peer can serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Have {
+    /// Every unit: a holder of the whole content.
+    All,
+    /// Only the units flagged (one flag per unit; missing flags are false): a holder of some
+    /// files of a folder, or of some pieces.
+    Some(Vec<bool>),
+}
+
+impl Have {
+    /// Whether `unit` is had.
+    pub fn has(&self, unit: usize) -> bool {
+        match self {
+            Have::All => true,
+            Have::Some(flags) => flags.get(unit).copied().unwrap_or(false),
+        }
+    }
+
+    /// These units and `other`'s.
+    pub fn union(self, other: &Have) -> Have {
+        match (self, other) {
+            (Have::All, _) | (_, Have::All) => Have::All,
+            (Have::Some(mut mine), Have::Some(theirs)) => {
+                if mine.len() < theirs.len() {
+                    mine.resize(theirs.len(), false);
+                }
+                for (m, t) in mine.iter_mut().zip(theirs) {
+                    *m |= *t;
+                }
+                Have::Some(mine)
+            }
+        }
+    }
+}
 
 /// How the planner sizes windows and detects slow peers.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +161,8 @@ struct Owner<P> {
 /// What the planner knows about one peer.
 #[derive(Debug)]
 struct Peer {
+    /// The units it can serve.
+    have: Have,
     in_flight: BTreeSet<usize>,
     in_flight_bytes: u64,
     /// Bytes per second, once measured.
@@ -144,6 +191,11 @@ pub struct Planner<P> {
     done_units: usize,
     done_bytes: u64,
     total_bytes: u64,
+    /// Per unit: how many known peers with [`Have::Some`] have it (peers with [`Have::All`]
+    /// have every unit alike and are not counted).
+    avail: Vec<u32>,
+    /// How many known peers have [`Have::Some`].
+    partial_peers: usize,
 }
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
@@ -168,16 +220,42 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
             banned: BTreeSet::new(),
             done_units,
             done_bytes,
+            avail: Vec::new(),
+            partial_peers: 0,
         }
     }
 
-    /// Adds a peer that can serve units. Idempotent; a banned peer stays banned.
+    /// Adds a peer that can serve every unit. Idempotent; a banned peer stays banned.
     pub fn add_peer(&mut self, peer: P, now: Instant) {
+        let _ = self.add_peer_having(peer, Have::All, now);
+    }
+
+    /// Adds a peer that can serve the units of `have`, or, for a known peer, sets what it has
+    /// (its units in flight that it no longer has are queued again and returned). A banned
+    /// peer stays banned.
+    pub fn add_peer_having(&mut self, peer: P, have: Have, now: Instant) -> Vec<usize> {
         if self.banned.contains(&peer) {
-            return;
+            return Vec::new();
         }
+        if let Some(state) = self.peers.get_mut(&peer) {
+            let old = mem::replace(&mut state.have, have.clone());
+            let lost: Vec<usize> = state
+                .in_flight
+                .iter()
+                .copied()
+                .filter(|&u| !have.has(u))
+                .collect();
+            self.count_have(&old, false);
+            self.count_have(&have, true);
+            for &unit in &lost {
+                self.take(peer, unit);
+            }
+            return lost;
+        }
+        self.count_have(&have, true);
         let cap = self.config.max_window_units.max(1);
         self.peers.entry(peer).or_insert_with(|| Peer {
+            have,
             in_flight: BTreeSet::new(),
             in_flight_bytes: 0,
             rate: None,
@@ -186,13 +264,16 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
             progress: now,
             cap,
         });
+        Vec::new()
     }
 
     /// Forgets a peer (disconnect). Returns every unit it had in flight; those no other peer
     /// holds are queued again.
     pub fn remove_peer(&mut self, peer: P) -> Vec<usize> {
         let units = self.take_all(peer);
-        self.peers.remove(&peer);
+        if let Some(state) = self.peers.remove(&peer) {
+            self.count_have(&state.have, false);
+        }
         units
     }
 
@@ -205,12 +286,13 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
     }
 
     /// One more unit for `peer` if its window has room, else `None` (also for an unknown or
-    /// banned peer). The lowest-index queued unit first; when none is queued, an endgame
-    /// duplicate; never a unit the peer already has in flight.
+    /// banned peer). The rarest queued unit it has first (the lowest index among equals); when
+    /// it has none of the queued ones, an endgame duplicate; never a unit the peer already has
+    /// in flight, nor one it does not have.
     pub fn next(&mut self, peer: P, now: Instant) -> Option<usize> {
         let state = self.peers.get(&peer)?;
-        let unit = match self.queue.first() {
-            Some(&unit) => self.has_room(state, unit).then_some(unit)?,
+        let unit = match self.rarest_queued(state) {
+            Some(unit) => self.has_room(state, unit).then_some(unit)?,
             None => self.endgame_pick(peer, state, now)?,
         };
         self.queue.remove(&unit);
@@ -288,6 +370,31 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
         state.in_flight_bytes -= self.lens[unit];
         state.cap = (state.cap.min(had) / 2).max(1);
         self.drop_owner(unit, peer);
+    }
+
+    /// `peer` said it does not have `unit` after all (a partial holder's list was old): it is
+    /// not asked for it again until it says it has it ([`Planner::add_peer_having`]). A peer
+    /// that has everything is not changed (a refusal of it is a [`Planner::failed`]).
+    pub fn lacks(&mut self, peer: P, unit: usize) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let had = match &mut state.have {
+            Have::Some(flags) if flags.get(unit).copied().unwrap_or(false) => {
+                flags[unit] = false;
+                true
+            }
+            _ => false,
+        };
+        if had {
+            self.avail[unit] -= 1;
+        }
+        self.failed(peer, unit);
+    }
+
+    /// Whether some known peer has `unit`.
+    pub fn anyone_has(&self, unit: usize) -> bool {
+        self.peers.values().any(|s| s.have.has(unit))
     }
 
     /// Takes every unit away from each peer that has units in flight but completed nothing for
@@ -380,6 +487,63 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
         self.config.max_window_units.min(state.cap).max(1)
     }
 
+    /// Counts (`add`) or uncounts the units of a partial peer's `have` in `avail`.
+    fn count_have(&mut self, have: &Have, add: bool) {
+        let Have::Some(flags) = have else {
+            return;
+        };
+        if self.avail.len() < self.lens.len() {
+            self.avail.resize(self.lens.len(), 0);
+        }
+        for (unit, _) in flags
+            .iter()
+            .take(self.lens.len())
+            .enumerate()
+            .filter(|(_, f)| **f)
+        {
+            if add {
+                self.avail[unit] += 1;
+            } else {
+                self.avail[unit] -= 1;
+            }
+        }
+        if add {
+            self.partial_peers += 1;
+        } else {
+            self.partial_peers -= 1;
+        }
+    }
+
+    /// The queued unit `state`'s peer should fetch next: of the first [`RAREST_SCAN`] queued
+    /// units it has, the one the fewest partial peers have (the lowest index among equals);
+    /// past them, the first it has.
+    fn rarest_queued(&self, state: &Peer) -> Option<usize> {
+        if self.partial_peers == 0 {
+            // Everyone has everything: no rarity to weigh.
+            return self.queue.first().copied();
+        }
+        let mut best: Option<(u32, usize)> = None;
+        let mut had = self.queue.iter().copied().filter(|&u| state.have.has(u));
+        for unit in had.by_ref().take(RAREST_SCAN) {
+            let rarity = self.avail.get(unit).copied().unwrap_or(0);
+            if best.is_none_or(|(r, _)| rarity < r) {
+                best = Some((rarity, unit));
+            }
+        }
+        best.map(|(_, unit)| unit).or_else(|| had.next())
+    }
+
+    /// Takes `unit` from `peer` (it is queued again unless another peer holds it).
+    fn take(&mut self, peer: P, unit: usize) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if state.in_flight.remove(&unit) {
+            state.in_flight_bytes -= self.lens[unit];
+            self.drop_owner(unit, peer);
+        }
+    }
+
     /// Whether giving `unit` to the peer keeps it within its window.
     fn has_room(&self, state: &Peer, unit: usize) -> bool {
         state.in_flight.is_empty()
@@ -395,7 +559,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
         let units = held.flat_map(|(_, s)| s.in_flight.iter().copied());
         units
             .filter(|&unit| match self.owners[unit].as_slice() {
-                [holder] => self.has_room(state, unit) && self.much_later(holder, state, unit, now),
+                [holder] => {
+                    state.have.has(unit)
+                        && self.has_room(state, unit)
+                        && self.much_later(holder, state, unit, now)
+                }
                 _ => false,
             })
             .min()
@@ -482,6 +650,30 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
             let bytes: u64 = state.in_flight.iter().map(|&u| self.lens[u]).sum();
             assert_eq!(state.in_flight_bytes, bytes, "{peer:?}: in-flight bytes");
             assert!(state.cap >= 1);
+            assert!(
+                state.in_flight.iter().all(|&u| state.have.has(u)),
+                "{peer:?}: a unit it does not have"
+            );
+        }
+        let partial: Vec<&Vec<bool>> = self
+            .peers
+            .values()
+            .filter_map(|s| match &s.have {
+                Have::Some(flags) => Some(flags),
+                Have::All => None,
+            })
+            .collect();
+        assert_eq!(partial.len(), self.partial_peers);
+        for unit in 0..n {
+            let count = partial
+                .iter()
+                .filter(|f| f.get(unit).copied().unwrap_or(false))
+                .count() as u32;
+            assert_eq!(
+                self.avail.get(unit).copied().unwrap_or(0),
+                count,
+                "avail of {unit}"
+            );
         }
     }
 }
@@ -924,5 +1116,63 @@ mod tests {
             seen.cancels > 0 && seen.stalls > 0 && seen.bans > 0,
             "all paths ran"
         );
+    }
+
+    fn have(units: &[usize], n: usize) -> Have {
+        let mut flags = vec![false; n];
+        for &u in units {
+            flags[u] = true;
+        }
+        Have::Some(flags)
+    }
+
+    #[test]
+    fn peers_get_only_what_they_have_and_the_rarest_first() {
+        let mut pl = planner(vec![64 * KIB; 4], &[]);
+        pl.add_peer_having(1, have(&[0, 1], 4), t(0));
+        pl.add_peer_having(2, have(&[0, 1, 2], 4), t(0));
+        pl.add_peer(9, t(0));
+        pl.check_invariants();
+        // The seeder first sends what no partial peer has, then what one has, then the rest.
+        assert_eq!(give(&mut pl, 9, t(1)), Some(3));
+        assert_eq!(give(&mut pl, 9, t(1)), Some(2));
+        assert_eq!(give(&mut pl, 9, t(1)), Some(0));
+        // A partial peer gets only what it has: unit 1 is left.
+        assert_eq!(give(&mut pl, 1, t(1)), Some(1));
+        // Peer 2 has nothing queued that it could serve, and nothing to duplicate yet.
+        assert_eq!(give(&mut pl, 2, t(1)), None);
+        pl.check_invariants();
+    }
+
+    #[test]
+    fn a_peer_that_lacks_a_unit_is_not_asked_again_and_a_new_list_takes_back_what_it_lost() {
+        let mut pl = planner(vec![64 * KIB; 3], &[]);
+        pl.add_peer_having(1, have(&[0, 1, 2], 3), t(0));
+        assert_eq!(give(&mut pl, 1, t(1)), Some(0));
+        pl.lacks(1, 0);
+        pl.check_invariants();
+        assert!(!pl.anyone_has(0));
+        assert_eq!(give(&mut pl, 1, t(2)), Some(1));
+        assert_eq!(
+            pl.completed(1, 1, t(3)),
+            Completed::Accepted { cancel: vec![] }
+        );
+        assert_eq!(give(&mut pl, 1, t(3)), Some(2));
+        // Its new list lacks unit 2: the unit is taken back and queued.
+        let lost = pl.add_peer_having(1, have(&[1], 3), t(4));
+        assert_eq!(lost, vec![2]);
+        pl.check_invariants();
+        assert_eq!(pl.owners(2), Vec::<u32>::new());
+        assert_eq!(give(&mut pl, 1, t(4)), None);
+        // A seeder takes the rest.
+        pl.add_peer(9, t(4));
+        assert_eq!(give(&mut pl, 9, t(4)), Some(0));
+        assert_eq!(give(&mut pl, 9, t(4)), Some(2));
+        pl.check_invariants();
+        assert_eq!(
+            Have::Some(vec![true, false]).union(&Have::Some(vec![false, false, true])),
+            Have::Some(vec![true, false, true])
+        );
+        assert_eq!(Have::Some(vec![]).union(&Have::All), Have::All);
     }
 }

@@ -1026,3 +1026,57 @@ async fn a_finished_download_serves_the_next_downloader_after_the_seeder_left() 
     c.node.stop().await;
     b.node.stop().await;
 }
+
+impl Node {
+    /// Piece bytes this node has served since it started.
+    async fn served_bytes(&self) -> u64 {
+        match self.client().request(Request::Status).await {
+            Ok(Response::Status(status)) => status.served.bytes,
+            other => panic!("status answered {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_is_fetched_from_the_holders_of_its_files_too() {
+    // X shares the folder; Y and Z each share one of its files elsewhere (another name, no
+    // folder): W's download of the folder takes pieces from all three.
+    let x = Node::start(vec![]).await;
+    let y = Node::start(vec![x.addr().await]).await;
+    let z = Node::start(vec![x.addr().await, y.addr().await]).await;
+    let w = Node::start(vec![x.addr().await, y.addr().await, z.addr().await]).await;
+    let (one, two) = (data(6_000_000, 51), data(6_000_000, 52));
+    x.write("kit/one.bin", &one);
+    x.write("kit/sub/two.bin", &two);
+    y.write("copies/first.bin", &one);
+    z.write("second.bin", &two);
+    y.wait_indexed(blake3::hash(&one)).await;
+    z.wait_indexed(blake3::hash(&two)).await;
+    let kit = wait_for_async(LIMIT, "the folder to be indexed", || async {
+        let entries = x.node.index.entries().await.ok()?;
+        let kit = entries.iter().find(|e| e.path == "kit")?;
+        entries
+            .iter()
+            .any(|e| e.path == "kit/sub/two.bin")
+            .then_some(kit.id)
+    })
+    .await;
+    let p = w.fetch(kit).await;
+    assert_eq!(p.state, DownloadState::Done, "{p:?}");
+    assert_eq!(fs::read(w.downloads.join("kit/one.bin")).unwrap(), one);
+    assert_eq!(fs::read(w.downloads.join("kit/sub/two.bin")).unwrap(), two);
+    let (from_x, from_y, from_z) = (
+        x.served_bytes().await,
+        y.served_bytes().await,
+        z.served_bytes().await,
+    );
+    println!("served: x {from_x}, y {from_y}, z {from_z}");
+    assert!(
+        from_y > 0 && from_z > 0,
+        "x {from_x}, y {from_y}, z {from_z}"
+    );
+    assert!(from_x + from_y + from_z >= 12_000_000);
+    for n in [w, z, y, x] {
+        n.node.stop().await;
+    }
+}

@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 use fuzzy_matcher::FuzzyMatcher;
 use hashbrown::HashSet;
 use iwant_behaviours::id::{Id, IdPrefix};
+use libp2p::PeerId;
 use rayon::prelude::*;
 
 use super::{
@@ -104,6 +105,23 @@ impl NetworkIndex {
     }
 
     /// The row of record `i`: its id with every holder.
+    /// The holders of exactly `id` (at most [`MAX_HOLDERS`]); none when nobody holds it.
+    pub fn holders_of(&self, id: &[u8; 32]) -> Vec<PeerId> {
+        let records = &self.records;
+        self.by_id
+            .find(hash_id(&self.hasher, id), |e| {
+                records[e.rep as usize].id == *id
+            })
+            .map(|e| {
+                self.hit(e.rep, 0)
+                    .holders
+                    .into_iter()
+                    .map(|(peer, _)| peer)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub(super) fn hit(&self, i: u32, score: i64) -> Hit {
         let r = &self.records[i as usize];
         let mut holders = Vec::new();

@@ -4,8 +4,8 @@
 //! I/O and never reads the clock. Its driver ([`run`]) feeds it what happens, and carries out
 //! the [`Command`]s it queues:
 //!
-//! - [`Fetch::on_holders`]: the leader's answer to a [`Command::LookUp`]; new holders get a
-//!   fetcher ([`Command::Connect`]);
+//! - [`Fetch::on_lookup`]: the leader's answer to a [`Command::LookUp`] (the holders of the
+//!   content, and of each file of a folder); new holders get a fetcher ([`Command::Connect`]);
 //! - [`Fetch::on_event`]: what a fetcher reports (a verified unit, bad data, a refusal, a failed
 //!   write, a lost stream);
 //! - [`Fetch::on_tick`]: every [`TICK`]: stalls, the throttled save ([`Command::Save`]), the
@@ -38,7 +38,7 @@ use super::{
     Holders, Stop,
 };
 use crate::transfer::{
-    scheduler::{self, Completed, Planner},
+    scheduler::{self, Completed, Have, Planner},
     units::{self, Plan},
     DownloadState, Progress,
 };
@@ -88,7 +88,7 @@ pub enum Command<P> {
     Connect(P),
     /// Stop this holder's fetcher: it left, sent bad data, or cannot serve the content.
     Disconnect(P),
-    /// Ask who holds the content; answer with [`Fetch::on_holders`].
+    /// Ask who holds the content; answer with [`Fetch::on_lookup`].
     LookUp,
     /// Distinct file `.0` is complete: close it.
     Close(usize),
@@ -122,7 +122,7 @@ pub struct FetchProgress {
 enum Lookup {
     /// At this time.
     Due(Instant),
-    /// One is out; its answer comes to [`Fetch::on_holders`].
+    /// One is out; its answer comes to [`Fetch::on_lookup`].
     Running,
     /// Never again: the phase stopped.
     Off,
@@ -198,27 +198,55 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
         }
     }
 
-    /// The answer to a [`Command::LookUp`]: the holders (this node not among them), or why
-    /// there is no answer.
+    /// The answer to a [`Command::LookUp`]: the holders of the whole content (this node not
+    /// among them), or why there is no answer.
+    #[cfg(test)]
     pub fn on_holders(&mut self, found: Result<Vec<P>, String>, now: Instant) {
+        self.on_lookup(found, &[], now);
+    }
+
+    /// The answer to a [`Command::LookUp`] of a folder: the holders of the whole folder, and
+    /// for each distinct file (in file order) the holders of that file, who serve its units
+    /// (folders from every source). A holder of the whole folder serves everything; a known
+    /// holder's units are updated.
+    pub fn on_lookup(&mut self, whole: Result<Vec<P>, String>, files: &[Vec<P>], now: Instant) {
         if self.stopped {
             return;
         }
         self.resting.retain(|_, until| *until > now);
-        let found = found.unwrap_or_else(|e| {
+        let whole = whole.unwrap_or_else(|e| {
             tracing::debug!(error = %e, "cannot look up the holders");
             Vec::new()
         });
-        self.holders_known = found.len();
-        for peer in found {
-            if self.banned.contains(&peer)
-                || self.resting.contains_key(&peer)
-                || self.fetchers.contains(&peer)
-            {
+        let units = self.shape.lens.len();
+        let mut haves: BTreeMap<P, Have> = whole.into_iter().map(|p| (p, Have::All)).collect();
+        for (file, peers) in files.iter().enumerate().take(self.shape.files.len()) {
+            for &peer in peers {
+                let have = haves
+                    .entry(peer)
+                    .or_insert_with(|| Have::Some(vec![false; units]));
+                if let Have::Some(flags) = have {
+                    for unit in self.shape.files[file].clone() {
+                        flags[unit] = true;
+                    }
+                }
+            }
+        }
+        self.holders_known = haves.len();
+        for (peer, have) in haves {
+            if self.banned.contains(&peer) || self.resting.contains_key(&peer) {
                 continue;
             }
-            tracing::debug!(%peer, "fetching from a holder");
-            self.planner.add_peer(peer, now);
+            if self.fetchers.contains(&peer) {
+                self.planner.add_peer_having(peer, have, now);
+                continue;
+            }
+            // A holder of only files that are complete here has nothing to give.
+            if !(0..units).any(|u| have.has(u) && !self.planner.is_done_unit(u)) {
+                continue;
+            }
+            tracing::debug!(%peer, whole = have == Have::All, "fetching from a holder");
+            self.planner.add_peer_having(peer, have, now);
             self.fetchers.insert(peer);
             self.commands.push_back(Command::Connect(peer));
         }
@@ -425,11 +453,17 @@ pub trait FetchIo<P>: Sync {
     fn save(&self, bits: Vec<u8>) -> impl Future<Output = ()> + Send;
 }
 
+/// What a lookup found: the holders of the whole content (or why there is no answer), and of
+/// each distinct file of a folder.
+type LookedUp<P> = (Result<Vec<P>, String>, Vec<Vec<P>>);
+
 /// Runs the fetch phase of `id` until every unit is done (or `cancel` fires), finding holders
-/// through `holders`, acting through `io`, and showing its progress on `progress`.
+/// through `holders` (of `id`, and of each of `file_ids`, the distinct files of a folder, in
+/// file order; none for a file), acting through `io`, and showing its progress on `progress`.
 pub async fn run<P>(
     mut fetch: Fetch<P>,
     id: Id,
+    file_ids: &[Id],
     holders: &dyn Holders<P>,
     io: &impl FetchIo<P>,
     progress: &watch::Sender<Progress>,
@@ -440,7 +474,7 @@ where
 {
     let (events_tx, mut events) = mpsc::channel::<Event<P>>(1024);
     let mut jobs: BTreeMap<P, mpsc::Sender<Job>> = BTreeMap::new();
-    let mut lookup: Option<tokio::task::JoinHandle<Result<Vec<P>, String>>> = None;
+    let mut lookup: Option<tokio::task::JoinHandle<LookedUp<P>>> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (fetched_before, elapsed_before) = {
@@ -460,7 +494,21 @@ where
                     jobs.remove(&peer);
                 }
                 // Asked off the loop: an election can make the leader take seconds to answer.
-                Command::LookUp => lookup = Some(tokio::spawn(holders.find(id))),
+                Command::LookUp => {
+                    let whole = holders.find(id);
+                    let each = (!file_ids.is_empty()).then(|| holders.find_each(file_ids.to_vec()));
+                    lookup = Some(tokio::spawn(async move {
+                        let whole = whole.await;
+                        let files = match each {
+                            Some(each) => each.await.unwrap_or_else(|e| {
+                                tracing::debug!(error = %e, "cannot look up the holders of the files");
+                                Vec::new()
+                            }),
+                            None => Vec::new(),
+                        };
+                        (whole, files)
+                    }));
+                }
                 Command::Close(file) => io.close(file),
                 Command::Save(bits) => io.save(bits).await,
             }
@@ -496,7 +544,8 @@ where
             _ = cancel.cancelled() => fetch.stop(Instant::now()),
             found = async { lookup.as_mut().expect("bug: guarded").await }, if lookup.is_some() => {
                 lookup = None;
-                fetch.on_holders(found.unwrap_or_else(|e| Err(e.to_string())), Instant::now());
+                let (whole, files) = found.unwrap_or_else(|e| (Err(e.to_string()), Vec::new()));
+                fetch.on_lookup(whole, &files, Instant::now());
             }
             event = events.recv() => {
                 fetch.on_event(event.expect("bug: the loop holds a sender"), Instant::now());

@@ -12,7 +12,10 @@ use std::{
 };
 
 use futures::{AsyncReadExt, AsyncWriteExt};
-use iwant_behaviours::chunk::{self, Status};
+use iwant_behaviours::{
+    chunk::{self, Status},
+    id::Id,
+};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -196,9 +199,16 @@ pub(super) async fn run(ctx: &Context, work: &Work) -> Result<(), Stop> {
         &work.part,
         std::time::Instant::now(),
     );
+    // A folder's files are fetched from their own holders too.
+    let file_ids: Vec<Id> = if work.plan.is_dir {
+        work.plan.files.iter().map(|f| f.id).collect()
+    } else {
+        Vec::new()
+    };
     let result = fetch::run(
         state,
         work.row.id,
+        &file_ids,
         &*ctx.holders,
         &io,
         &ctx.progress,

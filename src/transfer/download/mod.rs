@@ -57,6 +57,16 @@ use crate::{
 pub trait Holders<P = PeerId>: Send + Sync {
     /// The peers, this node not among them, that hold `id` now; or why there is no answer.
     fn find(&self, id: Id) -> BoxFuture<'static, Result<Vec<P>, String>>;
+
+    /// The peers, this node not among them, that hold each of `ids` (in order); or why there
+    /// is no answer. By default: nobody (a source that knows only whole holders).
+    fn find_each(&self, ids: Vec<Id>) -> BoxFuture<'static, Result<Vec<Vec<P>>, String>>
+    where
+        P: Send + 'static,
+    {
+        let none: Vec<Vec<P>> = ids.iter().map(|_| Vec::new()).collect();
+        async move { Ok(none) }.boxed()
+    }
 }
 
 /// The holders the leader knows.
@@ -88,6 +98,27 @@ impl Holders for LeaderHolders {
                 .filter_map(|p| p.parse::<PeerId>().ok())
                 .filter(|p| *p != me)
                 .collect())
+        }
+        .boxed()
+    }
+
+    fn find_each(&self, ids: Vec<Id>) -> BoxFuture<'static, Result<Vec<Vec<PeerId>>, String>> {
+        let (net, leader) = (self.net.clone(), self.leader.clone());
+        async move {
+            let me = net.local_peer_id();
+            let mut all = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(search::MAX_HOLDER_IDS) {
+                let holders =
+                    leader::ask::holders(&net, &leader, chunk.to_vec(), leader::ask::ASK_DEADLINE)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                all.extend(
+                    holders
+                        .into_iter()
+                        .map(|peers| peers.into_iter().filter(|p| *p != me).collect()),
+                );
+            }
+            Ok(all)
         }
         .boxed()
     }

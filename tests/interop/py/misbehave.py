@@ -175,7 +175,7 @@ def garbage_cases(file_id: bytes) -> list[tuple[str, str, bytes, bool]]:
         iw.SEARCH: cbor.encode({"search": {"text": "a", "kind": None, "offset": 0, "limit": 5}}),
         iw.CONTENT: cbor.encode({"pieces": {"id": file_id}}),
     }
-    limits = {iw.PEERS: 32 * 1024, iw.INDEX: 1024 * 1024, iw.SEARCH: 4096, iw.CONTENT: 1024}
+    limits = {iw.PEERS: 32 * 1024, iw.INDEX: 1024 * 1024, iw.SEARCH: 24 * 1024, iw.CONTENT: 1024}
     for proto in (iw.PEERS, iw.INDEX, iw.SEARCH, iw.CONTENT):
         limit = limits[proto]
         cases += [
@@ -204,6 +204,8 @@ def garbage_cases(file_id: bytes) -> list[tuple[str, str, bytes, bool]]:
             {"search": {"text": "a", "kind": None, "offset": 0, "limit": 1000}}), True),
         (iw.SEARCH, "locate-bad-prefix", cbor.encode(
             {"locate": {"prefix": "xyz", "max": 5}}), True),
+        (iw.SEARCH, "holders-too-many", cbor.encode(
+            {"holders": {"ids": [file_id] * 513}}), True),
         (iw.SEARCH, "wrong-types", cbor.encode(
             {"search": {"text": 5, "kind": "file", "offset": -1, "limit": "x"}}), True),
         (iw.CONTENT, "oversized-2k", cbor.encode(

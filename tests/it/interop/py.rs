@@ -194,7 +194,9 @@ fn check_garbage(g: &Value) {
             name,
             "limit-1000"
                 | "text-300"
+                | "oversized-text-5k"
                 | "locate-bad-prefix"
+                | "holders-too-many"
                 | "manifest-offset-past"
                 | "too-many-removed"
         );

@@ -697,7 +697,15 @@ async fn the_driver_fetches_from_injected_holders_drops_a_liar_and_finishes() {
     let cancel = CancellationToken::new();
     let outcome = tokio::time::timeout(
         Duration::from_secs(30),
-        run(fetch(files), Id([7; 32]), &lab, &lab, &progress, &cancel),
+        run(
+            fetch(files),
+            Id([7; 32]),
+            &[],
+            &lab,
+            &lab,
+            &progress,
+            &cancel,
+        ),
     )
     .await
     .expect("the fetch phase ends");
@@ -732,7 +740,7 @@ async fn the_driver_waits_for_holders_and_stops_with_a_save_when_cancelled() {
         let (lab, cancel, progress) = (lab.clone(), cancel.clone(), progress.clone());
         tokio::spawn(async move {
             let f = fetch(&[&[PIECE; 3]]);
-            run(f, Id([7; 32]), &lab, &lab, &progress, &cancel).await
+            run(f, Id([7; 32]), &[], &lab, &lab, &progress, &cancel).await
         })
     };
     let mut lookups = lab.lookups.subscribe();
