@@ -1307,3 +1307,65 @@ fn bench_three_seeders_against_one() {
         three_mbps * 100.0 / one_mbps
     );
 }
+
+/// Bench (issue 18): eight downloaders of one seeder at once, every link shaped to 200 Mbit/s,
+/// a 512 MiB file (`IWANT_SWARM_MIB` for another size). First one node downloads it alone
+/// (then leaves: it would be a second seeder); then eight nodes start together. Prints
+/// `solo_ms`, `all_eight_ms` (from the eight `get`s until the last one is done),
+/// `time_ratio_x100` (all eight over solo, × 100; goal ≤ 200, pulling everything from the
+/// seeder gives ~800) and `seeder_sent_x100` (the seeder's bytes served during the eight over
+/// the file's size, × 100; goal ≤ 300). Asserts only that every copy arrives intact.
+#[cfg(feature = "lab-bench")]
+#[test]
+fn bench_eight_downloaders_of_one_seeder() {
+    const NAME: &str = "game.bin";
+    const RATE: Rate = Rate::mbit(200);
+    let len = std::env::var("IWANT_SWARM_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(512)
+        * MIB;
+    let (seeder, solo, group) = (0, 9, 1..=8);
+    let Some(mut lab) = Lab::new("bench_eight_downloaders_of_one_seeder", 10) else {
+        return;
+    };
+    lab.start_all(&[]);
+    for i in 0..10 {
+        lab.shape(i, RATE);
+    }
+    let source = random_source(&lab, "game", len);
+    let id = b3sum(&source);
+    share_copies(&lab, &[seeder], NAME, &source);
+    wait_indexed(&lab, seeder, NAME, &id);
+    wait_holders(&lab, solo, "game", &id, &[seeder]);
+
+    // One download alone.
+    let alone = get_to_the_end(&lab, solo, &id[..12], shaped_limit(len, RATE, 1));
+    assert_arrived(&alone, &download_dir(&lab, solo), NAME, &id, len);
+    let solo_ms = bytes(&alone, "elapsed_ms");
+    // It leaves, with its copy: the eight have the seeder alone to start from.
+    lab.stop(solo);
+    wait_holders(&lab, 1, "game", &id, &[seeder]);
+
+    // Eight at once.
+    let served_before = served(&lab, seeder);
+    let started = Instant::now();
+    for i in group.clone() {
+        let reply = get_detached(&lab, i, &id[..12]);
+        assert!(reply.is_object(), "node {i}: {reply}");
+    }
+    // Without any sharing between them, the seeder's link carries all eight copies.
+    let limit = shaped_limit(len * 8, RATE, 1);
+    for i in group.clone() {
+        let done = wait_done(&lab, i, &id, limit.saturating_sub(started.elapsed()));
+        assert_arrived(&done, &download_dir(&lab, i), NAME, &id, len);
+    }
+    let all_ms = started.elapsed().as_millis() as u64;
+    let sent = served(&lab, seeder) - served_before;
+    println!("solo_ms={solo_ms} all_eight_ms={all_ms} seeder_sent_bytes={sent}");
+    println!(
+        "time_ratio_x100={} seeder_sent_x100={}",
+        all_ms * 100 / solo_ms.max(1),
+        sent * 100 / len
+    );
+}
