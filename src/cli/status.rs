@@ -40,6 +40,18 @@ fn render(s: &StatusReply) -> String {
         "Download folder:  {}",
         Safe(&s.download_dir.to_string_lossy())
     );
+    let _ = match &s.offered_downloads {
+        Some(d) => writeln!(
+            out,
+            "Offered:          {} downloaded here, {} (every finished copy is a source for others)",
+            super::term::count(d.files, "file", "files"),
+            super::term::human_bytes(d.bytes)
+        ),
+        None => writeln!(
+            out,
+            "Offered:          no downloads (offer_downloads = false in config.toml)"
+        ),
+    };
     let _ = writeln!(
         out,
         "Index:            {}, {}, {} (version {}){}",
@@ -214,8 +226,24 @@ mod tests {
             network_key: None,
             downloads: Vec::new(),
             served: Default::default(),
+            offered_downloads: None,
         };
         let text = render(&s);
+        assert!(
+            text.contains("Offered:          no downloads (offer_downloads = false"),
+            "{text}"
+        );
+        let mut offering = s.clone();
+        offering.offered_downloads = Some(IndexInfo {
+            files: 2,
+            bytes: 3 << 20,
+            ..s.index.clone()
+        });
+        assert!(
+            render(&offering).contains("Offered:          2 files downloaded here, 3.0 MiB"),
+            "{}",
+            render(&offering)
+        );
         assert!(!text.contains('\u{1b}'), "{text}");
         assert!(
             text.contains("Watching:         every folder (changes go out at once)\n"),

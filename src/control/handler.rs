@@ -144,6 +144,11 @@ impl Handler {
             network_key: net.network_key,
             downloads: all(self.transfers.list()),
             served: self.served.counts().into(),
+            offered_downloads: self
+                .offered
+                .downloads
+                .as_ref()
+                .map(|d| d.index.status().into()),
         })
     }
 

@@ -243,6 +243,10 @@ pub struct StatusReply {
     /// What this node has served to peers since it started.
     #[serde(default)]
     pub served: Served,
+    /// What this node offers of what it downloaded (the files its downloads placed in the
+    /// download folder, unchanged); `None` when `offer_downloads = false`.
+    #[serde(default)]
+    pub offered_downloads: Option<IndexInfo>,
 }
 
 /// A typed error: a stable `kind` for programs, a `message` for people.

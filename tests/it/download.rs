@@ -978,6 +978,17 @@ async fn a_finished_download_serves_the_next_downloader_after_the_seeder_left() 
     // B offers both, under the ids it downloaded (the folder's too: same names, same tree).
     assert_eq!(wait_offered(&b, file_id).await, "film.mkv");
     assert_eq!(wait_offered(&b, dir_id).await, "game");
+    // `status` says so (its counts follow the index's rows within a moment).
+    wait_for_async(LIMIT, "status to count the two files offered", || async {
+        match b.client().request(Request::Status).await {
+            Ok(Response::Status(status)) => {
+                let offered = status.offered_downloads.expect("downloads are offered");
+                (offered.files == 2 && offered.bytes == 3_000_000 + 700_000).then_some(())
+            }
+            _ => None,
+        }
+    })
+    .await;
 
     // What the user puts in the download folder, or changes there, is never offered.
     let downloads = b.node.offered.downloads.clone().unwrap();
