@@ -16,6 +16,12 @@ use std::{
 
 use iwant_behaviours::id::Id;
 
+/// The store root under which a finished download records the hashes it verified, keyed by
+/// each placed file's stamp: the download folder's indexer finds them there (a file seen
+/// before with the same inode, size and times is not read again) and offers the download
+/// without hashing it a second time. A cache: pruned like any root that is not in use.
+pub const VERIFIED_ROOT: &str = "iwant:verified-downloads";
+
 /// Why the download folder's indexer leaves a file or folder out.
 pub const NOT_PLACED: &str =
     "not downloaded by this node (only what iwant downloaded is offered from the download folder)";

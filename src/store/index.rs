@@ -321,27 +321,7 @@ impl Store {
             for p in &change.remove_files {
                 del.execute(params![root, p]).map_err(err)?;
             }
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO files (root, path, size, mtime_ns, ctime_ns, inode, dev, id, piece_size, pieces)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(err)?;
-            for f in &change.upsert_files {
-                put.execute(params![
-                    root,
-                    f.path,
-                    f.stamp.size as i64,
-                    f.stamp.mtime_ns,
-                    f.stamp.ctime_ns,
-                    f.stamp.inode.map(|i| i as i64),
-                    f.stamp.dev.map(|d| d as i64),
-                    f.id,
-                    f.piece_size as i64,
-                    f.pieces
-                ])
-                .map_err(err)?;
-            }
+            put_files(&tx, root, &change.upsert_files).map_err(err)?;
             let mut del = tx
                 .prepare_cached("DELETE FROM dirs WHERE root = ?1 AND path = ?2")
                 .map_err(err)?;
@@ -408,6 +388,33 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.error(e))
     }
+}
+
+/// Inserts (or replaces) `rows` as files of `root`.
+pub(super) fn put_files(
+    tx: &rusqlite::Transaction<'_>,
+    root: &str,
+    rows: &[FileRow],
+) -> rusqlite::Result<()> {
+    let mut put = tx.prepare_cached(
+        "INSERT OR REPLACE INTO files (root, path, size, mtime_ns, ctime_ns, inode, dev, id, piece_size, pieces)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for f in rows {
+        put.execute(params![
+            root,
+            f.path,
+            f.stamp.size as i64,
+            f.stamp.mtime_ns,
+            f.stamp.ctime_ns,
+            f.stamp.inode.map(|i| i as i64),
+            f.stamp.dev.map(|d| d as i64),
+            f.id,
+            f.piece_size as i64,
+            f.pieces
+        ])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

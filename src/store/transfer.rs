@@ -181,6 +181,17 @@ impl Store {
         tx.commit().map_err(|e| self.error(e))
     }
 
+    /// Records file rows under `root` alone (no directories, errors or removals): the hashes a
+    /// finished download verified, for [`Store::reusable_hash`] to find.
+    pub fn put_file_rows(&self, root: &str, rows: &[FileRow]) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.error(e))?;
+        super::index::put_files(&tx, root, rows).map_err(|e| self.error(e))?;
+        tx.commit().map_err(|e| self.error(e))
+    }
+
     /// The files (with their content) and folders (no id) downloads placed in the download
     /// folder `root`.
     pub fn placed(&self, root: &str) -> Result<Vec<(String, Option<Id>)>, StoreError> {

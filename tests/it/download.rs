@@ -978,6 +978,17 @@ async fn a_finished_download_serves_the_next_downloader_after_the_seeder_left() 
     // B offers both, under the ids it downloaded (the folder's too: same names, same tree).
     assert_eq!(wait_offered(&b, file_id).await, "film.mkv");
     assert_eq!(wait_offered(&b, dir_id).await, "game");
+    // Offered from the hashes the downloads verified: nothing was read again to hash it.
+    let hashed = b
+        .node
+        .offered
+        .downloads
+        .as_ref()
+        .unwrap()
+        .index
+        .status()
+        .hashed_bytes;
+    assert_eq!(hashed, 0, "the downloads were hashed again");
     // `status` says so (its counts follow the index's rows within a moment).
     wait_for_async(LIMIT, "status to count the two files offered", || async {
         match b.client().request(Request::Status).await {

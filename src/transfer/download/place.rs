@@ -69,7 +69,19 @@ pub(super) async fn offer(ctx: &Context, placed: &Path, plan: &Plan) {
     let root = dest.to_string_lossy().into_owned();
     let saved = entries.clone();
     let key = root.clone();
-    if let Err(Stop::Failed(e)) = ctx.store(move |s| s.add_placed(&key, &saved)).await {
+    // The hashes this download verified, for the indexer to find instead of reading the files
+    // again (stamps taken now, after the move).
+    let verified = {
+        let (placed, plan) = (placed.to_path_buf(), plan.clone());
+        blocking(move || verified_rows(&placed, &plan)).await
+    };
+    let recorded = ctx
+        .store(move |s| {
+            s.add_placed(&key, &saved)?;
+            s.put_file_rows(share::placed::VERIFIED_ROOT, &verified)
+        })
+        .await;
+    if let Err(Stop::Failed(e)) = recorded {
         tracing::warn!(error = %e, "cannot record a finished download to offer it");
         return;
     }
@@ -78,6 +90,40 @@ pub(super) async fn offer(ctx: &Context, placed: &Path, plan: &Plan) {
         downloads.placed.add(entries);
         downloads.index.recheck(placed.to_path_buf());
     }
+}
+
+/// Index rows for the files of the download placed at `placed`, from what the download
+/// verified: one per path (copies included) whose piece list is known, stamped as the file is
+/// on disk now, keyed by its path on disk (unique within the cache).
+fn verified_rows(placed: &Path, plan: &Plan) -> Vec<crate::store::FileRow> {
+    let mut rows = Vec::new();
+    for f in &plan.files {
+        let pieces: Vec<u8> = match &f.pieces {
+            _ if f.layout.piece_list_len() == 0 => Vec::new(),
+            Some(pieces) if pieces.len() == f.layout.piece_list_len() => {
+                pieces.iter().flatten().copied().collect()
+            }
+            _ => continue,
+        };
+        for p in &f.paths {
+            let disk = if plan.is_dir {
+                scan::native(placed, p)
+            } else {
+                placed.to_path_buf()
+            };
+            let Ok(meta) = std::fs::symlink_metadata(&disk) else {
+                continue;
+            };
+            rows.push(crate::store::FileRow {
+                path: disk.to_string_lossy().into_owned(),
+                stamp: scan::Stamp::of(&meta),
+                id: f.id.0,
+                piece_size: f.layout.piece_size(),
+                pieces: pieces.clone(),
+            });
+        }
+    }
+    rows
 }
 
 /// Whether every file of a placed download (every copy of identical contents too) hashes to
