@@ -218,6 +218,17 @@ fn in_partial_download(path: &Path) -> bool {
     })
 }
 
+/// A file of the download folder whose content is no longer what this node downloaded: out of
+/// the index (the caller tells the network), listed as skipped.
+fn drop_changed(path: String, change: &mut IndexChange) {
+    tracing::info!(path, "a downloaded file changed; no longer offered");
+    change.remove_files.push(path.clone());
+    change.skipped.push(ScanError {
+        path,
+        reason: super::placed::CHANGED.into(),
+    });
+}
+
 /// The store key of a share root.
 fn root_key(root: &Path) -> String {
     root.to_string_lossy().into_owned()
@@ -674,16 +685,14 @@ impl Indexer {
         let mut to_hash = Vec::new();
         // An empty table (a first scan) has nothing to reuse: skip one query per file.
         let may_reuse = !old_files.is_empty() || self.store.has_files()?;
+        let mut changed = Vec::new();
         for found in walk.files {
             match old_files.remove(&found.path) {
                 Some(row) if row.stamp == found.stamp => {}
                 _ if !may_reuse => to_hash.push(found),
                 _ => match self.reusable(&found)? {
                     Some(row) if self.rules.changed_since_placed(&row.path, &row.id) => {
-                        change.skipped.push(ScanError {
-                            path: row.path,
-                            reason: super::placed::CHANGED.into(),
-                        });
+                        changed.push(row.path);
                     }
                     Some(row) => change.upsert_files.push(row),
                     None => to_hash.push(found),
@@ -691,6 +700,9 @@ impl Indexer {
             }
         }
         change.remove_files = old_files.into_keys().filter(|p| !kept(p)).collect();
+        for path in changed {
+            drop_changed(path, &mut change);
+        }
 
         // Directories: the walked ones, and every ancestor of `rel` while something exists there.
         let mut new_dirs: BTreeSet<String> = walk.dirs.into_iter().collect();
@@ -851,7 +863,8 @@ impl Indexer {
                         .rules
                         .changed_since_placed(&found.path, hash.id.as_bytes()) =>
                 {
-                    self.drop_changed(found.path, change, delta);
+                    delta.removed.push(found.path.clone());
+                    drop_changed(found.path, change);
                 }
                 Ok((hash, after)) if unchanged(&after) => part.upsert_files.push(FileRow {
                     path: found.path,
@@ -883,18 +896,6 @@ impl Indexer {
         self.store.apply_index_change(&self.key, &part)?;
         hashed.append(&mut part.upsert_files);
         Ok(())
-    }
-
-    /// A file of the download folder whose content is no longer what this node downloaded:
-    /// out of the index (and of the network's), listed as skipped.
-    fn drop_changed(&mut self, path: String, change: &mut IndexChange, delta: &mut Delta) {
-        tracing::info!(path, "a downloaded file changed; no longer offered");
-        delta.removed.push(path.clone());
-        change.remove_files.push(path.clone());
-        change.skipped.push(ScanError {
-            path,
-            reason: super::placed::CHANGED.into(),
-        });
     }
 
     /// Recomputes the ids of `dirs` from the stored entries; writes and reports the changed ones.
