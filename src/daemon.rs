@@ -137,10 +137,7 @@ async fn offer_downloads(
     home: &Home,
     live_roots: share::LiveRoots,
 ) -> Result<(share::OfferedDownloads, std::thread::JoinHandle<()>), StoreError> {
-    let (db2, key) = (db.clone(), download_dir.to_string_lossy().into_owned());
-    let placed = tokio::task::spawn_blocking(move || db2.get()?.placed(&key))
-        .await
-        .expect("bug: store task panicked")?;
+    let placed = share::placed::stored(db, download_dir).await?;
     let placed = Arc::new(share::placed::Placed::new(placed));
     // What came from the network is offered as it came: hidden names too (a folder's id stays
     // the one it was downloaded as). Secrets, the home and the user's rules still apply.

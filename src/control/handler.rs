@@ -227,18 +227,10 @@ impl Handler {
             self.offered.shared.set_root(next.shared_dir.clone()).await;
         }
         if let (Role::Download, Some(downloads)) = (role, &self.offered.downloads) {
-            // The new folder offers what downloads placed there (none, unless it was the
-            // download folder before).
-            let (db, key) = (
-                downloads.index.db().clone(),
-                next.download_dir.to_string_lossy().into_owned(),
-            );
-            let placed = tokio::task::spawn_blocking(move || db.get()?.placed(&key))
+            downloads
+                .move_to(&next.download_dir)
                 .await
-                .map_err(internal)?
                 .map_err(internal)?;
-            downloads.placed.replace(placed);
-            downloads.index.set_root(next.download_dir.clone()).await;
         }
         *config = next;
         tracing::info!(shared = %folders.shared_dir.display(), download = %folders.download_dir.display(), "folders changed");

@@ -153,15 +153,18 @@ pub struct OfferedDownloads {
     pub placed: std::sync::Arc<placed::Placed>,
 }
 
-impl Offered {
-    /// Only the shared folder.
-    pub fn shared_only(shared: IndexHandle) -> Self {
-        Self {
-            shared,
-            downloads: None,
-        }
+impl OfferedDownloads {
+    /// The download folder is now `dir`: it offers what downloads placed there before (none,
+    /// unless it was the download folder once), and its indexer moves there.
+    pub async fn move_to(&self, dir: &std::path::Path) -> Result<(), crate::store::StoreError> {
+        self.placed
+            .replace(placed::stored(self.index.db(), dir).await?);
+        self.index.set_root(dir.to_path_buf()).await;
+        Ok(())
     }
+}
 
+impl Offered {
     /// The index of `collection`, if it is offered.
     pub fn index(&self, collection: Collection) -> Option<&IndexHandle> {
         match collection {

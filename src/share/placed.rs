@@ -11,10 +11,13 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt,
+    path::Path,
     sync::RwLock,
 };
 
 use iwant_behaviours::id::Id;
+
+use crate::store::{Db, StoreError};
 
 /// The store root under which a finished download records the hashes it verified, keyed by
 /// each placed file's stamp: the download folder's indexer finds them there (a file seen
@@ -29,6 +32,15 @@ pub const NOT_PLACED: &str =
 /// Why the download folder's indexer drops a file it placed.
 pub const CHANGED: &str =
     "changed since this node downloaded it (only unchanged downloads are offered)";
+
+/// What downloads placed in the download folder `dir`, as the store remembers it (read on a
+/// blocking thread).
+pub async fn stored(db: &Db, dir: &Path) -> Result<Vec<(String, Option<Id>)>, StoreError> {
+    let (db, key) = (db.clone(), dir.to_string_lossy().into_owned());
+    tokio::task::spawn_blocking(move || db.get()?.placed(&key))
+        .await
+        .expect("bug: store task panicked")
+}
 
 /// The files placed by this node's downloads, and the folders above them.
 #[derive(Default)]
@@ -110,12 +122,14 @@ impl Placed {
     }
 
     /// How many files are placed.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner.read().expect("bug: poisoned").files.len()
     }
 
     /// Whether no file is placed.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

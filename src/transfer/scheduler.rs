@@ -393,7 +393,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
     }
 
     /// Whether some known peer has `unit`.
-    pub fn anyone_has(&self, unit: usize) -> bool {
+    #[cfg(test)]
+    fn anyone_has(&self, unit: usize) -> bool {
         self.peers.values().any(|s| s.have.has(unit))
     }
 

@@ -223,6 +223,20 @@ impl Plan {
         }
     }
 
+    /// Every path (copies included) of distinct file `file` under `root`: the partial file or
+    /// directory, or the placed download.
+    pub fn paths_of(&self, root: &Path, file: usize) -> Vec<PathBuf> {
+        if self.is_dir {
+            self.files[file]
+                .paths
+                .iter()
+                .map(|p| scan::native(root, p))
+                .collect()
+        } else {
+            vec![root.to_path_buf()]
+        }
+    }
+
     /// Total bytes of the distinct files (what is fetched).
     pub fn total_bytes(&self) -> u64 {
         self.unit_lens.iter().sum()

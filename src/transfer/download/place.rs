@@ -56,13 +56,8 @@ pub(super) async fn offer(ctx: &Context, placed: &Path, plan: &Plan) {
             entries.extend(rel(&scan::native(placed, dir)).map(|r| (r, None)));
         }
     }
-    for f in &plan.files {
-        for p in &f.paths {
-            let disk = if plan.is_dir {
-                scan::native(placed, p)
-            } else {
-                placed.to_path_buf()
-            };
+    for (i, f) in plan.files.iter().enumerate() {
+        for disk in plan.paths_of(placed, i) {
             entries.extend(rel(&disk).map(|r| (r, Some(f.id))));
         }
     }
@@ -97,7 +92,7 @@ pub(super) async fn offer(ctx: &Context, placed: &Path, plan: &Plan) {
 /// on disk now, keyed by its path on disk (unique within the cache).
 fn verified_rows(placed: &Path, plan: &Plan) -> Vec<crate::store::FileRow> {
     let mut rows = Vec::new();
-    for f in &plan.files {
+    for (i, f) in plan.files.iter().enumerate() {
         let pieces: Vec<u8> = match &f.pieces {
             _ if f.layout.piece_list_len() == 0 => Vec::new(),
             Some(pieces) if pieces.len() == f.layout.piece_list_len() => {
@@ -105,12 +100,7 @@ fn verified_rows(placed: &Path, plan: &Plan) -> Vec<crate::store::FileRow> {
             }
             _ => continue,
         };
-        for p in &f.paths {
-            let disk = if plan.is_dir {
-                scan::native(placed, p)
-            } else {
-                placed.to_path_buf()
-            };
+        for disk in plan.paths_of(placed, i) {
             let Ok(meta) = std::fs::symlink_metadata(&disk) else {
                 continue;
             };
@@ -129,13 +119,8 @@ fn verified_rows(placed: &Path, plan: &Plan) -> Vec<crate::store::FileRow> {
 /// Whether every file of a placed download (every copy of identical contents too) hashes to
 /// its id.
 pub(super) fn intact(plan: &Plan, placed: &Path) -> bool {
-    plan.files.iter().all(|f| {
-        let paths: Vec<PathBuf> = if plan.is_dir {
-            f.paths.iter().map(|p| scan::native(placed, p)).collect()
-        } else {
-            vec![placed.to_path_buf()]
-        };
-        paths
+    plan.files.iter().enumerate().all(|(i, f)| {
+        plan.paths_of(placed, i)
             .iter()
             .all(|p| share::hasher::hash_file(p).is_ok_and(|h| h.id == f.id))
     })
