@@ -150,7 +150,14 @@ async fn offer_downloads(
         live_roots,
     };
     let (index, thread) = share::spawn(db.clone(), download_dir.to_path_buf(), options)?;
-    Ok((share::OfferedDownloads { index, placed }, thread))
+    Ok((
+        share::OfferedDownloads {
+            index,
+            placed,
+            partial: share::partial::Partials::default(),
+        },
+        thread,
+    ))
 }
 
 /// Errors that stop a node from starting.
@@ -330,6 +337,12 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
                 tasks.spawn(leader::publish::run(
                     downloads.index.clone(),
                     Collection::Downloads,
+                    net.clone(),
+                    leader.clone(),
+                    shutdown.child_token(),
+                ));
+                tasks.spawn(share::partial::announce(
+                    downloads.partial.clone(),
                     net.clone(),
                     leader.clone(),
                     shutdown.child_token(),

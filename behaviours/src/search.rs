@@ -5,6 +5,10 @@
 //! distinct id once, with the peers that hold it. A node that is not the leader answers
 //! [`Response::NotLeader`].
 //!
+//! Swarming: a node downloading files tells the leader which pieces of each it has verified
+//! ([`Request::Partial`], at most once a second, soft state), and [`Request::Holders`] answers
+//! list these partial holders with their pieces next to the whole holders.
+//!
 //! Limits: queries of at most [`MAX_QUERY`] bytes, pages of at most [`MAX_PAGE`] hits, at most
 //! [`MAX_HOLDERS`] holders listed per hit (with the full count), at most [`MAX_RESULTS`]
 //! results per query in total. `docs/protocols.md` has the spec.
@@ -17,7 +21,7 @@ use libp2p::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{Id, Kind};
+use crate::wire::{Bytes, Id, Kind};
 
 /// The protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/iwant/search/1.0.0");
@@ -36,6 +40,18 @@ pub const MAX_HOLDERS: usize = 32;
 
 /// Most ids in one [`Request::Holders`].
 pub const MAX_HOLDER_IDS: usize = 512;
+
+/// Most files in one [`Request::Partial`].
+pub const MAX_PARTIAL_FILES: usize = 64;
+
+/// Longest piece bitfield, in bytes: one bit per piece, and a file has at most 2,048 pieces.
+pub const MAX_HAVE: usize = 256;
+
+/// Most partial holders listed per id in a [`Response::Holders`].
+pub const MAX_PARTIAL_HOLDERS: usize = 16;
+
+/// How long the leader keeps a [`Request::Partial`] that is not sent again.
+pub const PARTIAL_TTL: Duration = Duration::from_secs(10);
 
 /// Largest encoded request, in bytes: a [`Request::Holders`] of [`MAX_HOLDER_IDS`] ids.
 pub const MAX_REQUEST: u64 = 24 * 1024;
@@ -66,6 +82,33 @@ pub enum Request {
         #[serde(deserialize_with = "crate::wire::capped::<_, _, MAX_HOLDER_IDS>")]
         ids: Vec<Id>,
     },
+    /// "I am downloading these files and have verified these pieces of each": replaces what
+    /// the sender said before (an empty list withdraws it); kept for [`PARTIAL_TTL`] unless
+    /// sent again. Answered with [`Response::Noted`].
+    Partial {
+        /// At most [`MAX_PARTIAL_FILES`] files.
+        #[serde(deserialize_with = "crate::wire::capped::<_, _, MAX_PARTIAL_FILES>")]
+        files: Vec<PartialFile>,
+    },
+}
+
+/// A file a node is downloading, and the pieces of it that it has verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialFile {
+    /// The file's content id.
+    pub id: Id,
+    /// Bit `i % 8` of byte `i / 8` is piece `i` (pieces as the id's layout cuts them); at
+    /// most [`MAX_HAVE`] bytes.
+    pub have: Bytes,
+}
+
+/// A partial holder of an id, in a [`Response::Holders`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialHolder {
+    /// Its peer id (base58).
+    pub peer: String,
+    /// The pieces it has, as in [`PartialFile::have`].
+    pub have: Bytes,
 }
 
 /// A search by name.
@@ -93,7 +136,17 @@ pub enum Response {
         /// One list per id asked.
         #[serde(deserialize_with = "crate::wire::capped::<_, _, MAX_HOLDER_IDS>")]
         holders: Vec<Vec<String>>,
+        /// One list per id asked (or none at all): the nodes downloading it, with the pieces
+        /// they have, at most [`MAX_PARTIAL_HOLDERS`] each.
+        #[serde(
+            default,
+            skip_serializing_if = "Vec::is_empty",
+            deserialize_with = "crate::wire::capped::<_, _, MAX_HOLDER_IDS>"
+        )]
+        partial: Vec<Vec<PartialHolder>>,
     },
+    /// A [`Request::Partial`] was taken.
+    Noted,
     /// This node is not the leader (any more).
     NotLeader,
     /// The leader runs too many searches at once; try again shortly.
@@ -197,6 +250,22 @@ impl Request {
                 }
                 Ok(())
             }
+            Request::Partial { files } => {
+                if files.len() > MAX_PARTIAL_FILES {
+                    return Err(format!(
+                        "{} partial files, more than {MAX_PARTIAL_FILES}",
+                        files.len()
+                    ));
+                }
+                match files.iter().find(|f| f.have.len() > MAX_HAVE) {
+                    Some(f) => Err(format!(
+                        "a piece bitfield of {} bytes for {}, more than {MAX_HAVE}",
+                        f.have.len(),
+                        f.id
+                    )),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -218,12 +287,54 @@ mod tests {
             ids: vec![Id([1; 32]); MAX_HOLDER_IDS + 1],
         };
         assert!(too_many.check().is_err());
+        let peer = libp2p::PeerId::random().to_string();
+        let partial = PartialHolder {
+            peer: peer.clone(),
+            have: Bytes(vec![0xff; MAX_HAVE]),
+        };
         let answer = Response::Holders {
-            holders: vec![vec![libp2p::PeerId::random().to_string(); MAX_HOLDERS]; MAX_HOLDER_IDS],
+            holders: vec![vec![peer; MAX_HOLDERS]; MAX_HOLDER_IDS],
+            partial: vec![vec![partial; MAX_PARTIAL_HOLDERS]; MAX_HOLDER_IDS],
         };
         let mut buf = Vec::new();
         cbor4ii::serde::to_writer(&mut buf, &answer).unwrap();
         assert!(buf.len() as u64 <= MAX_RESPONSE, "{} bytes", buf.len());
+        let back: Response = cbor4ii::serde::from_slice(&buf).unwrap();
+        assert_eq!(back, answer);
+    }
+
+    #[test]
+    fn the_largest_partial_request_fits_and_bad_ones_are_refused() {
+        let file = PartialFile {
+            id: Id([0xee; 32]),
+            have: Bytes(vec![0xff; MAX_HAVE]),
+        };
+        let request = Request::Partial {
+            files: vec![file.clone(); MAX_PARTIAL_FILES],
+        };
+        request.check().unwrap();
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &request).unwrap();
+        assert!(buf.len() as u64 <= MAX_REQUEST, "{} bytes", buf.len());
+        let too_many = Request::Partial {
+            files: vec![file.clone(); MAX_PARTIAL_FILES + 1],
+        };
+        assert!(too_many.check().is_err());
+        let too_long = Request::Partial {
+            files: vec![PartialFile {
+                have: Bytes(vec![1; MAX_HAVE + 1]),
+                ..file
+            }],
+        };
+        assert!(too_long.check().is_err());
+        // An answer without partial holders (an older leader's) still decodes.
+        let plain = Response::Holders {
+            holders: vec![vec![]],
+            partial: vec![],
+        };
+        let mut buf = Vec::new();
+        cbor4ii::serde::to_writer(&mut buf, &plain).unwrap();
+        assert_eq!(cbor4ii::serde::from_slice::<Response>(&buf).unwrap(), plain);
     }
 
     #[test]

@@ -68,22 +68,72 @@ pub async fn ask(
     }
 }
 
-/// The holders of each of `ids` (at most [`iwant_behaviours::search::MAX_HOLDER_IDS`]) as the leader knows
-/// them, in the order of `ids`; waits at most `deadline` for a leader and its answer.
+/// The holders of one id as the leader knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding<P = PeerId> {
+    /// The nodes that hold all of it.
+    pub whole: Vec<P>,
+    /// The nodes downloading it, each with its piece bitfield (bit `i % 8` of byte `i / 8` is
+    /// piece `i`).
+    pub partial: Vec<(P, Vec<u8>)>,
+}
+
+impl<P> Default for Holding<P> {
+    fn default() -> Self {
+        Self {
+            whole: Vec::new(),
+            partial: Vec::new(),
+        }
+    }
+}
+
+/// The holders of each of `ids` (at most [`iwant_behaviours::search::MAX_HOLDER_IDS`]) as the
+/// leader knows them, whole and partial, in the order of `ids`; waits at most `deadline` for a
+/// leader and its answer. Peer ids that do not parse are left out.
 pub async fn holders(
     net: &NetworkClient,
     local: &LeaderHandle,
     ids: Vec<iwant_behaviours::id::Id>,
     deadline: Duration,
-) -> Result<Vec<Vec<PeerId>>, AskError> {
+) -> Result<Vec<Holding>, AskError> {
     let asked = ids.len();
     match ask_any(net, local, Request::Holders { ids }, deadline).await? {
-        (Response::Holders { holders }, _) if holders.len() == asked => Ok(holders
-            .into_iter()
-            .map(|peers| peers.iter().filter_map(|p| p.parse().ok()).collect())
-            .collect()),
+        (Response::Holders { holders, partial }, _)
+            if holders.len() == asked && (partial.is_empty() || partial.len() == asked) =>
+        {
+            let mut partial = partial.into_iter();
+            Ok(holders
+                .into_iter()
+                .map(|peers| Holding {
+                    whole: peers.iter().filter_map(|p| p.parse().ok()).collect(),
+                    partial: partial
+                        .next()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|h| Some((h.peer.parse().ok()?, h.have.0)))
+                        .collect(),
+                })
+                .collect())
+        }
         (other, leader) => Err(AskError::Refused(format!(
             "leader {leader} answered a holders request with {other:?}"
+        ))),
+    }
+}
+
+/// Tells the leader which pieces of which files this node is downloading has (at most
+/// [`iwant_behaviours::search::MAX_PARTIAL_FILES`]; replaces what it said before); waits at
+/// most `deadline`.
+pub async fn partial(
+    net: &NetworkClient,
+    local: &LeaderHandle,
+    files: Vec<iwant_behaviours::search::PartialFile>,
+    deadline: Duration,
+) -> Result<(), AskError> {
+    match ask_any(net, local, Request::Partial { files }, deadline).await? {
+        (Response::Noted, _) => Ok(()),
+        (other, leader) => Err(AskError::Refused(format!(
+            "leader {leader} answered a partial list with {other:?}"
         ))),
     }
 }
@@ -142,7 +192,9 @@ async fn ask_any(
                 last = format!("leader {target} did not answer");
                 continue;
             }
-            Ok(Ok(answer @ (Response::Results(_) | Response::Holders { .. }))) => {
+            Ok(Ok(
+                answer @ (Response::Results(_) | Response::Holders { .. } | Response::Noted),
+            )) => {
                 return Ok((answer, target));
             }
             Ok(Ok(Response::Refused { reason })) => return Err(AskError::Refused(reason)),

@@ -7,11 +7,14 @@
 //! - [`publish`]: the task that pushes this node's index to whichever node leads: a paged
 //!   snapshot to every new leader, then deltas.
 //! - [`ask`]: sends a search to the leader, waiting a bounded time for one to be elected.
+//! - [`partial`]: the nodes downloading files and the pieces they have (swarming), which the
+//!   leader keeps next to the index and lists with the holders.
 //!
 //! The wire protocols are `iwant_behaviours::index_sync` and `iwant_behaviours::search`.
 
 pub mod ask;
 pub mod index;
+pub mod partial;
 pub mod publish;
 pub mod service;
 

@@ -33,7 +33,10 @@ use libp2p::{request_response::ResponseChannel, PeerId};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::index::{self, Collection, Limits, NetworkIndex};
+use super::{
+    index::{self, Collection, Limits, NetworkIndex},
+    partial::Partials,
+};
 use crate::net::{IndexRpc, LeaderInbound, LeaderView, NetworkClient, SearchRpc};
 
 /// How long the entries of a node whose connection is gone are kept.
@@ -145,6 +148,8 @@ pub struct Service {
     searches: Arc<Semaphore>,
     /// The index's bounds (`config.toml`'s `leader_index_entries`).
     limits: Limits,
+    /// The nodes downloading files, and what they have of them.
+    partials: Partials,
 }
 
 /// Creates the service; run the returned [`Service`] with [`Service::run`].
@@ -172,6 +177,7 @@ pub fn spawn(
         joined: HashMap::new(),
         searches: Arc::new(Semaphore::new(MAX_SEARCHES)),
         limits,
+        partials: Partials::default(),
     };
     (LeaderHandle { tx }, service)
 }
@@ -225,6 +231,7 @@ impl Service {
             dropped
         };
         self.peers.clear();
+        self.partials = Partials::default();
         self.warm.send_replace(false);
         if leading {
             // Wait for the nodes we know now; the rest join whenever they do.
@@ -272,6 +279,9 @@ impl Service {
         }
         self.awaited
             .retain(|p| *p == self.local || connected.contains(p));
+        let local = self.local;
+        self.partials
+            .expire(now, |p| *p == local || connected.contains(p));
         self.note_joined(&connected);
         self.update_warm();
     }
@@ -473,6 +483,22 @@ impl Service {
         } else {
             None
         };
+        // A partial holder's list is soft state kept here: no search runs for it.
+        let request = match (immediate.is_some(), request) {
+            (false, search::Request::Partial { files }) => {
+                self.partials.set(peer, files, Instant::now());
+                send_search(&self.net, respond, search::Response::Noted).await;
+                return;
+            }
+            (_, request) => request,
+        };
+        // The partial holders of the ids a holders request asks about, from the same place.
+        let partial: Vec<_> = match &request {
+            search::Request::Holders { ids } => {
+                ids.iter().map(|id| self.partials.holders_of(id)).collect()
+            }
+            _ => Vec::new(),
+        };
         let permit = match immediate {
             Some(_) => None,
             None => match self.searches.clone().try_acquire_owned() {
@@ -508,6 +534,9 @@ impl Service {
                 })
             };
             let mut response = search(request).await.expect("bug: search panicked");
+            if let search::Response::Holders { partial: p, .. } = &mut response {
+                *p = partial;
+            }
             // Nothing found by a new leader that lacks some connected node's index: "busy",
             // so the asker asks again (it owns the deadline), rather than "not found".
             let empty = matches!(&response, search::Response::Results(r) if r.total == 0);
@@ -556,8 +585,11 @@ fn run_search(
             });
         }
         search::Request::Locate { prefix, max } => index.locate(&prefix, max as usize),
+        // Taken by the service itself (`on_search`); never searched.
+        search::Request::Partial { .. } => return search::Response::Noted,
         search::Request::Holders { ids } => {
             return search::Response::Holders {
+                partial: Vec::new(),
                 holders: ids
                     .iter()
                     .map(|id| {

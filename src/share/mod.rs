@@ -17,6 +17,7 @@ pub mod hasher;
 pub mod ignore;
 mod indexer;
 pub mod manifest;
+pub mod partial;
 pub mod pieces;
 pub mod placed;
 pub mod scan;
@@ -151,6 +152,8 @@ pub struct OfferedDownloads {
     pub index: IndexHandle,
     /// The files placed there.
     pub placed: std::sync::Arc<placed::Placed>,
+    /// The downloads in progress: the pieces they have verified.
+    pub partial: partial::Partials,
 }
 
 impl OfferedDownloads {

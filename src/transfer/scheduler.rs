@@ -22,9 +22,11 @@
 //!
 //! A peer serves the units it has: every unit, or (a holder of some files of a folder, or of
 //! some pieces) only those its [`Have`] names. Units go out one owner each, the rarest first
-//! among those the peer has (the fewest partial peers have it; ties and the common case of
-//! peers that all have everything: the lowest index), so that the seeder sends what nobody
-//! else can and downloaders feed each other the rest. A peer's window (bytes it may have in
+//! among those the peer has (the fewest partial peers have it), so that the seeder sends what
+//! nobody else can and downloaders feed each other the rest. Equally rare units go in the
+//! order of [`Config::shuffle`] (downloads of the same content each take their own order, and
+//! so fetch different units from a common seeder); while no partial peer is known, simply the
+//! lowest index first (requests of consecutive pieces, read and written in order). A peer's window (bytes it may have in
 //! flight) is its measured rate × [`Config::window_time`], clamped to
 //! [`Config::min_window_bytes`]..=[`Config::max_window_bytes`], and at most
 //! [`Config::max_window_units`] units; a peer with nothing in flight always gets one unit. A
@@ -65,6 +67,18 @@ pub const MAX_OWNERS: usize = 2;
 /// The most queued units [`Planner::next`] weighs for rarity; beyond, it takes the first it
 /// has (the rarest-first choice is a heuristic; its cost stays bounded).
 pub const RAREST_SCAN: usize = 4096;
+
+/// Where `unit` goes in the order `seed` gives equally rare units: the unit itself for seed 0,
+/// else a mix of both (splitmix64's finalizer: a bijection, so no two units tie).
+fn shuffled(unit: usize, seed: u64) -> u64 {
+    if seed == 0 {
+        return unit as u64;
+    }
+    let mut z = (unit as u64) ^ seed;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// Which units a peer can serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +135,11 @@ pub struct Config {
     /// times later than the peer would (default 4.0), or that has been in flight for more than
     /// `stall_timeout / 2`.
     pub endgame_ratio: f64,
+    /// How equally rare units are ordered while partial peers are known: 0, by index; any
+    /// other value, in an order of their own that this seed shuffles (default 0). Downloads of
+    /// the same content use different seeds, so that they fetch different units from a
+    /// common holder and then have something to give each other.
+    pub shuffle: u64,
 }
 
 impl Default for Config {
@@ -132,6 +151,7 @@ impl Default for Config {
             max_window_units: 256,
             stall_timeout: Duration::from_millis(1500),
             endgame_ratio: 4.0,
+            shuffle: 0,
         }
     }
 }
@@ -225,6 +245,18 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
         }
     }
 
+    /// Sets [`Config::shuffle`].
+    pub fn set_shuffle(&mut self, seed: u64) {
+        self.config.shuffle = seed;
+    }
+
+    /// Whether `peer` is known and has only some units ([`Have::Some`]).
+    pub fn is_partial(&self, peer: P) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|s| matches!(s.have, Have::Some(_)))
+    }
+
     /// Adds a peer that can serve every unit. Idempotent; a banned peer stays banned.
     pub fn add_peer(&mut self, peer: P, now: Instant) {
         let _ = self.add_peer_having(peer, Have::All, now);
@@ -286,7 +318,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
     }
 
     /// One more unit for `peer` if its window has room, else `None` (also for an unknown or
-    /// banned peer). The rarest queued unit it has first (the lowest index among equals); when
+    /// banned peer). The rarest queued unit it has first (see [`Config::shuffle`]); when
     /// it has none of the queued ones, an endgame duplicate; never a unit the peer already has
     /// in flight, nor one it does not have.
     pub fn next(&mut self, peer: P, now: Instant) -> Option<usize> {
@@ -516,19 +548,21 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Planner<P> {
     }
 
     /// The queued unit `state`'s peer should fetch next: of the first [`RAREST_SCAN`] queued
-    /// units it has, the one the fewest partial peers have (the lowest index among equals);
-    /// past them, the first it has.
+    /// units it has, the one the fewest partial peers have (among equals, the first in the
+    /// [`Config::shuffle`] order); past them, the first it has.
     fn rarest_queued(&self, state: &Peer) -> Option<usize> {
         if self.partial_peers == 0 {
             // Everyone has everything: no rarity to weigh.
             return self.queue.first().copied();
         }
-        let mut best: Option<(u32, usize)> = None;
+        let seed = self.config.shuffle;
+        let mut best: Option<((u32, u64), usize)> = None;
         let mut had = self.queue.iter().copied().filter(|&u| state.have.has(u));
         for unit in had.by_ref().take(RAREST_SCAN) {
             let rarity = self.avail.get(unit).copied().unwrap_or(0);
-            if best.is_none_or(|(r, _)| rarity < r) {
-                best = Some((rarity, unit));
+            let key = (rarity, shuffled(unit, seed));
+            if best.is_none_or(|(k, _)| key < k) {
+                best = Some((key, unit));
             }
         }
         best.map(|(_, unit)| unit).or_else(|| had.next())
@@ -1143,6 +1177,36 @@ mod tests {
         // Peer 2 has nothing queued that it could serve, and nothing to duplicate yet.
         assert_eq!(give(&mut pl, 2, t(1)), None);
         pl.check_invariants();
+    }
+
+    #[test]
+    fn downloads_with_their_own_shuffle_take_different_units_from_one_seeder() {
+        let n = 256;
+        let order = |shuffle: u64| -> Vec<usize> {
+            let config = Config {
+                shuffle,
+                ..Default::default()
+            };
+            let mut pl = Planner::new(vec![64 * KIB; n], &vec![false; n], config);
+            pl.add_peer(9, t(0));
+            // Another downloader, with nothing yet: rarity is weighed, all units tie.
+            pl.add_peer_having(1, have(&[], n), t(0));
+            let units: Vec<usize> = (0..n)
+                .map(|_| {
+                    let u = give(&mut pl, 9, t(1)).expect("the seeder has every unit");
+                    accept(&mut pl, 9, u, t(2));
+                    u
+                })
+                .collect();
+            assert!(pl.is_done());
+            units
+        };
+        let (a, b) = (order(1), order(2));
+        assert_eq!(order(0), (0..n).collect::<Vec<_>>(), "no shuffle: by index");
+        // Each takes every unit once, in its own order: their first eighths barely overlap.
+        let eighth = |o: &[usize]| o[..n / 8].iter().copied().collect::<BTreeSet<_>>();
+        let common = eighth(&a).intersection(&eighth(&b)).count();
+        assert!(common < n / 16, "{common} of {} in common", n / 8);
     }
 
     #[test]

@@ -8,8 +8,13 @@
 //! ctime) is compared with the index row, and only that open file is read. A file changed or
 //! replaced since it was hashed (also by a symlink to a file outside the share, or a FIFO) is
 //! not served under its old id (the peer gets `Unavailable`) and the indexer is told to look at
-//! it again. Each later request on a stream re-checks the open file the same way. Partial downloads live in the download folder, which is
-//! never shared, and are never indexed (`.iwant-part`), so they are never served.
+//! it again. Each later request on a stream re-checks the open file the same way.
+//!
+//! A download in progress serves the pieces it has verified and written, and only those
+//! (`share::partial`; when downloads are offered): an id found in no index is looked up among
+//! the downloads' partial files, and a piece that is not there yet is answered `Unavailable`
+//! (the downloader asks another holder). Its partial file is opened by the path the download
+//! task gave, never from a peer's input.
 //!
 //! Bounds: [`MAX_STREAMS_PER_PEER`] and [`MAX_STREAMS`] chunk streams at once (more are closed
 //! at once), [`MAX_CONTENT_JOBS`] content requests at once (more are answered `Busy`), one
@@ -43,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     fsio,
     net::{ContentInbound, ContentRpc, NetworkClient},
-    share::{self, pieces::Layout, scan, Collection, Offered},
+    share::{self, partial::PartialFile, pieces::Layout, scan, Collection, Offered},
     store::{FileRow, Store},
 };
 
@@ -262,7 +267,14 @@ fn answer_content(
                 piece_size: Layout::for_len(row.stamp.size).piece_size(),
                 pieces: Bytes(row.pieces),
             },
-            Err(_) => content::Response::NotFound,
+            Err(_) => match partial(index, &id) {
+                Some(f) => content::Response::Pieces {
+                    size: f.layout.len(),
+                    piece_size: f.layout.piece_size(),
+                    pieces: Bytes(f.pieces.clone()),
+                },
+                None => content::Response::NotFound,
+            },
         },
         content::Request::Manifest { id, offset } => {
             let Some(manifest) = index
@@ -366,23 +378,47 @@ fn unchanged(file: &File, row: &FileRow) -> bool {
     }
 }
 
+/// The file of a download in progress with content `id`, if downloads are offered.
+fn partial(offered: &Offered, id: &Id) -> Option<Arc<PartialFile>> {
+    offered.downloads.as_ref()?.partial.get(id)
+}
+
 /// A file being served on one stream.
 struct Serving {
     id: Id,
-    /// The collection it was found in, and that collection's folder (store key) then.
-    collection: Collection,
-    root: String,
-    row: FileRow,
+    source: Source,
     path: PathBuf,
     file: Arc<File>,
     layout: Layout,
 }
 
-/// Reads piece `index` of `serving` on a blocking thread, into `buf`.
-fn read_piece(serving: &Serving, index: u32, mut buf: Vec<u8>) -> Option<ReadPiece> {
-    let range = serving.layout.piece_range(index as u64)?;
+/// Where a served file comes from.
+enum Source {
+    /// An offered file: the collection it was found in, that collection's folder (store key)
+    /// then, and its row.
+    Offered {
+        collection: Collection,
+        root: String,
+        row: FileRow,
+    },
+    /// A download in progress: only the pieces it has.
+    Partial(Arc<PartialFile>),
+}
+
+/// Reads piece `index` of `serving` on a blocking thread, into `buf`; `OutOfRange` past the
+/// end, `Unavailable` for a piece a download in progress does not have yet.
+fn read_piece(serving: &Serving, index: u32, mut buf: Vec<u8>) -> Result<ReadPiece, Status> {
+    let range = serving
+        .layout
+        .piece_range(index as u64)
+        .ok_or(Status::OutOfRange)?;
+    if let Source::Partial(f) = &serving.source {
+        if !f.has(index as u64) {
+            return Err(Status::Unavailable);
+        }
+    }
     let file = serving.file.clone();
-    Some(tokio::task::spawn_blocking(move || {
+    Ok(tokio::task::spawn_blocking(move || {
         buf.resize((range.end - range.start) as usize, 0);
         let result = fsio::read_exact_at(&file, &mut buf, range.start);
         (result, buf)
@@ -433,12 +469,20 @@ async fn serve_stream(mut stream: Stream, index: Offered, served: &Served) -> st
         let mut status = Status::Ok;
         let mut failed_at = request.first;
         let end = request.first + request.count;
-        let mut next = read_piece(&serving, request.first, spare.pop().unwrap_or_default());
+        let mut next = Some(read_piece(
+            &serving,
+            request.first,
+            spare.pop().unwrap_or_default(),
+        ));
         for piece in request.first..end {
-            let Some(reading) = next.take() else {
-                status = Status::OutOfRange;
-                failed_at = piece;
-                break;
+            // Every piece before the end started the next one's read.
+            let reading = match next.take().unwrap_or(Err(Status::OutOfRange)) {
+                Ok(reading) => reading,
+                Err(refused) => {
+                    status = refused;
+                    failed_at = piece;
+                    break;
+                }
             };
             let (result, data) = reading.await.map_err(std::io::Error::other)?;
             if result.is_err() {
@@ -447,7 +491,11 @@ async fn serve_stream(mut stream: Stream, index: Offered, served: &Served) -> st
                 break;
             }
             if piece + 1 < end {
-                next = read_piece(&serving, piece + 1, spare.pop().unwrap_or_default());
+                next = Some(read_piece(
+                    &serving,
+                    piece + 1,
+                    spare.pop().unwrap_or_default(),
+                ));
             }
             within(
                 write_limit(data.len()),
@@ -459,7 +507,7 @@ async fn serve_stream(mut stream: Stream, index: Offered, served: &Served) -> st
             served.pieces.fetch_add(1, Ordering::Relaxed);
             spare.push(data);
         }
-        if let Some(reading) = next {
+        if let Some(Ok(reading)) = next {
             // A read started for a piece that will not be sent (the request ended early).
             if let Ok((_, data)) = reading.await {
                 spare.push(data);
@@ -473,14 +521,15 @@ async fn serve_stream(mut stream: Stream, index: Offered, served: &Served) -> st
             stream.flush().await
         })
         .await?;
-        if status == Status::Unavailable {
-            if let Some(i) = index.index(serving.collection) {
-                i.recheck(serving.path.clone());
+        // A file that could not be read goes back to its indexer and is looked up afresh
+        // next time; a piece a download does not have yet is no fault of its file.
+        match &serving.source {
+            Source::Offered { collection, .. } if status == Status::Unavailable => {
+                if let Some(i) = index.index(*collection) {
+                    i.recheck(serving.path.clone());
+                }
             }
-        }
-        // A file that could not be read is looked up afresh next time.
-        if status != Status::Unavailable {
-            current = Some(serving);
+            _ => current = Some(serving),
         }
     }
     within(write_limit(0), "closing the stream", stream.close()).await
@@ -498,24 +547,51 @@ fn resolve(
     id: Id,
 ) -> Result<Serving, Status> {
     if let Some(prev) = previous {
-        let collection = index.index(prev.collection);
-        if collection.is_some_and(|c| c.root_key() == prev.root) && unchanged(&prev.file, &prev.row)
-        {
-            return Ok(prev);
-        }
-        if let Some(c) = collection {
-            c.recheck(prev.path);
+        match &prev.source {
+            Source::Offered {
+                collection,
+                root,
+                row,
+            } => {
+                let collection = index.index(*collection);
+                if collection.is_some_and(|c| c.root_key() == *root) && unchanged(&prev.file, row) {
+                    return Ok(prev);
+                }
+                if let Some(c) = collection {
+                    c.recheck(prev.path);
+                }
+            }
+            // Still the download in progress that was open (it has not ended since).
+            Source::Partial(f) => {
+                if partial(index, &id).is_some_and(|now| Arc::ptr_eq(&now, f)) {
+                    return Ok(prev);
+                }
+            }
         }
     }
     let store = store.ok_or(Status::Busy)?;
-    let found = shared_file(index, store, &id)?;
-    Ok(Serving {
-        id,
-        collection: found.collection,
-        root: found.root,
-        layout: Layout::for_len(found.row.stamp.size),
-        row: found.row,
-        path: found.path,
-        file: Arc::new(found.file),
-    })
+    match shared_file(index, store, &id) {
+        Ok(found) => Ok(Serving {
+            id,
+            layout: Layout::for_len(found.row.stamp.size),
+            path: found.path,
+            file: Arc::new(found.file),
+            source: Source::Offered {
+                collection: found.collection,
+                root: found.root,
+                row: found.row,
+            },
+        }),
+        Err(status) => {
+            let f = partial(index, &id).ok_or(status)?;
+            let (file, _) = fsio::open_regular(&f.path).map_err(|_| Status::Unavailable)?;
+            Ok(Serving {
+                id,
+                layout: f.layout,
+                path: f.path.clone(),
+                file: Arc::new(file),
+                source: Source::Partial(f),
+            })
+        }
+    }
 }

@@ -173,8 +173,10 @@ async fn a_node_that_leaves_takes_its_files_after_the_grace_period() {
             paths(r).contains(&"leaving/soon.bin")
         })
         .await;
-    leaving.node.stop().await;
+    // Timed from the start of the stop: the leader's grace starts when it sees the connection
+    // close, which happens during the stop, not after it returns.
     let stopped = std::time::Instant::now();
+    leaving.node.stop().await;
     let reply = asker.search("soon").await.unwrap();
     if stopped.elapsed() < iwant::leader::service::GRACE / 2 {
         assert!(

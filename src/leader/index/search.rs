@@ -104,7 +104,6 @@ impl NetworkIndex {
             .map_or(0, |e| e.holders)
     }
 
-    /// The row of record `i`: its id with every holder.
     /// The holders of exactly `id` (at most [`MAX_HOLDERS`]); none when nobody holds it.
     pub fn holders_of(&self, id: &[u8; 32]) -> Vec<PeerId> {
         let records = &self.records;
@@ -122,6 +121,7 @@ impl NetworkIndex {
             .unwrap_or_default()
     }
 
+    /// The row of record `i`: its id with every holder.
     pub(super) fn hit(&self, i: u32, score: i64) -> Hit {
         let r = &self.records[i as usize];
         let mut holders = Vec::new();

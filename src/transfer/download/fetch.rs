@@ -5,7 +5,8 @@
 //! the [`Command`]s it queues:
 //!
 //! - [`Fetch::on_lookup`]: the leader's answer to a [`Command::LookUp`] (the holders of the
-//!   content, and of each file of a folder); new holders get a fetcher ([`Command::Connect`]);
+//!   content, and of each file: whole holders, and partial ones with the pieces they have);
+//!   new holders get a fetcher ([`Command::Connect`]);
 //! - [`Fetch::on_event`]: what a fetcher reports (a verified unit, bad data, a refusal, a failed
 //!   write, a lost stream);
 //! - [`Fetch::on_tick`]: every [`TICK`]: stalls, the throttled save ([`Command::Save`]), the
@@ -13,10 +14,13 @@
 //! - [`Fetch::next_unit`]: which unit a fetcher with room requests next;
 //! - [`Fetch::progress`]: what `iwant get` shows.
 //!
-//! Holders are looked up every [`REFRESH_HOLDERS`] while there are some and every
+//! Holders are looked up every [`REFRESH_HOLDERS`] while there are some, every
+//! [`REFRESH_SWARM`] while some are partial (what they have grows), and every
 //! [`REFRESH_NO_HOLDERS`] while there are none. A holder that sends data that does not verify
 //! is dropped for the rest of the download; one that cannot serve the content rests for
-//! [`REST_REFUSED`], one whose stream failed for [`RETRY_PEER`]. A failed write (a full disk)
+//! [`REST_REFUSED`], one whose stream failed for [`RETRY_PEER`]; a partial holder that does not
+//! have a piece after all (its list was old) is not asked for it again until a newer list says
+//! it has it. A failed write (a full disk)
 //! pauses every request for [`WRITE_PAUSE`] and then tries again; nothing fetched is lost.
 
 use std::{
@@ -37,6 +41,7 @@ use super::{
     fetcher::{Event, Job, MAX_IN_FLIGHT},
     Holders, Stop,
 };
+use crate::leader::ask::Holding;
 use crate::transfer::{
     scheduler::{self, Completed, Have, Planner},
     units::{self, Plan},
@@ -45,6 +50,8 @@ use crate::transfer::{
 
 /// How often holders are looked up while the download has some.
 pub const REFRESH_HOLDERS: Duration = Duration::from_secs(5);
+/// How often holders are looked up while some are partial holders.
+pub const REFRESH_SWARM: Duration = Duration::from_secs(1);
 /// How often holders are looked up while the download has none.
 pub const REFRESH_NO_HOLDERS: Duration = Duration::from_secs(1);
 /// How long a holder whose stream failed is left alone.
@@ -143,6 +150,8 @@ pub struct Fetch<P> {
     resting: BTreeMap<P, Instant>,
     /// How many holders the last lookup found.
     holders_known: usize,
+    /// Whether the last lookup found partial holders.
+    swarm: bool,
     lookup: Lookup,
     files_done: u64,
     fetched: u64,
@@ -178,6 +187,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
             banned: BTreeSet::new(),
             resting: BTreeMap::new(),
             holders_known: 0,
+            swarm: false,
             lookup: if complete {
                 Lookup::Off
             } else {
@@ -198,6 +208,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
         }
     }
 
+    /// Orders equally rare units by `seed` (see `scheduler::Config::shuffle`).
+    pub fn shuffle(&mut self, seed: u64) {
+        self.planner.set_shuffle(seed);
+    }
+
     /// The answer to a [`Command::LookUp`]: the holders of the whole content (this node not
     /// among them), or why there is no answer.
     #[cfg(test)]
@@ -205,11 +220,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
         self.on_lookup(found, &[], now);
     }
 
-    /// The answer to a [`Command::LookUp`] of a folder: the holders of the whole folder, and
-    /// for each distinct file (in file order) the holders of that file, who serve its units
-    /// (folders from every source). A holder of the whole folder serves everything; a known
-    /// holder's units are updated.
-    pub fn on_lookup(&mut self, whole: Result<Vec<P>, String>, files: &[Vec<P>], now: Instant) {
+    /// The answer to a [`Command::LookUp`]: the holders of the whole content, and for each
+    /// distinct file (in file order; for a single file, the file itself) its whole holders,
+    /// who serve its units (folders from every source), and its partial holders, who serve
+    /// the pieces their bitfield names (a bitfield of the wrong length is ignored). A holder
+    /// of the whole content serves everything; a known holder's units are updated.
+    pub fn on_lookup(&mut self, whole: Result<Vec<P>, String>, files: &[Holding<P>], now: Instant) {
         if self.stopped {
             return;
         }
@@ -220,18 +236,38 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
         });
         let units = self.shape.lens.len();
         let mut haves: BTreeMap<P, Have> = whole.into_iter().map(|p| (p, Have::All)).collect();
-        for (file, peers) in files.iter().enumerate().take(self.shape.files.len()) {
-            for &peer in peers {
+        let mut swarm = false;
+        for (file, holding) in files.iter().enumerate().take(self.shape.files.len()) {
+            let range = self.shape.files[file].clone();
+            // One bit per piece, in as many bytes as that takes: else not this layout.
+            let partial = holding
+                .partial
+                .iter()
+                .filter(|(_, bits)| bits.len() == range.len().div_ceil(8))
+                .map(|(peer, bits)| (*peer, units::from_bitfield(bits, range.len())));
+            let whole = holding
+                .whole
+                .iter()
+                .map(|&peer| (peer, vec![true; range.len()]));
+            if range == (0..units) {
+                // A single file: its whole holders hold everything.
+                for &peer in &holding.whole {
+                    haves.insert(peer, Have::All);
+                }
+            }
+            for (peer, has) in whole.chain(partial) {
                 let have = haves
                     .entry(peer)
                     .or_insert_with(|| Have::Some(vec![false; units]));
                 if let Have::Some(flags) = have {
-                    for unit in self.shape.files[file].clone() {
-                        flags[unit] = true;
+                    for (unit, has) in range.clone().zip(has) {
+                        flags[unit] |= has;
                     }
                 }
             }
+            swarm |= !holding.partial.is_empty();
         }
+        self.swarm = swarm;
         self.holders_known = haves.len();
         for (peer, have) in haves {
             if self.banned.contains(&peer) || self.resting.contains_key(&peer) {
@@ -252,6 +288,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
         }
         let every = if self.fetchers.is_empty() {
             REFRESH_NO_HOLDERS
+        } else if self.swarm {
+            REFRESH_SWARM
         } else {
             REFRESH_HOLDERS
         };
@@ -287,6 +325,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
                 self.banned.insert(peer);
                 self.planner.ban(peer);
                 self.disconnect(peer);
+            }
+            Event::Refused {
+                peer,
+                unit,
+                status: Status::Unavailable,
+            } if self.planner.is_partial(peer) => {
+                // A partial holder whose list was old: it does not have this piece yet.
+                self.planner.lacks(peer, unit);
             }
             Event::Refused { peer, unit, status } => {
                 self.planner.failed(peer, unit);
@@ -454,12 +500,13 @@ pub trait FetchIo<P>: Sync {
 }
 
 /// What a lookup found: the holders of the whole content (or why there is no answer), and of
-/// each distinct file of a folder.
-type LookedUp<P> = (Result<Vec<P>, String>, Vec<Vec<P>>);
+/// each distinct file.
+type LookedUp<P> = (Result<Vec<P>, String>, Vec<Holding<P>>);
 
 /// Runs the fetch phase of `id` until every unit is done (or `cancel` fires), finding holders
-/// through `holders` (of `id`, and of each of `file_ids`, the distinct files of a folder, in
-/// file order; none for a file), acting through `io`, and showing its progress on `progress`.
+/// through `holders` (of `id`, and of each of `file_ids`, the distinct files in file order:
+/// those of a folder, or `id` itself for a file), acting through `io`, and showing its
+/// progress on `progress`.
 pub async fn run<P>(
     mut fetch: Fetch<P>,
     id: Id,

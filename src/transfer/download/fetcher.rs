@@ -23,7 +23,12 @@ use super::{
     fetch::{self, Fetch, FetchIo, Shape},
     Context, Stop, Work,
 };
-use crate::{fsio, net::NetworkClient, transfer::units::Plan};
+use crate::{
+    fsio,
+    net::NetworkClient,
+    share::partial::{PartialFile, Partials},
+    transfer::units::{self, Plan},
+};
 
 /// Most units one peer may have requested and unanswered (the planner's window stays below).
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -193,18 +198,20 @@ pub(super) async fn run(ctx: &Context, work: &Work) -> Result<(), Stop> {
         plan,
         ctx,
     };
-    let state = Fetch::new(
+    let mut state = Fetch::new(
         Shape::of(&work.plan),
         &work.done,
         &work.part,
         std::time::Instant::now(),
     );
-    // A folder's files are fetched from their own holders too.
-    let file_ids: Vec<Id> = if work.plan.is_dir {
-        work.plan.files.iter().map(|f| f.id).collect()
-    } else {
-        Vec::new()
-    };
+    // Each download takes equally rare pieces in an order of its own.
+    state.shuffle(rand::random::<u64>() | 1);
+    // Each file is fetched from its own holders too (a folder's files, and downloaders of the
+    // same file who have some of it).
+    let file_ids: Vec<Id> = work.plan.files.iter().map(|f| f.id).collect();
+    if let Some(offered) = &ctx.index.downloads {
+        offer_partial(&offered.partial, work);
+    }
     let result = fetch::run(
         state,
         work.row.id,
@@ -217,6 +224,27 @@ pub(super) async fn run(ctx: &Context, work: &Work) -> Result<(), Stop> {
     .await;
     io.files.close_all();
     result
+}
+
+/// Offers the files of `work` whose piece lists are known, with the units already done, to
+/// other downloaders of the same content (until the download ends: `download::run`).
+fn offer_partial(partials: &Partials, work: &Work) {
+    let plan = &work.plan;
+    let files = (0..plan.files.len())
+        .filter_map(|i| {
+            let f = &plan.files[i];
+            let pieces: Vec<u8> = f.pieces.as_ref()?.iter().flatten().copied().collect();
+            Some(PartialFile::new(
+                f.id,
+                plan.data_path(&work.part, i),
+                f.layout,
+                pieces,
+                plan.units_of(i),
+            ))
+        })
+        .collect();
+    partials.register(work.row.id, files);
+    partials.update(&work.row.id, &units::bitfield(work.done.iter().copied()));
 }
 
 /// The fetch phase's I/O in the node: fetchers on libp2p streams, files on disk, the bitfield
@@ -246,6 +274,9 @@ impl FetchIo<PeerId> for Peers<'_> {
 
     async fn save(&self, bits: Vec<u8>) {
         let id = self.ctx.progress.borrow().id;
+        if let Some(offered) = &self.ctx.index.downloads {
+            offered.partial.update(&id, &bits);
+        }
         // Errors are logged: the next save, or a recheck at the next start, makes up for it.
         if let Err(Stop::Failed(e)) = self
             .ctx

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{units::Plan, DownloadState, Progress};
 use crate::{
-    leader::{self, LeaderHandle},
+    leader::{self, ask::Holding, LeaderHandle},
     net::NetworkClient,
     share::{Kind, Offered},
     store::{DownloadRow, Store},
@@ -58,13 +58,14 @@ pub trait Holders<P = PeerId>: Send + Sync {
     /// The peers, this node not among them, that hold `id` now; or why there is no answer.
     fn find(&self, id: Id) -> BoxFuture<'static, Result<Vec<P>, String>>;
 
-    /// The peers, this node not among them, that hold each of `ids` (in order); or why there
-    /// is no answer. By default: nobody (a source that knows only whole holders).
-    fn find_each(&self, ids: Vec<Id>) -> BoxFuture<'static, Result<Vec<Vec<P>>, String>>
+    /// The peers, this node not among them, that hold each of `ids` (in order), whole or
+    /// partly; or why there is no answer. By default: nobody (a source that knows only whole
+    /// holders of the whole content).
+    fn find_each(&self, ids: Vec<Id>) -> BoxFuture<'static, Result<Vec<Holding<P>>, String>>
     where
         P: Send + 'static,
     {
-        let none: Vec<Vec<P>> = ids.iter().map(|_| Vec::new()).collect();
+        let none: Vec<Holding<P>> = ids.iter().map(|_| Holding::default()).collect();
         async move { Ok(none) }.boxed()
     }
 }
@@ -102,7 +103,7 @@ impl Holders for LeaderHolders {
         .boxed()
     }
 
-    fn find_each(&self, ids: Vec<Id>) -> BoxFuture<'static, Result<Vec<Vec<PeerId>>, String>> {
+    fn find_each(&self, ids: Vec<Id>) -> BoxFuture<'static, Result<Vec<Holding>, String>> {
         let (net, leader) = (self.net.clone(), self.leader.clone());
         async move {
             let me = net.local_peer_id();
@@ -112,11 +113,11 @@ impl Holders for LeaderHolders {
                     leader::ask::holders(&net, &leader, chunk.to_vec(), leader::ask::ASK_DEADLINE)
                         .await
                         .map_err(|e| e.to_string())?;
-                all.extend(
-                    holders
-                        .into_iter()
-                        .map(|peers| peers.into_iter().filter(|p| *p != me).collect()),
-                );
+                all.extend(holders.into_iter().map(|mut h| {
+                    h.whole.retain(|p| *p != me);
+                    h.partial.retain(|(p, _)| *p != me);
+                    h
+                }));
             }
             Ok(all)
         }
@@ -237,6 +238,10 @@ pub async fn run(ctx: Context, start: Start) {
     let id = ctx.progress.borrow().id;
     let started = Instant::now();
     let outcome = drive(&ctx, start).await;
+    if let Some(offered) = &ctx.index.downloads {
+        // A placed download is offered by the downloads indexer; an interrupted one, no more.
+        offered.partial.remove(&id);
+    }
     ctx.update(|p| p.elapsed_ms = started.elapsed().as_millis() as u64);
     match outcome {
         Ok((path, plan, started_ms)) => {

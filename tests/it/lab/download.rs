@@ -1213,6 +1213,61 @@ fn cancel_removes_partial_data() {
     assert!(!dir.join(NAME).exists(), "a cancelled download was placed");
 }
 
+/// Swarming (issue 18): a second downloader gets the pieces a first one has verified while
+/// the first is still downloading. The seeder's link is slow (16 Mbit/s); the downloaders'
+/// are not shaped. Counts the bytes each holder served: the first downloader serves a quarter
+/// of the file or more while its own download is still in progress, and the seeder sends
+/// clearly less than two copies.
+#[test]
+fn a_second_downloader_gets_pieces_from_a_first_one_in_progress() {
+    const NAME: &str = "swarm.bin";
+    const LEN: u64 = 32 * MIB;
+    const RATE: Rate = Rate::mbit(16);
+    let Some(mut lab) = Lab::new(
+        "a_second_downloader_gets_pieces_from_a_first_one_in_progress",
+        3,
+    ) else {
+        return;
+    };
+    lab.start_all(&[]);
+    lab.shape(0, RATE);
+    let (_, id) = seed(&lab, &[0], 1, NAME, "swarm", LEN);
+    let limit = shaped_limit(LEN, RATE, 1);
+
+    get_detached(&lab, 1, &id[..12]);
+    wait_fraction(&lab, 1, &id, 0.33, limit);
+    get_detached(&lab, 2, &id[..12]);
+    // Served while in progress: the count is read before the state that shows it still is.
+    let served_early = lab.wait_until(
+        limit,
+        "the first downloader serves a quarter of the file while it downloads",
+        || {
+            let sent = served(&lab, 1);
+            let p = progress(&lab, 1, &id)?;
+            assert_ne!(
+                state(&p),
+                "done",
+                "node 1 finished before it served a quarter of the file ({sent} bytes): {p}"
+            );
+            (sent >= LEN / 4).then_some(sent)
+        },
+    );
+    let first = wait_done(&lab, 1, &id, limit);
+    assert_arrived(&first, &download_dir(&lab, 1), NAME, &id, LEN);
+    let second = wait_done(&lab, 2, &id, limit);
+    assert_arrived(&second, &download_dir(&lab, 2), NAME, &id, LEN);
+    let (from_seeder, from_first) = (served(&lab, 0), served(&lab, 1));
+    println!(
+        "served: seeder {from_seeder}, first downloader {from_first} ({served_early} while in progress); \
+         elapsed: first {} ms, second {} ms",
+        first["elapsed_ms"], second["elapsed_ms"]
+    );
+    assert!(
+        from_seeder < LEN * 2 - LEN / 4,
+        "the seeder sent {from_seeder} bytes for two copies of {LEN}"
+    );
+}
+
 /// A download while both ends lose 5 % of their packets (nftables, see [`Lab::lose`]).
 #[test]
 fn a_download_over_a_lossy_link_completes() {

@@ -127,6 +127,76 @@ fn with_no_holder_it_looks_again_every_second_and_says_why_it_waits() {
 }
 
 #[test]
+fn holders_of_files_and_partial_holders_get_only_what_they_have() {
+    // Two files: 0..4 and 4..5.
+    let mut f = fetch(&[&[PIECE; 4], &[PIECE]]);
+    drain(&mut f);
+    let files = [
+        Holding {
+            whole: vec![],
+            // 2 has pieces 1 and 3 of the first file; 3's bitfield is of another layout.
+            partial: vec![
+                (2, units::bitfield([false, true, false, true].into_iter())),
+                (3, vec![0xff, 0xff]),
+            ],
+        },
+        Holding {
+            whole: vec![4],
+            partial: vec![],
+        },
+    ];
+    f.on_lookup(Ok(vec![]), &files, t(0));
+    assert_eq!(drain(&mut f), [Command::Connect(2), Command::Connect(4)]);
+    assert_eq!(
+        give(&mut f, 2, t(1)).into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([1, 3])
+    );
+    assert_eq!(give(&mut f, 4, t(1)), [4]);
+    // 2 did not have piece 3 after all: not asked again, not rested, not disconnected.
+    f.on_event(
+        Event::Refused {
+            peer: 2,
+            unit: 3,
+            status: Status::Unavailable,
+        },
+        t(2),
+    );
+    assert_eq!(drain(&mut f), []);
+    assert!(give(&mut f, 2, t(2)).is_empty());
+    done(&mut f, 2, 1, t(3));
+    // Partial holders are looked up again soon: what they have grows.
+    f.on_tick(t(REFRESH_SWARM.as_millis() as u64));
+    assert_eq!(
+        drain(&mut f),
+        [
+            Command::Save(units::bitfield([false, true].into_iter())),
+            Command::LookUp
+        ]
+    );
+    let grown = [
+        Holding {
+            whole: vec![],
+            partial: vec![(2, units::bitfield([true, true, true, true].into_iter()))],
+        },
+        Holding::default(),
+    ];
+    f.on_lookup(Ok(vec![]), &grown, t(1_100));
+    // Its window shrank with the refusal; it grows back as it delivers.
+    let mut got = BTreeSet::new();
+    for ms in 1_100..1_110 {
+        for unit in give(&mut f, 2, t(ms)) {
+            got.insert(unit);
+            done(&mut f, 2, unit, t(ms));
+        }
+    }
+    assert_eq!(got, BTreeSet::from([0, 2, 3]));
+    assert_eq!(drain(&mut f), [Command::Close(0)]);
+    // A whole holder of the download serves everything.
+    f.on_lookup(Ok(vec![5]), &[], t(1_200));
+    assert_eq!(drain(&mut f), [Command::Connect(5)]);
+}
+
+#[test]
 fn units_go_out_in_order_files_close_when_complete_and_the_phase_ends_with_a_save() {
     let mut f = connected(&[&[PIECE, PIECE], &[5]], &[1]);
     assert_eq!(give(&mut f, 1, t(0)), [0, 1, 2]);
