@@ -6,8 +6,8 @@
 //!
 //! A client writes [`Request`]s ([`write_request`]), as many as it likes before reading (it may
 //! pipeline). The server answers them strictly in order ([`read_request`], then for each piece
-//! [`write_piece`], or [`write_error`] once), and reads the next request only after answering
-//! the previous one, so the stream's flow control bounds the queue. Each answer is up to
+//! [`write_piece`], or [`write_error`] once), and reads at most a few requests ahead of the one
+//! it answers, so the stream's flow control bounds the queue. Each answer is up to
 //! `count` frames, each a [`Header`] ([`read_header`]) and `len` bytes: [`Status::Ok`] frames for
 //! `first`, `first + 1`, ..., ended early by exactly one error frame (`len` 0, `index` the first
 //! piece not sent).
@@ -139,13 +139,21 @@ fn invalid_input(msg: String) -> io::Error {
 ///
 /// InvalidInput, with nothing written, for a request that [`read_request`] would refuse.
 pub async fn write_request<W: AsyncWrite + Unpin>(io: &mut W, req: &Request) -> io::Result<()> {
-    req.check().map_err(invalid_input)?;
-    let mut buf = [0u8; REQUEST_LEN];
-    buf[0] = OP_GET;
-    buf[1..33].copy_from_slice(&req.id.0);
-    buf[33..37].copy_from_slice(&req.first.to_le_bytes());
-    buf[37..41].copy_from_slice(&req.count.to_le_bytes());
+    let mut buf = Vec::with_capacity(REQUEST_LEN);
+    encode_request(req, &mut buf)?;
     io.write_all(&buf).await
+}
+
+/// Appends the request frame of `req` to `out` (to send several requests in one write).
+///
+/// InvalidInput, with nothing appended, if the request breaks a bound ([`Request::check`]).
+pub fn encode_request(req: &Request, out: &mut Vec<u8>) -> io::Result<()> {
+    req.check().map_err(invalid_input)?;
+    out.push(OP_GET);
+    out.extend_from_slice(&req.id.0);
+    out.extend_from_slice(&req.first.to_le_bytes());
+    out.extend_from_slice(&req.count.to_le_bytes());
+    Ok(())
 }
 
 /// Reads one request frame.
@@ -206,6 +214,33 @@ pub async fn write_piece<W: AsyncWrite + Unpin>(
         })?;
     io.write_all(&header_bytes(Status::Ok, index, len)).await?;
     io.write_all(data).await
+}
+
+/// Writes an Ok frame for piece `index` in one write from `frame`: its first [`HEADER_LEN`]
+/// bytes are room for the header (overwritten here), the rest is the piece. Does not flush.
+/// One write sends the frame in one piece down a multiplexed stream, where header and data
+/// written apart would each cost a frame of their own.
+///
+/// InvalidInput, with nothing written, if `frame` is shorter than the header or its piece
+/// longer than [`MAX_PIECE_LEN`].
+pub async fn write_piece_frame<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    index: u32,
+    frame: &mut [u8],
+) -> io::Result<()> {
+    let len = frame
+        .len()
+        .checked_sub(HEADER_LEN)
+        .and_then(|len| u32::try_from(len).ok())
+        .filter(|len| *len <= MAX_PIECE_LEN)
+        .ok_or_else(|| {
+            invalid_input(format!(
+                "a frame of {} bytes: not a header and a piece of at most {MAX_PIECE_LEN}",
+                frame.len()
+            ))
+        })?;
+    frame[..HEADER_LEN].copy_from_slice(&header_bytes(Status::Ok, index, len));
+    io.write_all(frame).await
 }
 
 /// Writes an error frame (`len` 0) that ends the answer to a request at piece `index`, the first
@@ -367,6 +402,30 @@ mod tests {
             [0x00, 2, 0, 0, 0, 0x60, 0xae, 0x02, 0x00]
         );
         assert_eq!(out[HEADER_LEN..], piece[..]);
+        // The same frame written from one buffer, and two requests in one.
+        let mut frame = vec![0xff; HEADER_LEN];
+        frame.extend_from_slice(&piece);
+        let mut framed = Vec::new();
+        block_on(write_piece_frame(&mut framed, 2, &mut frame)).unwrap();
+        assert_eq!(framed, out);
+        let mut short = [0u8; HEADER_LEN - 1];
+        assert!(block_on(write_piece_frame(&mut Vec::new(), 0, &mut short)).is_err());
+        let mut two = Vec::new();
+        encode_request(&request, &mut two).unwrap();
+        encode_request(&request, &mut two).unwrap();
+        let mut one = Vec::new();
+        block_on(write_request(&mut one, &request)).unwrap();
+        assert_eq!(two, [one.clone(), one].concat());
+        let bad = Request {
+            count: 0,
+            ..request
+        };
+        assert!(encode_request(&bad, &mut two).is_err());
+        assert_eq!(
+            two.len(),
+            2 * REQUEST_LEN,
+            "nothing appended for a bad request"
+        );
         let mut out = Vec::new();
         block_on(write_error(&mut out, Status::OutOfRange, 3)).unwrap();
         assert_eq!(out, [0x02, 3, 0, 0, 0, 0, 0, 0, 0]);

@@ -240,7 +240,8 @@ impl Handler {
 }
 
 /// The replies of a [`Request::Follow`]: the progress now, then at each change (at most every
-/// [`FOLLOW_EVERY`]), ending with the first final one (or when the download's task is gone).
+/// [`FOLLOW_EVERY`], but the final one at once), ending with the first final one (or when the
+/// download's task is gone).
 fn follow(progress: watch::Receiver<Progress>) -> BoxStream<'static, Response> {
     stream::unfold(Some(progress), |state| async move {
         let mut rx = state?;
@@ -248,9 +249,18 @@ fn follow(progress: watch::Receiver<Progress>) -> BoxStream<'static, Response> {
         let next = if now.state.is_final() {
             None
         } else {
-            tokio::time::sleep(FOLLOW_EVERY).await;
-            // A closed channel (the task is gone) ends the stream after one more reply.
-            rx.changed().await.ok().map(|_| rx)
+            let ended = tokio::select! {
+                _ = tokio::time::sleep(FOLLOW_EVERY) => None,
+                r = rx.wait_for(|p| p.state.is_final()) => Some(r.is_ok()),
+            };
+            // A closed channel (the task is gone) ends the stream after one more reply. (The
+            // wait for a final state marks the values it saw as seen: compare instead.)
+            let open = match ended {
+                Some(open) => open,
+                None if *rx.borrow() != now => true,
+                None => rx.changed().await.is_ok(),
+            };
+            open.then_some(rx)
         };
         Some((Response::Download(now.into()), next))
     })

@@ -17,9 +17,11 @@
 //! task gave, never from a peer's input.
 //!
 //! Bounds: [`MAX_STREAMS_PER_PEER`] and [`MAX_STREAMS`] chunk streams at once (more are closed
-//! at once), [`MAX_CONTENT_JOBS`] content requests at once (more are answered `Busy`), one
-//! request at a time per stream (pipelined requests wait in the stream's flow-control window),
-//! at most [`chunk::MAX_PIECES_PER_REQUEST`] pieces per request. A stream's slot is never held
+//! at once), [`MAX_CONTENT_JOBS`] content requests at once (more are answered `Busy`), per
+//! stream at most [`PREPARED_AHEAD`] requests read and looked up ahead of the one being sent,
+//! each with its first piece if it is at most [`READ_AHEAD_MAX`] (further pipelined requests
+//! wait in the stream's flow-control window), at most [`chunk::MAX_PIECES_PER_REQUEST`] pieces
+//! per request. A stream's slot is never held
 //! by a peer that does nothing: no complete request for [`REQUEST_IDLE`], or a frame the peer
 //! does not take within [`write_limit`], ends the stream (also when its connection is gone
 //! without the stream noticing).
@@ -388,7 +390,7 @@ struct Serving {
     id: Id,
     source: Source,
     path: PathBuf,
-    file: Arc<File>,
+    file: File,
     layout: Layout,
 }
 
@@ -405,9 +407,18 @@ enum Source {
     Partial(Arc<PartialFile>),
 }
 
-/// Reads piece `index` of `serving` on a blocking thread, into `buf`; `OutOfRange` past the
-/// end, `Unavailable` for a piece a download in progress does not have yet.
-fn read_piece(serving: &Serving, index: u32, mut buf: Vec<u8>) -> Result<ReadPiece, Status> {
+/// Requests of one stream prepared (looked up, first piece read) while earlier ones are
+/// being sent: the lookups of many small files overlap instead of adding up.
+pub const PREPARED_AHEAD: usize = 8;
+
+/// The largest first piece read ahead with its request: larger ones are read when their turn
+/// comes, so a stream holds at most [`PREPARED_AHEAD`] × this in pieces read ahead.
+pub const READ_AHEAD_MAX: u64 = 256 * 1024;
+
+/// (Blocking) reads piece `index` of `serving` into `buf` after [`chunk::HEADER_LEN`] bytes of
+/// room for its frame's header: `OutOfRange` past the end, `Unavailable` for a piece a
+/// download in progress does not have yet or a failed read.
+fn read_piece(serving: &Serving, index: u32, mut buf: Vec<u8>) -> Result<Vec<u8>, Status> {
     let range = serving
         .layout
         .piece_range(index as u64)
@@ -417,135 +428,272 @@ fn read_piece(serving: &Serving, index: u32, mut buf: Vec<u8>) -> Result<ReadPie
             return Err(Status::Unavailable);
         }
     }
-    let file = serving.file.clone();
-    Ok(tokio::task::spawn_blocking(move || {
-        buf.resize((range.end - range.start) as usize, 0);
-        let result = fsio::read_exact_at(&file, &mut buf, range.start);
-        (result, buf)
-    }))
+    buf.resize(chunk::HEADER_LEN + (range.end - range.start) as usize, 0);
+    fsio::read_exact_at(&serving.file, &mut buf[chunk::HEADER_LEN..], range.start)
+        .map_err(|_| Status::Unavailable)?;
+    Ok(buf)
 }
 
-type ReadPiece = tokio::task::JoinHandle<(std::io::Result<()>, Vec<u8>)>;
+/// A piece being read on a blocking thread.
+type ReadPiece = tokio::task::JoinHandle<Result<Vec<u8>, Status>>;
 
-/// Answers the requests of one chunk stream, one after the other, until the peer closes it.
-/// Within a request, the next piece is read from disk while the current one is sent.
-async fn serve_stream(mut stream: Stream, index: Offered, served: &Served) -> std::io::Result<()> {
-    let mut current: Option<Serving> = None;
-    let mut store: Option<crate::store::Pooled> = None;
-    let mut spare: Vec<Vec<u8>> = Vec::new();
-    while let Some(request) = within(
-        REQUEST_IDLE,
-        "waiting for a request",
-        chunk::read_request(&mut stream),
-    )
-    .await?
-    {
-        // Resolve the id (and re-check the file) on a blocking thread.
-        let previous = current.take().filter(|s| s.id == request.id);
-        let taken_store = store.take();
-        let idx = index.clone();
-        let (resolved, back) = tokio::task::spawn_blocking(move || {
-            let store = match taken_store {
-                Some(s) => Some(s),
-                None => idx.db().get().ok(),
-            };
-            let resolved = resolve(&idx, store.as_deref(), previous, request.id);
-            (resolved, store)
-        })
-        .await
-        .map_err(std::io::Error::other)?;
-        store = back;
-        let serving = match resolved {
-            Ok(serving) => serving,
-            Err(status) => {
-                within(write_limit(0), "sending an error frame", async {
-                    chunk::write_error(&mut stream, status, request.first).await?;
-                    stream.flush().await
-                })
-                .await?;
-                continue;
+/// Reads piece `index` of `serving` on a blocking thread.
+fn start_read(serving: &Arc<Serving>, index: u32, buf: Vec<u8>) -> ReadPiece {
+    let serving = serving.clone();
+    tokio::task::spawn_blocking(move || read_piece(&serving, index, buf))
+}
+
+/// What a stream's requests share while they are prepared: the file served last (most
+/// requests ask for the next pieces of the same file), a store connection, spare buffers.
+#[derive(Default)]
+struct StreamCache {
+    last: Mutex<Option<Arc<Serving>>>,
+    store: Mutex<Option<crate::store::Pooled>>,
+    buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+impl StreamCache {
+    fn buffer(&self) -> Vec<u8> {
+        self.buffers
+            .lock()
+            .expect("bug: poisoned")
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        let mut buffers = self.buffers.lock().expect("bug: poisoned");
+        if buffers.len() < PREPARED_AHEAD + 2 {
+            buffers.push(buf);
+        }
+    }
+}
+
+/// A request, looked up and with its first piece read.
+struct Prepared {
+    request: chunk::Request,
+    /// What serves it, or why nothing does.
+    serving: Result<Arc<Serving>, Status>,
+    /// Its first piece (unless too large to read ahead), or why it cannot be sent.
+    first: Option<Result<Vec<u8>, Status>>,
+}
+
+/// (Blocking) looks `request` up and reads its first piece.
+fn prepare(index: &Offered, cache: &StreamCache, request: chunk::Request) -> Prepared {
+    let previous = cache
+        .last
+        .lock()
+        .expect("bug: poisoned")
+        .clone()
+        .filter(|s| s.id == request.id);
+    let store = cache.store.lock().expect("bug: poisoned").take();
+    let store = store.or_else(|| index.db().get().ok());
+    let serving = resolve(index, store.as_deref(), previous, request.id);
+    if let Some(store) = store {
+        *cache.store.lock().expect("bug: poisoned") = Some(store);
+    }
+    let first = match &serving {
+        Ok(s) => {
+            *cache.last.lock().expect("bug: poisoned") = Some(s.clone());
+            let small = s
+                .layout
+                .piece_range(request.first as u64)
+                .is_none_or(|r| r.end - r.start <= READ_AHEAD_MAX);
+            small.then(|| read_piece(s, request.first, cache.buffer()))
+        }
+        Err(status) => Some(Err(*status)),
+    };
+    Prepared {
+        request,
+        serving,
+        first,
+    }
+}
+
+/// When a stream last had nothing to answer, and how many requests it has to answer now.
+struct Busy {
+    owed: usize,
+    since: tokio::time::Instant,
+}
+
+/// Answers the requests of one chunk stream strictly in order until the peer closes it.
+/// Requests are read and prepared ([`prepare`]: looked up, first piece read, on blocking
+/// threads) up to [`PREPARED_AHEAD`] ahead of the one being sent; within a request, the next
+/// piece is read while the current one is sent; the stream is flushed when nothing prepared
+/// is waiting.
+async fn serve_stream(stream: Stream, index: Offered, served: &Served) -> std::io::Result<()> {
+    let (mut rd, mut wr) = futures::AsyncReadExt::split(stream);
+    let cache = Arc::new(StreamCache::default());
+    let busy = Mutex::new(Busy {
+        owed: 0,
+        since: tokio::time::Instant::now(),
+    });
+    let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Prepared>>(PREPARED_AHEAD);
+    let reader = async {
+        while let Some(request) = next_request(&mut rd, &busy).await? {
+            busy.lock().expect("bug: poisoned").owed += 1;
+            let (index, cache) = (index.clone(), cache.clone());
+            let prepared = tokio::task::spawn_blocking(move || prepare(&index, &cache, request));
+            if tx.send(prepared).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        // The writer answers what is queued, then ends the stream.
+        std::future::pending::<std::io::Result<()>>().await
+    };
+    let writer = async {
+        while let Some(prepared) = rx.recv().await {
+            let prepared = prepared.await.map_err(std::io::Error::other)?;
+            let recheck = answer(&mut wr, prepared, &cache, served).await?;
+            if let Some((collection, path)) = recheck {
+                if let Some(i) = index.index(collection) {
+                    i.recheck(path);
+                }
+            }
+            if rx.is_empty() {
+                within(write_limit(0), "flushing answers", wr.flush()).await?;
+            }
+            let mut b = busy.lock().expect("bug: poisoned");
+            b.owed -= 1;
+            b.since = tokio::time::Instant::now();
+        }
+        within(write_limit(0), "closing the stream", wr.close()).await
+    };
+    tokio::select! {
+        r = reader => r,
+        r = writer => r,
+    }
+}
+
+/// The next request on a stream, `None` when the peer closed it. Fails when the peer sent
+/// no complete request for [`REQUEST_IDLE`] while nothing was owed to it (the time an answer
+/// takes to send is not idle time).
+async fn next_request<R: futures::AsyncRead + Unpin>(
+    rd: &mut R,
+    busy: &Mutex<Busy>,
+) -> std::io::Result<Option<chunk::Request>> {
+    let read = chunk::read_request(rd);
+    tokio::pin!(read);
+    loop {
+        let until = {
+            let b = busy.lock().expect("bug: poisoned");
+            if b.owed > 0 {
+                tokio::time::Instant::now() + REQUEST_IDLE
+            } else {
+                b.since + REQUEST_IDLE
             }
         };
-        let mut status = Status::Ok;
-        let mut failed_at = request.first;
-        let end = request.first + request.count;
-        let mut next = Some(read_piece(
-            &serving,
-            request.first,
-            spare.pop().unwrap_or_default(),
-        ));
-        for piece in request.first..end {
-            // Every piece before the end started the next one's read.
-            let reading = match next.take().unwrap_or(Err(Status::OutOfRange)) {
-                Ok(reading) => reading,
-                Err(refused) => {
-                    status = refused;
-                    failed_at = piece;
-                    break;
+        match tokio::time::timeout_at(until, &mut read).await {
+            Ok(request) => return request,
+            Err(_) => {
+                let b = busy.lock().expect("bug: poisoned");
+                if b.owed == 0 && b.since + REQUEST_IDLE <= tokio::time::Instant::now() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("waiting for a request took more than {REQUEST_IDLE:?}"),
+                    ));
                 }
-            };
-            let (result, data) = reading.await.map_err(std::io::Error::other)?;
-            if result.is_err() {
-                status = Status::Unavailable;
+            }
+        }
+    }
+}
+
+/// Sends the answer to one prepared request: its pieces (the next one read while the current
+/// one is sent), ended early by one error frame. Returns the offered file to look at again
+/// when it could not be read.
+async fn answer<W: futures::AsyncWrite + Unpin>(
+    wr: &mut W,
+    prepared: Prepared,
+    cache: &StreamCache,
+    served: &Served,
+) -> std::io::Result<Option<(Collection, PathBuf)>> {
+    let Prepared {
+        request,
+        serving,
+        first,
+    } = prepared;
+    let serving = match serving {
+        Ok(serving) => serving,
+        Err(status) => {
+            within(write_limit(0), "sending an error frame", async {
+                chunk::write_error(wr, status, request.first).await
+            })
+            .await?;
+            return Ok(None);
+        }
+    };
+    let end = request.first + request.count;
+    let mut status = Status::Ok;
+    let mut failed_at = request.first;
+    let mut current = match first {
+        Some(first) => first,
+        None => start_read(&serving, request.first, cache.buffer())
+            .await
+            .map_err(std::io::Error::other)?,
+    };
+    let mut next: Option<ReadPiece> = None;
+    for piece in request.first..end {
+        let mut frame = match current {
+            Ok(frame) => frame,
+            Err(refused) => {
+                status = refused;
                 failed_at = piece;
                 break;
             }
-            if piece + 1 < end {
-                next = Some(read_piece(
-                    &serving,
-                    piece + 1,
-                    spare.pop().unwrap_or_default(),
-                ));
-            }
-            within(
-                write_limit(data.len()),
-                "sending a piece",
-                chunk::write_piece(&mut stream, piece, &data),
-            )
-            .await?;
-            served.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            served.pieces.fetch_add(1, Ordering::Relaxed);
-            spare.push(data);
+        };
+        if piece + 1 < end {
+            next = Some(start_read(&serving, piece + 1, cache.buffer()));
         }
-        if let Some(Ok(reading)) = next {
-            // A read started for a piece that will not be sent (the request ended early).
-            if let Ok((_, data)) = reading.await {
-                spare.push(data);
-            }
-        }
-        spare.truncate(2);
-        within(write_limit(0), "ending an answer", async {
-            if status != Status::Ok {
-                chunk::write_error(&mut stream, status, failed_at).await?;
-            }
-            stream.flush().await
-        })
+        within(
+            write_limit(frame.len()),
+            "sending a piece",
+            chunk::write_piece_frame(wr, piece, &mut frame),
+        )
         .await?;
-        // A file that could not be read goes back to its indexer and is looked up afresh
-        // next time; a piece a download does not have yet is no fault of its file.
-        match &serving.source {
-            Source::Offered { collection, .. } if status == Status::Unavailable => {
-                if let Some(i) = index.index(*collection) {
-                    i.recheck(serving.path.clone());
-                }
-            }
-            _ => current = Some(serving),
-        }
+        let len = frame.len() - chunk::HEADER_LEN;
+        served.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        served.pieces.fetch_add(1, Ordering::Relaxed);
+        cache.give_back(frame);
+        current = match next.take() {
+            Some(reading) => reading.await.map_err(std::io::Error::other)?,
+            None => Err(Status::OutOfRange),
+        };
     }
-    within(write_limit(0), "closing the stream", stream.close()).await
+    if status != Status::Ok {
+        within(
+            write_limit(0),
+            "sending an error frame",
+            chunk::write_error(wr, status, failed_at),
+        )
+        .await?;
+    }
+    // A file that could not be read goes back to its indexer and is looked up afresh next
+    // time; a piece a download does not have yet is no fault of its file.
+    match &serving.source {
+        Source::Offered { collection, .. } if status == Status::Unavailable => {
+            let mut last = cache.last.lock().expect("bug: poisoned");
+            if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &serving)) {
+                *last = None;
+            }
+            Ok(Some((*collection, serving.path.clone())))
+        }
+        _ => Ok(None),
+    }
 }
 
-/// Finds what to serve for `id`: the file already open on this stream if its collection is
-/// still in the same folder and its open file still has the stamp of its row (`fstat`, not the path:
-/// what is read is what was checked), or a fresh lookup in the index. An id that is not indexed
-/// is `NotFound`; an indexed file that cannot be opened beneath the share or no longer matches
-/// its row is `Unavailable` (and goes back to the indexer).
+/// Finds what to serve for `id`: the file served last on this stream if it is `id`, its
+/// collection is still in the same folder and its open file still has the stamp of its row
+/// (`fstat`, not the path: what is read is what was checked), or a fresh lookup in the index,
+/// or else among the downloads in progress. An id that is not offered is `NotFound`; an
+/// indexed file that cannot be opened beneath the share or no longer matches its row is
+/// `Unavailable` (and goes back to the indexer).
 fn resolve(
     index: &Offered,
     store: Option<&Store>,
-    previous: Option<Serving>,
+    previous: Option<Arc<Serving>>,
     id: Id,
-) -> Result<Serving, Status> {
+) -> Result<Arc<Serving>, Status> {
     if let Some(prev) = previous {
         match &prev.source {
             Source::Offered {
@@ -558,7 +706,7 @@ fn resolve(
                     return Ok(prev);
                 }
                 if let Some(c) = collection {
-                    c.recheck(prev.path);
+                    c.recheck(prev.path.clone());
                 }
             }
             // Still the download in progress that was open (it has not ended since).
@@ -571,27 +719,27 @@ fn resolve(
     }
     let store = store.ok_or(Status::Busy)?;
     match shared_file(index, store, &id) {
-        Ok(found) => Ok(Serving {
+        Ok(found) => Ok(Arc::new(Serving {
             id,
             layout: Layout::for_len(found.row.stamp.size),
             path: found.path,
-            file: Arc::new(found.file),
+            file: found.file,
             source: Source::Offered {
                 collection: found.collection,
                 root: found.root,
                 row: found.row,
             },
-        }),
+        })),
         Err(status) => {
             let f = partial(index, &id).ok_or(status)?;
             let (file, _) = fsio::open_regular(&f.path).map_err(|_| Status::Unavailable)?;
-            Ok(Serving {
+            Ok(Arc::new(Serving {
                 id,
                 layout: f.layout,
                 path: f.path.clone(),
-                file: Arc::new(file),
+                file,
                 source: Source::Partial(f),
-            })
+            }))
         }
     }
 }

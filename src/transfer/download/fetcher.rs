@@ -36,6 +36,10 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// Pieces of one peer being verified and written at once, while its stream reads on.
 const WRITES_AT_ONCE: usize = 4;
 
+/// Pieces up to this long (most often whole small files) are verified and written one after
+/// the other by one thread per peer, which costs less per piece than a task each.
+const SMALL_PIECE: u64 = 64 * 1024;
+
 /// What a fetcher reports to its download.
 #[derive(Debug)]
 pub enum Event<P = PeerId> {
@@ -163,9 +167,10 @@ fn verify_and_write(plan: &Plan, files: &Files, peer: PeerId, unit: usize, data:
     }
 }
 
-/// Writes one request for `group` (consecutive pieces of one file) and tells the reader.
-async fn send_group<W: futures::AsyncWrite + Unpin>(
-    wr: &mut W,
+/// Adds one request for `group` (consecutive pieces of one file) to `out` and tells the
+/// reader.
+async fn send_group(
+    out: &mut Vec<u8>,
     plan: &Plan,
     sent: &mpsc::Sender<Vec<Job>>,
     group: Vec<Job>,
@@ -176,10 +181,18 @@ async fn send_group<W: futures::AsyncWrite + Unpin>(
         first: u.piece as u32,
         count: group.len() as u32,
     };
-    chunk::write_request(wr, &request).await?;
+    chunk::encode_request(&request, out)?;
     sent.send(group)
         .await
         .map_err(|_| std::io::Error::other("the reader stopped"))
+}
+
+/// Keeps `data` for a later piece, up to a few buffers.
+fn give_back(pool: &Mutex<Vec<Vec<u8>>>, data: Vec<u8>) {
+    let mut pool = pool.lock().expect("bug: poisoned");
+    if pool.len() < WRITES_AT_ONCE + 1 {
+        pool.push(data);
+    }
 }
 
 /// One unit to fetch.
@@ -319,6 +332,8 @@ async fn fetch_from(
             while let Ok(job) = jobs.try_recv() {
                 queued.push(job);
             }
+            // Every request of the batch goes in one write (one frame down the connection).
+            let mut out = Vec::with_capacity(queued.len() * chunk::REQUEST_LEN);
             let mut group: Vec<Job> = Vec::new();
             for job in queued {
                 let extends = group.last().is_some_and(|last| {
@@ -327,19 +342,36 @@ async fn fetch_from(
                         && group.len() < chunk::MAX_PIECES_PER_REQUEST as usize
                 });
                 if !extends && !group.is_empty() {
-                    send_group(&mut wr, &writer_plan, &sent_tx, std::mem::take(&mut group)).await?;
+                    send_group(&mut out, &writer_plan, &sent_tx, std::mem::take(&mut group))
+                        .await?;
                 }
                 group.push(job);
             }
             if !group.is_empty() {
-                send_group(&mut wr, &writer_plan, &sent_tx, group).await?;
+                send_group(&mut out, &writer_plan, &sent_tx, group).await?;
             }
+            wr.write_all(&out).await?;
             wr.flush().await?;
         }
         wr.close().await
     };
     let writes = Arc::new(Semaphore::new(WRITES_AT_ONCE));
     let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let (small_tx, mut small_rx) = mpsc::channel::<(usize, Vec<u8>)>(MAX_IN_FLIGHT);
+    {
+        let (plan, files, events, pool) =
+            (plan.clone(), files.clone(), events.clone(), pool.clone());
+        // Ends when the reader is gone and every small piece it passed on is written.
+        tokio::task::spawn_blocking(move || {
+            while let Some((unit, data)) = small_rx.blocking_recv() {
+                let event = verify_and_write(&plan, &files, peer, unit, &data);
+                give_back(&pool, data);
+                if events.blocking_send(event).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let reader_events = events.clone();
     let reader = async move {
         while let Some(group) = sent_rx.recv().await {
@@ -380,6 +412,13 @@ async fn fetch_from(
                     .unwrap_or_default();
                 data.resize(u.len as usize, 0);
                 rd.read_exact(&mut data).await?;
+                if u.len <= SMALL_PIECE {
+                    small_tx
+                        .send((job.unit, data))
+                        .await
+                        .map_err(|_| std::io::Error::other("the writer of small pieces stopped"))?;
+                    continue;
+                }
                 let permit = writes
                     .clone()
                     .acquire_owned()
@@ -389,10 +428,7 @@ async fn fetch_from(
                 let pool = pool.clone();
                 let work = move || -> Event {
                     let event = verify_and_write(&plan, &files, peer, job.unit, &data);
-                    let mut pool = pool.lock().expect("bug: poisoned");
-                    if pool.len() < WRITES_AT_ONCE + 1 {
-                        pool.push(data);
-                    }
+                    give_back(&pool, data);
                     event
                 };
                 // Verify and write off the async threads while the stream reads on.
