@@ -19,7 +19,7 @@ use libp2p::{
     identity::Keypair,
     multiaddr::Protocol,
     noise, ping,
-    pnet::{PnetConfig, PreSharedKey},
+    pnet::PreSharedKey,
     request_response::{self, ResponseChannel},
     swarm::{ConnectionId, SwarmEvent},
     yamux, Multiaddr, PeerId, Swarm,
@@ -315,8 +315,8 @@ fn build_transport(
                 let below = Sniffer::new(socket, &remote, Layer::BelowKey, verdicts.clone());
                 let verdicts = verdicts.clone();
                 async move {
-                    let decrypted = PnetConfig::new(psk).handshake(below).await?;
-                    Ok::<_, libp2p::pnet::PnetError>(Sniffer::new(
+                    let decrypted = super::pnet::handshake(below, &psk).await?;
+                    Ok::<_, std::io::Error>(Sniffer::new(
                         decrypted,
                         &remote,
                         Layer::AboveKey,

@@ -20,6 +20,7 @@
 //! - connections to iwant peers stay open; others close after [`IDLE_TIMEOUT`] without streams.
 
 mod event_loop;
+pub mod pnet;
 pub mod private;
 pub mod tcp;
 
