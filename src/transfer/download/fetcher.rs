@@ -92,6 +92,9 @@ pub struct Files {
     /// Set by [`Files::close_all`]: from then on no file is opened, so a late duplicate piece
     /// cannot create a partial file again after the download was moved into place.
     closed: RwLock<bool>,
+    /// Held while a piece is written: pieces are verified side by side, but written one at a
+    /// time (concurrent writes to one file wait on its inode's lock in the kernel, spinning).
+    writing: Mutex<()>,
 }
 
 impl Files {
@@ -102,6 +105,7 @@ impl Files {
             plan,
             open: Mutex::new(HashMap::new()),
             closed: RwLock::new(false),
+            writing: Mutex::new(()),
         }
     }
 
@@ -158,10 +162,11 @@ fn verify_and_write(plan: &Plan, files: &Files, peer: PeerId, unit: usize, data:
         return Event::Bad { peer, unit };
     }
     let u = plan.unit(unit);
-    match files
-        .get(u.file)
-        .and_then(|f| fsio::write_all_at(&f, data, u.offset))
-    {
+    let written = files.get(u.file).and_then(|f| {
+        let _one_at_a_time = files.writing.lock().expect("bug: poisoned");
+        fsio::write_all_at(&f, data, u.offset)
+    });
+    match written {
         Ok(()) => Event::Done { peer, unit },
         Err(error) => Event::WriteFailed { peer, unit, error },
     }
