@@ -91,16 +91,16 @@ fn output(
             node_running: running,
         });
     }
-    println!("Shared folder:    {}", folders.shared_dir.display());
-    println!("Download folder:  {}", folders.download_dir.display());
-    println!("Config file:      {}", home.config_file().display());
+    outln!("Shared folder:    {}", folders.shared_dir.display());
+    outln!("Download folder:  {}", folders.download_dir.display());
+    outln!("Config file:      {}", home.config_file().display());
     match (changed, running) {
-        (Some(role), true) => println!("The running node uses the new {role} folder now."),
-        (Some(_), false) => println!(
+        (Some(role), true) => outln!("The running node uses the new {role} folder now."),
+        (Some(_), false) => outln!(
             "The node is not running: the change is saved and takes effect when it starts (`iwant node{}`).",
             home.cli_flag()
         ),
-        (None, false) => println!("(read from the config file; the node is not running)"),
+        (None, false) => outln!("(read from the config file; the node is not running)"),
         (None, true) => {}
     }
     Ok(())

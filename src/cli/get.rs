@@ -41,7 +41,7 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
         if json {
             return super::print_json(&progress);
         }
-        println!(
+        outln!(
             "Downloading {} in the background; watch it with `iwant status` or `iwant get {short}`.",
             Safe(&progress.name)
         );
@@ -64,7 +64,7 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
             let key = (last.state, last.bytes_done, last.files_done);
             if last_line != Some(key) {
                 last_line = Some(key);
-                println!("{}", serde_json::to_string(&Line::of(&last))?);
+                outln!("{}", serde_json::to_string(&Line::of(&last))?);
             }
         } else if let Some(bar) = &bar {
             draw(bar, &last);
@@ -112,7 +112,7 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
         DownloadState::Done => {
             if !lines {
                 let secs = started.elapsed().as_secs_f64();
-                println!(
+                outln!(
                     "Downloaded {} ({}) to {} in {:.1} s{}.",
                     Safe(&last.name),
                     human_bytes(last.bytes_total),
@@ -149,7 +149,7 @@ pub(super) async fn cancel(home: Home, id: String, json: bool) -> anyhow::Result
     match Client::new(home).request(Request::Cancel { id }).await? {
         Response::Download(p) if json => super::print_json(&p),
         Response::Download(p) => {
-            println!(
+            outln!(
                 "Cancelled the download of {}; its partial data is removed.",
                 Safe(&p.name)
             );

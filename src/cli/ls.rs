@@ -14,16 +14,16 @@ pub(super) async fn run(home: Home, errors: bool, skipped: bool, json: bool) -> 
         Response::Entries { entries } if json => super::print_json(&entries),
         Response::ScanErrors { errors } if json => super::print_json(&errors),
         Response::Entries { entries } => {
-            print!("{}", render_entries(&entries));
+            out!("{}", render_entries(&entries));
             Ok(())
         }
         Response::ScanErrors { errors } => {
-            print!("{}", render_errors(&errors));
+            out!("{}", render_errors(&errors));
             Ok(())
         }
         Response::Skipped { skipped, .. } if json => super::print_json(&skipped),
         Response::Skipped { skipped, total } => {
-            print!("{}", render_skipped(&skipped, total));
+            out!("{}", render_skipped(&skipped, total));
             Ok(())
         }
         other => anyhow::bail!("the node answered a listing with {other:?}"),

@@ -4,6 +4,21 @@
 //! for people goes to stdout; with `--json`, stdout holds exactly one JSON document. Errors go
 //! to stderr, once, with their cause chain.
 
+/// `print!` for a command's output: when the reader went away (`iwant ls --json | head`) the
+/// command ends quietly, where `print!` would panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for a command's output, as [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod folders;
 mod get;
 mod ls;
@@ -271,9 +286,9 @@ fn keygen(home: &Home, path: Option<PathBuf>, force: bool, json: bool) -> anyhow
     if json {
         return print_json(&serde_json::json!({ "path": path, "fingerprint": fingerprint }));
     }
-    println!("Wrote a new network key to {}", path.display());
-    println!("  Fingerprint: {fingerprint}");
-    println!(
+    outln!("Wrote a new network key to {}", path.display());
+    outln!("  Fingerprint: {fingerprint}");
+    outln!(
         "Copy it to every node of your network and keep it secret (whoever has it can join). Start each node with `iwant{} node --network-key {}`, or set `network_key = {:?}` in {}.",
         home.cli_flag(),
         path.display(),
@@ -290,6 +305,20 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// Writes a command's output to stdout. A closed pipe ends the process at once with success
+/// (the reader took what it wanted, as `head` does); another failure to write ends it with an
+/// error on stderr.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to the standard output: {e}");
+        std::process::exit(1);
+    }
 }

@@ -32,7 +32,7 @@ pub(super) async fn run(
     match Client::new(home).request(request).await? {
         Response::SearchResults(reply) if json => super::print_json(&reply),
         Response::SearchResults(reply) => {
-            print!("{}", render(&reply));
+            out!("{}", render(&reply));
             Ok(())
         }
         other => anyhow::bail!("the node answered a search with {other:?}"),

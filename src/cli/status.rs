@@ -14,7 +14,7 @@ pub(super) async fn run(home: Home, json: bool) -> anyhow::Result<()> {
     if json {
         return super::print_json(&status);
     }
-    print!("{}", render(&status));
+    out!("{}", render(&status));
     Ok(())
 }
 

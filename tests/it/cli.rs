@@ -33,6 +33,25 @@ fn version_and_help_work_without_a_home() {
     );
 }
 
+/// `iwant config --json | head -c 0`: output into a pipe nobody reads any more ends the command
+/// quietly and successfully, without a panic. The pipe's read end is closed before the command
+/// starts, so its first write fails for sure.
+#[test]
+fn output_into_a_closed_pipe_ends_the_command_quietly() {
+    let dir = tmp();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = iwant(&dir.path().join("h"))
+        .args(["config", "--json"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
 #[test]
 fn status_without_a_node_says_it_is_not_running_and_how_to_start_it() {
     let dir = tmp();
