@@ -529,18 +529,23 @@ async fn serve_stream(stream: Stream, index: Offered, served: &Served) -> std::i
         since: tokio::time::Instant::now(),
     });
     let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Prepared>>(PREPARED_AHEAD);
+    // Reads requests until the peer closes its side, or sends one that is bad or cut short.
     let reader = async {
-        while let Some(request) = next_request(&mut rd, &busy).await? {
+        let outcome = loop {
+            let request = match next_request(&mut rd, &busy).await {
+                Ok(Some(request)) => request,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
             busy.lock().expect("bug: poisoned").owed += 1;
             let (index, cache) = (index.clone(), cache.clone());
             let prepared = tokio::task::spawn_blocking(move || prepare(&index, &cache, request));
             if tx.send(prepared).await.is_err() {
-                break;
+                break Ok(());
             }
-        }
+        };
         drop(tx);
-        // The writer answers what is queued, then ends the stream.
-        std::future::pending::<std::io::Result<()>>().await
+        outcome
     };
     let writer = async {
         while let Some(prepared) = rx.recv().await {
@@ -560,9 +565,16 @@ async fn serve_stream(stream: Stream, index: Offered, served: &Served) -> std::i
         }
         within(write_limit(0), "closing the stream", wr.close()).await
     };
-    tokio::select! {
-        r = reader => r,
-        r = writer => r,
+    // The requests read before the reader stopped are answered, also when it stopped on a bad
+    // or truncated one (then the stream ends after those answers); a writer that fails ends
+    // everything at once.
+    tokio::pin!(reader, writer);
+    let mut read: Option<std::io::Result<()>> = None;
+    loop {
+        tokio::select! {
+            r = &mut reader, if read.is_none() => read = Some(r),
+            w = &mut writer => return w.and(read.unwrap_or(Ok(()))),
+        }
     }
 }
 
