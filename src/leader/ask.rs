@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use iwant_behaviours::search::{Hit, Request, Response, Results};
+use iwant_behaviours::search::{Hit, Request, Response, Results, MAX_HOLDERS, MAX_PARTIAL_HOLDERS};
 use libp2p::PeerId;
 use tokio::{sync::watch, time::Instant};
 
@@ -89,7 +89,9 @@ impl<P> Default for Holding<P> {
 
 /// The holders of each of `ids` (at most [`iwant_behaviours::search::MAX_HOLDER_IDS`]) as the
 /// leader knows them, whole and partial, in the order of `ids`; waits at most `deadline` for a
-/// leader and its answer. Peer ids that do not parse are left out.
+/// leader and its answer. Peer ids that do not parse are left out, and so are holders past the
+/// protocol's bounds per id ([`iwant_behaviours::search::MAX_HOLDERS`] whole,
+/// [`iwant_behaviours::search::MAX_PARTIAL_HOLDERS`] partial), which an honest leader never sends.
 pub async fn holders(
     net: &NetworkClient,
     local: &LeaderHandle,
@@ -105,11 +107,16 @@ pub async fn holders(
             Ok(holders
                 .into_iter()
                 .map(|peers| Holding {
-                    whole: peers.iter().filter_map(|p| p.parse().ok()).collect(),
+                    whole: peers
+                        .iter()
+                        .take(MAX_HOLDERS)
+                        .filter_map(|p| p.parse().ok())
+                        .collect(),
                     partial: partial
                         .next()
                         .unwrap_or_default()
                         .into_iter()
+                        .take(MAX_PARTIAL_HOLDERS)
                         .filter_map(|h| Some((h.peer.parse().ok()?, h.have.0)))
                         .collect(),
                 })

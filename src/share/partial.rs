@@ -23,6 +23,7 @@ use super::pieces::Layout;
 use crate::{
     leader::{self, LeaderHandle},
     net::NetworkClient,
+    transfer::units,
 };
 
 /// How often [`announce`] looks for news to tell the leader.
@@ -71,9 +72,7 @@ impl PartialFile {
     /// Whether piece `index` is verified and written.
     pub fn has(&self, index: u64) -> bool {
         let have = self.have.read().expect("bug: poisoned");
-        usize::try_from(index).is_ok_and(|i| {
-            i < self.units.len() && have.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
-        })
+        usize::try_from(index).is_ok_and(|i| i < self.units.len() && units::bit(&have, i))
     }
 
     /// The pieces it has, as the wire carries them.
@@ -115,14 +114,8 @@ impl Partials {
         let Some(files) = inner.downloads.get(download) else {
             return;
         };
-        let bit = |u: usize| done.get(u / 8).is_some_and(|b| b & (1 << (u % 8)) != 0);
         for f in files {
-            let mut have = vec![0u8; f.units.len().div_ceil(8)];
-            for (i, u) in f.units.clone().enumerate() {
-                if bit(u) {
-                    have[i / 8] |= 1 << (i % 8);
-                }
-            }
+            let have = units::bitfield(f.units.clone().map(|u| units::bit(done, u)));
             *f.have.write().expect("bug: poisoned") = have;
         }
     }

@@ -332,9 +332,12 @@ pub fn bitfield(done: impl Iterator<Item = bool>) -> Vec<u8> {
 
 /// Reads a persisted bitfield back for `units` units (missing bits are not done).
 pub fn from_bitfield(bits: &[u8], units: usize) -> Vec<bool> {
-    (0..units)
-        .map(|i| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
-        .collect()
+    (0..units).map(|i| bit(bits, i)).collect()
+}
+
+/// Whether unit `i` is set in the bitfield `bits` (false past its end).
+pub fn bit(bits: &[u8], i: usize) -> bool {
+    bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
 }
 
 #[cfg(test)]
