@@ -220,6 +220,22 @@ sm_get() { # TICKET OUT -> ms
 }
 sm_big=$(sm_send "$src/big.bin")
 sm_small=$(sm_send "$src/small")
+# The seeders' set-up wrote gigabytes (sendme copies what it sends into its store) and may go on
+# working after it printed its link (rqbit checks what it shares): flush the writes and wait
+# until the machine is idle, or the first transfer timed pays for them.
+sync
+idle_pct() { # the CPU's idle share over one second, in percent
+    local a b
+    read -ra a < <(head -n 1 /proc/stat)
+    sleep 1
+    read -ra b < <(head -n 1 /proc/stat)
+    local total=0 i
+    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+    echo $((100 * (b[4] - a[4]) / (total > 0 ? total : 1)))
+}
+for _ in $(seq 1 120); do
+    (($(idle_pct) >= 90)) && break
+done
 
 # --- raw TCP ------------------------------------------------------------------------------------
 raw_get() { # OUT -> ms
