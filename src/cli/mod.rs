@@ -62,8 +62,14 @@ pub struct Cli {
 enum Command {
     /// Run the node in the foreground (Ctrl-C stops it)
     Node(NodeArgs),
-    /// Show this node's peer id, addresses, connected peers and folders
-    Status(JsonArg),
+    /// Show this node's peer id, addresses, connected peers, folders and downloads
+    Status {
+        /// Forget the downloads that ended (done, failed, cancelled) instead
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Show the shared and download folders
     Config(JsonArg),
     /// List what this node shares: path, size, id, kind
@@ -79,7 +85,7 @@ enum Command {
     },
     /// Find files and folders shared anywhere on the network, by name
     #[command(
-        long_about = "Find files and folders shared anywhere on the network, by name.\n\nMatching is forgiving: case-insensitive, letters in order but not together (`btmn` finds batman), words in any order, small typos. An exact name ranks first, then names that start with the words, then names containing them, then looser matches; a match in the name beats one in the folder path. Each result is one piece of content, however many peers hold it."
+        long_about = "Find files and folders shared anywhere on the network, by name.\n\nMatching is forgiving: case- and accent-insensitive (`cafe` finds Café), letters in order but not together (`btmn` finds batman), words in any order, small typos. An exact name ranks first, then names that start with the words, then names containing them, then looser matches; a match in the name beats one in the folder path, and equal matches come in natural order (track 2 before track 10). Each result is one piece of content, however many peers hold it."
     )]
     Search {
         /// The words to look for
@@ -92,6 +98,13 @@ enum Command {
         /// Only files or only directories
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
+        /// Show page P of the results (pages of --limit results; the first is 1)
+        #[arg(long, value_name = "P", conflicts_with = "offset",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        page: Option<u32>,
+        /// Skip the N best results
+        #[arg(long, value_name = "N")]
+        offset: Option<u32>,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -156,17 +169,36 @@ enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Print a shell completion script
+    #[command(
+        long_about = "Print a shell completion script for SHELL.\n\nbash: `iwant completions bash > ~/.local/share/bash-completion/completions/iwant`\nzsh: `iwant completions zsh > ~/.zfunc/_iwant` (with `fpath+=~/.zfunc` before `compinit` in ~/.zshrc)\nfish: `iwant completions fish > ~/.config/fish/completions/iwant.fish`\nPowerShell: `iwant completions powershell >> $PROFILE`"
+    )]
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into DIR
+    #[command(
+        long_about = "Print the manual page of iwant (roff, for `man`), or with --dir write iwant.1 and one page per command (iwant-get.1, ...) into DIR.\n\nRead it at once with `iwant man | man -l -`, or install it with `iwant man --dir ~/.local/share/man/man1`."
+    )]
+    Man {
+        /// Write iwant.1 and a page per command into this folder instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Options of `iwant node`.
 #[derive(Debug, Args)]
 struct NodeArgs {
-    /// Listen on this multiaddr (repeatable) [default: /ip4/0.0.0.0/tcp/4747, or a free port
-    /// if 4747 is taken]
-    #[arg(long, value_name = "MULTIADDR")]
+    /// Listen on this address (repeatable): a port (`4748`), `ip:port` or a multiaddr
+    /// [default: every IPv4 interface on port 4747, or a free port if 4747 is taken]
+    #[arg(long, value_name = "ADDR", value_parser = crate::net::addr::parse_listen)]
     listen: Vec<Multiaddr>,
-    /// Dial this peer and keep redialing it (repeatable), for networks without multicast
-    #[arg(long, value_name = "MULTIADDR")]
+    /// Dial this peer and keep redialing it (repeatable), for networks without multicast:
+    /// `ip:port`, `host:port` or a multiaddr
+    #[arg(long, value_name = "ADDR", value_parser = crate::net::addr::parse_peer)]
     peer: Vec<Multiaddr>,
     /// Do not discover peers with mDNS
     #[arg(long)]
@@ -215,9 +247,42 @@ struct JsonArg {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    // These need no home.
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "iwant", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => return finish(man(dir)),
+        _ => {}
+    }
+    let json = cli.command.json();
     let result = Home::resolve(cli.home.clone())
         .map_err(anyhow::Error::from)
         .and_then(|home| dispatch(home, cli.command));
+    if let (Err(error), true) = (&result, json) {
+        // With --json, stdout holds one JSON document, an error too.
+        let _ = print_json(&json_error(error));
+    }
+    finish(result)
+}
+
+/// The JSON document of a failed command: `{"error": {"code", "message", "causes"}}`, where
+/// `code` is `not_running` (exit code 3) or `failed` (exit code 1).
+fn json_error(error: &anyhow::Error) -> serde_json::Value {
+    let code = match error.downcast_ref::<ClientError>() {
+        Some(ClientError::NotRunning { .. }) => "not_running",
+        _ => "failed",
+    };
+    let causes: Vec<String> = error.chain().skip(1).map(|c| c.to_string()).collect();
+    serde_json::json!({ "error": { "code": code, "message": format!("{error:#}"), "causes": causes } })
+}
+
+/// The exit code of a command's result; an error goes to stderr.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -231,10 +296,30 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+impl Command {
+    /// Whether the command was asked for JSON output.
+    fn json(&self) -> bool {
+        match self {
+            Command::Config(a) => a.json,
+            Command::Status { json, .. } => json.json,
+            Command::Ls { json, .. }
+            | Command::Search { json, .. }
+            | Command::Cancel { json, .. }
+            | Command::Share { json, .. }
+            | Command::DownloadTo { json, .. }
+            | Command::Keygen { json, .. } => json.json,
+            Command::Get { json, .. } => *json,
+            Command::Node(_) | Command::Completions { .. } | Command::Man { .. } => false,
+        }
+    }
+}
+
 fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Node(args) => node::run(home, args),
-        Command::Status(a) => client_runtime()?.block_on(status::run(home, a.json)),
+        Command::Status { clear, json } => {
+            client_runtime()?.block_on(status::run(home, clear, json.json))
+        }
         Command::Config(a) => client_runtime()?.block_on(folders::show(home, a.json)),
         Command::Ls {
             errors,
@@ -245,13 +330,17 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
             words,
             limit,
             kind,
+            page,
+            offset,
             json,
         } => {
             let kind = kind.map(|k| match k {
                 KindArg::File => crate::share::Kind::File,
                 KindArg::Dir => crate::share::Kind::Dir,
             });
-            client_runtime()?.block_on(search::run(home, words, kind, limit, json.json))
+            let offset = offset.unwrap_or_else(|| (page.unwrap_or(1) - 1).saturating_mul(limit));
+            let page = search::Page { limit, offset };
+            client_runtime()?.block_on(search::run(home, words, kind, page, json.json))
         }
         Command::Get { id, detach, json } => {
             client_runtime()?.block_on(get::get(home, id, detach, json))
@@ -274,7 +363,29 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
             json.json,
         )),
         Command::Keygen { path, force, json } => keygen(&home, path, force, json.json),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("run without a home"),
     }
+}
+
+/// `iwant man`: the manual page on stdout, or every page into `dir`.
+fn man(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match dir {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            out!("{}", String::from_utf8_lossy(&page));
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, &dir)
+                .with_context(|| format!("cannot write the pages into {}", dir.display()))?;
+            outln!("Wrote the manual pages into {}", dir.display());
+        }
+    }
+    Ok(())
 }
 
 /// `iwant keygen`: writes a new network key and says how to use it.

@@ -47,26 +47,53 @@ macro_rules! say {
     }};
 }
 
+/// What the user sees once the node runs: set apart from the log lines by blank lines, and on
+/// a first run, what to do next, spelled with the command that works here.
 fn print_banner(node: &daemon::RunningNode) {
     let folders = node.folders.borrow().clone();
     let home = node.home();
+    let iwant = format!("{}{}", command_name(), home.cli_flag());
+    say!();
     if node.first_run {
         say!(
-            "Welcome to iwant! Created a new node in {}",
+            "  Welcome to iwant! Created a new node in {}",
             home.root().display()
         );
     }
     say!(
-        "iwant node {} is running (Ctrl-C stops it).",
+        "  iwant node {} is running; Ctrl-C stops it.",
         node.peer_id()
     );
     say!("  Sharing:      {}", folders.shared_dir.display());
     say!("  Downloads to: {}", folders.download_dir.display());
     if node.first_run {
-        let flag = home.cli_flag();
-        say!(
-            "Change them with `iwant{flag} share <folder>` and `iwant{flag} download-to <folder>`; see the node with `iwant{flag} status`."
-        );
+        say!();
+        say!("  Next, in another terminal:");
+        say!("    {iwant} search <words>       find what anyone here shares");
+        say!("    {iwant} get <id>             download it (the id search shows)");
+        say!("    {iwant} status               peers and downloads");
+        say!("    {iwant} share <folder>       share another folder");
+        say!("    {iwant} download-to <folder> save downloads elsewhere");
+    }
+    say!();
+}
+
+/// How to run this program from a shell: `iwant` when that finds this very binary on the
+/// `PATH`, else its full path (after `cargo run`, `target/release/iwant`).
+fn command_name() -> String {
+    let Ok(me) = std::env::current_exe().and_then(dunce::canonicalize) else {
+        return "iwant".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            let name = me.file_name().unwrap_or_default();
+            dunce::canonicalize(dir.join(name)).is_ok_and(|found| found == me)
+        })
+    });
+    if on_path {
+        "iwant".into()
+    } else {
+        me.display().to_string()
     }
 }
 
@@ -105,6 +132,7 @@ fn install_tracing() {
     let filter = std::env::var("IWANT_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
+    let filter_text = filter.to_lowercase();
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         let _ = writeln!(
             std::io::stderr(),
@@ -113,8 +141,19 @@ fn install_tracing() {
         EnvFilter::new("info")
     });
     use std::io::IsTerminal;
+    // For people: the local time and the message; where in the code a line comes from only
+    // when a debug filter asks for detail.
+    let detail = ["debug", "trace", "::"]
+        .iter()
+        .any(|w| filter_text.contains(w));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_timer(tracing_subscriber::fmt::time::ChronoLocal::new(if detail {
+            "%Y-%m-%d %H:%M:%S%.3f".into()
+        } else {
+            "%H:%M:%S".into()
+        }))
+        .with_target(detail)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         // A closed stderr (the `tee` it went to was killed) loses log lines, nothing more:

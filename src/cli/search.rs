@@ -15,32 +15,46 @@ pub(crate) const SHORT_ID: usize = 12;
 /// Longest name or path shown in the table before it is shortened in the middle.
 const MAX_COLUMN: usize = 48;
 
+/// Which results to show: `limit` of them after the `offset` best.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Page {
+    pub limit: u32,
+    pub offset: u32,
+}
+
 pub(super) async fn run(
     home: Home,
     words: Vec<String>,
     kind: Option<Kind>,
-    limit: u32,
+    page: Page,
     json: bool,
 ) -> anyhow::Result<()> {
     let text = words.join(" ");
     let request = Request::Search {
         text,
         kind,
-        limit,
-        offset: 0,
+        limit: page.limit,
+        offset: page.offset,
     };
     match Client::new(home).request(request).await? {
         Response::SearchResults(reply) if json => super::print_json(&reply),
         Response::SearchResults(reply) => {
-            out!("{}", render(&reply));
+            out!("{}", render(&reply, page));
             Ok(())
         }
         other => anyhow::bail!("the node answered a search with {other:?}"),
     }
 }
 
-fn render(reply: &SearchReply) -> String {
+fn render(reply: &SearchReply, page: Page) -> String {
     let nodes = super::term::count(reply.nodes as u64, "node", "nodes");
+    if reply.results.is_empty() && page.offset > 0 && reply.total > 0 {
+        return format!(
+            "No more results: {:?} has {} in all.\n",
+            reply.query,
+            super::term::count(reply.total, "result", "results")
+        );
+    }
     if reply.results.is_empty() {
         return format!(
             "Nothing matches {:?} among {} shared by {nodes}.\n",
@@ -119,18 +133,28 @@ fn render(reply: &SearchReply) -> String {
         line(&mut out, &cells);
     }
     let shown = reply.results.len() as u64;
-    let more = if reply.total > shown {
-        format!(
-            " ({} more: --limit)",
-            reply.total.min(crate::leader::index::MAX_MATCHES as u64) - shown
-        )
+    let reachable = reply.total.min(crate::leader::index::MAX_MATCHES as u64);
+    let first = page.offset as u64 + 1;
+    let last = page.offset as u64 + shown;
+    let which = if page.offset == 0 {
+        super::term::count(shown, "result", "results")
+    } else {
+        format!("Results {first}–{last}")
+    };
+    let more = if reachable > last {
+        let next = last / page.limit.max(1) as u64 + 1;
+        if last.is_multiple_of(page.limit.max(1) as u64) {
+            format!(" ({} more: --page {next})", reachable - last)
+        } else {
+            format!(" ({} more: --offset {last})", reachable - last)
+        }
     } else {
         String::new()
     };
     let _ = writeln!(
         out,
-        "{} of {} shared by {nodes}{more}. Fetch one with `iwant get <ID>`.",
-        super::term::count(shown, "result", "results"),
+        "{which} of {} matching among {} shared by {nodes}{more}. Fetch one with `iwant get <ID>`.",
+        reply.total,
         super::term::count(reply.indexed, "entry", "entries"),
     );
     out
@@ -152,6 +176,11 @@ fn shorten(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::control::SearchResult;
+
+    const FIRST: Page = Page {
+        limit: 2,
+        offset: 0,
+    };
 
     fn result(path: &str, kind: Kind, holders: u32, local: bool) -> SearchResult {
         SearchResult {
@@ -182,7 +211,7 @@ mod tests {
                 result("bats", Kind::Dir, 1, false),
             ],
         };
-        let text = render(&reply);
+        let text = render(&reply, FIRST);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("NAME"), "{text}");
         let id = blake3::hash(b"movies/batman.mkv").to_hex();
@@ -195,8 +224,27 @@ mod tests {
         assert!(lines[2].starts_with("bats/"), "{text}");
         assert!(lines[2].ends_with(" ."), "{text}");
         assert!(
-            lines[3].starts_with("2 results of 10 entries shared by 2 nodes (1 more"),
+            lines[3].starts_with(
+                "2 results of 3 matching among 10 entries shared by 2 nodes (1 more: --page 2)"
+            ),
             "{text}"
+        );
+        // The second page says which results it shows; the last one has no "more".
+        let second = Page {
+            limit: 2,
+            offset: 2,
+        };
+        let mut page2 = reply.clone();
+        page2.results.truncate(1);
+        let text = render(&page2, second);
+        assert!(
+            text.contains("Results 3–3 of 3 matching among 10 entries shared by 2 nodes. Fetch"),
+            "{text}"
+        );
+        page2.results.clear();
+        assert_eq!(
+            render(&page2, second),
+            "No more results: \"bat\" has 3 results in all.\n"
         );
     }
 
@@ -218,7 +266,7 @@ mod tests {
                 result("gpj.\u{202e}exe", Kind::Dir, 1, false),
             ],
         };
-        let text = render(&reply);
+        let text = render(&reply, FIRST);
         assert!(
             !text.contains('\u{1b}') && !text.contains('\u{202e}'),
             "{text:?}"
@@ -239,7 +287,7 @@ mod tests {
             results: vec![],
         };
         assert_eq!(
-            render(&reply),
+            render(&reply, FIRST),
             "Nothing matches \"zzz\" among 1 entry shared by 1 node.\n"
         );
     }

@@ -6,7 +6,21 @@ use crate::{
     control::{Client, DownloadState, Request, Response, StatusReply, Watch as WatchState},
 };
 
-pub(super) async fn run(home: Home, json: bool) -> anyhow::Result<()> {
+pub(super) async fn run(home: Home, clear: bool, json: bool) -> anyhow::Result<()> {
+    if clear {
+        let cleared = match Client::new(home).request(Request::ClearDownloads).await? {
+            Response::Cleared { cleared } => cleared,
+            other => anyhow::bail!("the node answered a clear request with {other:?}"),
+        };
+        if json {
+            return super::print_json(&serde_json::json!({ "cleared": cleared }));
+        }
+        outln!(
+            "Cleared {} from the list.",
+            super::term::count(cleared, "ended download", "ended downloads")
+        );
+        return Ok(());
+    }
     let status = match Client::new(home).request(Request::Status).await? {
         Response::Status(s) => s,
         other => anyhow::bail!("the node answered a status request with {other:?}"),
@@ -167,9 +181,9 @@ fn render(s: &StatusReply) -> String {
             }
             DownloadState::Cancelled => "cancelled".into(),
             _ => format!(
-                "{pct:.0}% of {}, {}/s, {}",
+                "{pct:.0}% of {}, {}, {}",
                 super::term::human_bytes(d.bytes_total),
-                super::term::human_bytes(d.rate),
+                super::get::speed(d),
                 super::get::details(d)
             ),
         };

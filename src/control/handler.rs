@@ -54,9 +54,9 @@ impl Handler {
         match request {
             Request::Follow { id } => match self.transfers.follow(&id) {
                 Ok(progress) => Answer::Stream(follow(progress)),
-                Err(e) => Answer::One(Err(e.into())),
+                Err(e) => Answer::from(Err(e.into())),
             },
-            request => Answer::One(self.handle(request).await),
+            request => Answer::from(self.handle(request).await),
         }
     }
 
@@ -114,6 +114,9 @@ impl Handler {
                 Response::Download(found.into())
             }
             Request::Cancel { id } => Response::Download(self.transfers.cancel(&id).await?.into()),
+            Request::ClearDownloads => Response::Cleared {
+                cleared: self.transfers.clear_ended() as u64,
+            },
             Request::Follow { .. } => {
                 return Err(ControlError::new(
                     ErrorKind::BadRequest,
@@ -275,7 +278,9 @@ impl From<GetError> for ControlError {
     fn from(e: GetError) -> Self {
         let kind = match &e {
             GetError::BadId(_) => ErrorKind::BadRequest,
-            GetError::NotFound(_) | GetError::NoDownload(_) => ErrorKind::NotFound,
+            GetError::NotFound(_) | GetError::NoDownload(_) | GetError::Ended { .. } => {
+                ErrorKind::NotFound
+            }
             GetError::Ambiguous { .. } => ErrorKind::Ambiguous,
             GetError::Ask(ask) => return ask_kind(ask, e.to_string()),
             GetError::Store(_) => ErrorKind::Internal,
@@ -320,7 +325,11 @@ fn all<T: Into<U>, U>(values: Vec<T>) -> Vec<U> {
 
 impl From<Progress> for Download {
     fn from(p: Progress) -> Self {
+        let eta_ms = (p.state == transfer::DownloadState::Fetching && p.rate > 0).then(|| {
+            (p.bytes_total.saturating_sub(p.bytes_done) as u128 * 1000 / p.rate as u128) as u64
+        });
         Self {
+            eta_ms,
             id: p.id,
             name: p.name,
             kind: p.kind,

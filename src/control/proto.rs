@@ -110,6 +110,9 @@ pub enum Request {
         /// An id or a unique prefix of at least 4 hex digits.
         id: String,
     },
+    /// Forget the downloads that ended (done, failed, cancelled): `status` lists running ones
+    /// only until more end.
+    ClearDownloads,
 }
 
 /// What the server sends back: exactly one of `ok` and `error` is present.
@@ -175,6 +178,11 @@ pub enum Response {
     Downloads {
         /// Running downloads first, then those that ended.
         downloads: Vec<Download>,
+    },
+    /// Answer to [`Request::ClearDownloads`].
+    Cleared {
+        /// How many ended downloads were forgotten.
+        cleared: u64,
     },
 }
 

@@ -47,15 +47,15 @@ pub enum ServerError {
 /// What a handler answers: one reply, or a stream of replies that ends the connection when it
 /// ends (or when the client goes away).
 pub enum Answer {
-    /// One reply.
-    One(Result<Response, ControlError>),
+    /// One reply (boxed: a reply is large, and a stream's first value moves often).
+    One(Box<Result<Response, ControlError>>),
     /// Replies as they come ([`Request::Follow`]).
     Stream(BoxStream<'static, Response>),
 }
 
 impl From<Result<Response, ControlError>> for Answer {
     fn from(result: Result<Response, ControlError>) -> Self {
-        Answer::One(result)
+        Answer::One(Box::new(result))
     }
 }
 
@@ -158,7 +158,7 @@ where
             ),
         )),
         Ok(Ok(Some(env))) => match handler(env.request).await {
-            Answer::One(result) => result,
+            Answer::One(result) => *result,
             Answer::Stream(mut replies) => {
                 let Ok(_follower) = places.followers.clone().try_acquire_owned() else {
                     let busy = ControlError::new(
@@ -207,7 +207,7 @@ mod tests {
         let handler = |request: Request| async move {
             match request {
                 Request::Follow { .. } => Answer::Stream(stream::pending().boxed()),
-                _ => Answer::One(Ok(Response::Folders(Folders {
+                _ => Answer::from(Ok(Response::Folders(Folders {
                     shared_dir: "/s".into(),
                     download_dir: "/d".into(),
                 }))),

@@ -34,8 +34,11 @@ pub struct Download {
     pub files_done: u64,
     /// Peers it is fetching from now.
     pub peers: u32,
-    /// Bytes per second over the last seconds.
+    /// Bytes per second over the last seconds, measured by the node (0 while stalled).
     pub rate: u64,
+    /// Milliseconds left at that rate, while fetching at a rate above 0.
+    #[serde(default)]
+    pub eta_ms: Option<u64>,
     /// Where the finished download is.
     pub path: Option<PathBuf>,
     /// Bytes fetched from the network so far in this run (verified or not).
@@ -210,6 +213,7 @@ mod tests {
             files_done: 0,
             peers: 0,
             rate: 0,
+            eta_ms: None,
             path: None,
             bytes_fetched: 0,
             bytes_local: 0,
@@ -226,6 +230,7 @@ mod tests {
                 "bytes_resumed",
                 "bytes_total",
                 "elapsed_ms",
+                "eta_ms",
                 "files_done",
                 "files_total",
                 "id",

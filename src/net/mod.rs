@@ -19,6 +19,7 @@
 //!   kernel still answers the keepalive) is closed;
 //! - connections to iwant peers stay open; others close after [`IDLE_TIMEOUT`] without streams.
 
+pub mod addr;
 mod event_loop;
 pub mod pnet;
 pub mod private;

@@ -131,6 +131,14 @@ pub enum GetError {
     /// No download matches (cancel).
     #[error("no download has an id starting with {0}")]
     NoDownload(String),
+    /// The download to cancel has ended already.
+    #[error("the download of {name} has ended already ({how}); there is nothing to cancel. `iwant status --clear` removes ended downloads from the list")]
+    Ended {
+        /// Its name.
+        name: String,
+        /// `done: <path>`, `failed: <why>` or `cancelled`.
+        how: String,
+    },
     /// The leader could not be asked.
     #[error(transparent)]
     Ask(#[from] AskError),
@@ -284,13 +292,34 @@ impl Transfers {
     }
 
     /// Stops the running download whose id starts with `prefix` and removes its partial data.
+    /// One that ended already (as `iwant status` lists it) is [`GetError::Ended`].
     pub async fn cancel(&self, prefix: &str) -> Result<Progress, GetError> {
         let prefix = parse_prefix(prefix)?;
-        let (progress, cancel, flag) = self
-            .with_slot(&prefix, true, |s| {
-                (s.progress.clone(), s.cancel.clone(), s.cancelled.clone())
-            })
-            .ok_or_else(|| GetError::NoDownload(prefix.to_string()))?;
+        let Some((progress, cancel, flag)) = self.with_slot(&prefix, true, |s| {
+            (s.progress.clone(), s.cancel.clone(), s.cancelled.clone())
+        }) else {
+            let ended = self
+                .find_ended(&prefix)
+                .ok_or_else(|| GetError::NoDownload(prefix.to_string()))?;
+            let how = match ended.state {
+                DownloadState::Done => format!(
+                    "done: {}",
+                    ended
+                        .path
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display()
+                ),
+                DownloadState::Failed => {
+                    format!("failed: {}", ended.message.as_deref().unwrap_or_default())
+                }
+                _ => "cancelled".to_owned(),
+            };
+            return Err(GetError::Ended {
+                name: ended.name,
+                how,
+            });
+        };
         flag.cancel();
         cancel.cancel();
         // The task removes its data and says so; wait for it a bounded time.
@@ -302,6 +331,19 @@ impl Transfers {
         .await;
         let last = progress.borrow().clone();
         Ok(last)
+    }
+
+    /// Forgets every download that ended; says how many.
+    pub fn clear_ended(&self) -> usize {
+        let mut slots = self.inner.slots.lock().expect("bug: poisoned");
+        let before = slots.len();
+        slots.retain(|_, s| !s.progress.borrow().state.is_final());
+        before - slots.len()
+    }
+
+    fn find_ended(&self, prefix: &IdPrefix) -> Option<Progress> {
+        self.with_slot(prefix, false, |s| s.progress.borrow().clone())
+            .filter(|p| p.state.is_final())
     }
 
     fn find_active(&self, prefix: &IdPrefix) -> Option<Progress> {

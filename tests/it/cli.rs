@@ -59,13 +59,29 @@ fn status_without_a_node_says_it_is_not_running_and_how_to_start_it() {
     for args in [&["status"][..], &["status", "--json"][..]] {
         let (code, out, err) = run(iwant(&home).args(args));
         assert_eq!(code, 3, "{err}");
-        assert!(out.is_empty(), "nothing on stdout: {out}");
         assert!(err.contains("not running"), "{err}");
         assert!(
             err.contains(&format!("iwant node --home {}", home.display())),
             "{err}"
         );
+        if args.len() == 1 {
+            assert!(out.is_empty(), "nothing on stdout: {out}");
+        } else {
+            // With --json the error is a JSON document on stdout too.
+            let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+            assert_eq!(doc["error"]["code"], "not_running", "{doc}");
+            assert!(doc["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not running"));
+        }
     }
+    // Any failing command with --json: a bad id.
+    let node = Daemon::start(&home, &[]);
+    let (code, out, _) = run(iwant(&node.home).args(["get", "zzzz", "--json"]));
+    assert_eq!(code, 1);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(doc["error"]["code"], "failed", "{doc}");
 }
 
 #[cfg(unix)]
@@ -239,6 +255,17 @@ fn first_run_creates_the_home_and_says_where_things_are() {
         out.contains("iwant --home"),
         "says how to change folders: {out}"
     );
+    // What to do next, with a command that works here: this binary is not on the PATH, so
+    // its full path.
+    let exe = crate::util::bin().canonicalize().unwrap();
+    assert!(
+        out.contains(&format!(
+            "{} --home {} search <words>",
+            exe.display(),
+            home.display()
+        )),
+        "{out}"
+    );
     let peer_id = status["peer_id"].as_str().unwrap().to_owned();
     assert!(node.terminate().success());
     assert!(
@@ -272,7 +299,8 @@ fn bad_multiaddrs_are_refused() {
     for (flag, value) in [
         ("--listen", "not-an-address"),
         ("--peer", "/ip4/1.2.3/tcp/1"),
-        ("--peer", "10.0.0.1:4747"),
+        ("--peer", "10.0.0.1"),
+        ("--listen", "70000"),
     ] {
         let (code, _, err) = run(iwant(&home).args(["node", "--no-mdns", flag, value]));
         assert_eq!(code, 2, "{flag} {value}: {err}");
@@ -280,6 +308,8 @@ fn bad_multiaddrs_are_refused() {
             err.contains(&format!("invalid value '{value}' for '{flag}")),
             "{err}"
         );
+        // Each error shows how to write one.
+        assert!(err.contains(":4747`"), "{err}");
     }
     // Well-formed but unusable: not an address of this machine, or not TCP.
     for value in ["/ip4/192.0.2.1/tcp/0", "/ip4/127.0.0.1/udp/0"] {
@@ -379,7 +409,12 @@ mod other_users {
         let node = Daemon::start(&home, &[]);
         let (code, out, err) = as_nobody(&home, &["status", "--json"]);
         assert_ne!(code, 0, "must be refused: {out}");
-        assert!(out.is_empty());
+        // Only the error, as JSON: nothing of the node's status.
+        let doc: serde_json::Value = serde_json::from_str(&out).expect("a JSON error");
+        assert_eq!(
+            doc.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["error"]
+        );
         assert!(err.contains("permission denied"), "{err}");
         let (code, _, err) = as_nobody(&home, &["share", "/tmp"]);
         assert_ne!(code, 0);
@@ -639,4 +674,68 @@ mod private_network {
         );
         assert!(open.status()["network_key"].is_null());
     }
+}
+
+/// `--peer ip:port` and `--listen ip:port` work as the multiaddrs they stand for.
+#[test]
+fn peers_and_listen_addresses_can_be_written_as_ip_and_port() {
+    let dir = tmp();
+    let first = Daemon::start(&dir.path().join("a"), &[]);
+    let addr = first.status()["listen_addrs"][0]
+        .as_str()
+        .expect("the node listens")
+        .to_owned();
+    let port = addr.rsplit('/').next().unwrap();
+    let second = Daemon::start(
+        &dir.path().join("b"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--peer",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    let first_id = first.status()["peer_id"].as_str().unwrap().to_owned();
+    crate::util::wait_for(
+        std::time::Duration::from_secs(20),
+        "the second node to connect to the first",
+        || {
+            crate::util::peer_ids(&second.status())
+                .contains(&first_id)
+                .then_some(())
+        },
+    );
+    assert_eq!(second.status()["listen_addrs"].as_array().unwrap().len(), 2);
+}
+
+/// Shell completions and the manual page come from the binary itself, without a home.
+#[test]
+fn completions_and_the_manual_page_generate_without_a_home() {
+    let dir = tmp();
+    let home = dir.path().join("h");
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef iwant"),
+        ("fish", "complete -c iwant"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let (code, out, err) = run(iwant(&home).args(["completions", shell]));
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains(marker), "{shell}: {out}");
+        // Subcommands are completed.
+        assert!(out.contains("download-to"), "{shell}");
+    }
+    let (code, _, err) = run(iwant(&home).args(["completions", "tcsh"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, out, _) = run(iwant(&home).arg("man"));
+    assert_eq!(code, 0);
+    assert!(out.starts_with(".ie") || out.contains(".TH iwant"), "{out}");
+    assert!(out.contains("download\\-to"), "{out}");
+    let pages = dir.path().join("man1");
+    let (code, _, err) = run(iwant(&home).args(["man", "--dir"]).arg(&pages));
+    assert_eq!(code, 0, "{err}");
+    for page in ["iwant.1", "iwant-get.1", "iwant-search.1"] {
+        assert!(pages.join(page).is_file(), "{page}");
+    }
+    assert!(!home.exists(), "completions and man must not create a home");
 }

@@ -281,6 +281,37 @@ async fn bad_ids_unknown_ids_and_unknown_downloads_get_clear_errors() {
         ClientError::Remote(e) => assert_eq!(e.kind, ErrorKind::NotFound, "{e:?}"),
         other => panic!("{other:?}"),
     }
+    // A download that ended: `cancel` says so (status lists it), and clearing forgets it.
+    let x = blake3::hash(b"x");
+    let done = b.fetch(x).await;
+    assert_eq!(done.state, DownloadState::Done, "{done:?}");
+    match b
+        .client()
+        .request(Request::Cancel {
+            id: x.to_hex()[..8].to_string(),
+        })
+        .await
+        .unwrap_err()
+    {
+        ClientError::Remote(e) => {
+            assert_eq!(e.kind, ErrorKind::NotFound, "{e:?}");
+            assert!(
+                e.message.contains("has ended already (done: "),
+                "{}",
+                e.message
+            );
+            assert!(e.message.contains("iwant status --clear"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    match b.client().request(Request::ClearDownloads).await.unwrap() {
+        Response::Cleared { cleared } => assert_eq!(cleared, 1),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        b.progress(x).await.is_none(),
+        "a cleared download is forgotten"
+    );
     b.node.stop().await;
     a.node.stop().await;
 }

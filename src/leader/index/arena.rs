@@ -200,7 +200,7 @@ impl NetworkIndex {
         }
         let path_len = e.path.len();
         let name_start = e.path.rfind('/').map_or(0, |s| s + 1);
-        let lower = e.path.to_lowercase();
+        let lower = rank::fold(&e.path);
         let lname_start = lower.rfind('/').map_or(0, |s| s + 1);
         let masks = Masks {
             name: rank::mask_of(&lower.as_bytes()[lname_start..]) | dir,

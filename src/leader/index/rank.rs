@@ -4,6 +4,8 @@
 //! once per search) and on bytes where that is exact: substrings always, subsequences when the
 //! query word is ASCII.
 
+use std::cmp::Ordering;
+
 use super::{Tier, MAX_QUERY_BYTES, MAX_QUERY_WORDS};
 
 /// Bit 63 of a name mask: the entry is a directory. Character buckets never use it.
@@ -74,7 +76,7 @@ impl Parsed {
         while !text.is_char_boundary(end) {
             end -= 1;
         }
-        let lower = text[..end].to_lowercase();
+        let lower = fold(&text[..end]);
         let words: Vec<Word> = lower
             .split_whitespace()
             .take(MAX_QUERY_WORDS)
@@ -191,6 +193,66 @@ pub(super) fn classify(
         };
     }
     Some(Class::Scored(Tier::Path, sub))
+}
+
+/// The form names and queries are matched in: lowercase, without accents (`Café Müller` →
+/// `cafe muller`), with the letters that do not decompose spelled out (`ß` → `ss`, `æ` →
+/// `ae`, `ø` → `o`). `/` stays where it was.
+pub(super) fn fold(text: &str) -> String {
+    use unicode_normalization::{char::is_combining_mark, UnicodeNormalization};
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.to_lowercase().nfd().filter(|c| !is_combining_mark(*c)) {
+        match c {
+            'ß' => out.push_str("ss"),
+            'æ' => out.push_str("ae"),
+            'œ' => out.push_str("oe"),
+            'ø' => out.push('o'),
+            'đ' | 'ð' => out.push('d'),
+            'ł' => out.push('l'),
+            'þ' => out.push_str("th"),
+            'ı' => out.push('i'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Compares two paths in natural order: runs of digits by their value (`2` < `10`, `02` =
+/// `2` until the end, where fewer leading zeros come first), the rest byte by byte. A total
+/// order: texts equal in it are equal bytes.
+pub(super) fn natural_cmp(a: &str, b: &str) -> Ordering {
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < x.len() && j < y.len() {
+        if x[i].is_ascii_digit() && y[j].is_ascii_digit() {
+            let (si, sj) = (i, j);
+            while i < x.len() && x[i].is_ascii_digit() {
+                i += 1;
+            }
+            while j < y.len() && y[j].is_ascii_digit() {
+                j += 1;
+            }
+            let strip = |d: &[u8]| {
+                let nz = d.iter().position(|&c| c != b'0').unwrap_or(d.len());
+                d[nz..].to_vec()
+            };
+            let (p, q) = (strip(&x[si..i]), strip(&y[sj..j]));
+            let by_value = p.len().cmp(&q.len()).then_with(|| p.cmp(&q));
+            if by_value != Ordering::Equal {
+                return by_value;
+            }
+        } else {
+            if x[i] != y[j] {
+                return x[i].cmp(&y[j]);
+            }
+            i += 1;
+            j += 1;
+        }
+    }
+    (x.len() - i).cmp(&(y.len() - j)).then_with(|| x.cmp(y))
 }
 
 /// Where a word occurs in a text, best first.

@@ -290,16 +290,22 @@ impl NetworkIndex {
         chunk.top.push(cand, self);
     }
 
-    /// The ranking: `Less` when `a` comes first.
+    /// The ranking: `Less` when `a` comes first. Equal scores: the shorter name (when the
+    /// name is what matched: not in the path and typo tiers, where the folder or a forgiven
+    /// typo did, so `01 …`, `02 …` of an album are not ordered by their titles' lengths),
+    /// more holders, the path in natural order (`track 2` before `track 10`), the id.
     pub(super) fn rank(&self, a: &Cand, b: &Cand) -> Ordering {
+        let name_len = |c: &Cand| match Tier::of_score(c.score) {
+            Some(Tier::Path | Tier::Typo) => 0,
+            _ => c.name_len,
+        };
         b.score
             .cmp(&a.score)
-            .then(a.name_len.cmp(&b.name_len))
+            .then(name_len(a).cmp(&name_len(b)))
             .then(b.holders.cmp(&a.holders))
             .then_with(|| {
                 let (ra, rb) = (&self.records[a.rec as usize], &self.records[b.rec as usize]);
-                ra.path()
-                    .cmp(rb.path())
+                rank::natural_cmp(ra.path(), rb.path())
                     .then(ra.id.cmp(&rb.id))
                     .then(a.rec.cmp(&b.rec))
             })

@@ -145,6 +145,30 @@ fn ranking_table() {
         (&["report 2025.pdf"], "reprot 2025", &["report 2025.pdf"]),
         // Short tokens are not typo-matched.
         (&["cat.png"], "cta", &[]),
+        // Accents and case fold both ways.
+        (
+            &["Café Müller/01 Vollmond.flac", "cafeteria.txt"],
+            "cafe muller",
+            &["Café Müller/01 Vollmond.flac"],
+        ),
+        (&["Cafe Muller.txt"], "CAFÉ", &["Cafe Muller.txt"]),
+        (&["Straße.pdf", "strand.pdf"], "strasse", &["Straße.pdf"]),
+        // An album's tracks found by its folder come in track order, not by title length.
+        (
+            &[
+                "Queen - Greatest Hits/10 Bicycle Race.flac",
+                "Queen - Greatest Hits/02 Under Pressure.flac",
+                "Queen - Greatest Hits/1 Bohemian Rhapsody.flac",
+                "Queen - Greatest Hits/03 Killer.flac",
+            ],
+            "greatest hits",
+            &[
+                "Queen - Greatest Hits/1 Bohemian Rhapsody.flac",
+                "Queen - Greatest Hits/02 Under Pressure.flac",
+                "Queen - Greatest Hits/03 Killer.flac",
+                "Queen - Greatest Hits/10 Bicycle Race.flac",
+            ],
+        ),
     ];
     for (names, query, want) in cases {
         let index = index_of(names);
@@ -153,6 +177,36 @@ fn ranking_table() {
             *want,
             "query {query:?} over {names:?}"
         );
+    }
+}
+
+#[test]
+fn natural_order_compares_numbers_by_value_and_is_total() {
+    use super::rank::natural_cmp;
+    use std::cmp::Ordering::*;
+    for (a, b, want) in [
+        ("track 2", "track 10", Less),
+        ("track 02", "track 2", Less),
+        ("a/9/x", "a/10/x", Less),
+        ("b", "a10", Greater),
+        ("x1y", "x1", Greater),
+        ("same", "same", Equal),
+    ] {
+        assert_eq!(natural_cmp(a, b), want, "{a} vs {b}");
+        assert_eq!(natural_cmp(b, a), want.reverse(), "{b} vs {a}");
+    }
+    // Sorting random names with it never meets an inconsistency (std's sort checks).
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut names: Vec<String> = (0..2000)
+        .map(|_| {
+            (0..rng.random_range(0..6))
+                .map(|_| ['0', '1', '9', 'a', '/', ':', ' '][rng.random_range(0..7)])
+                .collect()
+        })
+        .collect();
+    names.sort_by(|a, b| natural_cmp(a, b));
+    for w in names.windows(2) {
+        assert_ne!(natural_cmp(&w[0], &w[1]), Greater, "{w:?}");
     }
 }
 

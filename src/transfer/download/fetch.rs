@@ -434,8 +434,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
         units::bitfield((0..self.planner.total_units()).map(|u| self.planner.is_done_unit(u)))
     }
 
-    /// What the user sees of the phase now.
-    pub fn progress(&self) -> FetchProgress {
+    /// What the user sees of the phase at `now`.
+    pub fn progress(&self, now: Instant) -> FetchProgress {
         let (state, message) = if let Some((_, why)) = &self.paused {
             (DownloadState::Waiting, Some(why.clone()))
         } else if self.fetchers.is_empty() && !self.planner.is_done() {
@@ -454,7 +454,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
             bytes_done: self.planner.done_bytes(),
             files_done: self.files_done,
             peers: self.fetchers.len() as u32,
-            rate: self.rate.rate(),
+            rate: self.rate.rate(now),
             bytes_fetched: self.fetched,
             write_error: self.paused.as_ref().map(|(_, why)| why.clone()),
         }
@@ -584,7 +584,7 @@ where
             }
         }
         progress.send_modify(|p| {
-            fetch.progress().apply(p, fetched_before);
+            fetch.progress(now).apply(p, fetched_before);
             p.elapsed_ms = (elapsed_before + started.elapsed()).as_millis() as u64;
         });
         tokio::select! {
@@ -604,38 +604,52 @@ where
         l.abort();
     }
     if outcome.is_ok() {
-        progress.send_modify(|p| fetch.progress().apply(p, fetched_before));
+        progress.send_modify(|p| fetch.progress(Instant::now()).apply(p, fetched_before));
     }
     outcome
 }
 
-/// Bytes per second over the last few seconds.
+/// Bytes per second over the last few seconds: 0 once nothing arrived for that long (a stall,
+/// a pause), and over the time since the first byte while that is shorter.
 #[derive(Debug, Default)]
 struct RateMeter {
     samples: VecDeque<(Instant, u64)>,
+    first: Option<Instant>,
 }
 
 impl RateMeter {
     const WINDOW: Duration = Duration::from_secs(3);
 
     fn add(&mut self, now: Instant, bytes: u64) {
+        self.first.get_or_insert(now);
         self.samples.push_back((now, bytes));
+        self.forget(now);
+    }
+
+    fn forget(&mut self, now: Instant) {
         while self
             .samples
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > Self::WINDOW)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > Self::WINDOW)
         {
             self.samples.pop_front();
         }
     }
 
-    fn rate(&self) -> u64 {
-        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
+    fn rate(&self, now: Instant) -> u64 {
+        let Some(first) = self.first else {
             return 0;
         };
-        let span = last.0.duration_since(first.0).as_secs_f64().max(0.2);
-        let bytes: u64 = self.samples.iter().map(|(_, b)| b).sum();
-        (bytes as f64 / span) as u64
+        let bytes: u64 = self
+            .samples
+            .iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= Self::WINDOW)
+            .map(|(_, b)| b)
+            .sum();
+        let span = now
+            .saturating_duration_since(first)
+            .clamp(Duration::from_millis(200), Self::WINDOW);
+        (bytes as f64 / span.as_secs_f64()) as u64
     }
 }
 

@@ -79,7 +79,7 @@ fn saves(commands: &[Command<u32>]) -> Vec<Vec<u8>> {
 fn it_looks_up_holders_first_and_gives_each_new_one_a_fetcher() {
     let mut f = fetch(&[&[PIECE; 4]]);
     assert_eq!(drain(&mut f), [Command::LookUp]);
-    let p = f.progress();
+    let p = f.progress(t(0));
     assert_eq!(p.state, DownloadState::Waiting);
     assert!(p
         .message
@@ -88,7 +88,7 @@ fn it_looks_up_holders_first_and_gives_each_new_one_a_fetcher() {
 
     f.on_holders(Ok(vec![1, 2]), t(0));
     assert_eq!(drain(&mut f), [Command::Connect(1), Command::Connect(2)]);
-    let p = f.progress();
+    let p = f.progress(t(0));
     assert_eq!(
         (p.state, p.peers, p.message),
         (DownloadState::Fetching, 2, None)
@@ -104,7 +104,7 @@ fn it_looks_up_holders_first_and_gives_each_new_one_a_fetcher() {
     assert_eq!(drain(&mut f), []);
     f.on_holders(Ok(vec![2, 3, 1]), t(5_000));
     assert_eq!(drain(&mut f), [Command::Connect(3)]);
-    assert_eq!(f.progress().peers, 3);
+    assert_eq!(f.progress(t(0)).peers, 3);
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn with_no_holder_it_looks_again_every_second_and_says_why_it_waits() {
     f.on_tick(t(REFRESH_NO_HOLDERS.as_millis() as u64));
     assert_eq!(drain(&mut f), [Command::LookUp]);
     f.on_holders(Ok(vec![]), t(1_000));
-    let p = f.progress();
+    let p = f.progress(t(0));
     assert_eq!(p.state, DownloadState::Waiting);
     assert!(p.message.unwrap().contains("no node holding it"));
     assert_eq!(
@@ -210,10 +210,13 @@ fn units_go_out_in_order_files_close_when_complete_and_the_phase_ends_with_a_sav
     done(&mut f, 1, 1, t(40));
     assert_eq!(drain(&mut f), []);
     assert!(f.is_done());
-    let p = f.progress();
+    let p = f.progress(t(40));
     assert_eq!((p.bytes_done, p.files_done), (2 * PIECE + 5, 2));
     assert_eq!(p.bytes_fetched, 3 * PIECE + 5, "the duplicate arrived too");
-    assert!(p.rate > 0);
+    // Over 200 ms at least (the bytes came within 40 ms).
+    assert!(p.rate.abs_diff((2 * PIECE + 5) * 5) <= 1, "{}", p.rate);
+    // Nothing more for longer than the meter's window: the rate is 0, not the last one.
+    assert_eq!(f.progress(t(40 + 3_001)).rate, 0);
 
     f.stop(t(50));
     assert_eq!(
@@ -230,7 +233,7 @@ fn units_go_out_in_order_files_close_when_complete_and_the_phase_ends_with_a_sav
 fn a_resumed_download_counts_what_is_done_and_a_complete_one_needs_no_lookup() {
     let s = shape(&[&[PIECE, PIECE], &[7]]);
     let mut f: Fetch<u32> = Fetch::new(s.clone(), &[true, false, true], Path::new("p"), t(0));
-    let p = f.progress();
+    let p = f.progress(t(0));
     assert_eq!((p.bytes_done, p.files_done), (PIECE + 7, 1));
     f.on_holders(Ok(vec![1]), t(0));
     drain(&mut f);
@@ -256,7 +259,7 @@ fn a_holder_that_sends_bad_data_is_dropped_for_the_rest_of_the_download() {
         t(10),
     );
     assert_eq!(drain(&mut f), [Command::Disconnect(1)]);
-    assert_eq!(f.progress().peers, 1);
+    assert_eq!(f.progress(t(0)).peers, 1);
     // Its units go to the other holder.
     let of_2 = give(&mut f, 2, t(10));
     assert!(
@@ -265,7 +268,7 @@ fn a_holder_that_sends_bad_data_is_dropped_for_the_rest_of_the_download() {
     );
     // Its late data counts for nothing, and it is never connected again.
     done(&mut f, 1, of_1[1], t(20));
-    assert_eq!(f.progress().bytes_done, 0);
+    assert_eq!(f.progress(t(0)).bytes_done, 0);
     f.on_tick(t(5_000));
     assert_eq!(drain(&mut f), [Command::LookUp]);
     f.on_holders(Ok(vec![1, 2]), t(5_000));
@@ -286,7 +289,7 @@ fn a_holder_that_cannot_serve_rests_and_comes_back_but_a_busy_one_stays() {
         t(5),
     );
     assert_eq!(drain(&mut f), []);
-    assert_eq!(f.progress().peers, 2);
+    assert_eq!(f.progress(t(0)).peers, 2);
     let of_1 = give(&mut f, 1, t(5));
     f.on_event(
         Event::Refused {
@@ -321,7 +324,7 @@ fn a_lost_stream_brings_the_next_lookup_forward_and_the_holder_back_after_a_shor
         t(100),
     );
     assert_eq!(drain(&mut f), [Command::Disconnect(1)]);
-    let p = f.progress();
+    let p = f.progress(t(0));
     assert_eq!((p.state, p.peers), (DownloadState::Waiting, 0));
     assert!(p
         .message
@@ -383,7 +386,7 @@ fn a_failed_write_pauses_every_request_and_the_download_goes_on_after_the_pause(
         },
         t(20),
     );
-    let p = f.progress();
+    let p = f.progress(t(0));
     assert_eq!(p.state, DownloadState::Waiting);
     let why = p.write_error.expect("a write error is shown");
     assert!(
@@ -397,8 +400,8 @@ fn a_failed_write_pauses_every_request_and_the_download_goes_on_after_the_pause(
     f.on_tick(t(over - 1));
     assert_eq!(f.next_unit(2, t(over - 1)), None);
     f.on_tick(t(over));
-    assert_eq!(f.progress().state, DownloadState::Fetching);
-    assert_eq!(f.progress().write_error, None);
+    assert_eq!(f.progress(t(0)).state, DownloadState::Fetching);
+    assert_eq!(f.progress(t(0)).write_error, None);
     assert_eq!(
         f.next_unit(2, t(over)),
         Some(units[1]),
@@ -470,14 +473,14 @@ fn cancel_saves_what_is_done_stops_every_fetcher_and_then_nothing_happens() {
     f.on_tick(t(60_000));
     f.stop(t(60_000));
     assert_eq!(drain(&mut f), []);
-    assert_eq!(f.progress().bytes_done, PIECE);
+    assert_eq!(f.progress(t(0)).bytes_done, PIECE);
 }
 
 #[test]
 fn a_download_walks_through_every_state_of_the_fetch_phase() {
     let mut f = fetch(&[&[PIECE; 2]]);
     drain(&mut f);
-    let state = |f: &Fetch<u32>| f.progress().state;
+    let state = |f: &Fetch<u32>| f.progress(t(0)).state;
     assert_eq!(state(&f), DownloadState::Waiting, "no holder known yet");
     f.on_holders(Ok(vec![1]), t(0));
     assert_eq!(state(&f), DownloadState::Fetching, "a holder joined");
@@ -542,7 +545,7 @@ fn out_of_range_units_and_unknown_peers_change_nothing() {
         t(1),
     );
     assert_eq!(drain(&mut f), []);
-    let p = f.progress();
+    let p = f.progress(t(0));
     assert_eq!((p.bytes_done, p.peers), (0, 1));
 }
 
@@ -574,12 +577,12 @@ impl Seen {
             self.closed, complete,
             "exactly the complete files are closed"
         );
-        assert_eq!(f.progress().files_done, complete.len() as u64);
+        assert_eq!(f.progress(t(0)).files_done, complete.len() as u64);
         let bytes: u64 = (0..f.shape.lens.len())
             .filter(|&u| f.planner.is_done_unit(u))
             .map(|u| f.shape.lens[u])
             .sum();
-        assert_eq!(f.progress().bytes_done, bytes);
+        assert_eq!(f.progress(t(0)).bytes_done, bytes);
     }
 }
 
