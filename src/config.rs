@@ -182,6 +182,7 @@ impl Home {
                     download_dir,
                 } = self.default_folders();
                 let config = Config {
+                    name: None,
                     shared_dir,
                     download_dir,
                     listen: Vec::new(),
@@ -262,6 +263,10 @@ impl Home {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The name other people see for this node (`iwant name`); at most 32 characters.
+    /// Default: the machine's host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The folder whose contents this node shares.
     pub shared_dir: PathBuf,
     /// The folder downloads are written to.
@@ -305,6 +310,23 @@ pub struct Config {
     /// `true`.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub offer_downloads: bool,
+}
+
+impl Config {
+    /// The name this node goes by: the configured one, else the host name, else `iwant-`
+    /// and the end of its peer id; cleaned ([`iwant_behaviours::clean_name`]).
+    pub fn node_name(&self, peer: &libp2p::PeerId) -> String {
+        self.name
+            .as_deref()
+            .and_then(iwant_behaviours::clean_name)
+            .or_else(|| iwant_behaviours::clean_name(&gethostname::gethostname().to_string_lossy()))
+            .unwrap_or_else(|| {
+                format!(
+                    "iwant-{}",
+                    crate::net::short_peer(peer).trim_start_matches('…')
+                )
+            })
+    }
 }
 
 fn is_true(b: &bool) -> bool {

@@ -280,7 +280,9 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     let tasks = TaskTracker::new();
     let mut peers = config.peers.clone();
     peers.extend(options.peers);
+    let name = config.node_name(&keypair.public().to_peer_id());
     let net_config = NetConfig {
+        name,
         listen: if options.listen.is_empty() {
             config.listen.clone()
         } else {

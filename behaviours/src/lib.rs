@@ -66,6 +66,59 @@ pub fn is_iwant_agent(agent: &str) -> bool {
     agent.starts_with(AGENT_PREFIX)
 }
 
+/// The longest node name, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// A node name as it may be shown: without control or formatting characters (no escape
+/// sequences, no right-to-left overrides), whitespace runs as one space, trimmed, at most
+/// [`MAX_NAME_CHARS`] characters; `None` if nothing is left. Names are for people only: never
+/// trusted for anything (two nodes may claim one name; peer ids tell them apart).
+pub fn clean_name(raw: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut space = false;
+    for c in raw.chars() {
+        if c.is_whitespace() {
+            space = !out.is_empty();
+            continue;
+        }
+        if c.is_control() || is_format(c) {
+            continue;
+        }
+        if space {
+            out.push(' ');
+            space = false;
+        }
+        out.push(c);
+        if out.chars().count() >= MAX_NAME_CHARS {
+            break;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Unicode's invisible formatting characters (bidirectional controls, zero-width ones).
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+}
+
+/// The identify agent string of an iwant node named `name`: `iwant/<version> (<name>)`.
+pub fn agent_with_name(name: &str) -> String {
+    match clean_name(&name.replace(['(', ')'], "")) {
+        Some(name) => format!("{AGENT_PREFIX}{} ({name})", env!("CARGO_PKG_VERSION")),
+        None => format!("{AGENT_PREFIX}{}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// The node name in an iwant agent string (`iwant/<version> (<name>)`), cleaned; `None` for
+/// other agents and for iwant nodes without one.
+pub fn agent_name(agent: &str) -> Option<String> {
+    if !is_iwant_agent(agent) || agent.len() > 256 {
+        return None;
+    }
+    let (_, rest) = agent.split_once(" (")?;
+    clean_name(rest.strip_suffix(')')?)
+}
+
 /// Settings for [`NodeBehaviour::new`].
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -194,5 +247,44 @@ impl NodeBehaviour {
             content: content::behaviour(),
             chunk: libp2p_stream::Behaviour::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn names_are_cleaned_bounded_and_read_back_from_the_agent() {
+        assert_eq!(
+            clean_name("  bob's   laptop \n").as_deref(),
+            Some("bob's laptop")
+        );
+        assert_eq!(
+            clean_name("evil\u{1b}]0;x\u{7}\u{202e}gpj").as_deref(),
+            Some("evil]0;xgpj")
+        );
+        assert_eq!(clean_name(" \t\u{200b} "), None);
+        assert_eq!(
+            clean_name(&"é".repeat(100)).unwrap().chars().count(),
+            MAX_NAME_CHARS
+        );
+        let agent = agent_with_name("Carol (lab)");
+        assert_eq!(
+            agent,
+            format!("iwant/{} (Carol lab)", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(agent_name(&agent).as_deref(), Some("Carol lab"));
+        assert_eq!(agent_name("iwant/0.1.0"), None);
+        assert_eq!(
+            agent_name("js-libp2p/1.0 (bob)"),
+            None,
+            "only iwant agents carry names"
+        );
+        assert_eq!(agent_name(&format!("iwant/1 ({})", "x".repeat(300))), None);
+        assert_eq!(
+            agent_with_name("\u{1b}"),
+            format!("iwant/{}", env!("CARGO_PKG_VERSION"))
+        );
     }
 }

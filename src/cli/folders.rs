@@ -32,6 +32,68 @@ pub(super) async fn show(home: Home, json: bool) -> anyhow::Result<()> {
     output(&home, folders, running, json, None)
 }
 
+/// `iwant name [NEW]`.
+pub(super) async fn name(home: Home, new: Option<String>, json: bool) -> anyhow::Result<()> {
+    let client = Client::new(home.clone());
+    let Some(new) = new else {
+        let (name, running) = match client.request(Request::Status).await {
+            Ok(Response::Status(s)) => (s.name, true),
+            Ok(other) => anyhow::bail!("the node answered a status request with {other:?}"),
+            Err(ClientError::NotRunning { .. }) => {
+                let (config, _) = home.load_or_create_config()?;
+                let name = config
+                    .name
+                    .as_deref()
+                    .and_then(iwant_behaviours::clean_name)
+                    .or_else(|| {
+                        iwant_behaviours::clean_name(&gethostname::gethostname().to_string_lossy())
+                    })
+                    .unwrap_or_default();
+                (name, false)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if json {
+            return super::print_json(
+                &serde_json::json!({ "name": name, "node_running": running }),
+            );
+        }
+        outln!("{}", super::term::Safe(&name));
+        return Ok(());
+    };
+    let (name, announced) = match client.request(Request::SetName { name: new.clone() }).await {
+        Ok(Response::Named { name, announced }) => (name, Some(announced)),
+        Ok(other) => anyhow::bail!("the node answered a name change with {other:?}"),
+        Err(ClientError::NotRunning { .. }) => {
+            let name = iwant_behaviours::clean_name(&new)
+                .context("a name needs at least one visible character")?;
+            let (mut config, _) = home.load_or_create_config()?;
+            config.name = Some(name.clone());
+            home.save_config(&config)?;
+            (name, None)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        return super::print_json(
+            &serde_json::json!({ "name": name, "announced": announced, "node_running": announced.is_some() }),
+        );
+    }
+    match announced {
+        Some(old) if old != name => outln!(
+            "This node is now called {}; peers see the new name once the node restarts (until then: {}).",
+            super::term::Safe(&name),
+            super::term::Safe(&old)
+        ),
+        Some(_) => outln!("This node is called {}.", super::term::Safe(&name)),
+        None => outln!(
+            "Saved: this node is called {} from its next start.",
+            super::term::Safe(&name)
+        ),
+    }
+    Ok(())
+}
+
 pub(super) async fn set(
     home: Home,
     role: Role,

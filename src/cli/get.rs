@@ -241,7 +241,24 @@ fn human_duration(secs: u64) -> String {
 
 /// A progress line's tail: peers, files, and what it waits for.
 pub(super) fn details(p: &Progress) -> String {
-    let mut parts = vec![super::term::count(p.peers as u64, "peer", "peers")];
+    // Names come from other nodes: escaped.
+    let mut parts = vec![if p.from.is_empty() {
+        super::term::count(p.peers as u64, "peer", "peers")
+    } else {
+        let mut who = format!(
+            "from {}",
+            p.from
+                .iter()
+                .map(|n| safe(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let more = (p.peers as usize).saturating_sub(p.from.len());
+        if more > 0 {
+            who += &format!(" +{more}");
+        }
+        who
+    }];
     if p.kind == Kind::Dir {
         parts.push(format!("{}/{} files", p.files_done, p.files_total));
     }

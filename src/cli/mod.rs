@@ -67,6 +67,9 @@ enum Command {
         /// Forget the downloads that ended (done, failed, cancelled) instead
         #[arg(long)]
         clear: bool,
+        /// Show peers' full ids, addresses and agents
+        #[arg(long, short)]
+        verbose: bool,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -152,6 +155,14 @@ enum Command {
         dir: PathBuf,
         #[command(flatten)]
         change: ChangeArgs,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Show this node's name, or set it to NEW (what other people see instead of a peer id)
+    Name {
+        /// The new name (at most 32 characters) [default: the machine's host name]
+        #[arg(value_name = "NEW")]
+        new: Option<String>,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -307,7 +318,8 @@ impl Command {
             | Command::Cancel { json, .. }
             | Command::Share { json, .. }
             | Command::DownloadTo { json, .. }
-            | Command::Keygen { json, .. } => json.json,
+            | Command::Keygen { json, .. }
+            | Command::Name { json, .. } => json.json,
             Command::Get { json, .. } => *json,
             Command::Node(_) | Command::Completions { .. } | Command::Man { .. } => false,
         }
@@ -317,9 +329,11 @@ impl Command {
 fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Node(args) => node::run(home, args),
-        Command::Status { clear, json } => {
-            client_runtime()?.block_on(status::run(home, clear, json.json))
-        }
+        Command::Status {
+            clear,
+            verbose,
+            json,
+        } => client_runtime()?.block_on(status::run(home, clear, verbose, json.json)),
         Command::Config(a) => client_runtime()?.block_on(folders::show(home, a.json)),
         Command::Ls {
             errors,
@@ -363,6 +377,9 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
             json.json,
         )),
         Command::Keygen { path, force, json } => keygen(&home, path, force, json.json),
+        Command::Name { new, json } => {
+            client_runtime()?.block_on(folders::name(home, new, json.json))
+        }
         Command::Completions { .. } | Command::Man { .. } => unreachable!("run without a home"),
     }
 }

@@ -71,11 +71,7 @@ fn render(reply: &SearchReply, page: Page) -> String {
                 Kind::File => "file",
                 Kind::Dir => "dir",
             };
-            let peers = if r.local {
-                format!("{} (local)", hit.holder_count)
-            } else {
-                hit.holder_count.to_string()
-            };
+            let peers = holders_cell(r);
             let dir = match hit.path.rfind('/') {
                 Some(i) => &hit.path[..i + 1],
                 None => "",
@@ -100,7 +96,7 @@ fn render(reply: &SearchReply, page: Page) -> String {
             ]
         })
         .collect();
-    let header = ["NAME", "SIZE", "KIND", "ID", "PEERS", "IN"];
+    let header = ["NAME", "SIZE", "KIND", "ID", "FROM", "IN"];
     let width = |i: usize| {
         rows.iter()
             .map(|r| r[i].chars().count())
@@ -160,6 +156,29 @@ fn render(reply: &SearchReply, page: Page) -> String {
     out
 }
 
+/// Who holds a result, for people: `you, bob-laptop, carol +3` (names escaped; at most two
+/// other names, then how many more hold it).
+fn holders_cell(r: &crate::control::SearchResult) -> String {
+    const NAMES: usize = 2;
+    let mut parts: Vec<String> = Vec::new();
+    if r.local {
+        parts.push("you".into());
+    }
+    let names: Vec<&String> = r.holder_names.iter().filter(|n| !n.is_empty()).collect();
+    parts.extend(names.iter().take(NAMES).map(|n| safe(n)));
+    let shown = parts.len() as u32;
+    let more = r.hit.holder_count.saturating_sub(shown);
+    let mut cell = parts.join(", ");
+    if more > 0 {
+        if cell.is_empty() {
+            cell = super::term::count(more as u64, "peer", "peers");
+        } else {
+            cell += &format!(" +{more}");
+        }
+    }
+    cell
+}
+
 /// Shortens long text in the middle, keeping both ends.
 fn shorten(text: &str) -> String {
     let count = text.chars().count();
@@ -186,6 +205,9 @@ mod tests {
         SearchResult {
             name: path.rsplit('/').next().unwrap().to_string(),
             local,
+            holder_names: (0..holders - local as u32)
+                .map(|i| ["bob-laptop", "carol", "dave"][i as usize % 3].to_string())
+                .collect(),
             hit: iwant_behaviours::search::Hit {
                 path: path.into(),
                 kind,
@@ -219,7 +241,7 @@ mod tests {
         assert!(lines[1].contains("1.5 KiB"), "{text}");
         assert!(lines[1].contains(&id[..SHORT_ID]), "{text}");
         assert!(!lines[1].contains(&id[..SHORT_ID + 1]), "{text}");
-        assert!(lines[1].contains("2 (local)"), "{text}");
+        assert!(lines[1].contains("you, bob-laptop "), "{text}");
         assert!(lines[1].ends_with("movies/"), "{text}");
         assert!(lines[2].starts_with("bats/"), "{text}");
         assert!(lines[2].ends_with(" ."), "{text}");

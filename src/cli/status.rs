@@ -6,7 +6,7 @@ use crate::{
     control::{Client, DownloadState, Request, Response, StatusReply, Watch as WatchState},
 };
 
-pub(super) async fn run(home: Home, clear: bool, json: bool) -> anyhow::Result<()> {
+pub(super) async fn run(home: Home, clear: bool, verbose: bool, json: bool) -> anyhow::Result<()> {
     if clear {
         let cleared = match Client::new(home).request(Request::ClearDownloads).await? {
             Response::Cleared { cleared } => cleared,
@@ -28,13 +28,46 @@ pub(super) async fn run(home: Home, clear: bool, json: bool) -> anyhow::Result<(
     if json {
         return super::print_json(&status);
     }
-    out!("{}", render(&status));
+    out!("{}", render(&status, verbose));
     Ok(())
 }
 
-fn render(s: &StatusReply) -> String {
+/// `just now`, `40 s ago`, `3 min ago`, `2 h ago`.
+fn ago(secs: u64) -> String {
+    match secs {
+        0..5 => "just now".into(),
+        5..60 => format!("{secs} s ago"),
+        60..3600 => format!("{} min ago", secs / 60),
+        _ => format!("{} h ago", secs / 3600),
+    }
+}
+
+/// How a peer is shown: its name, else the end of its id.
+fn who(peer_id: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) => safe(n),
+        None => format!("…{}", &peer_id[peer_id.len().saturating_sub(6)..]),
+    }
+}
+
+/// `10.0.0.2` out of `/ip4/10.0.0.2/tcp/53211` (the port of an incoming connection is a
+/// temporary one, of no use to a person).
+fn host_of(addr: &str) -> &str {
+    let mut parts = addr.split('/').skip(1);
+    match (parts.next(), parts.next()) {
+        (Some("ip4" | "ip6" | "dns" | "dns4" | "dns6"), Some(host)) => host,
+        _ => addr,
+    }
+}
+
+fn render(s: &StatusReply, verbose: bool) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Name:             {} (change it with `iwant name <new>`)",
+        Safe(&s.name)
+    );
     let _ = writeln!(out, "Peer ID:          {}", s.peer_id);
     let _ = writeln!(out, "Version:          iwant {}", s.version);
     let _ = writeln!(out, "Home:             {}", s.home.display());
@@ -130,8 +163,19 @@ fn render(s: &StatusReply) -> String {
         let _ = writeln!(out, "{label:<18}{addr}");
     }
     let leader = match &s.leader {
-        Some(l) if *l == s.peer_id => format!("{l} (this node), term {}", s.term),
-        Some(l) => format!("{l}, term {}", s.term),
+        Some(l) if *l == s.peer_id => format!("this node, term {}", s.term),
+        Some(l) => {
+            let name = s
+                .peers
+                .iter()
+                .find(|p| p.peer_id == *l)
+                .and_then(|p| p.name.as_deref());
+            if verbose {
+                format!("{} ({l}), term {}", who(l, name), s.term)
+            } else {
+                format!("{}, term {}", who(l, name), s.term)
+            }
+        }
         None => format!("(electing), term {}", s.term),
     };
     let _ = writeln!(out, "Leader:           {leader}");
@@ -141,15 +185,31 @@ fn render(s: &StatusReply) -> String {
     };
     let _ = writeln!(out, "Network:          {network}");
     let _ = writeln!(out, "Peers:            {}", s.peers.len());
-    for p in &s.peers {
-        // The agent is whatever the peer says about itself: escaped like a name.
-        let addr = Safe(p.addrs.first().map(String::as_str).unwrap_or("-"));
-        let agent = Safe(p.agent.as_deref().unwrap_or("(identifying)"));
+    // Names and agents are whatever peers say about themselves: escaped, never trusted.
+    let names: Vec<String> = s
+        .peers
+        .iter()
+        .map(|p| who(&p.peer_id, p.name.as_deref()))
+        .collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    for (p, name) in s.peers.iter().zip(&names) {
         let rtt = p
             .rtt_us
             .map(|us| format!("{:.1} ms", us as f64 / 1000.0))
             .unwrap_or_else(|| "-".into());
-        let _ = writeln!(out, "  {}  {addr}  {agent}  rtt {rtt}", p.peer_id);
+        let pad = " ".repeat(width - name.chars().count());
+        if verbose {
+            let addr = Safe(p.addrs.first().map(String::as_str).unwrap_or("-"));
+            let agent = Safe(p.agent.as_deref().unwrap_or("(identifying)"));
+            let _ = writeln!(
+                out,
+                "  {name}{pad}  {}  {addr}  {agent}  rtt {rtt}",
+                p.peer_id
+            );
+        } else {
+            let host = Safe(p.addrs.first().map(|a| host_of(a)).unwrap_or("-"));
+            let _ = writeln!(out, "  {name}{pad}  {host}  rtt {rtt}");
+        }
     }
     if s.served.pieces > 0 {
         let _ = writeln!(
@@ -158,6 +218,32 @@ fn render(s: &StatusReply) -> String {
             super::term::human_bytes(s.served.bytes),
             super::term::count(s.served.pieces, "piece", "pieces")
         );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let width = s
+            .served
+            .recent
+            .iter()
+            .map(|r| safe(&r.name).chars().count())
+            .max()
+            .unwrap_or(0);
+        for r in s
+            .served
+            .recent
+            .iter()
+            .take(if verbose { usize::MAX } else { 5 })
+        {
+            let name = safe(&r.name);
+            let pad = " ".repeat(width - name.chars().count());
+            let _ = writeln!(
+                out,
+                "  {name}{pad}  {}  {}  {}",
+                Safe(&r.file),
+                super::term::human_bytes(r.bytes),
+                ago(now.saturating_sub(r.last_unix))
+            );
+        }
     }
     if !s.downloads.is_empty() {
         let _ = writeln!(out, "Downloads:        {}", s.downloads.len());
@@ -207,6 +293,7 @@ mod tests {
         let s = StatusReply {
             version: "0.1.0".into(),
             peer_id: "12D3Self".into(),
+            name: "ann-desktop".into(),
             listen_addrs: vec![
                 "/ip4/10.0.0.1/tcp/4747".into(),
                 "/ip4/127.0.0.1/tcp/4747".into(),
@@ -216,6 +303,7 @@ mod tests {
                 addrs: vec!["/ip4/10.0.0.2/tcp/4747".into()],
                 connections: 1,
                 agent: Some("iwant/0.1.0\u{1b}]0;owned\u{7}".into()),
+                name: Some("bob-laptop".into()),
                 rtt_us: Some(420),
             }],
             shared_dir: "/s".into(),
@@ -242,7 +330,7 @@ mod tests {
             served: Default::default(),
             offered_downloads: None,
         };
-        let text = render(&s);
+        let text = render(&s, false);
         assert!(
             text.contains("Offered:          no downloads (offer_downloads = false"),
             "{text}"
@@ -254,9 +342,9 @@ mod tests {
             ..s.index.clone()
         });
         assert!(
-            render(&offering).contains("Offered:          2 files downloaded here, 3.0 MiB"),
+            render(&offering, false).contains("Offered:          2 files downloaded here, 3.0 MiB"),
             "{}",
-            render(&offering)
+            render(&offering, false)
         );
         assert!(!text.contains('\u{1b}'), "{text}");
         assert!(
@@ -266,7 +354,7 @@ mod tests {
         let mut missing = s.clone();
         missing.index.root_missing = true;
         missing.index.watch = WatchState::Partial { unwatched: 2 };
-        let other = render(&missing);
+        let other = render(&missing, false);
         assert!(
             other.contains("Shared folder:    /s (does not exist: an unmounted disk?"),
             "{other}"
@@ -276,7 +364,7 @@ mod tests {
             "{other}"
         );
         assert!(
-            text.contains("Leader:           12D3Self (this node), term 4\n"),
+            text.contains("Leader:           this node, term 4\n"),
             "{text}"
         );
         assert!(
@@ -292,11 +380,25 @@ mod tests {
             text.contains("                  /ip4/127.0.0.1/tcp/4747\n"),
             "{text}"
         );
+        assert!(text.starts_with("Name:             ann-desktop"), "{text}");
+        // Short lines for people: the name and the host.
         assert!(
-            text.contains(
-                "Peers:            1\n  12D3Other  /ip4/10.0.0.2/tcp/4747  iwant/0.1.0\\x1b]0;owned\\x07  rtt 0.4 ms"
-            ),
+            text.contains("Peers:            1\n  bob-laptop  10.0.0.2  rtt 0.4 ms\n"),
             "{text}"
         );
+        // The full id, address and agent with --verbose; the agent escaped.
+        let verbose = render(&s, true);
+        assert!(
+            verbose.contains(
+                "Peers:            1\n  bob-laptop  12D3Other  /ip4/10.0.0.2/tcp/4747  iwant/0.1.0\\x1b]0;owned\\x07  rtt 0.4 ms"
+            ),
+            "{verbose}"
+        );
+        let mut unnamed = s.clone();
+        unnamed.peers[0].name = None;
+        unnamed.leader = Some("12D3Other".into());
+        let text = render(&unnamed, false);
+        assert!(text.contains("\n  …3Other  10.0.0.2"), "{text}");
+        assert!(text.contains("Leader:           …3Other, term 4"), "{text}");
     }
 }

@@ -13,7 +13,9 @@ use iwant_behaviours::search;
 use tokio::sync::{watch, Mutex};
 
 use super::{
-    views::{Download, DownloadState, Hashing, IndexInfo, LeftOut, PeerInfo, Served, Watch},
+    views::{
+        Download, DownloadState, Hashing, IndexInfo, LeftOut, PeerInfo, Served, ServedLine, Watch,
+    },
     Answer, ControlError, ErrorKind, Request, Response, SearchReply, SearchResult, StatusReply,
     FOLLOW_EVERY,
 };
@@ -53,7 +55,10 @@ impl Handler {
     pub async fn answer(&self, request: Request) -> Answer {
         match request {
             Request::Follow { id } => match self.transfers.follow(&id) {
-                Ok(progress) => Answer::Stream(follow(progress)),
+                Ok(progress) => Answer::Stream({
+                    let net = self.net.clone();
+                    follow(move |p| view(&net, p), progress)
+                }),
                 Err(e) => Answer::from(Err(e.into())),
             },
             request => Answer::from(self.handle(request).await),
@@ -105,15 +110,42 @@ impl Handler {
                 self.set_folder(Role::Download, path, FolderChange { force, create })
                     .await?,
             ),
-            Request::Get { id } => Response::Download(self.transfers.get(&id).await?.into()),
+            Request::Get { id } => {
+                Response::Download(view(&self.net, self.transfers.get(&id).await?))
+            }
             Request::Downloads { id: None } => Response::Downloads {
-                downloads: all(self.transfers.list()),
+                downloads: self
+                    .transfers
+                    .list()
+                    .into_iter()
+                    .map(|p| view(&self.net, p))
+                    .collect(),
             },
             Request::Downloads { id: Some(id) } => {
                 let found = self.transfers.find(&id).ok_or(GetError::NoDownload(id))?;
-                Response::Download(found.into())
+                Response::Download(view(&self.net, found))
             }
-            Request::Cancel { id } => Response::Download(self.transfers.cancel(&id).await?.into()),
+            Request::Cancel { id } => {
+                Response::Download(view(&self.net, self.transfers.cancel(&id).await?))
+            }
+            Request::SetName { name } => {
+                let clean = iwant_behaviours::clean_name(&name).ok_or_else(|| {
+                    ControlError::new(
+                        ErrorKind::BadRequest,
+                        "a name needs at least one visible character",
+                    )
+                })?;
+                let mut config = self.config.lock().await;
+                let mut next = config.clone();
+                next.name = Some(clean.clone());
+                self.home.save_config(&next).map_err(internal)?;
+                *config = next;
+                let announced = self.net.status().await.map_err(internal)?.name;
+                Response::Named {
+                    name: clean,
+                    announced,
+                }
+            }
             Request::ClearDownloads => Response::Cleared {
                 cleared: self.transfers.clear_ended() as u64,
             },
@@ -136,6 +168,7 @@ impl Handler {
         Ok(StatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
             peer_id: net.peer_id,
+            name: net.name,
             listen_addrs: net.listen_addrs,
             peers: all(net.peers),
             shared_dir: folders.shared_dir,
@@ -146,7 +179,7 @@ impl Handler {
             term: net.term,
             network_key: net.network_key,
             downloads: all(self.transfers.list()),
-            served: self.served.counts().into(),
+            served: served_view(self.served.counts(), &self.net),
             offered_downloads: self
                 .offered
                 .downloads
@@ -188,11 +221,24 @@ impl Handler {
         let mut known: HashSet<String> =
             self.net.met_peers().iter().map(|p| p.to_string()).collect();
         known.insert(local.clone());
+        let names = self.net.names();
         let results = leader::ask::known_holders_only(answer.results.hits, &known)
             .into_iter()
             .map(|hit| SearchResult {
                 name: hit.path.rsplit('/').next().unwrap_or_default().to_string(),
                 local: hit.holders.contains(&local),
+                holder_names: hit
+                    .holders
+                    .iter()
+                    .filter(|h| **h != local)
+                    .map(|h| match h.parse::<libp2p::PeerId>() {
+                        Ok(peer) => names
+                            .get(&peer)
+                            .cloned()
+                            .unwrap_or_else(|| crate::net::short_peer(&peer)),
+                        Err(_) => String::new(),
+                    })
+                    .collect(),
                 hit,
             })
             .collect();
@@ -245,27 +291,54 @@ impl Handler {
 /// The replies of a [`Request::Follow`]: the progress now, then at each change (at most every
 /// [`FOLLOW_EVERY`], but the final one at once), ending with the first final one (or when the
 /// download's task is gone).
-fn follow(progress: watch::Receiver<Progress>) -> BoxStream<'static, Response> {
-    stream::unfold(Some(progress), |state| async move {
-        let mut rx = state?;
-        let now = rx.borrow_and_update().clone();
-        let next = if now.state.is_final() {
-            None
-        } else {
-            let ended = tokio::select! {
-                _ = tokio::time::sleep(FOLLOW_EVERY) => None,
-                r = rx.wait_for(|p| p.state.is_final()) => Some(r.is_ok()),
+/// A download's progress as the control channel shows it, with the names of the holders it
+/// fetches from.
+fn view(net: &NetworkClient, p: Progress) -> Download {
+    let names = net.names();
+    let from = p
+        .from
+        .iter()
+        .filter_map(|id| id.parse::<libp2p::PeerId>().ok())
+        .map(|peer| {
+            names
+                .get(&peer)
+                .cloned()
+                .unwrap_or_else(|| crate::net::short_peer(&peer))
+        })
+        .collect();
+    let mut d: Download = p.into();
+    d.from = from;
+    d
+}
+
+/// The replies of a follow: `view` makes each progress value a reply's object.
+fn follow(
+    view: impl Fn(Progress) -> Download + Clone + Send + Sync + 'static,
+    progress: watch::Receiver<Progress>,
+) -> BoxStream<'static, Response> {
+    stream::unfold(Some(progress), move |state| {
+        let view = view.clone();
+        async move {
+            let mut rx = state?;
+            let now = rx.borrow_and_update().clone();
+            let next = if now.state.is_final() {
+                None
+            } else {
+                let ended = tokio::select! {
+                    _ = tokio::time::sleep(FOLLOW_EVERY) => None,
+                    r = rx.wait_for(|p| p.state.is_final()) => Some(r.is_ok()),
+                };
+                // A closed channel (the task is gone) ends the stream after one more reply. (The
+                // wait for a final state marks the values it saw as seen: compare instead.)
+                let open = match ended {
+                    Some(open) => open,
+                    None if *rx.borrow() != now => true,
+                    None => rx.changed().await.is_ok(),
+                };
+                open.then_some(rx)
             };
-            // A closed channel (the task is gone) ends the stream after one more reply. (The
-            // wait for a final state marks the values it saw as seen: compare instead.)
-            let open = match ended {
-                Some(open) => open,
-                None if *rx.borrow() != now => true,
-                None => rx.changed().await.is_ok(),
-            };
-            open.then_some(rx)
-        };
-        Some((Response::Download(now.into()), next))
+            Some((Response::Download(view(now)), next))
+        }
     })
     .boxed()
 }
@@ -341,6 +414,7 @@ impl From<Progress> for Download {
             files_done: p.files_done,
             peers: p.peers,
             rate: p.rate,
+            from: Vec::new(),
             path: p.path,
             bytes_fetched: p.bytes_fetched,
             bytes_local: p.bytes_local,
@@ -411,17 +485,36 @@ impl From<PeerStatus> for PeerInfo {
             addrs: p.addrs,
             connections: p.connections,
             agent: p.agent,
+            name: p.name,
             rtt_us: p.rtt_us,
         }
     }
 }
 
-impl From<ServedCounts> for Served {
-    fn from(c: ServedCounts) -> Self {
-        Self {
-            bytes: c.bytes,
-            pieces: c.pieces,
-        }
+/// What this node served, with the names of the peers it served.
+fn served_view(c: ServedCounts, net: &NetworkClient) -> Served {
+    let names = net.names();
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    Served {
+        bytes: c.bytes,
+        pieces: c.pieces,
+        recent: c
+            .recent
+            .into_iter()
+            .map(|s| ServedLine {
+                peer_id: s.peer.to_string(),
+                name: names
+                    .get(&s.peer)
+                    .cloned()
+                    .unwrap_or_else(|| crate::net::short_peer(&s.peer)),
+                file: s.file,
+                bytes: s.bytes,
+                last_unix: unix(s.last),
+            })
+            .collect(),
     }
 }
 
@@ -442,6 +535,7 @@ mod tests {
             files_total: 1,
             files_done: 0,
             peers: 0,
+            from: Vec::new(),
             rate: 0,
             path: None,
             bytes_fetched: 0,
@@ -462,7 +556,7 @@ mod tests {
     #[tokio::test]
     async fn a_follow_sends_now_then_each_change_and_ends_at_the_final_state() {
         let (tx, rx) = watch::channel(progress(Task::Fetching, 0));
-        let replies = tokio::spawn(follow(rx).collect::<Vec<_>>());
+        let replies = tokio::spawn(follow(Download::from, rx).collect::<Vec<_>>());
         for n in 1..=3 {
             tokio::time::sleep(FOLLOW_EVERY * 2).await;
             tx.send_modify(|p| p.bytes_done = n);
@@ -484,7 +578,7 @@ mod tests {
     #[tokio::test]
     async fn a_follow_ends_when_the_download_task_is_gone() {
         let (tx, rx) = watch::channel(progress(Task::Fetching, 5));
-        let replies = tokio::spawn(follow(rx).collect::<Vec<_>>());
+        let replies = tokio::spawn(follow(Download::from, rx).collect::<Vec<_>>());
         tokio::time::sleep(FOLLOW_EVERY * 2).await;
         drop(tx);
         let got = replies.await.unwrap();

@@ -113,6 +113,11 @@ pub enum Request {
     /// Forget the downloads that ended (done, failed, cancelled): `status` lists running ones
     /// only until more end.
     ClearDownloads,
+    /// Set this node's name (saved in config.toml; peers see it after the node restarts).
+    SetName {
+        /// The new name (cleaned; at most 32 characters).
+        name: String,
+    },
 }
 
 /// What the server sends back: exactly one of `ok` and `error` is present.
@@ -179,6 +184,13 @@ pub enum Response {
         /// Running downloads first, then those that ended.
         downloads: Vec<Download>,
     },
+    /// Answer to [`Request::SetName`].
+    Named {
+        /// The name saved, as cleaned.
+        name: String,
+        /// The name peers see until the node restarts.
+        announced: String,
+    },
     /// Answer to [`Request::ClearDownloads`].
     Cleared {
         /// How many ended downloads were forgotten.
@@ -212,6 +224,10 @@ pub struct SearchResult {
     pub name: String,
     /// Whether this node holds it.
     pub local: bool,
+    /// The other holders listed in `holders`, as people know them: each one's name, or the
+    /// end of its peer id while it has none (same order).
+    #[serde(default)]
+    pub holder_names: Vec<String>,
     /// The hit as the leader sent it.
     #[serde(flatten)]
     pub hit: iwant_behaviours::search::Hit,
@@ -224,6 +240,9 @@ pub struct StatusReply {
     pub version: String,
     /// This node's peer id.
     pub peer_id: String,
+    /// This node's name, as peers see it.
+    #[serde(default)]
+    pub name: String,
     /// The addresses this node listens on.
     pub listen_addrs: Vec<String>,
     /// Connected peers, sorted by peer id.
@@ -398,6 +417,7 @@ mod tests {
         let result = SearchResult {
             name: "a.txt".into(),
             local: true,
+            holder_names: vec![],
             hit: iwant_behaviours::search::Hit {
                 id: crate::share::Id::of(b"a"),
                 kind: crate::share::Kind::File,
@@ -419,6 +439,7 @@ mod tests {
             keys,
             [
                 "holder_count",
+                "holder_names",
                 "holders",
                 "id",
                 "kind",

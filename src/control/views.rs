@@ -34,6 +34,9 @@ pub struct Download {
     pub files_done: u64,
     /// Peers it is fetching from now.
     pub peers: u32,
+    /// Some of them (at most 8), as people know them: names, or `…` and the end of the id.
+    #[serde(default)]
+    pub from: Vec<String>,
     /// Bytes per second over the last seconds, measured by the node (0 while stalled).
     pub rate: u64,
     /// Milliseconds left at that rate, while fetching at a rate above 0.
@@ -172,19 +175,40 @@ pub struct PeerInfo {
     pub addrs: Vec<String>,
     /// Number of open connections (1 once duplicates are closed).
     pub connections: usize,
-    /// The identify agent, once known (`iwant/<version>` for iwant nodes).
+    /// The identify agent, once known (`iwant/<version> (<name>)` for iwant nodes).
     pub agent: Option<String>,
+    /// The name the peer announces, cleaned (null until identified, or for foreign peers).
+    #[serde(default)]
+    pub name: Option<String>,
     /// The last ping round-trip time in microseconds.
     pub rtt_us: Option<u64>,
 }
 
 /// What this node has served to peers since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Served {
     /// Piece bytes sent to peers.
     pub bytes: u64,
     /// Pieces sent to peers.
     pub pieces: u64,
+    /// Who fetched what: the last 20 (peer, file) pairs, most recent first.
+    #[serde(default)]
+    pub recent: Vec<ServedLine>,
+}
+
+/// One peer fetching one file from this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedLine {
+    /// The peer's id.
+    pub peer_id: String,
+    /// Its name (or `…` and the end of its id).
+    pub name: String,
+    /// The file's name.
+    pub file: String,
+    /// Bytes of it sent to that peer.
+    pub bytes: u64,
+    /// When the last of them went out (seconds since 1970).
+    pub last_unix: u64,
 }
 
 #[cfg(test)]
@@ -212,6 +236,7 @@ mod tests {
             files_total: 1,
             files_done: 0,
             peers: 0,
+            from: vec![],
             rate: 0,
             eta_ms: None,
             path: None,
@@ -233,6 +258,7 @@ mod tests {
                 "eta_ms",
                 "files_done",
                 "files_total",
+                "from",
                 "id",
                 "kind",
                 "message",

@@ -52,6 +52,8 @@ pub struct NetConfig {
     pub network_key: Option<PreSharedKey>,
     /// How many connections to take (from the open-file limit).
     pub budget: crate::limits::ConnectionBudget,
+    /// This node's name, announced in its identify agent string (`iwant/<version> (<name>)`).
+    pub name: String,
 }
 
 /// The network could not start.
@@ -125,6 +127,10 @@ pub struct EventLoop {
     departures: broadcast::Sender<PeerId>,
     /// The connected peers identified as iwant nodes, for [`NetworkClient::iwant_peers`].
     iwant_peers: watch::Sender<Arc<HashSet<PeerId>>>,
+    /// The names connected iwant peers announce, for [`NetworkClient::names`].
+    names: watch::Sender<Arc<HashMap<PeerId, String>>>,
+    /// This node's own name.
+    name: String,
     /// Every peer connected since the start, for [`NetworkClient::met_peers`], and the order
     /// they were met in (the oldest is forgotten first beyond [`MAX_MET`]).
     met: (watch::Sender<Arc<HashSet<PeerId>>>, VecDeque<PeerId>),
@@ -193,7 +199,9 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> Result<Spawned, NetError> {
     let local_peer_id = keypair.public().to_peer_id();
-    let mut behaviour_config = iwant_behaviours::Config::default().with_mdns(config.mdns);
+    let mut behaviour_config = iwant_behaviours::Config::default()
+        .with_mdns(config.mdns)
+        .with_agent_version(iwant_behaviours::agent_with_name(&config.name));
     let budget = config.budget;
     behaviour_config.connection_limits = behaviour_config
         .connection_limits
@@ -250,6 +258,7 @@ pub fn spawn(
     let chunk = swarm.behaviour().chunk.new_control();
     let (departures, _) = broadcast::channel(DEPARTURES_QUEUE);
     let (iwant_peers, iwant_peers_rx) = watch::channel(Arc::new(HashSet::new()));
+    let (names, names_rx) = watch::channel(Arc::new(HashMap::new()));
     let (met, met_rx) = watch::channel(Arc::new(HashSet::new()));
     for addr in config.peers {
         if let Err(error) = swarm.behaviour_mut().peers.pin(addr) {
@@ -271,6 +280,8 @@ pub fn spawn(
         hints: HandshakeHints::new(config.network_key.as_ref(), verdicts),
         departures: departures.clone(),
         iwant_peers,
+        names,
+        name: config.name,
         met: (met, VecDeque::new()),
         fallback,
     };
@@ -281,6 +292,7 @@ pub fn spawn(
         chunk,
         departures,
         iwant_peers: iwant_peers_rx,
+        names: names_rx,
         met: met_rx,
     };
     Ok(Spawned {
@@ -586,6 +598,7 @@ impl EventLoop {
                     .collect(),
                 connections: peer.connections.len(),
                 agent: peer.agent.clone(),
+                name: peer.agent.as_deref().and_then(iwant_behaviours::agent_name),
                 rtt_us: peer.rtt.map(|d| d.as_micros() as u64),
             })
             .collect();
@@ -593,6 +606,7 @@ impl EventLoop {
         let election = &self.swarm.behaviour().election;
         NetStatus {
             peer_id: self.swarm.local_peer_id().to_string(),
+            name: self.name.clone(),
             listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
             peers,
             leader: election.leader().map(|p| p.to_string()),
@@ -761,6 +775,10 @@ impl EventLoop {
                         self.iwant_peers.send_if_modified(|peers| {
                             peers.contains(&peer_id) && Arc::make_mut(peers).remove(&peer_id)
                         });
+                        self.names.send_if_modified(|names| {
+                            names.contains_key(&peer_id)
+                                && Arc::make_mut(names).remove(&peer_id).is_some()
+                        });
                         match cause {
                             Some(error) => {
                                 tracing::info!(peer = %peer_id, %error, "peer disconnected")
@@ -804,7 +822,19 @@ impl EventLoop {
                 if peer.agent.as_deref() != Some(&info.agent_version) {
                     tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
                 }
+                let name = iwant_behaviours::agent_name(&info.agent_version);
                 peer.agent = Some(info.agent_version);
+                self.names.send_if_modified(|names| {
+                    if names.get(&peer_id) == name.as_ref() {
+                        return false;
+                    }
+                    let names = Arc::make_mut(names);
+                    match name {
+                        Some(name) => names.insert(peer_id, name),
+                        None => names.remove(&peer_id),
+                    };
+                    true
+                });
                 self.iwant_peers.send_if_modified(|peers| {
                     if is_iwant == peers.contains(&peer_id) {
                         return false;

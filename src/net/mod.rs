@@ -244,6 +244,8 @@ rpc!(
 pub struct NetStatus {
     /// This node's peer id.
     pub peer_id: String,
+    /// This node's name.
+    pub name: String,
     /// The addresses this node listens on.
     pub listen_addrs: Vec<String>,
     /// Connected peers, sorted by peer id.
@@ -265,10 +267,19 @@ pub struct PeerStatus {
     pub addrs: Vec<String>,
     /// Number of open connections (1 once duplicates are closed).
     pub connections: usize,
-    /// The identify agent, once known (`iwant/<version>` for iwant nodes).
+    /// The identify agent, once known (`iwant/<version> (<name>)` for iwant nodes).
     pub agent: Option<String>,
+    /// The name an iwant peer announces (cleaned; for people only, never trusted).
+    pub name: Option<String>,
     /// The last ping round-trip time in microseconds.
     pub rtt_us: Option<u64>,
+}
+
+/// The end of a peer id, as people see it where no name is known (`…x3Fq9k`: the start is the
+/// same for every Ed25519 peer id).
+pub fn short_peer(peer: &PeerId) -> String {
+    let s = peer.to_base58();
+    format!("…{}", &s[s.len().saturating_sub(6)..])
 }
 
 /// The event loop stopped: it shut down or crashed.
@@ -285,6 +296,7 @@ pub struct NetworkClient {
     chunk: libp2p_stream::Control,
     departures: broadcast::Sender<PeerId>,
     iwant_peers: watch::Receiver<Arc<HashSet<PeerId>>>,
+    names: watch::Receiver<Arc<HashMap<PeerId, String>>>,
     met: watch::Receiver<Arc<HashSet<PeerId>>>,
 }
 
@@ -406,7 +418,20 @@ impl NetworkClient {
         self.departures.subscribe()
     }
 
-    /// The connected peers identified as iwant nodes, now (no round trip to the event loop).
+    /// The names of connected iwant peers, now (no round trip to the event loop).
+    pub fn names(&self) -> Arc<HashMap<PeerId, String>> {
+        self.names.borrow().clone()
+    }
+
+    /// How to show `peer` to a person: its name, or the start of its id.
+    pub fn display_name(&self, peer: &PeerId) -> String {
+        match self.names.borrow().get(peer) {
+            Some(name) => name.clone(),
+            None => short_peer(peer),
+        }
+    }
+
+    /// The connected peers identified as iwant nodes.
     pub fn iwant_peers(&self) -> Arc<HashSet<PeerId>> {
         self.iwant_peers.borrow().clone()
     }

@@ -94,6 +94,8 @@ pub struct Progress {
     pub files_done: u64,
     /// Peers it is fetching from now.
     pub peers: u32,
+    /// Some of them (peer ids as text, at most 8).
+    pub from: Vec<String>,
     /// Bytes per second over the last seconds.
     pub rate: u64,
     /// Where the finished download is.

@@ -81,20 +81,40 @@ async fn within<T>(
     })
 }
 
-/// What this node has served since it started.
+/// What this node has served since it started, and to whom (the last [`SERVED_LOG`] files
+/// fetched from it, by peer).
 #[derive(Debug, Default)]
 pub struct Served {
     bytes: AtomicU64,
     pieces: AtomicU64,
+    log: Mutex<std::collections::VecDeque<ServedTo>>,
 }
 
+/// How many (peer, file) lines the log of what was served keeps.
+pub const SERVED_LOG: usize = 20;
+
 /// [`Served`] as `iwant status --json` shows it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServedCounts {
     /// Piece bytes sent to peers.
     pub bytes: u64,
     /// Pieces sent to peers.
     pub pieces: u64,
+    /// Who fetched what, most recent first.
+    pub recent: Vec<ServedTo>,
+}
+
+/// One peer fetching one file from this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedTo {
+    /// The peer.
+    pub peer: PeerId,
+    /// The file's name.
+    pub file: String,
+    /// Bytes of it sent to that peer.
+    pub bytes: u64,
+    /// When the last of them went out.
+    pub last: std::time::SystemTime,
 }
 
 impl Served {
@@ -103,7 +123,42 @@ impl Served {
         ServedCounts {
             bytes: self.bytes.load(Ordering::Relaxed),
             pieces: self.pieces.load(Ordering::Relaxed),
+            recent: self
+                .log
+                .lock()
+                .expect("bug: poisoned")
+                .iter()
+                .cloned()
+                .collect(),
         }
+    }
+
+    /// Counts `len` bytes of `file` sent to `peer`; the first of a (peer, file) is logged.
+    fn add(&self, peer: PeerId, file: &std::path::Path, len: u64) {
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        self.pieces.fetch_add(1, Ordering::Relaxed);
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let mut log = self.log.lock().expect("bug: poisoned");
+        let now = std::time::SystemTime::now();
+        let mut entry = match log.iter().position(|e| e.peer == peer && e.file == name) {
+            Some(i) => log.remove(i).expect("bug: index in range"),
+            None => {
+                tracing::info!(peer = %crate::net::short_peer(&peer), file = %name, "a peer is fetching a file from this node");
+                ServedTo {
+                    peer,
+                    file: name.into_owned(),
+                    bytes: 0,
+                    last: now,
+                }
+            }
+        };
+        entry.bytes += len;
+        entry.last = now;
+        log.push_front(entry);
+        log.truncate(SERVED_LOG);
     }
 }
 
@@ -170,7 +225,7 @@ pub async fn run(
                         _ = gone.cancelled() => {
                             tracing::debug!(%peer, "chunk stream ended with its connection");
                         }
-                        result = serve_stream(stream, index, &served) => {
+                        result = serve_stream(stream, peer, index, &served) => {
                             if let Err(e) = result {
                                 tracing::debug!(%peer, error = %e, "chunk stream ended");
                             }
@@ -521,7 +576,12 @@ struct Busy {
 /// threads) up to [`PREPARED_AHEAD`] ahead of the one being sent; within a request, the next
 /// piece is read while the current one is sent; the stream is flushed when nothing prepared
 /// is waiting.
-async fn serve_stream(stream: Stream, index: Offered, served: &Served) -> std::io::Result<()> {
+async fn serve_stream(
+    stream: Stream,
+    peer: PeerId,
+    index: Offered,
+    served: &Served,
+) -> std::io::Result<()> {
     let (mut rd, mut wr) = futures::AsyncReadExt::split(stream);
     let cache = Arc::new(StreamCache::default());
     let busy = Mutex::new(Busy {
@@ -550,7 +610,7 @@ async fn serve_stream(stream: Stream, index: Offered, served: &Served) -> std::i
     let writer = async {
         while let Some(prepared) = rx.recv().await {
             let prepared = prepared.await.map_err(std::io::Error::other)?;
-            let recheck = answer(&mut wr, prepared, &cache, served).await?;
+            let recheck = answer(&mut wr, prepared, &cache, (peer, served)).await?;
             if let Some((collection, path)) = recheck {
                 if let Some(i) = index.index(collection) {
                     i.recheck(path);
@@ -618,7 +678,7 @@ async fn answer<W: futures::AsyncWrite + Unpin>(
     wr: &mut W,
     prepared: Prepared,
     cache: &StreamCache,
-    served: &Served,
+    (peer, served): (PeerId, &Served),
 ) -> std::io::Result<Option<(Collection, PathBuf)>> {
     let Prepared {
         request,
@@ -664,8 +724,7 @@ async fn answer<W: futures::AsyncWrite + Unpin>(
         )
         .await?;
         let len = frame.len() - chunk::HEADER_LEN;
-        served.bytes.fetch_add(len as u64, Ordering::Relaxed);
-        served.pieces.fetch_add(1, Ordering::Relaxed);
+        served.add(peer, &serving.path, len as u64);
         cache.give_back(frame);
         current = match next.take() {
             Some(reading) => reading.await.map_err(std::io::Error::other)?,

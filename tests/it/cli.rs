@@ -676,18 +676,28 @@ mod private_network {
     }
 }
 
-/// `--peer ip:port` and `--listen ip:port` work as the multiaddrs they stand for.
+/// `--peer ip:port` and `--listen ip:port` work as the multiaddrs they stand for; the nodes
+/// show each other by name (set with `iwant name` before and while running).
 #[test]
-fn peers_and_listen_addresses_can_be_written_as_ip_and_port() {
+fn peers_by_ip_and_port_connect_and_show_each_others_names() {
     let dir = tmp();
-    let first = Daemon::start(&dir.path().join("a"), &[]);
+    let (home_a, home_b) = (dir.path().join("a"), dir.path().join("b"));
+    let (code, out, err) = run(iwant(&home_a).args(["name", "  alice\u{1b}[31m  "]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Saved: this node is called alice[31m from its next start"),
+        "{out}"
+    );
+    let (_, out, _) = run(iwant(&home_b).args(["name", "bob"]));
+    assert!(out.contains("called bob"), "{out}");
+    let first = Daemon::start(&home_a, &[]);
     let addr = first.status()["listen_addrs"][0]
         .as_str()
         .expect("the node listens")
         .to_owned();
     let port = addr.rsplit('/').next().unwrap();
     let second = Daemon::start(
-        &dir.path().join("b"),
+        &home_b,
         &[
             "--listen",
             "127.0.0.1:0",
@@ -695,17 +705,37 @@ fn peers_and_listen_addresses_can_be_written_as_ip_and_port() {
             &format!("127.0.0.1:{port}"),
         ],
     );
-    let first_id = first.status()["peer_id"].as_str().unwrap().to_owned();
+    assert_eq!(second.status()["listen_addrs"].as_array().unwrap().len(), 2);
+    let (_, out, _) = run(iwant(&home_a).arg("name"));
+    assert_eq!(out.trim(), "alice[31m");
+    // Each shows the other's name, in --json and in the text.
     crate::util::wait_for(
         std::time::Duration::from_secs(20),
-        "the second node to connect to the first",
+        "each node to know the other's name",
         || {
-            crate::util::peer_ids(&second.status())
-                .contains(&first_id)
-                .then_some(())
+            let (a, b) = (first.status(), second.status());
+            (a["peers"][0]["name"] == "bob" && b["peers"][0]["name"] == "alice[31m").then_some(())
         },
     );
-    assert_eq!(second.status()["listen_addrs"].as_array().unwrap().len(), 2);
+    let (_, text, _) = run(iwant(&home_a).arg("status"));
+    assert!(text.contains("Name:             alice[31m"), "{text}");
+    assert!(text.contains("\n  bob  127.0.0.1  rtt "), "{text}");
+    // A new name while running is saved; peers see it after a restart.
+    let (code, out, err) = run(iwant(&home_b).args(["name", "bob-laptop"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("now called bob-laptop; peers see the new name once the node restarts (until then: bob)"), "{out}");
+    assert!(config_text(&home_b).contains("name = \"bob-laptop\""));
+    let (code, _, err) = run(iwant(&home_b).args(["name", " \t "]));
+    assert_eq!(code, 1);
+    assert!(err.contains("at least one visible character"), "{err}");
+    drop(second);
+    let second = Daemon::start(&home_b, &["--peer", &format!("127.0.0.1:{port}")]);
+    assert_eq!(second.status()["name"], "bob-laptop");
+    crate::util::wait_for(
+        std::time::Duration::from_secs(20),
+        "the first node to see the new name",
+        || (first.status()["peers"][0]["name"] == "bob-laptop").then_some(()),
+    );
 }
 
 /// Shell completions and the manual page come from the binary itself, without a home.

@@ -1133,3 +1133,58 @@ async fn a_folder_is_fetched_from_the_holders_of_its_files_too() {
         n.node.stop().await;
     }
 }
+
+/// Names for people: the holders of a search result and the peer that fetched a file from a
+/// node are shown by the names they announce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_holds_it_and_who_fetched_it_show_by_name() {
+    let (a, b) = two_nodes().await;
+    let status = |n: &Node| {
+        let client = n.client();
+        async move {
+            match client.request(Request::Status).await.unwrap() {
+                Response::Status(s) => s,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let (name_a, name_b) = (status(&a).await.name, status(&b).await.name);
+    assert!(!name_a.is_empty());
+    a.write("song.flac", b"la la la");
+    let id = blake3::hash(b"la la la");
+    a.wait_indexed(id).await;
+    // b knows a by name once identified.
+    let holders = wait_for_async(LIMIT, "the result to name its holder", || async {
+        let reply = match b
+            .client()
+            .request(Request::Search {
+                text: "song".into(),
+                kind: None,
+                limit: 5,
+                offset: 0,
+            })
+            .await
+            .ok()?
+        {
+            Response::SearchResults(r) => r,
+            _ => return None,
+        };
+        let r = reply.results.into_iter().next()?;
+        (!r.holder_names.is_empty() && !r.holder_names[0].starts_with('…'))
+            .then_some(r.holder_names)
+    })
+    .await;
+    assert_eq!(holders, [name_a]);
+    let done = b.fetch(id).await;
+    assert_eq!(done.state, DownloadState::Done, "{done:?}");
+    let served = status(&a).await.served;
+    assert_eq!(served.recent.len(), 1, "{served:?}");
+    let line = &served.recent[0];
+    assert_eq!(line.peer_id, b.node.peer_id().to_string());
+    assert_eq!(
+        (line.name.as_str(), line.file.as_str(), line.bytes),
+        (name_b.as_str(), "song.flac", 8)
+    );
+    b.node.stop().await;
+    a.node.stop().await;
+}

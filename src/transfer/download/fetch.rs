@@ -62,6 +62,8 @@ pub const REST_REFUSED: Duration = Duration::from_secs(10);
 pub const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// How long requests pause after a failed write before they go on.
 pub const WRITE_PAUSE: Duration = Duration::from_secs(2);
+/// How many of the holders a download fetches from its progress names.
+pub const MAX_SOURCES_SHOWN: usize = 8;
 /// How often the driver calls [`Fetch::on_tick`].
 pub const TICK: Duration = Duration::from_millis(200);
 
@@ -116,6 +118,8 @@ pub struct FetchProgress {
     pub files_done: u64,
     /// Holders it fetches from.
     pub peers: u32,
+    /// Who they are (their ids as text, at most [`MAX_SOURCES_SHOWN`]).
+    pub from: Vec<String>,
     /// Bytes per second over the last seconds.
     pub rate: u64,
     /// Bytes that arrived in this phase, verified or not.
@@ -454,6 +458,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
             bytes_done: self.planner.done_bytes(),
             files_done: self.files_done,
             peers: self.fetchers.len() as u32,
+            from: self
+                .fetchers
+                .iter()
+                .take(MAX_SOURCES_SHOWN)
+                .map(|p| p.to_string())
+                .collect(),
             rate: self.rate.rate(now),
             bytes_fetched: self.fetched,
             write_error: self.paused.as_ref().map(|(_, why)| why.clone()),
@@ -482,6 +492,7 @@ impl FetchProgress {
         p.bytes_done = self.bytes_done;
         p.files_done = self.files_done;
         p.peers = self.peers;
+        p.from = self.from;
         p.rate = self.rate;
         p.bytes_fetched = fetched_before + self.bytes_fetched;
         p.write_error = self.write_error;

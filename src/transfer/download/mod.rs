@@ -167,6 +167,7 @@ impl Start {
             files_total: 0,
             files_done: 0,
             peers: 0,
+            from: Vec::new(),
             rate: 0,
             path: None,
             bytes_fetched: 0,
@@ -252,6 +253,7 @@ pub async fn run(ctx: Context, start: Start) {
                 p.bytes_done = p.bytes_total;
                 p.files_done = p.files_total;
                 p.peers = 0;
+                p.from.clear();
                 p.rate = 0;
                 p.path = Some(path.clone());
             });
