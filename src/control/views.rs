@@ -291,12 +291,16 @@ mod tests {
             ]
         );
         assert_eq!(
+            keys(ServedLine::default()),
+            ["bytes", "file", "last_unix", "name", "peer_id"]
+        );
+        assert_eq!(
             serde_json::to_string(&Watch::Partial { unwatched: 2 }).unwrap(),
             r#"{"state":"partial","unwatched":2}"#
         );
         assert_eq!(
             keys(Served::default()),
-            ["bytes", "pieces"],
+            ["bytes", "pieces", "recent"],
             "served counts"
         );
         // A reply from a daemon before `write_error` still reads.
