@@ -3,6 +3,7 @@
 
 use std::{
     io::IsTerminal,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -11,20 +12,51 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::term::{human_bytes, safe, Safe};
 use crate::{
     config::Home,
-    control::{Client, Download as Progress, DownloadState, Request, Response},
+    control::{Client, Download as Progress, DownloadState, Request, Response, SearchResult},
     share::Kind,
 };
 
 /// Exit code when the user leaves a download's progress with Ctrl-C (it goes on).
 pub const EXIT_DETACHED: i32 = 130;
 
+/// What `iwant get` was asked for.
+pub(super) struct Ask {
+    /// An id (prefix), or words to search for.
+    pub words: Vec<String>,
+    /// `--as`.
+    pub name: Option<String>,
+    /// `--to`, absolute.
+    pub to: Option<PathBuf>,
+    /// `--again`.
+    pub again: bool,
+}
+
+/// Whether `words` is one id or id prefix (4 to 64 hex digits).
+fn is_id(words: &[String]) -> bool {
+    matches!(words, [w] if (4..=64).contains(&w.len()) && w.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// `iwant get <id>`: start (or re-attach to) a download and follow it until it ends.
-pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> anyhow::Result<()> {
-    let client = Client::new(home);
+pub(super) async fn get(home: Home, ask: Ask, detach: bool, json: bool) -> anyhow::Result<()> {
+    let client = Client::new(home.clone());
+    let (id, shown) = if is_id(&ask.words) {
+        let id = ask.words[0].clone();
+        let shown = super::search::remembered_name(&home, &id);
+        (id, shown)
+    } else {
+        let picked = pick(&client, &ask.words, json).await?;
+        (picked.hit.id.to_hex().to_string(), Some(picked.name))
+    };
+    let request = Request::Get {
+        id: id.clone(),
+        name: ask.name.or(shown),
+        to: ask.to,
+        again: ask.again,
+    };
     // One listener for the whole command, so no Ctrl-C is missed between two polls.
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
     let answer = tokio::select! {
-        answer = client.request(Request::Get { id: id.clone() }) => answer?,
+        answer = client.request(request) => answer?,
         _ = &mut interrupt => {
             eprintln!(
                 "Left `iwant get`; if the download had started it continues in the background. See `iwant status`, or run `iwant get {id}` again."
@@ -34,6 +66,17 @@ pub(super) async fn get(home: Home, id: String, detach: bool, json: bool) -> any
     };
     let progress = match answer {
         Response::Download(p) => p,
+        Response::AlreadyHave { id, path } => {
+            if json {
+                return super::print_json(&serde_json::json!({ "id": id, "already_have": path }));
+            }
+            outln!(
+                "You have it already: {}\nFetch it once more with `iwant get {} --again`.",
+                safe(&path.to_string_lossy()),
+                &id.to_hex()[..12]
+            );
+            return Ok(());
+        }
         other => anyhow::bail!("the node answered a get with {other:?}"),
     };
     let short = &progress.id.to_hex()[..12];
@@ -150,6 +193,73 @@ pub(super) async fn cancel(home: Home, id: String, json: bool) -> anyhow::Result
             Ok(())
         }
         other => anyhow::bail!("the node answered a cancel with {other:?}"),
+    }
+}
+
+/// `iwant get <words>`: searches, and picks the match: the only one, or the one the person at
+/// the terminal chooses; without a terminal (or with `--json`) lists the matches and fails.
+async fn pick(client: &Client, words: &[String], json: bool) -> anyhow::Result<SearchResult> {
+    const SHOWN: u32 = 10;
+    let request = Request::Search {
+        text: words.join(" "),
+        kind: None,
+        limit: SHOWN,
+        offset: 0,
+    };
+    let reply = match client.request(request).await? {
+        Response::SearchResults(r) => r,
+        other => anyhow::bail!("the node answered a search with {other:?}"),
+    };
+    let results = reply.results;
+    let query = words.join(" ");
+    if results.is_empty() {
+        anyhow::bail!(
+            "{query:?} is not an id, and nothing shared matches it; try other words with `iwant search`"
+        );
+    }
+    let list = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            format!(
+                "  {:>2}  {}  {:>10}  {}",
+                i + 1,
+                &r.hit.id.to_hex()[..12],
+                human_bytes(r.hit.size),
+                safe(&r.hit.path)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let interactive = !json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if results.len() == 1 && interactive {
+        eprintln!("{query:?} matches one thing:\n{list}");
+        return Ok(results.into_iter().next().expect("bug: one result"));
+    }
+    if !interactive {
+        anyhow::bail!(
+            "{query:?} is not an id; it matches {}:\n{list}\nGet one with `iwant get <ID>`.",
+            super::term::count(reply.total, "entry", "entries")
+        );
+    }
+    eprintln!("{query:?} matches:\n{list}");
+    loop {
+        eprint!("Which one? [1-{}, Enter to stop] ", results.len());
+        let mut line = String::new();
+        let read = tokio::task::spawn_blocking(move || {
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })
+        .await??;
+        let choice = read.trim();
+        if choice.is_empty() {
+            anyhow::bail!("nothing picked; nothing downloaded");
+        }
+        match choice.parse::<usize>() {
+            Ok(n) if (1..=results.len()).contains(&n) => {
+                return Ok(results.into_iter().nth(n - 1).expect("bug: in range"))
+            }
+            _ => eprintln!("Type a number from 1 to {}.", results.len()),
+        }
     }
 }
 

@@ -116,9 +116,19 @@ enum Command {
         long_about = "Download a file or folder by id from every node that has it, into the download folder.\n\nThe id (or its first digits) is what `iwant search` shows. The download belongs to the node: leaving with Ctrl-C does not stop it (watch it with `iwant status`, or run the same `iwant get` again to follow it), and it resumes by itself after a restart. Every piece is verified; a name that exists already is never overwritten (the new one gets a ` (1)` suffix)."
     )]
     Get {
-        /// The content id, or a unique prefix of it (at least 4 hex digits)
-        #[arg(value_name = "ID")]
-        id: String,
+        /// The content id, or a unique prefix of it (at least 4 hex digits); or words to
+        /// search for, to pick from the matches
+        #[arg(value_name = "ID|WORDS", required = true)]
+        id: Vec<String>,
+        /// Save it under this name [default: the name `iwant search` showed for it]
+        #[arg(long = "as", value_name = "NAME")]
+        name: Option<String>,
+        /// Save it in this folder instead of the download folder
+        #[arg(long, short = 'o', visible_alias = "to", value_name = "DIR")]
+        output: Option<PathBuf>,
+        /// Fetch it even though this node has it already
+        #[arg(long)]
+        again: bool,
         /// Start the download and return at once
         #[arg(long)]
         detach: bool,
@@ -356,8 +366,25 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
             let page = search::Page { limit, offset };
             client_runtime()?.block_on(search::run(home, words, kind, page, json.json))
         }
-        Command::Get { id, detach, json } => {
-            client_runtime()?.block_on(get::get(home, id, detach, json))
+        Command::Get {
+            id,
+            name,
+            output,
+            again,
+            detach,
+            json,
+        } => {
+            let to = output
+                .map(|o| std::path::absolute(&o))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("invalid --to folder: {e}"))?;
+            let ask = get::Ask {
+                words: id,
+                name,
+                to,
+                again,
+            };
+            client_runtime()?.block_on(get::get(home, ask, detach, json))
         }
         Command::Cancel { id, json } => {
             client_runtime()?.block_on(get::cancel(home, id, json.json))

@@ -36,14 +36,53 @@ pub(super) async fn run(
         limit: page.limit,
         offset: page.offset,
     };
-    match Client::new(home).request(request).await? {
-        Response::SearchResults(reply) if json => super::print_json(&reply),
+    match Client::new(home.clone()).request(request).await? {
         Response::SearchResults(reply) => {
+            remember(&home, &reply);
+            if json {
+                return super::print_json(&reply);
+            }
             out!("{}", render(&reply, page));
             Ok(())
         }
         other => anyhow::bail!("the node answered a search with {other:?}"),
     }
+}
+
+/// The file in the home where the last search's names are kept, for `iwant get <id>`.
+fn last_search(home: &Home) -> std::path::PathBuf {
+    home.root().join("last-search.json")
+}
+
+/// Keeps the ids and names the last search showed, so that `iwant get <id>` names the
+/// download as the row the user picked (not as another holder names it). Best effort: a
+/// failure to write only loses that.
+fn remember(home: &Home, reply: &SearchReply) {
+    let rows: Vec<(String, &str)> = reply
+        .results
+        .iter()
+        .map(|r| (r.hit.id.to_hex().to_string(), r.name.as_str()))
+        .collect();
+    if let Ok(text) = serde_json::to_vec(&rows) {
+        let _ = std::fs::write(last_search(home), text);
+    }
+}
+
+/// The name the last search showed for the id starting with `prefix`, if it showed exactly
+/// one such id.
+pub(super) fn remembered_name(home: &Home, prefix: &str) -> Option<String> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    std::fs::File::open(last_search(home))
+        .ok()?
+        .take(1 << 20)
+        .read_to_end(&mut text)
+        .ok()?;
+    let rows: Vec<(String, String)> = serde_json::from_slice(&text).ok()?;
+    let prefix = prefix.to_ascii_lowercase();
+    let mut found = rows.into_iter().filter(|(id, _)| id.starts_with(&prefix));
+    let (_, name) = found.next()?;
+    found.next().is_none().then_some(name)
 }
 
 fn render(reply: &SearchReply, page: Page) -> String {

@@ -110,8 +110,21 @@ impl Handler {
                 self.set_folder(Role::Download, path, FolderChange { force, create })
                     .await?,
             ),
-            Request::Get { id } => {
-                Response::Download(view(&self.net, self.transfers.get(&id).await?))
+            Request::Get {
+                id,
+                name,
+                to,
+                again,
+            } => {
+                let to = match to {
+                    Some(to) => Some(self.check_download_folder(to).await?),
+                    None => None,
+                };
+                let options = transfer::GetOptions { name, to, again };
+                match self.transfers.get(&id, options).await? {
+                    transfer::Got::Download(p) => Response::Download(view(&self.net, p)),
+                    transfer::Got::AlreadyHave { id, path } => Response::AlreadyHave { id, path },
+                }
             }
             Request::Downloads { id: None } => Response::Downloads {
                 downloads: self
@@ -252,6 +265,25 @@ impl Handler {
         })
     }
 
+    /// `to` checked as a download folder would be (against the shared folder, the node's
+    /// home, system folders), canonical; it must exist.
+    async fn check_download_folder(&self, to: PathBuf) -> Result<PathBuf, ControlError> {
+        let current = self.config.lock().await.folders();
+        let places = self.places.clone();
+        let folders = tokio::task::spawn_blocking(move || {
+            change_folder(
+                &current,
+                Role::Download,
+                &to,
+                FolderChange::default(),
+                &places,
+            )
+        })
+        .await
+        .map_err(internal)??;
+        Ok(folders.download_dir)
+    }
+
     async fn set_folder(
         &self,
         role: Role,
@@ -350,7 +382,7 @@ fn internal(e: impl std::fmt::Display) -> ControlError {
 impl From<GetError> for ControlError {
     fn from(e: GetError) -> Self {
         let kind = match &e {
-            GetError::BadId(_) => ErrorKind::BadRequest,
+            GetError::BadId(_) | GetError::BadName(_) => ErrorKind::BadRequest,
             GetError::NotFound(_) | GetError::NoDownload(_) | GetError::Ended { .. } => {
                 ErrorKind::NotFound
             }

@@ -90,6 +90,16 @@ pub enum Request {
     Get {
         /// An id or a unique prefix of at least 4 hex digits.
         id: String,
+        /// The name to save it under (one name, not a path) instead of the holder's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// The folder to save it in (absolute) instead of the download folder; the folder
+        /// rules of a download folder apply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<PathBuf>,
+        /// Fetch it even if this node has it already.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        again: bool,
     },
     /// The downloads of this run (running and recently ended), or with `id`, the one whose id
     /// starts with it.
@@ -179,6 +189,14 @@ pub enum Response {
     SearchResults(SearchReply),
     /// Answer to [`Request::Get`] and [`Request::Cancel`]: that download's progress.
     Download(Download),
+    /// Answer to [`Request::Get`] for content this node has already (in its shared or
+    /// download folder), unless `again`: nothing is fetched.
+    AlreadyHave {
+        /// The full id.
+        id: crate::share::Id,
+        /// Where it is.
+        path: PathBuf,
+    },
     /// Answer to [`Request::Downloads`].
     Downloads {
         /// Running downloads first, then those that ended.
@@ -514,7 +532,12 @@ mod tests {
                 limit: 200,
                 offset: u32::MAX,
             },
-            Request::Get { id: "abcd".into() },
+            Request::Get {
+                id: "abcd".into(),
+                name: Some("x.mkv".into()),
+                to: None,
+                again: true,
+            },
             Request::Follow { id: "abcd".into() },
             Request::Downloads { id: None },
             Request::Cancel { id: "ef01".into() },

@@ -113,12 +113,42 @@ pub struct Progress {
     pub write_error: Option<String>,
 }
 
+/// How `iwant get` asked for a download.
+#[derive(Debug, Clone, Default)]
+pub struct GetOptions {
+    /// The name to save it under instead of the holder's.
+    pub name: Option<String>,
+    /// The folder to save it in (checked by the caller) instead of the download folder.
+    pub to: Option<PathBuf>,
+    /// Fetch it even if this node has it already.
+    pub again: bool,
+}
+
+/// What a get did.
+#[derive(Debug, Clone)]
+pub enum Got {
+    /// A download runs (a new one, or the one that already ran).
+    Download(Progress),
+    /// This node has the content already, at `path`: nothing is fetched.
+    AlreadyHave {
+        /// The full id.
+        id: Id,
+        /// Where it is.
+        path: PathBuf,
+    },
+}
+
 /// Why a download could not be started or found.
 #[derive(Debug, thiserror::Error)]
 pub enum GetError {
     /// Not an id or id prefix.
     #[error("{0:?} is not an id: give the id (or its first digits, at least 4) that `iwant search` shows")]
     BadId(String),
+    /// The name asked for is not one name.
+    #[error(
+        "{0:?} cannot be a file name: give one name without / or \\ (and --to for the folder)"
+    )]
+    BadName(String),
     /// Nobody shares it.
     #[error("no node shares anything with an id starting with {0}; find ids with `iwant search <words>`")]
     NotFound(String),
@@ -214,12 +244,19 @@ impl Transfers {
     }
 
     /// Starts downloading the content whose id starts with `prefix`, or returns the download
-    /// of it that already runs.
-    pub async fn get(&self, prefix: &str) -> Result<Progress, GetError> {
+    /// of it that already runs, or where this node has it already (unless `options.again`).
+    pub async fn get(&self, prefix: &str, options: GetOptions) -> Result<Got, GetError> {
         let prefix = parse_prefix(prefix)?;
         if let Some(p) = self.find_active(&prefix) {
-            return Ok(p);
+            return Ok(Got::Download(p));
         }
+        let name = match options.name.as_deref().map(str::trim) {
+            None => None,
+            Some(n) if n.is_empty() || n == "." || n == ".." || n.contains(['/', '\\', '\0']) => {
+                return Err(GetError::BadName(n.to_string()))
+            }
+            Some(n) => Some(n.to_string()),
+        };
         let request = search::Request::Locate {
             prefix: prefix.to_string(),
             max: 16,
@@ -253,10 +290,18 @@ impl Transfers {
         };
         let id = hit.id;
         if let Some(p) = self.find_active(&IdPrefix::from(hit.id)) {
-            return Ok(p);
+            return Ok(Got::Download(p));
         }
-        let dest = self.inner.folders.borrow().download_dir.clone();
-        let name = names::download_name(&hit.path, &id);
+        if !options.again {
+            if let Some(path) = self.already_have(&id).await {
+                return Ok(Got::AlreadyHave { id, path });
+            }
+        }
+        let dest = match options.to {
+            Some(to) => to,
+            None => self.inner.folders.borrow().download_dir.clone(),
+        };
+        let name = names::download_name(name.as_deref().unwrap_or(&hit.path), &id);
         let target = download::Target {
             id,
             kind: hit.kind,
@@ -264,7 +309,37 @@ impl Transfers {
             size: hit.size,
             dest,
         };
-        Ok(self.spawn(download::Start::New(target)))
+        Ok(Got::Download(self.spawn(download::Start::New(target))))
+    }
+
+    /// Where this node has content `id` now, if it does: a download of this run that placed
+    /// it (and its copy is still there), or in the shared folder or among the downloads it
+    /// offers (as indexed: the indexes follow the disk within a second).
+    async fn already_have(&self, id: &Id) -> Option<PathBuf> {
+        let placed = self
+            .inner
+            .slots
+            .lock()
+            .expect("bug: poisoned")
+            .get(id)
+            .and_then(|s| {
+                let p = s.progress.borrow();
+                (p.state == DownloadState::Done)
+                    .then(|| p.path.clone())
+                    .flatten()
+            });
+        if let Some(path) = placed.filter(|p| p.exists()) {
+            return Some(path);
+        }
+        for (_, index) in self.inner.index.indexes() {
+            let Ok(entries) = index.entries().await else {
+                continue;
+            };
+            if let Some(e) = entries.iter().find(|e| e.id == *id) {
+                return Some(crate::share::scan::native(&index.root(), &e.path));
+            }
+        }
+        None
     }
 
     /// Every download of this run: running ones first (oldest first), then the last

@@ -769,3 +769,185 @@ fn completions_and_the_manual_page_generate_without_a_home() {
     }
     assert!(!home.exists(), "completions and man must not create a home");
 }
+
+/// The file you picked: a download is named as the row `iwant search` showed (not as another
+/// holder names the same content), `get <words>` offers the matches, content this node has is
+/// not fetched again unless `--again`, and `--as`/`-o` name and place it. Then, in a real
+/// terminal (tmux), what a person sees of a `get` that stalls: the bar, 0 B/s, who it fetches
+/// from; and the line at the end.
+#[cfg(unix)]
+#[test]
+fn a_download_is_named_as_picked_and_a_terminal_shows_honest_progress() {
+    use std::time::Duration;
+
+    use crate::util::{configured_home, wait_for};
+
+    let dir = tmp();
+    let (home_a, share_a, _) = configured_home(&dir.path().join("a"));
+    let (home_b, share_b, _) = configured_home(&dir.path().join("b"));
+    let (home_c, share_c, downloads_c) = configured_home(&dir.path().join("c"));
+    for (home, name) in [(&home_a, "alice"), (&home_b, "bob"), (&home_c, "carol")] {
+        assert_eq!(run(iwant(home).args(["name", name])).0, 0);
+    }
+    let movie: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let id = blake3::hash(&movie).to_hex().to_string();
+    fs::write(share_a.join("Spirited Away (2001) 1080p.mkv"), &movie).unwrap();
+    fs::write(share_b.join("spirited_away.mkv"), &movie).unwrap();
+    // A big file only alice has, for the terminal part.
+    let big: Vec<u8> = (0..(96u32 << 20) / 4)
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+        .collect();
+    let big_id = blake3::hash(&big).to_hex().to_string();
+    fs::write(share_a.join("big game.iso"), &big).unwrap();
+    drop(big);
+
+    let a = Daemon::start(&home_a, &[]);
+    let addr = a.status()["listen_addrs"][0].as_str().unwrap().to_owned();
+    let _b = Daemon::start(&home_b, &["--peer", &addr]);
+    let c = Daemon::start(&home_c, &["--peer", &addr]);
+    let limit = Duration::from_secs(30);
+    let search = |words: &str| {
+        let (code, out, _) = run(iwant(&home_c).args(["search", words, "--json"]));
+        (code == 0).then(|| serde_json::from_str::<serde_json::Value>(&out).unwrap())
+    };
+    let shown = wait_for(limit, "carol to find both holders by name", || {
+        let r = search("spirited")?;
+        let row = &r["results"][0];
+        let names = row["holder_names"].as_array()?.clone();
+        (row["holder_count"] == 2 && names.len() == 2 && !names[0].as_str()?.starts_with('…'))
+            .then(|| row["name"].as_str().unwrap().to_owned())
+    });
+    wait_for(limit, "carol to find the big file", || {
+        search("game").filter(|r| r["results"][0]["id"] == big_id.as_str())
+    });
+    // The name the search showed, whatever the other holder calls it.
+    let (code, out, err) = run(iwant(&home_c).args(["get", &id[..12], "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let done: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        done["path"],
+        downloads_c.join(&shown).to_str().unwrap(),
+        "{out}"
+    );
+    // Words: the matches, and how to get one (no terminal here).
+    let (code, _, err) = run(iwant(&home_c).args(["get", "spirited", "away"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("\"spirited away\" is not an id; it matches 1 entry"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&id[..12]) && err.contains("iwant get <ID>"),
+        "{err}"
+    );
+    // Carol has it now: nothing is fetched.
+    let (code, out, err) = run(iwant(&home_c).args(["get", &id[..12]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "You have it already: {}",
+            downloads_c.join(&shown).display()
+        )),
+        "{out}"
+    );
+    // --again, under a name and in a folder of the user's choice.
+    let elsewhere = dir.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let (code, _, err) = run(iwant(&home_c)
+        .args(["get", &id[..12], "--again", "--as", "my copy.mkv", "-o"])
+        .arg(&elsewhere));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read(elsewhere.join("my copy.mkv")).unwrap(), movie);
+    // Not into the shared folder, and not a path as a name.
+    let (code, _, err) = run(iwant(&home_c)
+        .args(["get", &id[..12], "--again", "-o"])
+        .arg(&share_c));
+    assert_eq!(code, 1);
+    assert!(err.contains("shared folder"), "{err}");
+    let (code, _, err) = run(iwant(&home_c).args(["get", &id[..12], "--again", "--as", "../x"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot be a file name"), "{err}");
+
+    // In a terminal: alice stops answering (SIGSTOP) once the big download runs.
+    let has_tmux = std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_tmux {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have tmux (.ci/run installs it)"
+        );
+        println!("skipping the terminal part of this test: no tmux");
+        return;
+    }
+    let session = format!("iwant-test-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(["-L", &session])
+            .args(args)
+            .output()
+            .expect("tmux runs")
+    };
+    struct KillSession<'a>(&'a dyn Fn(&[&str]) -> std::process::Output);
+    impl Drop for KillSession<'_> {
+        fn drop(&mut self) {
+            (self.0)(&["kill-server"]);
+        }
+    }
+    let _cleanup = KillSession(&tmux);
+    let command = format!(
+        "{} --home {} get {}; echo EXIT=$?; sleep 60",
+        crate::util::bin().display(),
+        home_c.display(),
+        &big_id[..12]
+    );
+    let started = tmux(&["new-session", "-d", "-x", "160", "-y", "10", &command]);
+    assert!(started.status.success(), "{started:?}");
+    let progress = |p: &serde_json::Value| p["bytes_done"].as_u64().unwrap_or(0);
+    wait_for(limit, "the big download to start arriving", || {
+        let s = c.status();
+        let d = s["downloads"]
+            .as_array()?
+            .iter()
+            .find(|d| d["id"] == big_id.as_str())?
+            .clone();
+        (progress(&d) > 0).then_some(())
+    });
+    unsafe {
+        libc::kill(a.pid() as i32, libc::SIGSTOP);
+    }
+    struct Resume(u32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            unsafe {
+                libc::kill(self.0 as i32, libc::SIGCONT);
+            }
+        }
+    }
+    let resume = Resume(a.pid());
+    let pane = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
+    let screen = wait_for(limit, "the bar to show the stall", || {
+        let s = pane();
+        // Some bytes arrived, and none for a while.
+        (s.contains("/96.00 MiB 0 B/s") && !s.contains(" 0 B/96.00 MiB")).then_some(s)
+    });
+    assert!(
+        screen.contains("big game.iso [") && screen.contains("=>"),
+        "{screen}"
+    );
+    assert!(!screen.contains("EXIT="), "{screen}");
+    drop(resume);
+    let screen = wait_for(limit, "the download to end in the terminal", || {
+        let s = pane();
+        s.contains("EXIT=").then_some(s)
+    });
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    assert!(
+        screen.contains(&format!(
+            "Downloaded big game.iso (96.0 MiB) to {}",
+            downloads_c.join("big game.iso").display()
+        )),
+        "{screen}"
+    );
+}

@@ -35,11 +35,23 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 impl Node {
     async fn get(&self, id: &str) -> Result<Progress, ClientError> {
-        match self
-            .client()
-            .request(Request::Get { id: id.into() })
-            .await?
-        {
+        self.get_with(id, None, false).await
+    }
+
+    /// `get` with a name and `again`.
+    async fn get_with(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        again: bool,
+    ) -> Result<Progress, ClientError> {
+        let request = Request::Get {
+            id: id.into(),
+            name: name.map(str::to_owned),
+            to: None,
+            again,
+        };
+        match self.client().request(request).await? {
             Response::Download(p) => Ok(p),
             other => panic!("get answered {other:?}"),
         }
@@ -193,7 +205,17 @@ async fn a_directory_arrives_with_empty_dirs_and_duplicates_fetched_once_and_nev
     );
 
     // Again: the existing folder is kept, the new one gets a suffix.
-    let again = b.fetch(&dir_id).await;
+    let hex = dir_id.to_hex();
+    wait_for_async(LIMIT, "the second download to start", || async {
+        b.get_with(&hex, None, true).await.ok()
+    })
+    .await;
+    let again = wait_for_async(LIMIT, "the second download to end", || async {
+        b.progress(dir_id)
+            .await
+            .filter(|p| p.state.is_final() && p.path.is_some())
+    })
+    .await;
     assert_eq!(again.path.unwrap(), b.downloads.join("album (1)"));
     assert_same_tree(&a.share.join("album"), &b.downloads.join("album"));
     b.node.stop().await;
@@ -237,8 +259,37 @@ async fn content_this_node_shares_is_copied_not_fetched() {
     b.write("mine.bin", &bytes);
     b.wait_indexed(&id).await;
     a.wait_indexed(&id).await;
-    let p = b.fetch(&id).await;
+    // b has it: a get says where, and fetches nothing.
+    let request = Request::Get {
+        id: id.to_hex().to_string(),
+        name: None,
+        to: None,
+        again: false,
+    };
+    match b.client().request(request).await.unwrap() {
+        Response::AlreadyHave { id: got, path } => {
+            assert_eq!(got, id);
+            assert_eq!(path, b.share.canonicalize().unwrap().join("mine.bin"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(b.progress(id).await.is_none(), "no download started");
+    // With `again`, and a name of the user's choice: copied from the share, not fetched.
+    let hex = id.to_hex();
+    wait_for_async(LIMIT, "the download to start", || async {
+        b.get_with(&hex, Some("copy of mine.bin"), true).await.ok()
+    })
+    .await;
+    let p = wait_for_async(LIMIT, "the download to end", || async {
+        b.progress(id).await.filter(|p| p.state.is_final())
+    })
+    .await;
     assert_eq!(p.state, DownloadState::Done, "{p:?}");
+    assert_eq!(p.name, "copy of mine.bin");
+    assert_eq!(
+        p.path.as_deref().unwrap().file_name().unwrap(),
+        "copy of mine.bin"
+    );
     assert_eq!(p.bytes_local, 700_000, "{p:?}");
     assert_eq!(p.bytes_fetched, 0, "{p:?}");
     assert_eq!(blake3::hash(&fs::read(p.path.unwrap()).unwrap()), id);

@@ -273,6 +273,11 @@ impl Daemon {
         );
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `iwant status --json` of this node.
     pub fn status(&self) -> Value {
         let (code, out, err) = run(iwant(&self.home).args(["status", "--json"]));

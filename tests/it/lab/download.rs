@@ -345,8 +345,21 @@ fn json_lines(out: &str) -> Vec<Value> {
 /// Runs `iwant get <prefix> --json` on node `i` to its end (at most `limit`); panics unless it
 /// exits 0 with a last line `done` after only `progress` lines. Returns every line.
 fn follow_to_the_end(lab: &Lab, i: usize, prefix: &str, limit: Duration) -> Vec<Value> {
+    follow_to_the_end_with(lab, i, prefix, &[], limit)
+}
+
+/// [`follow_to_the_end`] with more arguments for `get`.
+fn follow_to_the_end_with(
+    lab: &Lab,
+    i: usize,
+    prefix: &str,
+    extra: &[&str],
+    limit: Duration,
+) -> Vec<Value> {
     let started = Instant::now();
-    let (code, out, err) = run_for(lab, i, &["get", prefix, "--json"], limit);
+    let mut args = vec!["get", prefix, "--json"];
+    args.extend(extra);
+    let (code, out, err) = run_for(lab, i, &args, limit);
     assert_eq!(
         code, 0,
         "`get {prefix} --json` on node {i} failed: {err}\n{out}"
@@ -1131,7 +1144,16 @@ fn a_name_that_exists_is_never_overwritten() {
     let mtime = fs::metadata(&first)
         .and_then(|m| m.modified())
         .expect("mtime");
-    let second = get_to_the_end(&lab, 1, &id, limit);
+    // Getting what it has says where it is; --again fetches it once more, under a new name.
+    let (code, out, err) = run_for(&lab, 1, &["get", &id[..12]], CLI_LIMIT);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("You have it already: ") && out.contains("--again"),
+        "{out}"
+    );
+    let second = follow_to_the_end_with(&lab, 1, &id, &["--again"], limit)
+        .pop()
+        .expect("a last line");
     assert_arrived(&second, &dir, SECOND, &id, LEN);
     assert_eq!(b3sum(&first), id, "the first copy is untouched");
     assert_eq!(
