@@ -274,6 +274,7 @@ impl Daemon {
     }
 
     /// The node's process id.
+    #[cfg(unix)]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
