@@ -119,7 +119,13 @@ impl Home {
         self.root.join("node.lock")
     }
 
-    /// The flag that tells a CLI user how to reach this home again (`--home <dir>`), if needed.
+    /// Whether the home was given (`--home`, `$IWANT_HOME`) rather than the default.
+    pub fn is_explicit(&self) -> bool {
+        self.explicit
+    }
+
+    /// ` --home <dir>` when the home was given explicitly, else nothing: what a printed
+    /// command needs to reach this home.
     pub fn cli_flag(&self) -> String {
         if self.explicit {
             format!(" --home {}", self.root.display())

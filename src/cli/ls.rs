@@ -6,11 +6,23 @@ use crate::{
     share::{IndexEntry, Kind},
 };
 
-pub(super) async fn run(home: Home, errors: bool, skipped: bool, json: bool) -> anyhow::Result<()> {
-    match Client::new(home)
+pub(super) async fn run(
+    home: Home,
+    path: Option<String>,
+    errors: bool,
+    skipped: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let answer = Client::new(home)
         .request(Request::List { errors, skipped })
-        .await?
-    {
+        .await?;
+    let answer = match (answer, path) {
+        (Response::Entries { entries }, Some(path)) => Response::Entries {
+            entries: below(entries, &path)?,
+        },
+        (answer, _) => answer,
+    };
+    match answer {
         Response::Entries { entries } if json => super::print_json(&entries),
         Response::ScanErrors { errors } if json => super::print_json(&errors),
         Response::Entries { entries } => {
@@ -28,6 +40,33 @@ pub(super) async fn run(home: Home, errors: bool, skipped: bool, json: bool) -> 
         }
         other => anyhow::bail!("the node answered a listing with {other:?}"),
     }
+}
+
+/// The entries at `path` (as the share names it: relative, `/` or the platform's separator
+/// between folders) and below it; an error if there are none.
+fn below(entries: Vec<IndexEntry>, path: &str) -> anyhow::Result<Vec<IndexEntry>> {
+    let wanted = path
+        .replace(std::path::MAIN_SEPARATOR, "/")
+        .trim_start_matches("./")
+        .trim_matches('/')
+        .to_string();
+    let found: Vec<IndexEntry> = entries
+        .into_iter()
+        .filter(|e| {
+            wanted.is_empty()
+                || e.path == wanted
+                || e.path
+                    .strip_prefix(&wanted)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+        .collect();
+    if found.is_empty() {
+        anyhow::bail!(
+            "nothing shared at {:?}; give a path inside the shared folder as `iwant ls` shows it (`iwant ls` lists everything)",
+            super::term::Safe(path).to_string()
+        );
+    }
+    Ok(found)
 }
 
 fn render_entries(entries: &[IndexEntry]) -> String {

@@ -24,6 +24,7 @@ mod get;
 mod ls;
 mod node;
 mod search;
+mod service;
 mod status;
 mod term;
 
@@ -75,8 +76,11 @@ enum Command {
     },
     /// Show the shared and download folders
     Config(JsonArg),
-    /// List what this node shares: path, size, id, kind
+    /// List what this node shares (or what is in one of its folders): path, size, id, kind
     Ls {
+        /// Only this folder of the share (or this file): its path in the shared folder
+        #[arg(value_name = "PATH", conflicts_with_all = ["errors", "skipped"])]
+        path: Option<String>,
         /// List the entries that could not be indexed, and why
         #[arg(long)]
         errors: bool,
@@ -190,6 +194,12 @@ enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Run the node in the background at every login (systemd user unit on Linux, launchd
+    /// agent on macOS, scheduled task on Windows), or stop doing so
+    Service {
+        #[arg(value_enum)]
+        action: ServiceAction,
+    },
     /// Print a shell completion script
     #[command(
         long_about = "Print a shell completion script for SHELL.\n\nbash: `iwant completions bash > ~/.local/share/bash-completion/completions/iwant`\nzsh: `iwant completions zsh > ~/.zfunc/_iwant` (with `fpath+=~/.zfunc` before `compinit` in ~/.zshrc)\nfish: `iwant completions fish > ~/.config/fish/completions/iwant.fish`\nPowerShell: `iwant completions powershell >> $PROFILE`"
@@ -227,6 +237,15 @@ struct NodeArgs {
     /// Run a private network: connect only to nodes with this key file (see `iwant keygen`)
     #[arg(long, value_name = "FILE")]
     network_key: Option<PathBuf>,
+}
+
+/// `iwant service` actions.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ServiceAction {
+    /// Write and enable the service (it starts the node now and at every login)
+    Install,
+    /// Stop and remove the service
+    Uninstall,
 }
 
 /// `--kind` values.
@@ -331,7 +350,10 @@ impl Command {
             | Command::Keygen { json, .. }
             | Command::Name { json, .. } => json.json,
             Command::Get { json, .. } => *json,
-            Command::Node(_) | Command::Completions { .. } | Command::Man { .. } => false,
+            Command::Node(_)
+            | Command::Completions { .. }
+            | Command::Man { .. }
+            | Command::Service { .. } => false,
         }
     }
 }
@@ -346,10 +368,11 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
         } => client_runtime()?.block_on(status::run(home, clear, verbose, json.json)),
         Command::Config(a) => client_runtime()?.block_on(folders::show(home, a.json)),
         Command::Ls {
+            path,
             errors,
             skipped,
             json,
-        } => client_runtime()?.block_on(ls::run(home, errors, skipped, json.json)),
+        } => client_runtime()?.block_on(ls::run(home, path, errors, skipped, json.json)),
         Command::Search {
             words,
             limit,
@@ -407,6 +430,12 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
         Command::Name { new, json } => {
             client_runtime()?.block_on(folders::name(home, new, json.json))
         }
+        Command::Service {
+            action: ServiceAction::Install,
+        } => service::install(&home),
+        Command::Service {
+            action: ServiceAction::Uninstall,
+        } => service::uninstall(),
         Command::Completions { .. } | Command::Man { .. } => unreachable!("run without a home"),
     }
 }

@@ -561,6 +561,22 @@ fn ls_lists_shared_files_with_the_ids_b3sum_prints() {
         out.contains("Every entry of the shared folder is indexed"),
         "{out}"
     );
+    // One folder of the share (not the share itself, "").
+    for path in ["docs", "docs/", "./docs"] {
+        let (code, out, err) = run(iwant(&home).args(["ls", path, "--json"]));
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let paths: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["docs", "docs/report.bin"], "{path}");
+    }
+    let (code, _, err) = run(iwant(&home).args(["ls", "doc"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("nothing shared at \"doc\""), "{err}");
     let status = node.status();
     assert_eq!(status["index"]["files"], 1);
     assert_eq!(status["index"]["ready"], true);
@@ -950,4 +966,54 @@ fn a_download_is_named_as_picked_and_a_terminal_shows_honest_progress() {
         )),
         "{screen}"
     );
+}
+
+/// `iwant service install` writes a systemd user unit that runs this binary's node on this
+/// home; where systemd is absent it says so (here: a PATH without `systemctl`); `uninstall`
+/// removes it.
+#[cfg(target_os = "linux")]
+#[test]
+fn service_install_writes_the_unit_and_says_when_systemd_is_absent() {
+    let dir = tmp();
+    let home = dir.path().join("h");
+    let config = dir.path().join("config");
+    let empty = dir.path().join("no-tools");
+    fs::create_dir(&empty).unwrap();
+    let service = |action: &str| {
+        run(iwant(&home)
+            .args(["service", action])
+            .env("XDG_CONFIG_HOME", &config)
+            .env("PATH", &empty))
+    };
+    let (code, out, err) = service("install");
+    assert_eq!(code, 0, "{err}");
+    let unit_path = config.join("systemd/user/iwant.service");
+    assert!(
+        out.contains(&format!(
+            "Wrote the systemd user unit {}",
+            unit_path.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("systemd is not available here"), "{out}");
+    let unit = fs::read_to_string(&unit_path).unwrap();
+    let exe = crate::util::bin().canonicalize().unwrap();
+    assert!(
+        unit.contains(&format!(
+            "\nExecStart={} --home {} node\n",
+            exe.display(),
+            home.display()
+        )),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("\n[Install]\nWantedBy=default.target\n"),
+        "{unit}"
+    );
+    let (code, out, _) = service("uninstall");
+    assert_eq!(code, 0);
+    assert!(out.contains("no longer starts at login"), "{out}");
+    assert!(!unit_path.exists());
+    let (_, out, _) = service("uninstall");
+    assert!(out.contains("No service was installed"), "{out}");
 }

@@ -59,9 +59,12 @@ async fn two_nodes_connect_through_an_explicit_peer_and_identify_as_iwant() {
             x.peer(y).await.filter(|p| p.agent.is_some())
         })
         .await;
+        // `iwant/<version> (<name>)`, and the name read back from it.
+        let agent = peer.agent.as_deref().unwrap();
+        let name = peer.name.as_deref().expect("the name it announces");
         assert_eq!(
-            peer.agent.as_deref(),
-            Some(concat!("iwant/", env!("CARGO_PKG_VERSION")))
+            agent,
+            format!(concat!("iwant/", env!("CARGO_PKG_VERSION"), " ({})"), name)
         );
         assert_eq!(peer.connections, 1);
         assert!(

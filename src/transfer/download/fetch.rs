@@ -62,6 +62,11 @@ pub const REST_REFUSED: Duration = Duration::from_secs(10);
 pub const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// How long requests pause after a failed write before they go on.
 pub const WRITE_PAUSE: Duration = Duration::from_secs(2);
+/// How long a download waits, once its holders said they no longer have it and the leader
+/// knows no other, before it ends as no longer shared (a holder may share it again).
+pub const GIVE_UP_ORPHANED: Duration = Duration::from_secs(20);
+/// Why such a download ended.
+pub const NO_LONGER_SHARED: &str = "this version is no longer shared by anyone (its holders changed or removed it); search again for the current one";
 /// How many of the holders a download fetches from its progress names.
 pub const MAX_SOURCES_SHOWN: usize = 8;
 /// How often the driver calls [`Fetch::on_tick`].
@@ -162,6 +167,12 @@ pub struct Fetch<P> {
     rate: RateMeter,
     /// Requests pause until then, after a failed write; with what failed.
     paused: Option<(Instant, String)>,
+    /// Holders that said they do not have the content (not found, or unavailable: changed).
+    refused: BTreeSet<P>,
+    /// Since when the leader knows no holder, after holders refused.
+    orphaned_since: Option<Instant>,
+    /// Why the phase gave up, once it did.
+    gave_up: Option<String>,
     dirty: bool,
     last_save: Instant,
     stopped: bool,
@@ -201,6 +212,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
             fetched: 0,
             rate: RateMeter::default(),
             paused: None,
+            refused: BTreeSet::new(),
+            orphaned_since: None,
+            gave_up: None,
             dirty: false,
             last_save: now,
             stopped: false,
@@ -234,6 +248,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
             return;
         }
         self.resting.retain(|_, until| *until > now);
+        let answered = whole.is_ok();
         let whole = whole.unwrap_or_else(|e| {
             tracing::debug!(error = %e, "cannot look up the holders");
             Vec::new()
@@ -273,6 +288,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
         }
         self.swarm = swarm;
         self.holders_known = haves.len();
+        // Holders said they no longer have it, and the leader knows nobody else who does.
+        if answered && haves.is_empty() && !self.refused.is_empty() {
+            self.orphaned_since.get_or_insert(now);
+        } else if !haves.is_empty() {
+            self.orphaned_since = None;
+        }
         for (peer, have) in haves {
             if self.banned.contains(&peer) || self.resting.contains_key(&peer) {
                 continue;
@@ -342,6 +363,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
                 self.planner.failed(peer, unit);
                 if matches!(status, Status::NotFound | Status::Unavailable) {
                     tracing::debug!(%peer, ?status, "holder cannot serve it; leaving it alone for a while");
+                    self.refused.insert(peer);
                     self.planner.remove_peer(peer);
                     self.disconnect(peer);
                     self.resting.insert(peer, now + REST_REFUSED);
@@ -384,6 +406,16 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
         }
         if self.dirty && now.duration_since(self.last_save) >= SAVE_EVERY {
             self.save(now);
+        }
+        if self.fetchers.is_empty()
+            && self
+                .orphaned_since
+                .is_some_and(|since| now.duration_since(since) >= GIVE_UP_ORPHANED)
+        {
+            tracing::info!("no node shares this version any more; the download ends");
+            self.gave_up = Some(NO_LONGER_SHARED.to_owned());
+            self.stop(now);
+            return;
         }
         if matches!(self.lookup, Lookup::Due(at) if at <= now) {
             self.lookup = Lookup::Running;
@@ -433,6 +465,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
         self.stopped
     }
 
+    /// Why the phase gave up by itself ([`NO_LONGER_SHARED`]), if it did.
+    pub fn gave_up(&self) -> Option<&str> {
+        self.gave_up.as_deref()
+    }
+
     /// The done units, as the store keeps them.
     pub fn bitfield(&self) -> Vec<u8> {
         units::bitfield((0..self.planner.total_units()).map(|u| self.planner.is_done_unit(u)))
@@ -442,6 +479,15 @@ impl<P: Copy + Eq + Hash + Ord + Debug + Display> Fetch<P> {
     pub fn progress(&self, now: Instant) -> FetchProgress {
         let (state, message) = if let Some((_, why)) = &self.paused {
             (DownloadState::Waiting, Some(why.clone()))
+        } else if let Some(since) = self.orphaned_since {
+            let left = GIVE_UP_ORPHANED.saturating_sub(now.saturating_duration_since(since));
+            (
+                DownloadState::Waiting,
+                Some(format!(
+                    "its holders no longer have this version; it ends in {} s unless someone shares it again",
+                    left.as_secs()
+                )),
+            )
         } else if self.fetchers.is_empty() && !self.planner.is_done() {
             let why = if self.holders_known == 0 {
                 "no node holding it is reachable; waiting for one to come back"
@@ -574,6 +620,8 @@ where
         if fetch.is_stopped() {
             break if fetch.is_done() {
                 Ok(())
+            } else if let Some(why) = fetch.gave_up() {
+                Err(Stop::Failed(why.to_owned()))
             } else {
                 Err(Stop::Interrupted)
             };

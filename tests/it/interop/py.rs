@@ -485,9 +485,10 @@ impl Fixture {
 
         // Identify: the documented versions and exactly the documented protocols.
         let ident = &r["identify"];
-        assert_eq!(
-            ident["agentVersion"],
-            format!("iwant/{}", self.node_version),
+        // `iwant/<version> (<the node's name>)`.
+        let agent = ident["agentVersion"].as_str().unwrap_or_default();
+        assert!(
+            agent.starts_with(&format!("iwant/{} (", self.node_version)) && agent.ends_with(')'),
             "{what}: {ident}"
         );
         assert!(ident["agentVersion"]

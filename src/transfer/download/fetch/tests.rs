@@ -843,3 +843,50 @@ async fn the_driver_waits_for_holders_and_stops_with_a_save_when_cancelled() {
         "the stop saves"
     );
 }
+
+/// The changed-source end: the holder says it does not have the content any more and the
+/// leader knows nobody else; after [`GIVE_UP_ORPHANED`] of that (and not before, nor while
+/// the leader cannot be asked) the phase ends as no longer shared. A holder that shares it
+/// again in time keeps it going.
+#[test]
+fn a_download_whose_holders_no_longer_have_it_ends_after_a_bounded_wait() {
+    let mut f = connected(&[&[PIECE; 2]], &[1]);
+    assert_eq!(give(&mut f, 1, t(0)), [0, 1]);
+    f.on_event(
+        Event::Refused {
+            peer: 1,
+            unit: 0,
+            status: Status::NotFound,
+        },
+        t(10),
+    );
+    drain(&mut f);
+    // The leader cannot be asked: no clock starts.
+    f.on_holders(Err("no leader".into()), t(20));
+    f.on_tick(t(30_000));
+    assert!(!f.is_stopped());
+    // It knows nobody: the clock starts, and the user is told.
+    f.on_holders(Ok(vec![]), t(30_000));
+    let p = f.progress(t(31_000));
+    assert!(p.message.unwrap().contains("no longer have this version"));
+    f.on_tick(t(30_000 + GIVE_UP_ORPHANED.as_millis() as u64 - 1));
+    assert!(!f.is_stopped());
+    // Someone shares it again: the clock stops.
+    f.on_holders(Ok(vec![2]), t(45_000));
+    drain(&mut f);
+    f.on_event(
+        Event::Refused {
+            peer: 2,
+            unit: 1,
+            status: Status::Unavailable,
+        },
+        t(45_001),
+    );
+    f.on_tick(t(30_000 + GIVE_UP_ORPHANED.as_millis() as u64 + 1));
+    assert!(!f.is_stopped());
+    // Gone again, for good.
+    f.on_holders(Ok(vec![]), t(50_000));
+    f.on_tick(t(50_000 + GIVE_UP_ORPHANED.as_millis() as u64));
+    assert!(f.is_stopped());
+    assert_eq!(f.gave_up(), Some(NO_LONGER_SHARED));
+}
