@@ -398,6 +398,7 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         config: Mutex::new(config),
         folders: folders_tx,
         places,
+        shutdown: shutdown.clone(),
     });
     tasks.spawn(control::serve(
         listener.clone(),

@@ -61,8 +61,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the node in the foreground (Ctrl-C stops it)
+    /// Run the node in the foreground (Ctrl-C stops it), or with --detach in the background
     Node(NodeArgs),
+    /// Stop the node running in the background (or in another terminal)
+    Stop {
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Show this node's peer id, addresses, connected peers, folders and downloads
     Status {
         /// Forget the downloads that ended (done, failed, cancelled) instead
@@ -237,6 +242,9 @@ struct NodeArgs {
     /// Run a private network: connect only to nodes with this key file (see `iwant keygen`)
     #[arg(long, value_name = "FILE")]
     network_key: Option<PathBuf>,
+    /// Run in the background, logging into node.log in the home; `iwant stop` stops it
+    #[arg(long, short = 'd')]
+    detach: bool,
 }
 
 /// `iwant service` actions.
@@ -348,7 +356,8 @@ impl Command {
             | Command::Share { json, .. }
             | Command::DownloadTo { json, .. }
             | Command::Keygen { json, .. }
-            | Command::Name { json, .. } => json.json,
+            | Command::Name { json, .. }
+            | Command::Stop { json } => json.json,
             Command::Get { json, .. } => *json,
             Command::Node(_)
             | Command::Completions { .. }
@@ -360,7 +369,9 @@ impl Command {
 
 fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Node(args) if args.detach => node::detach(home, args),
         Command::Node(args) => node::run(home, args),
+        Command::Stop { json } => client_runtime()?.block_on(node::stop(home, json.json)),
         Command::Status {
             clear,
             verbose,

@@ -48,6 +48,8 @@ pub struct Handler {
     pub folders: watch::Sender<Folders>,
     /// What the folder rules protect.
     pub places: Places,
+    /// Stops the node ([`Request::Stop`]).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Handler {
@@ -157,6 +159,13 @@ impl Handler {
                 Response::Named {
                     name: clean,
                     announced,
+                }
+            }
+            Request::Stop => {
+                tracing::info!("stopping: asked to by `iwant stop`");
+                self.shutdown.cancel();
+                Response::Stopping {
+                    pid: std::process::id(),
                 }
             }
             Request::ClearDownloads => Response::Cleared {

@@ -123,6 +123,8 @@ pub enum Request {
     /// Forget the downloads that ended (done, failed, cancelled): `status` lists running ones
     /// only until more end.
     ClearDownloads,
+    /// Stop the node (as Ctrl-C would): it answers, then shuts down gracefully.
+    Stop,
     /// Set this node's name (saved in config.toml; peers see it after the node restarts).
     SetName {
         /// The new name (cleaned; at most 32 characters).
@@ -201,6 +203,11 @@ pub enum Response {
     Downloads {
         /// Running downloads first, then those that ended.
         downloads: Vec<Download>,
+    },
+    /// Answer to [`Request::Stop`]: the node stops now.
+    Stopping {
+        /// The node's process id.
+        pid: u32,
     },
     /// Answer to [`Request::SetName`].
     Named {

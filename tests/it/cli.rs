@@ -1017,3 +1017,66 @@ fn service_install_writes_the_unit_and_says_when_systemd_is_absent() {
     let (_, out, _) = service("uninstall");
     assert!(out.contains("No service was installed"), "{out}");
 }
+
+/// `iwant node --detach` runs the node in the background (its own session, output in the
+/// home's node.log) and returns once it answers; `iwant stop` stops it.
+#[cfg(unix)]
+#[test]
+fn a_detached_node_runs_in_the_background_until_stop() {
+    struct KillPid(i32);
+    impl Drop for KillPid {
+        fn drop(&mut self) {
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+            }
+        }
+    }
+    let dir = tmp();
+    let home = dir.path().join("h");
+    let (code, out, err) =
+        run(iwant(&home).args(["node", "--detach", "--no-mdns", "--listen", "127.0.0.1:0"]));
+    assert_eq!(code, 0, "{err}");
+    let pid: i32 = out
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out}"));
+    let _guard = KillPid(pid);
+    assert!(
+        out.contains(&format!("its log is {}", home.join("node.log").display())),
+        "{out}"
+    );
+    assert!(out.contains("stop"), "{out}");
+    // It answers, in a session of its own (not the test's: a closed terminal does not end it).
+    let (code, status, _) = run(iwant(&home).args(["status", "--json"]));
+    assert_eq!(code, 0);
+    assert!(status.contains("\"peer_id\""));
+    assert_eq!(
+        unsafe { libc::getsid(pid) },
+        pid,
+        "the node leads its own session"
+    );
+    let log = fs::read_to_string(home.join("node.log")).unwrap();
+    assert!(
+        log.contains("iwant node") && log.contains("is running"),
+        "{log}"
+    );
+    let (code, out, err) = run(iwant(&home).arg("stop"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("Stopped the node (pid {pid})."));
+    let (code, _, _) = run(iwant(&home).arg("status"));
+    assert_eq!(code, 3, "the node is gone");
+    crate::util::wait_for(
+        std::time::Duration::from_secs(10),
+        "the process to end",
+        || {
+            // A zombie until its parent (init) reaps it: gone or zombie both count.
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            (stat.is_empty() || stat.contains(") Z ")).then_some(())
+        },
+    );
+    let (code, out, _) = run(iwant(&home).arg("stop"));
+    assert_eq!(code, 0);
+    assert!(out.contains("No node is running"), "{out}");
+}
