@@ -548,6 +548,11 @@ mod tests {
             Request::Follow { id: "abcd".into() },
             Request::Downloads { id: None },
             Request::Cancel { id: "ef01".into() },
+            Request::ClearDownloads,
+            Request::Stop,
+            Request::SetName {
+                name: "bob's laptop".into(),
+            },
         ]
         .into_iter()
         .map(|request| Envelope {
