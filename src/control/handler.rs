@@ -243,7 +243,6 @@ impl Handler {
         let mut known: HashSet<String> =
             self.net.met_peers().iter().map(|p| p.to_string()).collect();
         known.insert(local.clone());
-        let names = self.net.names();
         let results = leader::ask::known_holders_only(answer.results.hits, &known)
             .into_iter()
             .map(|hit| SearchResult {
@@ -254,10 +253,7 @@ impl Handler {
                     .iter()
                     .filter(|h| **h != local)
                     .map(|h| match h.parse::<libp2p::PeerId>() {
-                        Ok(peer) => names
-                            .get(&peer)
-                            .cloned()
-                            .unwrap_or_else(|| crate::net::short_peer(&peer)),
+                        Ok(peer) => self.net.display_name(&peer),
                         Err(_) => String::new(),
                     })
                     .collect(),
@@ -329,30 +325,23 @@ impl Handler {
     }
 }
 
-/// The replies of a [`Request::Follow`]: the progress now, then at each change (at most every
-/// [`FOLLOW_EVERY`], but the final one at once), ending with the first final one (or when the
-/// download's task is gone).
 /// A download's progress as the control channel shows it, with the names of the holders it
 /// fetches from.
 fn view(net: &NetworkClient, p: Progress) -> Download {
-    let names = net.names();
     let from = p
         .from
         .iter()
         .filter_map(|id| id.parse::<libp2p::PeerId>().ok())
-        .map(|peer| {
-            names
-                .get(&peer)
-                .cloned()
-                .unwrap_or_else(|| crate::net::short_peer(&peer))
-        })
+        .map(|peer| net.display_name(&peer))
         .collect();
     let mut d: Download = p.into();
     d.from = from;
     d
 }
 
-/// The replies of a follow: `view` makes each progress value a reply's object.
+/// The replies of a [`Request::Follow`]: the progress now, then at each change (at most every
+/// [`FOLLOW_EVERY`], but the final one at once), ending with the first final one (or when the
+/// download's task is gone); `view` makes each progress value a reply's object.
 fn follow(
     view: impl Fn(Progress) -> Download + Clone + Send + Sync + 'static,
     progress: watch::Receiver<Progress>,
@@ -534,7 +523,6 @@ impl From<PeerStatus> for PeerInfo {
 
 /// What this node served, with the names of the peers it served.
 fn served_view(c: ServedCounts, net: &NetworkClient) -> Served {
-    let names = net.names();
     let unix = |t: std::time::SystemTime| {
         t.duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
@@ -547,10 +535,7 @@ fn served_view(c: ServedCounts, net: &NetworkClient) -> Served {
             .into_iter()
             .map(|s| ServedLine {
                 peer_id: s.peer.to_string(),
-                name: names
-                    .get(&s.peer)
-                    .cloned()
-                    .unwrap_or_else(|| crate::net::short_peer(&s.peer)),
+                name: net.display_name(&s.peer),
                 file: s.file,
                 bytes: s.bytes,
                 last_unix: unix(s.last),

@@ -625,7 +625,9 @@ impl Soak {
     /// Starts a `get` in a background thread: node `i` downloads item `k`.
     fn start_get(&mut self, lab: &Lab, tx: &mpsc::Sender<Outcome>, i: usize, k: usize) {
         let mut cmd = lab.cli(i);
-        cmd.args(["get", &self.items[k].id, "--detach", "--json"]);
+        // `--again`: the soak downloads the same content several times on one node (each
+        // time a new copy), which a plain `get` answers with where the first copy is.
+        cmd.args(["get", &self.items[k].id, "--again", "--detach", "--json"]);
         let rejoining =
             |n: usize| self.healed_at[n].is_some_and(|at| at.elapsed() < REJOINED_AFTER);
         let asker_cut = matches!(self.impaired[i], Some(Impaired::Cut(_))) || rejoining(i);
