@@ -39,24 +39,34 @@ fn is_id(words: &[String]) -> bool {
 /// `iwant get <id>`: start (or re-attach to) a download and follow it until it ends.
 pub(super) async fn get(home: Home, ask: Ask, detach: bool, json: bool) -> anyhow::Result<()> {
     let client = Client::new(home.clone());
-    let (id, shown) = if is_id(&ask.words) {
-        let id = ask.words[0].clone();
-        let shown = super::search::remembered_name(&home, &id);
-        (id, shown)
-    } else {
-        let picked = pick(&client, &ask.words, json).await?;
-        (picked.hit.id.to_hex().to_string(), Some(picked.name))
-    };
-    let request = Request::Get {
-        id: id.clone(),
-        name: ask.name.or(shown),
-        to: ask.to,
+    let request = |id: String, shown: Option<String>| Request::Get {
+        id,
+        name: ask.name.clone().or(shown),
+        to: ask.to.clone(),
         again: ask.again,
+    };
+    let id = ask.words.join(" ");
+    // An id (prefix), or words: a word that is also hex (`cafe`, `2024`) and no id starts
+    // with is searched for.
+    let ask_node = async {
+        if is_id(&ask.words) {
+            let shown = super::search::remembered_name(&home, &id);
+            match client.request(request(id.clone(), shown)).await {
+                Err(crate::control::ClientError::Remote(e))
+                    if e.kind == crate::control::ErrorKind::NotFound && id.len() < 64 => {}
+                answer => return Ok::<_, anyhow::Error>(answer?),
+            }
+        }
+        let picked = pick(&client, &ask.words, json).await?;
+        let picked_id = picked.hit.id.to_hex().to_string();
+        Ok(client
+            .request(request(picked_id, Some(picked.name)))
+            .await?)
     };
     // One listener for the whole command, so no Ctrl-C is missed between two polls.
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
     let answer = tokio::select! {
-        answer = client.request(request) => answer?,
+        answer = ask_node => answer?,
         _ = &mut interrupt => {
             eprintln!(
                 "Left `iwant get`; if the download had started it continues in the background. See `iwant status`, or run `iwant get {id}` again."

@@ -856,6 +856,13 @@ fn a_download_is_named_as_picked_and_a_terminal_shows_honest_progress() {
         err.contains(&id[..12]) && err.contains("iwant get <ID>"),
         "{err}"
     );
+    // A word that is also hex and starts no id is searched for, not refused as an id.
+    let (code, _, err) = run(iwant(&home_c).args(["get", "cafe"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("\"cafe\" is not an id, and nothing shared matches it"),
+        "{err}"
+    );
     // Carol has it now: nothing is fetched.
     let (code, out, err) = run(iwant(&home_c).args(["get", &id[..12]]));
     assert_eq!(code, 0, "{err}");
