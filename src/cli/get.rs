@@ -57,7 +57,7 @@ pub(super) async fn get(home: Home, ask: Ask, detach: bool, json: bool) -> anyho
                 answer => return Ok::<_, anyhow::Error>(answer?),
             }
         }
-        let picked = pick(&client, &ask.words, json).await?;
+        let picked = pick(&client, &ask.words, is_id(&ask.words), json).await?;
         let picked_id = picked.hit.id.to_hex().to_string();
         Ok(client
             .request(request(picked_id, Some(picked.name)))
@@ -208,7 +208,12 @@ pub(super) async fn cancel(home: Home, id: String, json: bool) -> anyhow::Result
 
 /// `iwant get <words>`: searches, and picks the match: the only one, or the one the person at
 /// the terminal chooses; without a terminal (or with `--json`) lists the matches and fails.
-async fn pick(client: &Client, words: &[String], json: bool) -> anyhow::Result<SearchResult> {
+async fn pick(
+    client: &Client,
+    words: &[String],
+    hex: bool,
+    json: bool,
+) -> anyhow::Result<SearchResult> {
     const SHOWN: u32 = 10;
     let request = Request::Search {
         text: words.join(" "),
@@ -222,6 +227,11 @@ async fn pick(client: &Client, words: &[String], json: bool) -> anyhow::Result<S
     };
     let results = reply.results;
     let query = words.join(" ");
+    if results.is_empty() && hex {
+        anyhow::bail!(
+            "no node shares anything with an id starting with {query}, and no name matches it either; find ids with `iwant search <words>`"
+        );
+    }
     if results.is_empty() {
         anyhow::bail!(
             "{query:?} is not an id, and nothing shared matches it; try other words with `iwant search`"

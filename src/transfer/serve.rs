@@ -146,7 +146,8 @@ impl Served {
         let mut entry = match log.iter().position(|e| e.peer == peer && e.file == name) {
             Some(i) => log.remove(i).expect("bug: index in range"),
             None => {
-                tracing::info!(peer = %crate::net::short_peer(&peer), file = %name, "a peer is fetching a file from this node");
+                // Debug: a folder of 1,000 files would be 1,000 lines; `status` lists them.
+                tracing::debug!(peer = %crate::net::short_peer(&peer), file = %name, "a peer is fetching a file from this node");
                 ServedTo {
                     peer,
                     file: name.into_owned(),
