@@ -275,7 +275,7 @@ impl Service {
         for peer in gone {
             self.peers.remove(&peer);
             let removed = self.write(move |index| index.remove_peer(&peer)).await;
-            tracing::info!(%peer, entries = removed, "node gone; its entries are dropped");
+            tracing::info!(peer = %crate::net::short_peer(&peer), entries = removed, "node gone; its entries are dropped");
         }
         self.awaited
             .retain(|p| *p == self.local || connected.contains(p));

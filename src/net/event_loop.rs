@@ -738,7 +738,7 @@ impl EventLoop {
             } => {
                 let peer = self.peers.entry(peer_id).or_default();
                 if peer.connections.is_empty() {
-                    tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    tracing::info!(peer = %super::short_peer(&peer_id), addr = %endpoint.get_remote_address(), "peer connected");
                     let (met, order) = &mut self.met;
                     met.send_if_modified(|met| {
                         if met.contains(&peer_id) {
@@ -771,6 +771,7 @@ impl EventLoop {
                     entry.get_mut().connections.remove(&connection_id);
                     if entry.get().connections.is_empty() {
                         entry.remove();
+                        let who = self.who(&peer_id);
                         let _ = self.departures.send(peer_id);
                         self.iwant_peers.send_if_modified(|peers| {
                             peers.contains(&peer_id) && Arc::make_mut(peers).remove(&peer_id)
@@ -781,9 +782,9 @@ impl EventLoop {
                         });
                         match cause {
                             Some(error) => {
-                                tracing::info!(peer = %peer_id, %error, "peer disconnected")
+                                tracing::info!(peer = %who, %error, "peer disconnected")
                             }
-                            None => tracing::info!(peer = %peer_id, "peer disconnected"),
+                            None => tracing::info!(peer = %who, "peer disconnected"),
                         }
                     }
                 }
@@ -806,6 +807,14 @@ impl EventLoop {
             } => self.hints.failed(Some(&send_back_addr), true, &error),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
+        }
+    }
+
+    /// A peer as logs show it to people: its name, or the end of its id.
+    fn who(&self, peer: &PeerId) -> String {
+        match self.names.borrow().get(peer) {
+            Some(name) => name.clone(),
+            None => super::short_peer(peer),
         }
     }
 
@@ -871,7 +880,7 @@ impl EventLoop {
                     }
                     Err(ping::Failure::Unsupported) => peers::Probe::Unsupported,
                     Err(error) => {
-                        tracing::info!(%peer, %error, "ping failed; closing the connection");
+                        tracing::info!(peer = %self.who(&peer), %error, "ping failed; closing the connection");
                         peers::Probe::Failed
                     }
                 };

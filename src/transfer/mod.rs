@@ -237,7 +237,7 @@ impl Transfers {
             .expect("bug: store task panicked")?;
         let n = rows.len();
         for row in rows {
-            tracing::info!(file = %row.name, id = %row.id, "resuming download");
+            tracing::info!(file = %row.name, id = %&row.id.to_hex()[..12], "resuming download");
             self.spawn(download::Start::Resume(row));
         }
         Ok(n)
