@@ -319,19 +319,24 @@ pub struct Config {
 }
 
 impl Config {
-    /// The name this node goes by: the configured one, else the host name, else `iwant-`
-    /// and the end of its peer id; cleaned ([`iwant_behaviours::clean_name`]).
-    pub fn node_name(&self, peer: &libp2p::PeerId) -> String {
+    /// The configured name, else the host name, cleaned; `None` if neither has a visible
+    /// character.
+    pub fn chosen_name(&self) -> Option<String> {
         self.name
             .as_deref()
             .and_then(iwant_behaviours::clean_name)
             .or_else(|| iwant_behaviours::clean_name(&gethostname::gethostname().to_string_lossy()))
-            .unwrap_or_else(|| {
-                format!(
-                    "iwant-{}",
-                    crate::net::short_peer(peer).trim_start_matches('…')
-                )
-            })
+    }
+
+    /// The name this node goes by: the configured one, else the host name, else `iwant-`
+    /// and the end of its peer id; cleaned ([`iwant_behaviours::clean_name`]).
+    pub fn node_name(&self, peer: &libp2p::PeerId) -> String {
+        self.chosen_name().unwrap_or_else(|| {
+            format!(
+                "iwant-{}",
+                crate::net::short_peer(peer).trim_start_matches('…')
+            )
+        })
     }
 }
 

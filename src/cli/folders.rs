@@ -41,14 +41,7 @@ pub(super) async fn name(home: Home, new: Option<String>, json: bool) -> anyhow:
             Ok(other) => anyhow::bail!("the node answered a status request with {other:?}"),
             Err(ClientError::NotRunning { .. }) => {
                 let (config, _) = home.load_or_create_config()?;
-                let name = config
-                    .name
-                    .as_deref()
-                    .and_then(iwant_behaviours::clean_name)
-                    .or_else(|| {
-                        iwant_behaviours::clean_name(&gethostname::gethostname().to_string_lossy())
-                    })
-                    .unwrap_or_default();
+                let name = config.chosen_name().unwrap_or_default();
                 (name, false)
             }
             Err(e) => return Err(e.into()),

@@ -46,7 +46,7 @@ fn ago(secs: u64) -> String {
 fn who(peer_id: &str, name: Option<&str>) -> String {
     match name {
         Some(n) => safe(n),
-        None => format!("…{}", &peer_id[peer_id.len().saturating_sub(6)..]),
+        None => crate::net::short_peer_text(peer_id),
     }
 }
 

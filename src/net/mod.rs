@@ -278,8 +278,13 @@ pub struct PeerStatus {
 /// The end of a peer id, as people see it where no name is known (`…x3Fq9k`: the start is the
 /// same for every Ed25519 peer id).
 pub fn short_peer(peer: &PeerId) -> String {
-    let s = peer.to_base58();
-    format!("…{}", &s[s.len().saturating_sub(6)..])
+    short_peer_text(&peer.to_base58())
+}
+
+/// [`short_peer`] of a peer id given as text (as the control channel carries it).
+pub fn short_peer_text(peer: &str) -> String {
+    let start = peer.char_indices().rev().nth(5).map_or(0, |(i, _)| i);
+    format!("…{}", &peer[start..])
 }
 
 /// The event loop stopped: it shut down or crashed.
