@@ -200,6 +200,7 @@ impl Home {
                     rescan_interval_secs: default_rescan(),
                     leader_index_entries: default_leader_entries(),
                     offer_downloads: true,
+                    notify: true,
                 };
                 self.save_config(&config)?;
                 Ok((config, true))
@@ -316,6 +317,11 @@ pub struct Config {
     /// `true`.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub offer_downloads: bool,
+    /// Whether the node shows a desktop notification when a download completes or fails
+    /// (where it runs in a desktop session: `notify-send` on Linux, Notification Center on
+    /// macOS; not on Windows yet). Default: `true`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub notify: bool,
 }
 
 impl Config {

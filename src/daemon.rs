@@ -60,6 +60,10 @@ pub struct RunningNode {
     pub index: IndexHandle,
     /// What the node offers (the shared folder, and its downloads unless turned off).
     pub offered: share::Offered,
+    /// Its downloads.
+    pub transfers: Transfers,
+    /// Whether the config asks for a desktop notification when a download ends.
+    pub notify: bool,
     index_threads: Vec<std::thread::JoinHandle<()>>,
     home: Home,
     shutdown: CancellationToken,
@@ -388,8 +392,9 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
         Ok(n) => tracing::info!(downloads = n, "resuming downloads"),
         Err(e) => tracing::warn!(error = %e, "cannot read the downloads to resume"),
     }
+    let notify = config.notify;
     let handler = Arc::new(control::Handler {
-        transfers,
+        transfers: transfers.clone(),
         served,
         net: net.clone(),
         leader,
@@ -412,6 +417,8 @@ pub async fn start(options: NodeOptions) -> Result<RunningNode, StartError> {
     Ok(RunningNode {
         net,
         first_run,
+        transfers,
+        notify,
         folders: folders_rx,
         index,
         offered,

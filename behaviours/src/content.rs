@@ -7,9 +7,17 @@
 //! ([`Request::Manifest`]), and checks its BLAKE3 hash against the id. A node that does not share
 //! the id answers [`Response::NotFound`].
 //!
+//! The executable bit and modification time of a file, or of each file of a directory, are not
+//! part of the content: they do not change its id and are not verified. A downloader asks for
+//! them apart ([`Request::Attrs`]) and uses them as hints, within bounds it checks itself.
+//!
+//! A node also lists what its shared folder holds, a page at a time ([`Request::List`]), for
+//! people who browse another node (`iwant ls --peer`).
+//!
 //! Limits: requests of at most [`MAX_REQUEST`] bytes, responses of at most [`MAX_RESPONSE`],
 //! piece lists of at most [`MAX_PIECES`] hashes, manifests of at most [`MAX_MANIFEST`] bytes,
-//! refusal reasons of at most [`MAX_REASON`] bytes. `docs/protocols.md` has the spec.
+//! refusal reasons of at most [`MAX_REASON`] bytes, attribute pages of at most
+//! [`MAX_ATTRS_PAGE`] records. `docs/protocols.md` has the spec.
 
 use std::time::Duration;
 
@@ -24,8 +32,15 @@ use crate::wire::{Bytes, Id};
 /// The protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/iwant/content/1.0.0");
 
-/// Largest encoded request, in bytes.
-pub const MAX_REQUEST: u64 = 1024;
+/// Largest encoded request, in bytes (two paths of a listing and their framing).
+pub const MAX_REQUEST: u64 = 10 * 1024;
+
+/// Most entries in one page of a listing.
+pub const MAX_LIST_PAGE: usize = 1024;
+
+/// Most bytes of paths in one page of a listing (a holder ends a page before it would pass
+/// this, after at least one entry).
+pub const LIST_PAGE_PATHS: usize = 1024 * 1024;
 
 /// Most manifest bytes in one response.
 pub const MAX_MANIFEST_PAGE: usize = 1024 * 1024;
@@ -48,6 +63,15 @@ pub const MAX_REASON: usize = 1024;
 /// Largest encoded response, in bytes: a full manifest page and its framing.
 pub const MAX_RESPONSE: u64 = 2 * 1024 * 1024;
 
+/// Length of one attribute record ([`FileAttrs`]), in bytes.
+pub const ATTRS_LEN: usize = 9;
+
+/// Most attribute records in one response.
+pub const MAX_ATTRS_PAGE: usize = 65_536;
+
+/// Most attribute records of one id: one per manifest entry (an entry takes at least 46 bytes).
+pub const MAX_ATTRS: u64 = MAX_MANIFEST / 46;
+
 /// How long a request may wait for its response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -66,6 +90,22 @@ pub enum Request {
         id: Id,
         /// The first manifest byte wanted (at most [`MAX_MANIFEST`]).
         offset: u64,
+    },
+    /// One page of what the holder's shared folder holds at `path` and below ("" for all of
+    /// it), sorted by the bytes of their paths, from the first path after `after`.
+    List {
+        /// A folder (or file) of the share, as its entries name it.
+        path: String,
+        /// The last path of the previous page; `None` for the first page.
+        after: Option<String>,
+    },
+    /// The attributes ([`FileAttrs`]) of a file (one record), or of each entry of a
+    /// directory's manifest in manifest order, from record `first` on.
+    Attrs {
+        /// The file's or directory's id.
+        id: Id,
+        /// The first record wanted (at most [`MAX_ATTRS`]).
+        first: u64,
     },
 }
 
@@ -91,7 +131,25 @@ pub enum Response {
         /// At most [`MAX_MANIFEST_PAGE`] bytes.
         bytes: Bytes,
     },
-    /// This node does not share that id (now).
+    /// At most [`MAX_ATTRS_PAGE`] attribute records, [`ATTRS_LEN`] bytes each.
+    Attrs {
+        /// How many records the id has: 1 for a file, the number of manifest entries for a
+        /// directory (at most [`MAX_ATTRS`]).
+        total: u64,
+        /// The index of the first record in `attrs`: the request's `first`.
+        first: u64,
+        /// The records, in order.
+        attrs: Bytes,
+    },
+    /// One page of a listing: at most [`MAX_LIST_PAGE`] entries, in path order; an empty
+    /// page ends the listing.
+    List {
+        /// How many entries there are at and below the path in all (a hint for people).
+        total: u64,
+        /// The entries.
+        entries: Vec<crate::index_sync::Entry>,
+    },
+    /// This node does not share that id (now), or nothing at that path.
     NotFound,
     /// Too many requests at once; try again shortly.
     Busy,
@@ -126,7 +184,71 @@ impl Request {
                 }
                 Ok(())
             }
+            Request::List { path, after } => {
+                crate::wire::check_path(path)?;
+                if let Some(after) = after {
+                    crate::wire::check_path(after)?;
+                }
+                Ok(())
+            }
+            Request::Attrs { first, .. } => {
+                if *first > MAX_ATTRS {
+                    return Err(format!(
+                        "attributes from record {first}, beyond the most an id has ({MAX_ATTRS})"
+                    ));
+                }
+                Ok(())
+            }
         }
+    }
+}
+
+/// A file's attributes that travel with its content without being part of it (9 bytes on the
+/// wire: one flag byte, then the modification time as a little-endian `i64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileAttrs {
+    /// Modification time, nanoseconds since the Unix epoch; `None` when not known.
+    pub mtime_ns: Option<i64>,
+    /// Whether the holder's copy is executable (by its owner).
+    pub executable: bool,
+}
+
+impl FileAttrs {
+    /// Flag bit: the file is executable.
+    pub const EXECUTABLE: u8 = 1;
+    /// Flag bit: the modification time is known.
+    pub const MTIME: u8 = 2;
+
+    /// The 9-byte record.
+    pub fn to_bytes(self) -> [u8; ATTRS_LEN] {
+        let mut out = [0; ATTRS_LEN];
+        out[0] = if self.executable { Self::EXECUTABLE } else { 0 }
+            | if self.mtime_ns.is_some() {
+                Self::MTIME
+            } else {
+                0
+            };
+        out[1..].copy_from_slice(&self.mtime_ns.unwrap_or(0).to_le_bytes());
+        out
+    }
+
+    /// Reads one record; unknown flag bits are ignored.
+    pub fn from_bytes(record: &[u8; ATTRS_LEN]) -> Self {
+        let flags = record[0];
+        let mut time = [0; 8];
+        time.copy_from_slice(&record[1..]);
+        Self {
+            mtime_ns: (flags & Self::MTIME != 0).then(|| i64::from_le_bytes(time)),
+            executable: flags & Self::EXECUTABLE != 0,
+        }
+    }
+
+    /// Every record of `bytes` (whose length is a multiple of [`ATTRS_LEN`], as
+    /// [`Response::check`] makes sure).
+    pub fn all(bytes: &[u8]) -> impl Iterator<Item = Self> + '_ {
+        bytes
+            .chunks_exact(ATTRS_LEN)
+            .map(|r| Self::from_bytes(r.try_into().expect("bug: a 9-byte chunk")))
     }
 }
 
@@ -201,6 +323,56 @@ impl Response {
                 }
                 Ok(())
             }
+            Response::Attrs {
+                total,
+                first,
+                attrs,
+            } => {
+                if !attrs.len().is_multiple_of(ATTRS_LEN) {
+                    return Err(format!(
+                        "attributes of {} bytes, not a multiple of {ATTRS_LEN}",
+                        attrs.len()
+                    ));
+                }
+                let count = (attrs.len() / ATTRS_LEN) as u64;
+                if count > MAX_ATTRS_PAGE as u64 {
+                    return Err(format!(
+                        "{count} attribute records in one page, more than {MAX_ATTRS_PAGE}"
+                    ));
+                }
+                if *total > MAX_ATTRS {
+                    return Err(format!("{total} attribute records, more than {MAX_ATTRS}"));
+                }
+                if first.checked_add(count).is_none_or(|end| end > *total) {
+                    return Err(format!(
+                        "{count} attribute records from {first}, beyond their {total}"
+                    ));
+                }
+                if count == 0 && first != total {
+                    return Err(format!(
+                        "an empty attributes page at record {first} of {total}"
+                    ));
+                }
+                Ok(())
+            }
+            Response::List { entries, .. } => {
+                if entries.len() > MAX_LIST_PAGE {
+                    return Err(format!(
+                        "{} entries in one page, more than {MAX_LIST_PAGE}",
+                        entries.len()
+                    ));
+                }
+                for entry in entries {
+                    crate::wire::check_path(&entry.path)?;
+                }
+                if entries
+                    .windows(2)
+                    .any(|w| w[0].path.as_bytes() >= w[1].path.as_bytes())
+                {
+                    return Err("a page of entries not in path order".into());
+                }
+                Ok(())
+            }
             Response::NotFound | Response::Busy => Ok(()),
             Response::Refused { reason } => {
                 if reason.len() > MAX_REASON {
@@ -251,6 +423,15 @@ mod tests {
         assert!(buf.len() as u64 <= MAX_RESPONSE);
         assert_eq!(cbor4ii::serde::from_slice::<Response>(&buf).unwrap(), list);
 
+        let attrs = Response::Attrs {
+            total: MAX_ATTRS,
+            first: MAX_ATTRS - MAX_ATTRS_PAGE as u64,
+            attrs: Bytes(vec![0xff; MAX_ATTRS_PAGE * ATTRS_LEN]),
+        };
+        attrs.check().unwrap();
+        let buf = encode(&attrs);
+        assert!(buf.len() as u64 <= MAX_RESPONSE, "{} bytes", buf.len());
+
         let refused = Response::Refused {
             reason: "r".repeat(MAX_REASON),
         };
@@ -262,6 +443,14 @@ mod tests {
             Request::Manifest {
                 id: Id([0xab; 32]),
                 offset: MAX_MANIFEST,
+            },
+            Request::Attrs {
+                id: Id([0xab; 32]),
+                first: MAX_ATTRS,
+            },
+            Request::List {
+                path: "p".repeat(crate::wire::MAX_PATH),
+                after: Some("a".repeat(crate::wire::MAX_PATH)),
             },
         ] {
             request.check().unwrap();
@@ -387,5 +576,125 @@ mod tests {
         }
         .check()
         .is_err());
+    }
+
+    #[test]
+    fn attribute_pages_must_lie_inside_their_records() {
+        let page = |total, first, count| Response::Attrs {
+            total,
+            first,
+            attrs: Bytes(vec![0; count * ATTRS_LEN]),
+        };
+        page(1, 0, 1).check().unwrap();
+        page(0, 0, 0).check().unwrap();
+        page(10, 4, 6).check().unwrap();
+        page(10, 10, 0).check().unwrap();
+        for bad in [
+            page(1, 0, 2),
+            page(10, 4, 0),
+            page(10, 11, 0),
+            page(MAX_ATTRS + 1, 0, 1),
+            page(u64::MAX, u64::MAX, 1),
+            page(MAX_ATTRS, 0, MAX_ATTRS_PAGE + 1),
+            Response::Attrs {
+                total: 1,
+                first: 0,
+                attrs: Bytes(vec![0; ATTRS_LEN - 1]),
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+        assert!(Request::Attrs {
+            id: Id([0; 32]),
+            first: MAX_ATTRS + 1
+        }
+        .check()
+        .is_err());
+    }
+
+    #[test]
+    fn listing_pages_are_bounded_and_in_order() {
+        use crate::{index_sync::Entry, wire::Kind};
+        let entry = |path: &str| Entry {
+            path: path.into(),
+            kind: Kind::File,
+            size: 1,
+            id: Id([1; 32]),
+        };
+        let page = |paths: &[&str]| Response::List {
+            total: 10,
+            entries: paths.iter().map(|p| entry(p)).collect(),
+        };
+        page(&[]).check().unwrap();
+        page(&["", "a", "a/b", "b"]).check().unwrap();
+        for bad in [
+            page(&["b", "a"]),
+            page(&["a", "a"]),
+            page(&["../x"]),
+            page(&["/abs"]),
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+        let many: Vec<String> = (0..=MAX_LIST_PAGE).map(|i| format!("{i:05}")).collect();
+        let too_many = Response::List {
+            total: 0,
+            entries: many.iter().map(|p| entry(p)).collect(),
+        };
+        assert!(too_many.check().is_err());
+        // The largest page a holder sends fits the response limit.
+        let long = "x".repeat(LIST_PAGE_PATHS / MAX_LIST_PAGE - 6);
+        let full = Response::List {
+            total: u64::MAX,
+            entries: (0..MAX_LIST_PAGE)
+                .map(|i| entry(&format!("{long}{i:05}")))
+                .collect(),
+        };
+        full.check().unwrap();
+        assert!(encode(&full).len() as u64 <= MAX_RESPONSE);
+        for bad in [
+            Request::List {
+                path: "../up".into(),
+                after: None,
+            },
+            Request::List {
+                path: String::new(),
+                after: Some("a//b".into()),
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn attribute_records_round_trip_and_ignore_unknown_flags() {
+        for a in [
+            FileAttrs::default(),
+            FileAttrs {
+                mtime_ns: Some(-5),
+                executable: false,
+            },
+            FileAttrs {
+                mtime_ns: Some(1_700_000_000_123_456_789),
+                executable: true,
+            },
+            FileAttrs {
+                mtime_ns: None,
+                executable: true,
+            },
+        ] {
+            assert_eq!(FileAttrs::from_bytes(&a.to_bytes()), a);
+        }
+        // Flags 0x83: executable, time known, and a bit this version does not know.
+        let mut record = [0x83, 0, 0, 0, 0, 0, 0, 0, 0];
+        record[1..].copy_from_slice(&42i64.to_le_bytes());
+        assert_eq!(
+            FileAttrs::from_bytes(&record),
+            FileAttrs {
+                mtime_ns: Some(42),
+                executable: true
+            }
+        );
+        let two: Vec<u8> = [record, [0; ATTRS_LEN]].concat();
+        assert_eq!(FileAttrs::all(&two).count(), 2);
     }
 }

@@ -1,4 +1,4 @@
-//! `iwant ls`: what this node shares.
+//! `iwant ls`: what this node shares, or (`--peer`) what another node shares.
 
 use crate::{
     config::Home,
@@ -42,14 +42,59 @@ pub(super) async fn run(
     }
 }
 
+/// `iwant ls --peer NODE [PATH]`: what the node `peer` shares at `path` and below (asked by
+/// this node; at most [`crate::control::MAX_BROWSED`] entries).
+pub(super) async fn browse(
+    home: Home,
+    peer: String,
+    path: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = share_path(path.as_deref().unwrap_or(""));
+    let answer = Client::new(home)
+        .request(Request::Browse { peer, path })
+        .await?;
+    let Response::Browsed {
+        peer,
+        name,
+        total,
+        entries,
+    } = answer
+    else {
+        anyhow::bail!("the node answered a listing with {answer:?}");
+    };
+    if json {
+        return super::print_json(&serde_json::json!({
+            "peer": peer,
+            "name": name,
+            "total": total,
+            "entries": entries,
+        }));
+    }
+    out!("{}", render_entries(&entries));
+    let more = total.saturating_sub(entries.len() as u64);
+    if more > 0 {
+        out!(
+            "... and {more} more; give a folder to see less at once (`iwant ls --peer {} <FOLDER>`)",
+            super::term::Safe(&name)
+        );
+    }
+    Ok(())
+}
+
+/// A path in the share as a user typed it (relative, `/` or the platform's separator between
+/// folders, maybe `./` before) in the network's form.
+fn share_path(path: &str) -> String {
+    path.replace(std::path::MAIN_SEPARATOR, "/")
+        .trim_start_matches("./")
+        .trim_matches('/')
+        .to_string()
+}
+
 /// The entries at `path` (as the share names it: relative, `/` or the platform's separator
 /// between folders) and below it; an error if there are none.
 fn below(entries: Vec<IndexEntry>, path: &str) -> anyhow::Result<Vec<IndexEntry>> {
-    let wanted = path
-        .replace(std::path::MAIN_SEPARATOR, "/")
-        .trim_start_matches("./")
-        .trim_matches('/')
-        .to_string();
+    let wanted = share_path(path);
     let found: Vec<IndexEntry> = entries
         .into_iter()
         .filter(|e| {

@@ -23,6 +23,7 @@ mod folders;
 mod get;
 mod ls;
 mod node;
+mod notify;
 mod search;
 mod service;
 mod status;
@@ -92,6 +93,10 @@ enum Command {
         /// List what was left out on purpose (hidden files, secrets, ignore rules), and why
         #[arg(long, conflicts_with = "errors")]
         skipped: bool,
+        /// List what another node shares instead: its name (as `iwant status` shows it) or the
+        /// start or end of its peer id
+        #[arg(long, value_name = "NODE", conflicts_with_all = ["errors", "skipped"])]
+        peer: Option<String>,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -380,8 +385,15 @@ fn dispatch(home: Home, command: Command) -> anyhow::Result<()> {
         Command::Config(a) => client_runtime()?.block_on(folders::show(home, a.json)),
         Command::Ls {
             path,
+            peer: Some(peer),
+            json,
+            ..
+        } => client_runtime()?.block_on(ls::browse(home, peer, path, json.json)),
+        Command::Ls {
+            path,
             errors,
             skipped,
+            peer: None,
             json,
         } => client_runtime()?.block_on(ls::run(home, path, errors, skipped, json.json)),
         Command::Search {

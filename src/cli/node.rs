@@ -28,6 +28,10 @@ pub(super) fn run(home: Home, args: NodeArgs) -> anyhow::Result<()> {
         let node = daemon::start(options)
             .await
             .context("cannot start the node")?;
+        if node.notify {
+            node.transfers
+                .on_end(std::sync::Arc::new(super::notify::download_ended));
+        }
         print_banner(&node);
         tokio::spawn(watch_signals(node.shutdown_token()));
         node.wait().await;

@@ -9,7 +9,8 @@ use futures::{
     stream::{self, BoxStream},
     StreamExt,
 };
-use iwant_behaviours::search;
+use iwant_behaviours::{content, search};
+use libp2p::PeerId;
 use tokio::sync::{watch, Mutex};
 
 use super::{
@@ -171,12 +172,179 @@ impl Handler {
             Request::ClearDownloads => Response::Cleared {
                 cleared: self.transfers.clear_ended() as u64,
             },
+            Request::Browse { peer, path } => self.browse(&peer, path).await?,
             Request::Follow { .. } => {
                 return Err(ControlError::new(
                     ErrorKind::BadRequest,
                     "follow has a stream of replies, not one",
                 ))
             }
+        })
+    }
+
+    /// The connected iwant node that `who` names: by its name (any case), or by its whole peer
+    /// id, or by at least 4 characters from the start or the end of it.
+    fn node_named(&self, who: &str) -> Result<PeerId, ControlError> {
+        let who = who.trim();
+        let names = self.net.names();
+        let nodes = self.net.iwant_peers();
+        let shown = |p: &PeerId| match names.get(p) {
+            Some(name) => format!("{name} ({})", crate::net::short_peer(p)),
+            None => crate::net::short_peer(p),
+        };
+        let by_name: Vec<PeerId> = nodes
+            .iter()
+            .filter(|p| {
+                names
+                    .get(p)
+                    .is_some_and(|n| n.to_lowercase() == who.to_lowercase())
+            })
+            .copied()
+            .collect();
+        let found: Vec<PeerId> = if !by_name.is_empty() {
+            by_name
+        } else {
+            nodes
+                .iter()
+                .filter(|p| {
+                    let id = p.to_base58();
+                    id == who
+                        || (who.chars().count() >= 4 && (id.starts_with(who) || id.ends_with(who)))
+                })
+                .copied()
+                .collect()
+        };
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => {
+                let me = self.net.local_peer_id();
+                let message = if who.eq_ignore_ascii_case(&self.net.display_name(&me))
+                    || me.to_base58() == who
+                {
+                    "that is this node: `iwant ls` lists what it shares".to_string()
+                } else if nodes.is_empty() {
+                    format!("no node called {who:?} is connected; no iwant node is connected at all (`iwant status` shows the peers)")
+                } else {
+                    let mut known: Vec<String> = nodes.iter().map(shown).collect();
+                    known.sort();
+                    format!(
+                        "no connected node is called {who:?}; connected: {}",
+                        known.join(", ")
+                    )
+                };
+                Err(ControlError::new(ErrorKind::NotFound, message))
+            }
+            several => {
+                let mut known: Vec<String> = several.iter().map(shown).collect();
+                known.sort();
+                Err(ControlError::new(
+                    ErrorKind::Ambiguous,
+                    format!(
+                        "{who:?} could be {}; give the end of the one you mean's id",
+                        known.join(" or ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Answer to [`Request::Browse`]: asks the node for its listing, page by page.
+    async fn browse(&self, who: &str, path: String) -> Result<Response, ControlError> {
+        iwant_behaviours::wire::check_path(&path)
+            .map_err(|e| ControlError::new(ErrorKind::BadRequest, e))?;
+        let peer = self.node_named(who)?;
+        let name = self.net.display_name(&peer);
+        let mut entries: Vec<share::IndexEntry> = Vec::new();
+        let mut after: Option<String> = None;
+        let mut total = 0;
+        let mut busy = 0;
+        // Pages stop coming after a while, so the answer beats the CLI's reply timeout; the
+        // total says what is left.
+        let started = std::time::Instant::now();
+        while entries.len() < super::MAX_BROWSED
+            && (entries.is_empty() || started.elapsed() < BROWSE_TIME)
+        {
+            let request = content::Request::List {
+                path: path.clone(),
+                after: after.clone(),
+            };
+            let response = self.net.content(peer, request).await.map_err(|e| {
+                ControlError::new(
+                    ErrorKind::Unreachable,
+                    format!("{name} did not answer: {e}"),
+                )
+            })?;
+            response
+                .check()
+                .map_err(|e| internal(format!("{name} sent a listing iwant cannot use: {e}")))?;
+            match response {
+                content::Response::List {
+                    total: t,
+                    entries: page,
+                } => {
+                    total = t;
+                    // Each page starts after the last path of the one before.
+                    let in_order = match (&after, page.first()) {
+                        (Some(last), Some(first)) => first.path.as_bytes() > last.as_bytes(),
+                        _ => true,
+                    };
+                    if !in_order {
+                        return Err(internal(format!("{name} sent a listing out of order")));
+                    }
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.path.clone());
+                    entries.extend(page.into_iter().map(|e| share::IndexEntry {
+                        path: e.path,
+                        kind: e.kind,
+                        size: e.size,
+                        id: e.id,
+                    }));
+                    if entries.len() as u64 >= total {
+                        break;
+                    }
+                }
+                content::Response::NotFound if entries.is_empty() => {
+                    let what = if path.is_empty() {
+                        "nothing (its shared folder is empty or missing)".to_string()
+                    } else {
+                        format!("nothing at {path:?}; `iwant ls --peer {who}` lists all it shares")
+                    };
+                    return Err(ControlError::new(
+                        ErrorKind::NotFound,
+                        format!("{name} shares {what}"),
+                    ));
+                }
+                // What was there changed under the listing: show what came.
+                content::Response::NotFound => break,
+                content::Response::Busy if busy < 5 => {
+                    busy += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                content::Response::Busy => {
+                    return Err(ControlError::new(
+                        ErrorKind::Unreachable,
+                        format!("{name} is too busy to list its files; try again shortly"),
+                    ))
+                }
+                content::Response::Refused { reason } => {
+                    return Err(ControlError::new(
+                        ErrorKind::BadRequest,
+                        format!("{name} refused: {reason}"),
+                    ))
+                }
+                _ => {
+                    return Err(internal(format!(
+                        "{name} answered a listing with something else"
+                    )))
+                }
+            }
+        }
+        entries.truncate(super::MAX_BROWSED);
+        Ok(Response::Browsed {
+            peer: peer.to_string(),
+            name,
+            total: total.max(entries.len() as u64),
+            entries,
         })
     }
 
@@ -372,6 +540,9 @@ fn follow(
     })
     .boxed()
 }
+
+/// How long a [`Request::Browse`] keeps asking for more pages.
+const BROWSE_TIME: std::time::Duration = std::time::Duration::from_secs(8);
 
 fn internal(e: impl std::fmt::Display) -> ControlError {
     ControlError::new(ErrorKind::Internal, e.to_string())

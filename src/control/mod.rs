@@ -20,7 +20,8 @@ pub use client::{Client, ClientError};
 pub use handler::Handler;
 pub use proto::{
     ControlError, Envelope, ErrorKind, Reply, Request, Response, SearchReply, SearchResult,
-    StatusReply, FOLLOW_EVERY, MAX_MESSAGE, MAX_REPLY, MAX_SKIPPED_LISTED, PROTOCOL_VERSION,
+    StatusReply, FOLLOW_EVERY, MAX_BROWSED, MAX_MESSAGE, MAX_REPLY, MAX_SKIPPED_LISTED,
+    PROTOCOL_VERSION,
 };
 pub use server::{serve, Answer, ServerError};
 pub use transport::Listener;

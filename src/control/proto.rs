@@ -130,7 +130,19 @@ pub enum Request {
         /// The new name (cleaned; at most 32 characters).
         name: String,
     },
+    /// What another node's shared folder holds at `path` and below (asks that node).
+    Browse {
+        /// The node: its name (any case), or its whole peer id, or at least 4 characters
+        /// from the start or the end of it.
+        peer: String,
+        /// A folder (or file) of its share, `/` between names; "" for all of it.
+        #[serde(default)]
+        path: String,
+    },
 }
+
+/// Most entries a [`Request::Browse`] answer carries.
+pub const MAX_BROWSED: usize = 100_000;
 
 /// What the server sends back: exactly one of `ok` and `error` is present.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -220,6 +232,18 @@ pub enum Response {
     Cleared {
         /// How many ended downloads were forgotten.
         cleared: u64,
+    },
+    /// Answer to [`Request::Browse`]: the node's entries at and below the path, sorted by
+    /// path (at most [`MAX_BROWSED`] of `total`).
+    Browsed {
+        /// The node's peer id.
+        peer: String,
+        /// Its name (or the end of its id when it announced none).
+        name: String,
+        /// How many entries it has at and below the path in all.
+        total: u64,
+        /// The entries.
+        entries: Vec<crate::share::IndexEntry>,
     },
 }
 
@@ -340,8 +364,10 @@ pub enum ErrorKind {
     NoLeader,
     /// No node shares the id, or no download has it.
     NotFound,
-    /// An id prefix matches several ids; the message lists them.
+    /// An id prefix (or a node's name) matches several; the message lists them.
     Ambiguous,
+    /// A peer did not answer, or not in time.
+    Unreachable,
     /// Anything else; the message says what.
     #[serde(other)]
     Internal,
@@ -552,6 +578,10 @@ mod tests {
             Request::Stop,
             Request::SetName {
                 name: "bob's laptop".into(),
+            },
+            Request::Browse {
+                peer: "bob".into(),
+                path: "music/älbum".into(),
             },
         ]
         .into_iter()

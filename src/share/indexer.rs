@@ -1141,12 +1141,14 @@ mod tests {
             is_dir: false,
             size,
             id: [fill; 32],
+            mtime_ns: 0,
         };
         let dir = |p: &str| EntryRow {
             path: p.into(),
             is_dir: true,
             size: 0,
             id: [0; 32],
+            mtime_ns: 0,
         };
         let entries = vec![dir("d"), file("d/x", 3, 1), dir("d/y"), file("e", 4, 2)];
         let row = dir_row(&entries, "d");

@@ -69,6 +69,9 @@ pub struct EntryRow {
     pub size: u64,
     /// File id (directories: their stored id).
     pub id: [u8; 32],
+    /// A file's modification time (of the version indexed), nanoseconds since the Unix epoch;
+    /// 0 for directories.
+    pub mtime_ns: i64,
 }
 
 /// An entry that could not be indexed.

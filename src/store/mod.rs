@@ -82,6 +82,8 @@ const MIGRATIONS: &[&str] = &[
         id BLOB,
         PRIMARY KEY (root, path)
     ) STRICT;",
+    // 7: the file attributes (executable bit, modification time) a holder told a download.
+    "ALTER TABLE downloads ADD COLUMN attrs BLOB;",
 ];
 
 mod index;

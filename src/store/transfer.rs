@@ -32,9 +32,13 @@ pub struct DownloadRow {
     pub started_ms: i64,
     /// Where the finished download was moved, while its data may not be on disk yet.
     pub placed: Option<String>,
+    /// The attributes a holder told for its files (`content::FileAttrs` records, one per
+    /// manifest entry, or one for a file), when one did.
+    pub attrs: Option<Vec<u8>>,
 }
 
-const DOWNLOAD_COLUMNS: &str = "id, kind, name, size, dest, part, meta, done, started_ms, placed";
+const DOWNLOAD_COLUMNS: &str =
+    "id, kind, name, size, dest, part, meta, done, started_ms, placed, attrs";
 
 fn download_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DownloadRow> {
     Ok(DownloadRow {
@@ -48,6 +52,18 @@ fn download_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DownloadRow> {
         done: row.get(7)?,
         started_ms: row.get(8)?,
         placed: row.get(9)?,
+        attrs: row.get(10)?,
+    })
+}
+
+/// An [`EntryRow`] from `path, is_dir, size, id, mtime_ns`.
+fn entry_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EntryRow> {
+    Ok(EntryRow {
+        path: row.get(0)?,
+        is_dir: row.get::<_, i64>(1)? == 1,
+        size: row.get::<_, i64>(2)? as u64,
+        id: row.get(3)?,
+        mtime_ns: row.get(4)?,
     })
 }
 
@@ -74,26 +90,54 @@ impl Store {
     pub fn entries_below(&self, root: &str, rel: &str) -> Result<Vec<EntryRow>, StoreError> {
         let (lo, hi) = under_params(rel);
         let sql = format!(
-            "SELECT path, 0, size, id FROM files WHERE root = ?1 AND {UNDER} AND path != ?2
-             UNION ALL SELECT path, 1, size, id FROM dirs WHERE root = ?1 AND {UNDER} AND path != ?2
+            "SELECT path, 0, size, id, mtime_ns FROM files WHERE root = ?1 AND {UNDER} AND path != ?2
+             UNION ALL SELECT path, 1, size, id, 0 FROM dirs WHERE root = ?1 AND {UNDER} AND path != ?2
              ORDER BY 1"
         );
-        self.query(&sql, params![root, rel, lo, hi], |row| {
-            Ok(EntryRow {
-                path: row.get(0)?,
-                is_dir: row.get::<_, i64>(1)? == 1,
-                size: row.get::<_, i64>(2)? as u64,
-                id: row.get(3)?,
-            })
-        })
+        self.query(&sql, params![root, rel, lo, hi], entry_row)
+    }
+
+    /// At most `limit` entries of `root` at or below `rel` ("" for all of them) whose paths sort
+    /// after `after` (by bytes), in path order; and how many entries are at or below `rel` in
+    /// all.
+    pub fn list_page(
+        &self,
+        root: &str,
+        rel: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(u64, Vec<EntryRow>), StoreError> {
+        let (lo, hi) = under_params(rel);
+        let sql = format!(
+            "SELECT path, 0, size, id, mtime_ns FROM files
+               WHERE root = ?1 AND {UNDER} AND (?5 IS NULL OR path > ?5)
+             UNION ALL SELECT path, 1, size, id, 0 FROM dirs
+               WHERE root = ?1 AND {UNDER} AND (?5 IS NULL OR path > ?5)
+             ORDER BY 1 LIMIT ?6"
+        );
+        let rows = self.query(
+            &sql,
+            params![root, rel, lo, hi, after, limit as i64],
+            entry_row,
+        )?;
+        let count = format!(
+            "SELECT (SELECT count(*) FROM files WHERE root = ?1 AND {UNDER})
+                  + (SELECT count(*) FROM dirs WHERE root = ?1 AND {UNDER})"
+        );
+        let total: i64 = self
+            .conn
+            .prepare_cached(&count)
+            .and_then(|mut stmt| stmt.query_row(params![root, rel, lo, hi], |r| r.get(0)))
+            .map_err(|e| self.error(e))?;
+        Ok((total as u64, rows))
     }
 
     /// Records a new download (or replaces the row of the same id).
     pub fn put_download(&self, row: &DownloadRow) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO downloads (id, kind, name, size, dest, part, meta, done, started_ms, placed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT OR REPLACE INTO downloads (id, kind, name, size, dest, part, meta, done, started_ms, placed, attrs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     row.id,
                     row.kind,
@@ -104,7 +148,8 @@ impl Store {
                     row.meta,
                     row.done,
                     row.started_ms,
-                    row.placed
+                    row.placed,
+                    row.attrs
                 ],
             )
             .map(drop)
@@ -231,6 +276,7 @@ mod tests {
             done: vec![0],
             started_ms: 5,
             placed: None,
+            attrs: Some(vec![3; 9]),
         };
         store.put_download(&row).unwrap();
         store.set_download_done(&row.id, &[3]).unwrap();
@@ -241,6 +287,7 @@ mod tests {
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].done, [3]);
         assert_eq!(back[0].placed.as_deref(), Some("/d/a.bin"));
+        assert_eq!(back[0].attrs, Some(vec![3; 9]));
         assert_eq!(store.download(&row.id).unwrap().unwrap().name, "a.bin");
         assert!(store.download(&Id([2; 32])).unwrap().is_none());
         store.delete_download(&row.id).unwrap();
@@ -279,5 +326,50 @@ mod tests {
         let below = store.entries_below("/r", "d").unwrap();
         assert_eq!(below.len(), 1);
         assert_eq!(below[0].path, "d/f");
+        assert_eq!(below[0].mtime_ns, 1);
+    }
+
+    #[test]
+    fn listings_page_in_path_order_at_and_below_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let file = |path: &str| FileRow {
+            path: path.into(),
+            stamp: crate::store::Stamp::default(),
+            id: [7; 32],
+            piece_size: 262_144,
+            pieces: vec![],
+        };
+        let dir_row = |path: &str| DirRow {
+            path: path.into(),
+            id: [8; 32],
+            size: 0,
+            files: 0,
+        };
+        let change = IndexChange {
+            upsert_files: ["a/x", "a/y", "a0", "b"].map(file).to_vec(),
+            upsert_dirs: ["", "a"].map(dir_row).to_vec(),
+            ..Default::default()
+        };
+        store.apply_index_change("/r", &change).unwrap();
+        let paths = |rows: &[EntryRow]| rows.iter().map(|r| r.path.clone()).collect::<Vec<_>>();
+        let (total, page) = store.list_page("/r", "", None, 3).unwrap();
+        assert_eq!(
+            (total, paths(&page)),
+            (6, vec!["".into(), "a".into(), "a/x".into()])
+        );
+        let (_, page) = store.list_page("/r", "", Some("a/x"), 3).unwrap();
+        assert_eq!(paths(&page), ["a/y", "a0", "b"]);
+        let (_, page) = store.list_page("/r", "", Some("b"), 3).unwrap();
+        assert!(page.is_empty());
+        // A folder: itself and below, not its look-alike neighbour `a0`.
+        let (total, page) = store.list_page("/r", "a", None, 10).unwrap();
+        assert_eq!(
+            (total, paths(&page)),
+            (3, vec!["a".into(), "a/x".into(), "a/y".into()])
+        );
+        assert!(page[0].is_dir && !page[1].is_dir);
+        let (total, page) = store.list_page("/r", "nothing", None, 10).unwrap();
+        assert_eq!((total, page.len()), (0, 0));
     }
 }

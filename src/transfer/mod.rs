@@ -11,6 +11,7 @@
 //! - [`serve`]: answering other nodes' piece-list, manifest and piece requests.
 //! - `names.rs`: names and no-clobber placement in the download folder.
 
+mod attrs;
 mod download;
 mod names;
 pub mod scheduler;
@@ -203,7 +204,12 @@ struct Inner {
     counter: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Told of every download that completes or fails ([`Transfers::on_end`]).
+    on_end: std::sync::OnceLock<OnEnd>,
 }
+
+/// What [`Transfers::on_end`] calls.
+pub type OnEnd = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 impl Transfers {
     /// The downloads of a node; its tasks run on `tasks` and stop with `shutdown`.
@@ -225,6 +231,7 @@ impl Transfers {
                 counter: Default::default(),
                 shutdown,
                 tasks,
+                on_end: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -331,15 +338,34 @@ impl Transfers {
         if let Some(path) = placed.filter(|p| p.exists()) {
             return Some(path);
         }
-        for (_, index) in self.inner.index.indexes() {
-            let Ok(entries) = index.entries().await else {
-                continue;
-            };
-            if let Some(e) = entries.iter().find(|e| e.id == *id) {
-                return Some(crate::share::scan::native(&index.root(), &e.path));
-            }
-        }
-        None
+        // Looked up by id in the store, each collection's current folder only.
+        let roots: Vec<(PathBuf, String)> = self
+            .inner
+            .index
+            .indexes()
+            .filter(|(_, index)| !index.status().root_missing)
+            .map(|(_, index)| (index.root(), index.root_key()))
+            .collect();
+        let (db, id) = (self.inner.index.db().clone(), *id);
+        tokio::task::spawn_blocking(move || {
+            let store = db.get().ok()?;
+            roots.iter().find_map(|(folder, key)| {
+                let rel = match store.shared_file(key, &id).ok().flatten() {
+                    Some(row) => row.path,
+                    None => store.shared_dir(key, &id).ok().flatten()?,
+                };
+                Some(crate::share::scan::native(folder, &rel))
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Calls `tell` with the last progress of every download that completes or fails from now
+    /// on (those resumed at start included); only the first call sets it.
+    pub fn on_end(&self, tell: OnEnd) {
+        let _ = self.inner.on_end.set(tell);
     }
 
     /// Every download of this run: running ones first (oldest first), then the last
@@ -478,7 +504,16 @@ impl Transfers {
             cancel,
             cancelled,
         };
-        self.inner.tasks.spawn(download::run(ctx, start));
+        let (inner, ended) = (self.inner.clone(), ctx.progress.subscribe());
+        self.inner.tasks.spawn(async move {
+            download::run(ctx, start).await;
+            let last = ended.borrow().clone();
+            if let (Some(tell), DownloadState::Done | DownloadState::Failed) =
+                (inner.on_end.get(), last.state)
+            {
+                tell(&last);
+            }
+        });
         snapshot
     }
 }

@@ -297,10 +297,12 @@ impl Drop for StreamGuard {
     }
 }
 
-/// The manifest served last, so paging through it does not rebuild it for every page.
+/// The manifest served last, so paging through it does not rebuild it for every page; the
+/// same for attribute records of more than one page.
 #[derive(Default)]
 struct ManifestCache {
     last: Mutex<Option<(Id, Arc<Vec<u8>>)>>,
+    attrs: Mutex<Option<(Id, Arc<Vec<u8>>)>>,
 }
 
 fn answer_content(
@@ -355,7 +357,81 @@ fn answer_content(
                 bytes: Bytes(manifest[start..end].to_vec()),
             }
         }
+        content::Request::List { path, after } => list(index, &store, &path, after.as_deref()),
+        content::Request::Attrs { id, first } => {
+            let Some(records) = attrs(manifests, index, &store, id) else {
+                return content::Response::NotFound;
+            };
+            let total = (records.len() / content::ATTRS_LEN) as u64;
+            if first > total {
+                return content::Response::Refused {
+                    reason: format!("record {first} is past the last of {total} records"),
+                };
+            }
+            let start = first as usize * content::ATTRS_LEN;
+            let end = (start + content::MAX_ATTRS_PAGE * content::ATTRS_LEN).min(records.len());
+            content::Response::Attrs {
+                total,
+                first,
+                attrs: Bytes(records[start..end].to_vec()),
+            }
+        }
     }
+}
+
+/// One page of what the shared folder holds at and below `path` (`content::Request::List`):
+/// at most [`content::MAX_LIST_PAGE`] entries and [`content::LIST_PAGE_PATHS`] bytes of paths;
+/// `NotFound` when nothing is there (or the shared folder is missing).
+fn list(index: &Offered, store: &Store, path: &str, after: Option<&str>) -> content::Response {
+    let shared = &index.shared;
+    if shared.status().root_missing {
+        return content::Response::NotFound;
+    }
+    let (total, rows) =
+        match store.list_page(&shared.root_key(), path, after, content::MAX_LIST_PAGE) {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the index to list it for a peer");
+                return content::Response::Busy;
+            }
+        };
+    if total == 0 {
+        return content::Response::NotFound;
+    }
+    let mut bytes = 0;
+    let mut entries = Vec::new();
+    for row in rows {
+        bytes += row.path.len();
+        if !entries.is_empty() && bytes > content::LIST_PAGE_PATHS {
+            break;
+        }
+        entries.push(iwant_behaviours::index_sync::Entry {
+            path: row.path,
+            kind: if row.is_dir {
+                share::Kind::Dir
+            } else {
+                share::Kind::File
+            },
+            size: row.size,
+            id: Id(row.id),
+        });
+    }
+    content::Response::List { total, entries }
+}
+
+/// The attribute records of `id` as this node offers it (`transfer::attrs`), from the cache
+/// while a peer pages through them.
+fn attrs(cache: &ManifestCache, index: &Offered, store: &Store, id: Id) -> Option<Arc<Vec<u8>>> {
+    if let Some((cached, records)) = &*cache.attrs.lock().expect("bug: poisoned") {
+        if *cached == id {
+            return Some(records.clone());
+        }
+    }
+    let records = Arc::new(super::attrs::offered(index, store, &id)?);
+    if records.len() > content::MAX_ATTRS_PAGE * content::ATTRS_LEN {
+        *cache.attrs.lock().expect("bug: poisoned") = Some((id, records.clone()));
+    }
+    Some(records)
 }
 
 /// The manifest of the shared directory `id`, if it is shared and its manifest still hashes

@@ -50,6 +50,8 @@ pub struct DistinctFile {
     /// Relative paths (network form) inside the download where this content goes; "" for a
     /// single-file download. The first one receives the data; the others are copies.
     pub paths: Vec<String>,
+    /// For each of `paths`, the index of its entry in the manifest (0 for a single file).
+    pub entries: Vec<usize>,
     /// Its first unit.
     pub first_unit: usize,
 }
@@ -105,6 +107,7 @@ impl Plan {
             layout,
             pieces: Some(list),
             paths: vec![String::new()],
+            entries: vec![0],
             first_unit: 0,
         };
         Ok(Self::from_files(vec![file], Vec::new(), false))
@@ -129,12 +132,15 @@ impl Plan {
         let mut by_id: HashMap<Id, usize> = HashMap::new();
         let mut files: Vec<DistinctFile> = Vec::new();
         let mut dirs = Vec::new();
-        for e in entries {
+        for (entry, e) in entries.into_iter().enumerate() {
             match (e.kind, e.id) {
                 (Kind::Dir, _) => dirs.push(e.path),
                 (Kind::File, Some(fid)) => match by_id.get(&fid) {
                     // Same content twice: fetched once, copied. Sizes must agree.
-                    Some(&i) if files[i].layout.len() == e.size => files[i].paths.push(e.path),
+                    Some(&i) if files[i].layout.len() == e.size => {
+                        files[i].paths.push(e.path);
+                        files[i].entries.push(entry);
+                    }
                     Some(_) => {
                         return Err(PlanError::BadManifest(manifest::ManifestError::BadEntry(
                             e.path,
@@ -147,6 +153,7 @@ impl Plan {
                             layout: Layout::for_len(e.size),
                             pieces: None,
                             paths: vec![e.path],
+                            entries: vec![entry],
                             first_unit: 0,
                         });
                     }

@@ -978,6 +978,437 @@ fn a_download_is_named_as_picked_and_a_terminal_shows_honest_progress() {
     );
 }
 
+/// Two nodes on loopback: `a` shares a 256 MiB file, `b` downloads it; `a` is stopped
+/// (SIGSTOP) once some bytes arrived and `b`'s node says 0 B/s. The returned guard lets `a` go
+/// on when dropped.
+#[cfg(unix)]
+struct Stalled {
+    _dir: tempfile::TempDir,
+    a: Daemon,
+    b: Daemon,
+    home_b: std::path::PathBuf,
+    file: std::path::PathBuf,
+    id: String,
+    total: u64,
+    /// What `b`'s node showed once stalled.
+    progress: serde_json::Value,
+}
+
+#[cfg(unix)]
+impl Stalled {
+    fn start() -> Stalled {
+        use std::{
+            io::{BufRead, Write},
+            process::Stdio,
+            time::Duration,
+        };
+
+        use crate::util::{configured_home, wait_for};
+
+        let dir = tmp();
+        let (home_a, share_a, _) = configured_home(&dir.path().join("a"));
+        let (home_b, _, _) = configured_home(&dir.path().join("b"));
+        let file = share_a.join("big.bin");
+        let total: u64 = 256 << 20;
+        let mut hasher = blake3::Hasher::new();
+        let mut out = std::io::BufWriter::new(fs::File::create(&file).unwrap());
+        for chunk in 0..(total >> 20) as u32 {
+            let bytes: Vec<u8> = (0..(1u32 << 18))
+                .flat_map(|i| {
+                    (i ^ chunk.wrapping_mul(0x9e37_79b9))
+                        .wrapping_mul(2_654_435_761)
+                        .to_le_bytes()
+                })
+                .collect();
+            hasher.update(&bytes);
+            out.write_all(&bytes).unwrap();
+        }
+        out.into_inner().unwrap().sync_all().unwrap();
+        let id = hasher.finalize().to_hex().to_string();
+        let a = Daemon::start(&home_a, &[]);
+        let addr = a.status()["listen_addrs"][0].as_str().unwrap().to_owned();
+        let b = Daemon::start(&home_b, &["--peer", &addr]);
+        let limit = Duration::from_secs(60);
+        wait_for(limit, "b to find the file", || {
+            let (code, out, _) = run(iwant(&home_b).args(["search", "big", "--json"]));
+            (code == 0 && out.contains(&id)).then_some(())
+        });
+        // Follow the download, and stop `a` at the first line that shows bytes.
+        let mut follower = iwant(&home_b)
+            .args(["get", &id, "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+        for line in lines {
+            let line: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            assert_ne!(
+                line["event"], "done",
+                "the download ended before it could be stalled"
+            );
+            if line["bytes_done"].as_u64().unwrap_or(0) > 0 {
+                break;
+            }
+        }
+        unsafe {
+            libc::kill(a.pid() as i32, libc::SIGSTOP);
+        }
+        let _ = follower.kill();
+        let _ = follower.wait();
+        let progress = wait_for(limit, "b's node to show the stall", || {
+            let s = b.status();
+            let d = s["downloads"]
+                .as_array()?
+                .iter()
+                .find(|d| d["id"] == id.as_str())?
+                .clone();
+            (d["rate"] == 0 && d["bytes_done"].as_u64()? > 0).then_some(d)
+        });
+        assert!(
+            progress["bytes_done"].as_u64().unwrap() < total,
+            "{progress}"
+        );
+        assert!(progress["eta_ms"].is_null(), "{progress}");
+        Stalled {
+            _dir: dir,
+            a,
+            b,
+            home_b,
+            file,
+            id,
+            total,
+            progress,
+        }
+    }
+
+    /// Lets `a` go on.
+    fn resume(&self) {
+        unsafe {
+            libc::kill(self.a.pid() as i32, libc::SIGCONT);
+        }
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        self.resume();
+    }
+}
+
+/// Re-attaching to a running download shows the node's numbers (what arrived, 0 B/s while
+/// stalled), and its end tells the node's time for the download, not the time it was watched.
+#[cfg(unix)]
+#[test]
+fn reattaching_to_a_download_shows_the_nodes_numbers() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let stalled = Stalled::start();
+    let stalled_since = std::time::Instant::now();
+    // Let the stall last, so the node's time and a watcher's differ by seconds.
+    let mut watcher = iwant(&stalled.home_b)
+        .args(["get", &stalled.id[..16], "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["event"], "progress", "{first}");
+    assert_eq!(
+        first["bytes_done"], stalled.progress["bytes_done"],
+        "{first}"
+    );
+    assert_eq!(first["bytes_total"], stalled.total, "{first}");
+    assert_eq!(first["rate"], 0, "{first}");
+    assert!(first["eta_ms"].is_null(), "{first}");
+    let stalled_for = stalled_since.elapsed();
+    let reattached = std::time::Instant::now();
+    stalled.resume();
+    let mut last = first;
+    for line in lines {
+        last = serde_json::from_str(&line.unwrap()).unwrap();
+    }
+    let watched = reattached.elapsed();
+    assert!(watcher.wait().unwrap().success());
+    assert_eq!(last["event"], "done", "{last}");
+    // The node's elapsed time covers the stall before the watcher came.
+    let elapsed = std::time::Duration::from_millis(last["elapsed_ms"].as_u64().unwrap());
+    assert!(
+        elapsed >= watched + stalled_for,
+        "node: {elapsed:?}, watched {watched:?} after a stall of {stalled_for:?}"
+    );
+    assert_eq!(
+        blake3::hash(&fs::read(last["path"].as_str().unwrap()).unwrap())
+            .to_hex()
+            .as_str(),
+        stalled.id
+    );
+}
+
+/// A download whose content changed at its only holder ends, once the holder said it no
+/// longer has it and nobody else does, with "no longer shared by anyone; search again".
+#[cfg(unix)]
+#[test]
+fn a_download_whose_source_changed_ends_saying_so() {
+    use std::io::{Seek, Write};
+
+    use crate::util::wait_for;
+
+    let stalled = Stalled::start();
+    // The holder's file changes while it is stopped: one byte in the middle.
+    let mut f = fs::File::options().write(true).open(&stalled.file).unwrap();
+    f.seek(std::io::SeekFrom::Start(stalled.total / 2)).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    let started = std::time::Instant::now();
+    stalled.resume();
+    let ended = wait_for(
+        std::time::Duration::from_secs(90),
+        "the download to end",
+        || {
+            let s = stalled.b.status();
+            let d = s["downloads"]
+                .as_array()?
+                .iter()
+                .find(|d| d["id"] == stalled.id.as_str())?
+                .clone();
+            (d["state"] == "failed").then_some(d)
+        },
+    );
+    let message = ended["message"].as_str().unwrap();
+    assert!(
+        message.contains("no longer shared by anyone") && message.contains("search again"),
+        "{ended}"
+    );
+    // Not before every holder said so and the documented wait passed.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // `cancel` agrees that it ended, and how.
+    let (code, _, err) = run(iwant(&stalled.home_b).args(["cancel", &stalled.id[..16]]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no longer shared"), "{err}");
+}
+
+/// In a desktop session, a node tells of a finished download with `notify-send` (here a
+/// script that writes down its arguments).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_finished_download_is_announced_on_the_desktop() {
+    use std::{os::unix::fs::PermissionsExt, time::Duration};
+
+    use crate::util::{configured_home, wait_for};
+
+    let dir = tmp();
+    let (home_a, share_a, _) = configured_home(&dir.path().join("a"));
+    let (home_b, _, downloads_b) = configured_home(&dir.path().join("b"));
+    let bin = dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let said = dir.path().join("notified");
+    let script = bin.join("notify-send");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done >> '{}'\n",
+            said.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(share_a.join("song <1>.mp3"), b"la la").unwrap();
+    let a = Daemon::start(&home_a, &[]);
+    let addr = a.status()["listen_addrs"][0].as_str().unwrap().to_owned();
+    let path = std::env::join_paths(
+        std::iter::once(bin.clone())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let _b = Daemon::start_with_env(
+        &home_b,
+        &["--peer", &addr],
+        &[
+            ("PATH", std::path::Path::new(&path)),
+            (
+                "DBUS_SESSION_BUS_ADDRESS",
+                std::path::Path::new("unix:path=/nowhere"),
+            ),
+        ],
+    );
+    let id = blake3::hash(b"la la").to_hex().to_string();
+    wait_for(Duration::from_secs(30), "b to find the song", || {
+        let (code, out, _) = run(iwant(&home_b).args(["search", "song", "--json"]));
+        (code == 0 && out.contains(&id)).then_some(())
+    });
+    let (code, _, err) = run(iwant(&home_b).args(["get", &id]));
+    assert_eq!(code, 0, "{err}");
+    let text = wait_for(Duration::from_secs(10), "the notification", || {
+        fs::read_to_string(&said)
+            .ok()
+            .filter(|t| t.lines().count() >= 5)
+    });
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "--app-name=iwant",
+            "--icon=folder-download",
+            "--",
+            "iwant: Download complete",
+            &format!("song &lt;1&gt;.mp3 (5 B) is in {}", downloads_b.display()),
+        ]
+    );
+}
+
+/// `iwant ls --peer NODE [PATH]` lists what another node shares, found by its name or the end
+/// of its id; a name nobody has lists who is there.
+#[test]
+fn another_nodes_share_is_listed_by_its_name() {
+    use std::time::Duration;
+
+    use crate::util::{configured_home, wait_for};
+
+    let dir = tmp();
+    let (home_a, share_a, _) = configured_home(&dir.path().join("a"));
+    let (home_b, _, _) = configured_home(&dir.path().join("b"));
+    assert_eq!(run(iwant(&home_a).args(["name", "alice"])).0, 0);
+    fs::create_dir_all(share_a.join("music/album")).unwrap();
+    fs::create_dir_all(share_a.join("docs")).unwrap();
+    fs::write(share_a.join("music/album/01 intro.mp3"), b"la la").unwrap();
+    fs::write(share_a.join("docs/plan.txt"), b"the plan").unwrap();
+    let a = Daemon::start(&home_a, &[]);
+    let addr = a.status()["listen_addrs"][0].as_str().unwrap().to_owned();
+    let alice_id = a.status()["peer_id"].as_str().unwrap().to_owned();
+    let _b = Daemon::start(&home_b, &["--peer", &addr]);
+    let limit = Duration::from_secs(30);
+    let listing = wait_for(limit, "bob to list alice's files", || {
+        let (code, out, _) = run(iwant(&home_b).args(["ls", "--peer", "ALICE", "--json"]));
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (code == 0 && v["total"] == 6).then_some(v)
+    });
+    assert_eq!(listing["name"], "alice");
+    assert_eq!(listing["peer"], alice_id.as_str());
+    let paths: Vec<&str> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "",
+            "docs",
+            "docs/plan.txt",
+            "music",
+            "music/album",
+            "music/album/01 intro.mp3"
+        ]
+    );
+    let plan = &listing["entries"][2];
+    assert_eq!(plan["kind"], "file");
+    assert_eq!(plan["size"], 8);
+    assert_eq!(plan["id"], blake3::hash(b"the plan").to_hex().as_str());
+
+    // One folder, by the end of alice's id, as a table.
+    let end = &alice_id[alice_id.len() - 6..];
+    let (code, out, err) = run(iwant(&home_b).args(["ls", "--peer", end, "music/"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("music/album/01 intro.mp3"), "{out}");
+    assert!(!out.contains("plan.txt"), "{out}");
+
+    let (code, _, err) = run(iwant(&home_b).args(["ls", "--peer", "alice", "films"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("alice shares nothing at \"films\""), "{err}");
+    let (code, _, err) = run(iwant(&home_b).args(["ls", "--peer", "carol"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no connected node is called \"carol\"; connected: alice (…"),
+        "{err}"
+    );
+}
+
+/// The executable bit and the modification time travel with a file and with each file of a
+/// folder (copies of the same content each keep their own), without changing any id.
+#[cfg(unix)]
+#[test]
+fn the_executable_bit_and_file_times_travel_with_the_content() {
+    use std::{
+        os::unix::fs::PermissionsExt,
+        time::{Duration, SystemTime, UNIX_EPOCH},
+    };
+
+    use crate::util::{configured_home, wait_for};
+
+    let dir = tmp();
+    let (home_a, share_a, _) = configured_home(&dir.path().join("a"));
+    let (home_b, _, downloads_b) = configured_home(&dir.path().join("b"));
+    let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+    let put = |rel: &str, bytes: &[u8], mode: u32, time: SystemTime| {
+        let path = share_a.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, bytes).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
+    };
+    put("run.sh", b"#!/bin/sh\necho hi\n", 0o755, at(978_307_200)); // 2001-01-01
+    put(
+        "tools/build.sh",
+        b"#!/bin/sh\nmake\n",
+        0o750,
+        at(1_262_304_000),
+    ); // 2010
+    put("tools/notes.txt", b"same words", 0o644, at(1_104_537_600)); // 2005
+    put("tools/copy.txt", b"same words", 0o600, at(1_136_073_600)); // 2006
+    let a = Daemon::start(&home_a, &[]);
+    let addr = a.status()["listen_addrs"][0].as_str().unwrap().to_owned();
+    let _b = Daemon::start(&home_b, &["--peer", &addr]);
+    let limit = Duration::from_secs(30);
+    let ids = wait_for(limit, "the files in `ls`", || {
+        let (_, out, _) = run(iwant(&home_a).args(["ls", "--json"]));
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let id = |path: &str| -> Option<String> {
+            let e = v.as_array()?.iter().find(|e| e["path"] == path)?;
+            Some(e["id"].as_str()?.to_owned())
+        };
+        Some((id("run.sh")?, id("tools")?, id("tools/copy.txt")?))
+    });
+    wait_for(limit, "bob to find the folder", || {
+        let (code, out, _) = run(iwant(&home_b).args(["search", "tools", "--json"]));
+        (code == 0 && out.contains(&ids.1)).then_some(())
+    });
+    for id in [&ids.0, &ids.1] {
+        let (code, _, err) = run(iwant(&home_b).args(["get", id]));
+        assert_eq!(code, 0, "{err}");
+    }
+    let check = |rel: &str, executable: bool, time: SystemTime| {
+        let meta = fs::metadata(downloads_b.join(rel)).unwrap();
+        let mode = meta.permissions().mode();
+        assert_eq!(mode & 0o100 != 0, executable, "{rel}: mode {mode:o}");
+        assert_eq!(mode & 0o7000, 0, "{rel}: no set-id bits, mode {mode:o}");
+        assert_eq!(meta.modified().unwrap(), time, "{rel}");
+    };
+    check("run.sh", true, at(978_307_200));
+    check("tools/build.sh", true, at(1_262_304_000));
+    check("tools/notes.txt", false, at(1_104_537_600));
+    check("tools/copy.txt", false, at(1_136_073_600));
+    // The content, and so its id, is the same.
+    assert_eq!(
+        blake3::hash(&fs::read(downloads_b.join("tools/copy.txt")).unwrap())
+            .to_hex()
+            .as_str(),
+        ids.2
+    );
+}
+
 /// `iwant service install` writes a systemd user unit that runs this binary's node on this
 /// home; where systemd is absent it says so (here: a PATH without `systemctl`); `uninstall`
 /// removes it.

@@ -836,6 +836,7 @@ async fn a_finished_download_damaged_by_a_crash_is_fetched_again_at_the_next_sta
             done: vec![0xff],
             started_ms: 1,
             placed: Some(placed.to_string_lossy().into_owned()),
+            attrs: None,
         })
         .unwrap();
     drop(store);

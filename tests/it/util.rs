@@ -17,7 +17,11 @@ pub fn bin() -> &'static Path {
 pub fn iwant(home: &Path) -> Command {
     let mut cmd = Command::new(bin());
     cmd.arg("--home").arg(home);
+    // No desktop: nodes under test show no notifications (a test that wants them sets these).
     cmd.env_remove("IWANT_HOME")
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
         .env_remove("RUST_LOG")
         .env("IWANT_LOG", "info");
     cmd

@@ -17,7 +17,8 @@
 //!    download; the bitfield is saved at most once a second.
 //! 4. **Verify** (`verify.rs`): every distinct file is hashed once more from disk; a mismatch
 //!    sends its bad pieces back to step 3.
-//! 5. **Place** (`place.rs`): copies for identical contents, then one rename into the download
+//! 5. **Place** (`place.rs`): copies for identical contents, the attributes a holder told
+//!    (`transfer::attrs`), then one rename into the download
 //!    folder under a name that does not exist yet (` (1)`...): done, for the user. Then a
 //!    `syncfs`, and the store forgets the download (a crash before that re-verifies the placed
 //!    copy at the next start).

@@ -1,4 +1,5 @@
-//! Step 5, place: copies for identical contents, one rename into the download folder under a
+//! Step 5, place: copies for identical contents, the attributes a holder told (executable
+//! bit, modification time: `transfer::attrs`), one rename into the download folder under a
 //! name that does not exist yet, and the sync that makes it safe for the store to forget the
 //! download.
 
@@ -21,11 +22,18 @@ pub(super) async fn run(ctx: &Context, work: Work) -> Result<Placed, Stop> {
         row, plan, part, ..
     } = work;
     let (p, dest, name) = (plan.clone(), PathBuf::from(&row.dest), row.name.clone());
+    let attrs = row.attrs.clone();
     let placed = blocking(move || -> std::io::Result<PathBuf> {
         for f in &p.files {
             let first = scan::native(&part, &f.paths[0]);
             for other in &f.paths[1..] {
                 std::fs::copy(&first, scan::native(&part, other))?;
+            }
+        }
+        if let Some(records) = &attrs {
+            let failed = crate::transfer::attrs::apply_all(&p, &part, records);
+            if failed > 0 {
+                tracing::info!(files = failed, "some downloaded files keep the time they were written (their attributes could not be set)");
             }
         }
         names::place(&part, &dest, &name, p.is_dir)

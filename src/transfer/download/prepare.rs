@@ -1,5 +1,6 @@
 //! Step 1, prepare: the piece list of a file or the manifest of a directory, from this node's
-//! own index if it shares the id, else from a holder; checked against the id; persisted.
+//! own index if it shares the id, else from a holder; checked against the id; with the
+//! attributes of its files (`transfer::attrs`) when a holder tells them; persisted.
 
 use std::collections::HashSet;
 
@@ -32,6 +33,7 @@ pub(super) async fn run(ctx: &Context, target: Target) -> Result<DownloadRow, St
         meta: Vec::new(),
         done: Vec::new(),
         placed: None,
+        attrs: None,
         started_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -41,19 +43,23 @@ pub(super) async fn run(ctx: &Context, target: Target) -> Result<DownloadRow, St
     ctx.store(move |s| s.put_download(&pending)).await?;
     let mut asked: HashSet<PeerId> = HashSet::new();
     // The size goes with the piece list that proved itself (the leader's may be a liar's).
-    let (size, meta) = loop {
-        if let Some(found) = local_meta(ctx, &target).await {
-            break found;
+    // `from`: the holders to ask for attributes, the one that gave the piece list first
+    // (none: this node offers the id itself).
+    let (size, meta, from) = loop {
+        if let Some((size, meta)) = local_meta(ctx, &target).await {
+            break (size, meta, Vec::new());
         }
         let mut last = String::from("no node holding it is reachable");
         match ctx.holders.find(target.id).await {
             Ok(holders) if holders.is_empty() => {}
             Ok(holders) => {
                 let mut found = None;
-                for peer in holders {
+                for (n, &peer) in holders.iter().enumerate() {
                     match fetch_meta(ctx, peer, &target).await {
-                        Ok(meta) => {
-                            found = Some(meta);
+                        Ok((size, meta)) => {
+                            let mut from = vec![peer];
+                            from.extend(holders[n + 1..].iter().take(ATTRS_ASKED - 1));
+                            found = Some((size, meta, from));
                             break;
                         }
                         Err(MetaError::Unusable(e)) => {
@@ -84,6 +90,7 @@ pub(super) async fn run(ctx: &Context, target: Target) -> Result<DownloadRow, St
     };
     row.size = size;
     row.meta = meta;
+    row.attrs = attrs(ctx, &row, &from).await;
     let saved = row.clone();
     ctx.store(move |s| s.put_download(&saved)).await?;
     Ok(row)
@@ -111,6 +118,67 @@ async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
         })
     })
     .await
+}
+
+/// How many holders a download asks for its files' attributes before going on without.
+const ATTRS_ASKED: usize = 3;
+
+/// The attribute records of download `row` (whose piece list or manifest is known): from this
+/// node's own index when `from` is empty, else from the first of `from` that tells all of
+/// them. `None` when nobody does: attributes are hints, a download goes on without.
+async fn attrs(ctx: &Context, row: &DownloadRow, from: &[PeerId]) -> Option<Vec<u8>> {
+    let plan = match row.kind {
+        Kind::File => Plan::file(row.id, row.size, &row.meta),
+        Kind::Dir => Plan::dir(row.id, &row.meta),
+    }
+    .ok()?;
+    let expected = crate::transfer::attrs::expected(&plan);
+    if from.is_empty() {
+        let (index, id) = (ctx.index.clone(), row.id);
+        return blocking(move || {
+            let store = index.db().get().ok()?;
+            crate::transfer::attrs::offered(&index, &store, &id)
+        })
+        .await
+        .filter(|r| r.len() as u64 == expected * content::ATTRS_LEN as u64);
+    }
+    for &peer in from {
+        match attrs_from(ctx, peer, row.id, expected).await {
+            Ok(records) => return Some(records),
+            Err(e) => tracing::debug!(%peer, error = %e, "holder cannot tell the attributes"),
+        }
+    }
+    None
+}
+
+/// All `expected` attribute records of `id` from `peer`, page by page.
+async fn attrs_from(ctx: &Context, peer: PeerId, id: Id, expected: u64) -> Result<Vec<u8>, String> {
+    let mut records = Vec::new();
+    loop {
+        let first = (records.len() / content::ATTRS_LEN) as u64;
+        if first == expected {
+            return Ok(records);
+        }
+        let response = ctx
+            .net
+            .content(peer, content::Request::Attrs { id, first })
+            .await
+            .map_err(|e| e.to_string())?;
+        response.check()?;
+        match response {
+            content::Response::Attrs {
+                total,
+                first: at,
+                attrs,
+            } if at == first && total == expected && !attrs.is_empty() => {
+                records.extend_from_slice(&attrs)
+            }
+            content::Response::Attrs { total, .. } => {
+                return Err(format!("{total} records where the manifest has {expected}"))
+            }
+            other => return Err(describe(&other)),
+        }
+    }
 }
 
 /// Why a holder's piece list or manifest cannot be used.

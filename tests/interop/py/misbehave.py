@@ -175,7 +175,7 @@ def garbage_cases(file_id: bytes) -> list[tuple[str, str, bytes, bool]]:
         iw.SEARCH: cbor.encode({"search": {"text": "a", "kind": None, "offset": 0, "limit": 5}}),
         iw.CONTENT: cbor.encode({"pieces": {"id": file_id}}),
     }
-    limits = {iw.PEERS: 32 * 1024, iw.INDEX: 1024 * 1024, iw.SEARCH: 24 * 1024, iw.CONTENT: 1024}
+    limits = {iw.PEERS: 32 * 1024, iw.INDEX: 1024 * 1024, iw.SEARCH: 24 * 1024, iw.CONTENT: 10 * 1024}
     for proto in (iw.PEERS, iw.INDEX, iw.SEARCH, iw.CONTENT):
         limit = limits[proto]
         cases += [
@@ -208,14 +208,17 @@ def garbage_cases(file_id: bytes) -> list[tuple[str, str, bytes, bool]]:
             {"holders": {"ids": [file_id] * 513}}), True),
         (iw.SEARCH, "wrong-types", cbor.encode(
             {"search": {"text": 5, "kind": "file", "offset": -1, "limit": "x"}}), True),
-        (iw.CONTENT, "oversized-2k", cbor.encode(
-            {"pieces": {"id": file_id, "pad": b"\0" * 2048}}), True),
+        (iw.CONTENT, "oversized-12k", cbor.encode(
+            {"pieces": {"id": file_id, "pad": b"\0" * (12 << 10)}}), True),
         (iw.CONTENT, "oversized-3m", cbor.encode(
             {"pieces": {"id": file_id, "pad": b"\0" * (3 << 20)}}), True),
         (iw.CONTENT, "id-31-bytes", cbor.encode({"pieces": {"id": file_id[:31]}}), True),
         (iw.CONTENT, "manifest-offset-past", cbor.encode(
             {"manifest": {"id": file_id, "offset": 1 << 40}}), True),
         (iw.CONTENT, "id-as-int-array", cbor.encode({"pieces": {"id": list(file_id)}}), True),
+        (iw.CONTENT, "list-path-up", cbor.encode({"list": {"path": "../..", "after": None}}), True),
+        (iw.CONTENT, "attrs-first-past", cbor.encode(
+            {"attrs": {"id": file_id, "first": 1 << 40}}), True),
         (iw.PEERS, "too-many-records", cbor.encode({"peers": [
             {"peer_id": "12D3KooWBogus", "addrs": ["/ip4/127.0.0.1/tcp/1"]}] * 100}), True),
         (iw.PEERS, "oversized-40k", cbor.encode({"peers": [

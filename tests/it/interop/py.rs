@@ -198,6 +198,8 @@ fn check_garbage(g: &Value) {
                 | "locate-bad-prefix"
                 | "holders-too-many"
                 | "manifest-offset-past"
+                | "list-path-up"
+                | "attrs-first-past"
                 | "too-many-removed"
         );
         // Not documented either way (the node answers the first value and ignores the rest):
