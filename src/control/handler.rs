@@ -240,7 +240,7 @@ impl Handler {
                 Err(ControlError::new(
                     ErrorKind::Ambiguous,
                     format!(
-                        "{who:?} could be {}; give the end of the one you mean's id",
+                        "{who:?} could be {}; give the end of its id instead",
                         known.join(" or ")
                     ),
                 ))

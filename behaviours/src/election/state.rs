@@ -260,6 +260,10 @@ impl ElectionState {
             Input::Received { from, .. } if self.is_distrusted(from, now) => return out,
             Input::PeerConnected(peer) if self.is_distrusted(peer, now) => {
                 self.sidelined.insert(*peer);
+                // Not heard, but told who leads (see `heartbeat_all`).
+                if matches!(self.role, Role::Leader { .. }) {
+                    send(&mut out, *peer, Message::Heartbeat { term: self.term });
+                }
                 return out;
             }
             Input::PeerDisconnected(peer) => {
@@ -501,7 +505,7 @@ impl ElectionState {
                         leader: self.local,
                         term,
                     });
-                    self.broadcast(Message::Heartbeat { term }, out);
+                    self.heartbeat_all(out);
                     self.role = Role::Leader {
                         next_heartbeat: now + self.config.heartbeat_interval,
                     };
@@ -654,7 +658,7 @@ impl ElectionState {
             }
             Role::Follower { deadline, .. } if now >= *deadline => self.stand(now, out),
             Role::Leader { next_heartbeat } if now >= *next_heartbeat => {
-                self.broadcast(Message::Heartbeat { term: self.term }, out);
+                self.heartbeat_all(out);
                 self.role = Role::Leader {
                     next_heartbeat: now + self.config.heartbeat_interval,
                 };
@@ -774,12 +778,24 @@ impl ElectionState {
                 leader: self.local,
                 term,
             });
-            self.broadcast(Message::Heartbeat { term }, out);
+            self.heartbeat_all(out);
         }
     }
 
     fn broadcast(&self, message: Message, out: &mut Vec<Action>) {
         for peer in &self.peers {
+            send(out, *peer, message);
+        }
+    }
+
+    /// A leader's heartbeat to every participant, and to the connected peers it distrusts:
+    /// those are not heard (not followed, their votes not counted), but a deposed leader that
+    /// was only cut off for a while learns this way that the room moved on and follows, instead
+    /// of leading on its own for the whole distrust time.
+    fn heartbeat_all(&self, out: &mut Vec<Action>) {
+        let message = Message::Heartbeat { term: self.term };
+        self.broadcast(message, out);
+        for peer in self.sidelined.difference(&self.peers) {
             send(out, *peer, message);
         }
     }
@@ -1611,6 +1627,43 @@ mod tests {
             "deposed: new leader {took:?} after the last follower deposed it; terms {term} -> {new_term} -> {later}"
         );
         assert!(new_term <= term + 10, "term {term} -> {new_term}");
+    }
+
+    #[test]
+    fn a_deposed_leader_that_was_only_cut_off_follows_the_new_one() {
+        // The leader is cut off; its followers depose it (their pushes went unserved) and
+        // elect another. When it is back, still leading its old term, the new leader's
+        // heartbeats reach it although it is not heard: it follows.
+        let peers = ids(4);
+        let mut sim = Sim::new(&peers, Config::default());
+        sim.mesh();
+        sim.run_until(Duration::from_secs(5), |s| s.agreed().is_some());
+        let (old, _) = sim.agreed().unwrap();
+        let o = sim.index(old);
+        let rest: Vec<usize> = (0..4).filter(|&i| i != o).collect();
+        for &i in &rest {
+            sim.disconnect(o, i);
+        }
+        for &i in &rest {
+            sim.input(i, Input::Depose(old));
+        }
+        sim.run_until(Duration::from_secs(10), |s| {
+            s.agreed_among(&rest).is_some_and(|(l, _)| l != old)
+        });
+        let (new, term) = sim.agreed_among(&rest).unwrap();
+        assert_eq!(
+            sim.nodes[o].leader(),
+            Some(old),
+            "it still leads its own term"
+        );
+        for &i in &rest {
+            sim.connect(o, i);
+        }
+        let took = sim.run_until(Duration::from_secs(5), |s| {
+            s.agreed().is_some_and(|(l, _)| l == new)
+        });
+        println!("the cut-off leader followed the new one after {took:?}");
+        assert_eq!(sim.agreed(), Some((new, term)));
     }
 
     #[test]
