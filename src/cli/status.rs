@@ -63,11 +63,20 @@ fn host_of(addr: &str) -> &str {
 fn render(s: &StatusReply, verbose: bool) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Name:             {} (change it with `iwant name <new>`)",
-        Safe(&s.name)
-    );
+    match &s.next_name {
+        Some(next) => writeln!(
+            out,
+            "Name:             {} ({} from the node's next start)",
+            Safe(&s.name),
+            Safe(next)
+        ),
+        None => writeln!(
+            out,
+            "Name:             {} (change it with `iwant name <new>`)",
+            Safe(&s.name)
+        ),
+    }
+    .expect("bug: writing to a String");
     let _ = writeln!(out, "Peer ID:          {}", s.peer_id);
     let _ = writeln!(out, "Version:          iwant {}", s.version);
     let _ = writeln!(out, "Home:             {}", s.home.display());
@@ -294,6 +303,7 @@ mod tests {
             version: "0.1.0".into(),
             peer_id: "12D3Self".into(),
             name: "ann-desktop".into(),
+            next_name: None,
             listen_addrs: vec![
                 "/ip4/10.0.0.1/tcp/4747".into(),
                 "/ip4/127.0.0.1/tcp/4747".into(),
@@ -334,6 +344,21 @@ mod tests {
         assert!(
             text.contains("Offered:          no downloads (offer_downloads = false"),
             "{text}"
+        );
+        assert!(
+            text.starts_with("Name:             ann-desktop (change it with `iwant name <new>`)\n"),
+            "{text}"
+        );
+        let renamed = StatusReply {
+            next_name: Some("ann-laptop".into()),
+            ..s.clone()
+        };
+        assert!(
+            render(&renamed, false).starts_with(
+                "Name:             ann-desktop (ann-laptop from the node's next start)\n"
+            ),
+            "{}",
+            render(&renamed, false)
         );
         let mut offering = s.clone();
         offering.offered_downloads = Some(IndexInfo {

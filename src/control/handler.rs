@@ -357,6 +357,12 @@ impl Handler {
         let folders = self.folders.borrow().clone();
         Ok(StatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
+            next_name: self
+                .config
+                .lock()
+                .await
+                .chosen_name()
+                .filter(|saved| *saved != net.name),
             peer_id: net.peer_id,
             name: net.name,
             listen_addrs: net.listen_addrs,

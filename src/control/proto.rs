@@ -292,6 +292,10 @@ pub struct StatusReply {
     /// This node's name, as peers see it.
     #[serde(default)]
     pub name: String,
+    /// The name saved with `iwant name` that peers will see from the node's next start, when
+    /// it differs from `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_name: Option<String>,
     /// The addresses this node listens on.
     pub listen_addrs: Vec<String>,
     /// Connected peers, sorted by peer id.

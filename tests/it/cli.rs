@@ -741,12 +741,19 @@ fn peers_by_ip_and_port_connect_and_show_each_others_names() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("now called bob-laptop; peers see the new name once the node restarts (until then: bob)"), "{out}");
     assert!(config_text(&home_b).contains("name = \"bob-laptop\""));
+    assert_eq!(second.status()["next_name"], "bob-laptop");
+    let (_, text, _) = run(iwant(&home_b).arg("status"));
+    assert!(
+        text.contains("Name:             bob (bob-laptop from the node's next start)"),
+        "{text}"
+    );
     let (code, _, err) = run(iwant(&home_b).args(["name", " \t "]));
     assert_eq!(code, 1);
     assert!(err.contains("at least one visible character"), "{err}");
     drop(second);
     let second = Daemon::start(&home_b, &["--peer", &format!("127.0.0.1:{port}")]);
     assert_eq!(second.status()["name"], "bob-laptop");
+    assert!(second.status()["next_name"].is_null());
     crate::util::wait_for(
         std::time::Duration::from_secs(20),
         "the first node to see the new name",
