@@ -1930,14 +1930,17 @@ mod tests {
     #[test]
     fn a_node_holds_back_while_participants_keep_arriving_but_not_forever() {
         let config = quiet();
-        let local = ids(1)[0];
+        // The smallest id of all: its ranked delay is 0 whoever arrives (random peers with
+        // smaller ids delayed it past the 9 s in about 1 run of 10).
+        let all = ids(31);
+        let local = all[0];
         let t0 = Instant::now();
         let mut s = ElectionState::new(local, config.clone(), 1, t0);
         // A participant arrives every 300 ms for 9 s: the network never settles.
         let mut stood_at = None;
-        for k in 0..30u32 {
+        for (k, peer) in (0..30u32).zip(&all[1..]) {
             let t = t0 + Duration::from_millis(300) * k;
-            s.handle(t, Input::PeerConnected(PeerId::random()));
+            s.handle(t, Input::PeerConnected(*peer));
             let out = s.handle(t, Input::Tick);
             let stands = out.iter().any(|a| {
                 matches!(
