@@ -83,13 +83,13 @@ pub(super) async fn get(home: Home, ask: Ask, detach: bool, json: bool) -> anyho
             outln!(
                 "You have it already: {}\nFetch it once more with `iwant get {} --again`.",
                 safe(&path.to_string_lossy()),
-                &id.to_hex()[..12]
+                id.short(12)
             );
             return Ok(());
         }
         other => anyhow::bail!("the node answered a get with {other:?}"),
     };
-    let short = &progress.id.to_hex()[..12];
+    let short = progress.id.short(12);
     if detach {
         if json {
             return super::print_json(&progress);
@@ -244,7 +244,7 @@ async fn pick(
             format!(
                 "  {:>2}  {}  {:>10}  {}",
                 i + 1,
-                &r.hit.id.to_hex()[..12],
+                r.hit.id.short(12),
                 human_bytes(r.hit.size),
                 safe(&r.hit.path)
             )

@@ -282,12 +282,7 @@ fn render(s: &StatusReply, verbose: bool) -> String {
                 super::get::details(d)
             ),
         };
-        let _ = writeln!(
-            out,
-            "  {}  {}  {state}",
-            &d.id.to_hex()[..12],
-            Safe(&d.name)
-        );
+        let _ = writeln!(out, "  {}  {}  {state}", d.id.short(12), Safe(&d.name));
     }
     out
 }

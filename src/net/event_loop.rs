@@ -812,10 +812,7 @@ impl EventLoop {
 
     /// A peer as logs show it to people: its name, or the end of its id.
     fn who(&self, peer: &PeerId) -> String {
-        match self.names.borrow().get(peer) {
-            Some(name) => name.clone(),
-            None => super::short_peer(peer),
-        }
+        super::name_or_short(&self.names.borrow(), peer)
     }
 
     fn on_behaviour_event(&mut self, event: NodeBehaviourEvent) {

@@ -281,6 +281,14 @@ pub fn short_peer(peer: &PeerId) -> String {
     short_peer_text(&peer.to_base58())
 }
 
+/// How to show `peer` to a person: its name in `names`, or the end of its id.
+fn name_or_short(names: &HashMap<PeerId, String>, peer: &PeerId) -> String {
+    match names.get(peer) {
+        Some(name) => name.clone(),
+        None => short_peer(peer),
+    }
+}
+
 /// [`short_peer`] of a peer id given as text (as the control channel carries it).
 pub fn short_peer_text(peer: &str) -> String {
     let start = peer.char_indices().rev().nth(5).map_or(0, |(i, _)| i);
@@ -428,12 +436,9 @@ impl NetworkClient {
         self.names.borrow().clone()
     }
 
-    /// How to show `peer` to a person: its name, or the start of its id.
+    /// How to show `peer` to a person: its name, or the end of its id.
     pub fn display_name(&self, peer: &PeerId) -> String {
-        match self.names.borrow().get(peer) {
-            Some(name) => name.clone(),
-            None => short_peer(peer),
-        }
+        name_or_short(&self.names.borrow(), peer)
     }
 
     /// The connected peers identified as iwant nodes.

@@ -42,7 +42,7 @@ const MISSING_POLL: Duration = Duration::from_secs(1);
 
 /// The id a new directory row has until `update_dir_ids` computes it (a real BLAKE3 hash is
 /// never all zeros in practice); readers leave such rows out.
-const PLACEHOLDER_ID: [u8; 32] = [0; 32];
+pub(super) const PLACEHOLDER_ID: [u8; 32] = [0; 32];
 
 /// The `meta` key of a collection's index version.
 fn version_key(collection: Collection) -> &'static str {
@@ -1038,19 +1038,12 @@ fn all_entries(store: &Store, key: &str) -> Result<Vec<IndexEntry>, StoreError> 
     let root = store
         .dirs_under(key, "")?
         .into_iter()
-        .find(|d| d.path.is_empty());
-    let rest = store.entries(key)?.into_iter().map(|e| IndexEntry {
-        path: e.path,
-        kind: if e.is_dir { Kind::Dir } else { Kind::File },
-        size: e.size,
-        id: Id(e.id),
-    });
-    Ok(root
-        .map(dir_entry)
+        .find(|d| d.path.is_empty() && d.id != PLACEHOLDER_ID);
+    let rest = store
+        .entries(key)?
         .into_iter()
-        .chain(rest)
-        .filter(|e| !(e.kind == Kind::Dir && e.id == Id(PLACEHOLDER_ID)))
-        .collect())
+        .filter_map(IndexEntry::of_row);
+    Ok(root.map(dir_entry).into_iter().chain(rest).collect())
 }
 
 fn file_entry(f: FileRow) -> IndexEntry {

@@ -54,6 +54,22 @@ pub struct IndexEntry {
     pub id: Id,
 }
 
+impl IndexEntry {
+    /// The entry of a stored row; `None` for a directory whose id is not computed yet (every
+    /// reader of the index leaves those out).
+    pub fn of_row(row: crate::store::EntryRow) -> Option<Self> {
+        if row.is_dir && row.id == indexer::PLACEHOLDER_ID {
+            return None;
+        }
+        Some(Self {
+            path: row.path,
+            kind: if row.is_dir { Kind::Dir } else { Kind::File },
+            size: row.size,
+            id: Id(row.id),
+        })
+    }
+}
+
 /// A change of the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexDelta {

@@ -21,7 +21,7 @@ use iwant_behaviours::{
 };
 
 use crate::{
-    share::{self, scan, Offered},
+    share::{scan, Offered},
     store::Store,
     transfer::{serve, units::Plan},
 };
@@ -44,15 +44,9 @@ pub(super) fn offered(offered: &Offered, store: &Store, id: &Id) -> Option<Vec<u
         return Some(attrs.to_bytes().to_vec());
     }
     offered.indexes().find_map(|(_, index)| {
-        let root = index.root_key();
-        let dir = store.shared_dir(&root, id).ok()??;
-        let rows = store.entries_below(&root, &dir).ok()?;
-        let (encoded, _, _) = share::manifest::encode_below(&rows, &dir);
-        if share::manifest::id_of(&encoded) != *id {
-            return None;
-        }
+        let serve::SharedDir { path, rows, .. } = serve::shared_dir(store, &index.root_key(), id)?;
         let folder = index.root();
-        let prefix = if dir.is_empty() { 0 } else { dir.len() + 1 };
+        let prefix = if path.is_empty() { 0 } else { path.len() + 1 };
         // In manifest order: by the bytes of the path below the directory.
         let mut records: Vec<(&str, FileAttrs)> = rows
             .iter()

@@ -244,7 +244,7 @@ impl Transfers {
             .expect("bug: store task panicked")?;
         let n = rows.len();
         for row in rows {
-            tracing::info!(file = %row.name, id = %&row.id.to_hex()[..12], "resuming download");
+            tracing::info!(file = %row.name, id = %row.id.short(12), "resuming download");
             self.spawn(download::Start::Resume(row));
         }
         Ok(n)

@@ -164,7 +164,7 @@ pub fn download_name(path: &str, id: &Id) -> String {
 pub fn download_name_for(path: &str, id: &Id, rule: NameRule) -> String {
     let last = path.rsplit('/').next().unwrap_or_default();
     if last.is_empty() || last == "." || last == ".." || last.contains('\0') {
-        format!("iwant-{}", &id.to_hex()[..12])
+        format!("iwant-{}", id.short(12))
     } else {
         local_name(last, rule)
     }
@@ -175,7 +175,7 @@ pub fn download_name_for(path: &str, id: &Id, rule: NameRule) -> String {
 pub fn part_path(dest: &Path, name: &str, id: &Id) -> PathBuf {
     dest.join(format!(
         ".{name}.{}{}",
-        &id.to_hex()[..12],
+        id.short(12),
         crate::share::scan::PARTIAL_SUFFIX
     ))
 }
@@ -228,10 +228,7 @@ mod tests {
     fn names_are_safe_and_never_clobber() {
         let id = Id::of(b"x");
         assert_eq!(download_name("films/holiday.mkv", &id), "holiday.mkv");
-        assert_eq!(
-            download_name("", &id),
-            format!("iwant-{}", &id.to_hex()[..12])
-        );
+        assert_eq!(download_name("", &id), format!("iwant-{}", id.short(12)));
         assert_eq!(
             download_name_for("a/CON", &id, NameRule::Windows),
             "\u{F043}ON"

@@ -51,7 +51,7 @@ use crate::{
     fsio,
     net::{ContentInbound, ContentRpc, NetworkClient},
     share::{self, partial::PartialFile, pieces::Layout, scan, Collection, Offered},
-    store::{FileRow, Store},
+    store::{EntryRow, FileRow, Store},
 };
 
 pub use iwant_behaviours::chunk::{MAX_STREAMS, MAX_STREAMS_PER_PEER};
@@ -400,21 +400,12 @@ fn list(index: &Offered, store: &Store, path: &str, after: Option<&str>) -> cont
     }
     let mut bytes = 0;
     let mut entries = Vec::new();
-    for row in rows {
-        bytes += row.path.len();
+    for entry in rows.into_iter().filter_map(share::IndexEntry::of_row) {
+        bytes += entry.path.len();
         if !entries.is_empty() && bytes > content::LIST_PAGE_PATHS {
             break;
         }
-        entries.push(iwant_behaviours::index_sync::Entry {
-            path: row.path,
-            kind: if row.is_dir {
-                share::Kind::Dir
-            } else {
-                share::Kind::File
-            },
-            size: row.size,
-            id: Id(row.id),
-        });
+        entries.push(crate::leader::wire_entry(entry));
     }
     content::Response::List { total, entries }
 }
@@ -442,17 +433,39 @@ fn manifest(cache: &ManifestCache, store: &Store, root: &str, id: Id) -> Option<
             return Some(bytes.clone());
         }
     }
-    let path = store.shared_dir(root, &id).ok()??;
-    let entries = store.entries_below(root, &path).ok()?;
-    let (encoded, _, _) = share::manifest::encode_below(&entries, &path);
-    if share::manifest::id_of(&encoded).as_bytes() != &id.0
-        || encoded.len() as u64 > content::MAX_MANIFEST
-    {
+    let dir = shared_dir(store, root, &id)?;
+    if dir.manifest.len() as u64 > content::MAX_MANIFEST {
         return None;
     }
-    let bytes = Arc::new(encoded);
+    let bytes = Arc::new(dir.manifest);
     *cache.last.lock().expect("bug: poisoned") = Some((id, bytes.clone()));
     Some(bytes)
+}
+
+/// A directory indexed in `root` (a collection's store key), as [`shared_dir`] finds it.
+pub(super) struct SharedDir {
+    /// Its path relative to the collection's folder.
+    pub path: String,
+    /// The index rows strictly below it, sorted by path.
+    pub rows: Vec<EntryRow>,
+    /// Its manifest, built from those rows.
+    pub manifest: Vec<u8>,
+    /// The total bytes of its files.
+    pub size: u64,
+}
+
+/// The directory of `root` whose id is `id`, if it is indexed there and its manifest, built
+/// from the index now, still hashes to `id` (the index may be mid-change).
+pub(super) fn shared_dir(store: &Store, root: &str, id: &Id) -> Option<SharedDir> {
+    let path = store.shared_dir(root, id).ok()??;
+    let rows = store.entries_below(root, &path).ok()?;
+    let (manifest, size, _) = share::manifest::encode_below(&rows, &path);
+    (share::manifest::id_of(&manifest) == *id).then_some(SharedDir {
+        path,
+        rows,
+        manifest,
+        size,
+    })
 }
 
 /// A file this node offers with content `id`, found in the index of one of its collections

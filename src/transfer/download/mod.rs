@@ -247,7 +247,7 @@ pub async fn run(ctx: Context, start: Start) {
     ctx.update(|p| p.elapsed_ms = started.elapsed().as_millis() as u64);
     match outcome {
         Ok((path, plan, started_ms)) => {
-            tracing::info!(id = %&id.to_hex()[..12], path = %path.display(), "download complete");
+            tracing::info!(id = %id.short(12), path = %path.display(), "download complete");
             ctx.update(|p| {
                 p.state = DownloadState::Done;
                 p.message = None;
@@ -280,7 +280,7 @@ pub async fn run(ctx: Context, start: Start) {
             if let Ok(Some(part)) = part {
                 remove_part(Path::new(&part));
             }
-            tracing::info!(id = %&id.to_hex()[..12], "download cancelled; partial data removed");
+            tracing::info!(id = %id.short(12), "download cancelled; partial data removed");
             ctx.set_state(DownloadState::Cancelled, None);
         }
         Err(Stop::Interrupted) => {

@@ -9,7 +9,7 @@ use libp2p::PeerId;
 
 use super::{blocking, fetch::REFRESH_NO_HOLDERS, Context, Stop, Target};
 use crate::{
-    share::{self, Kind},
+    share::Kind,
     store::DownloadRow,
     transfer::{
         names,
@@ -109,11 +109,9 @@ async fn local_meta(ctx: &Context, target: &Target) -> Option<(u64, Vec<u8>)> {
                 Some((row.stamp.size, row.pieces))
             }
             Kind::Dir => {
-                let path = store.shared_dir(root, &id).ok()??;
-                let entries = store.entries_below(root, &path).ok()?;
-                let (encoded, size, _) = share::manifest::encode_below(&entries, &path);
-                Plan::dir(id, &encoded).ok()?;
-                Some((size, encoded))
+                let dir = crate::transfer::serve::shared_dir(&store, root, &id)?;
+                Plan::dir(id, &dir.manifest).ok()?;
+                Some((dir.size, dir.manifest))
             }
         })
     })
