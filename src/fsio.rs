@@ -84,10 +84,17 @@ fn nonblocking_read(nofollow: bool) -> std::fs::OpenOptions {
         options.custom_flags(follow | libc::O_NONBLOCK);
     }
     #[cfg(windows)]
-    if nofollow {
+    {
         use std::os::windows::fs::OpenOptionsExt;
-        // FILE_FLAG_OPEN_REPARSE_POINT.
-        options.custom_flags(0x0020_0000);
+        // While the node hashes or serves a file, its user's programs may still read, write,
+        // rename and delete it: FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE (std's
+        // default too; said here because the node relies on it). A change is seen by the
+        // stamp checks, never trusted.
+        options.share_mode(0x1 | 0x2 | 0x4);
+        if nofollow {
+            // FILE_FLAG_OPEN_REPARSE_POINT.
+            options.custom_flags(0x0020_0000);
+        }
     }
     options
 }
