@@ -99,13 +99,25 @@ fn nonblocking_read(nofollow: bool) -> std::fs::OpenOptions {
     options
 }
 
-/// The fallback of [`open_beneath`]: canonicalise, check it is under the canonical root, open
-/// without following a final symlink and without blocking.
+/// The fallback of [`open_beneath`]. Where no part below `root` is a link, the path is beneath
+/// the root as written (its parts are plain names) and is opened as it is. Otherwise it is
+/// canonicalised, must lie under the canonical root, and is opened without following a final
+/// symlink; never blocking either way.
 fn open_canonical(root: &Path, parts: &[&str]) -> io::Result<File> {
     let mut path = root.to_path_buf();
-    path.extend(parts);
-    let real = dunce::canonicalize(&path)?;
-    let real_root = dunce::canonicalize(root)?;
+    let mut linked = false;
+    for part in parts {
+        path.push(part);
+        // A missing part fails the open below.
+        linked |= std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+    }
+    if !linked {
+        return nonblocking_read(true).open(&path);
+    }
+    // std's canonical form on both sides: on Windows it is always the verbatim `\\?\` form,
+    // which a shorter form (dunce's) cannot be compared with once a path is over MAX_PATH.
+    let real = std::fs::canonicalize(&path)?;
+    let real_root = std::fs::canonicalize(root)?;
     if !real.starts_with(&real_root) || real == real_root {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -297,6 +309,24 @@ mod tests {
             "",
         ] {
             assert!(open_beneath(&root, rel).is_err(), "{rel} was opened");
+        }
+    }
+
+    /// The fallback, which platforms without `openat2` always take, gives the same answers.
+    #[test]
+    fn the_fallback_opens_plain_paths_and_links_inside_and_refuses_links_out() {
+        let (dir, root) = share();
+        symlink("sub/a.txt", root.join("rel")).expect("bug: symlink");
+        symlink("../outside.txt", root.join("rel_out")).expect("bug: symlink");
+        symlink(dir.path(), root.join("dir_out")).expect("bug: symlink");
+        let open = |rel: &str| {
+            let parts: Vec<&str> = rel.split('/').collect();
+            open_canonical(&root, &parts).and_then(|f| regular(f).map(|(f, _)| f))
+        };
+        assert_eq!(read(open("sub/a.txt")).unwrap(), "inside");
+        assert_eq!(read(open("rel")).unwrap(), "inside");
+        for rel in ["rel_out", "dir_out/outside.txt", "sub", "sub/missing"] {
+            assert!(open(rel).is_err(), "{rel} was opened");
         }
     }
 

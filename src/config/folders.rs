@@ -299,12 +299,29 @@ pub fn system_folders() -> Vec<SystemFolder> {
     }
 }
 
-/// Paths as the file system compares them: case-insensitively on Windows and macOS.
+/// Paths as the file system compares them: case-insensitively on Windows and macOS, and on
+/// Windows without the verbatim prefix a canonical path over MAX_PATH keeps.
 fn folded(path: &Path) -> PathBuf {
     if cfg!(any(windows, target_os = "macos")) {
-        PathBuf::from(path.to_string_lossy().to_lowercase())
+        PathBuf::from(fold(&path.to_string_lossy(), cfg!(windows)))
     } else {
         path.to_path_buf()
+    }
+}
+
+/// Lower case; with `windows`, `\\?\C:\x` as `c:\x` and `\\?\UNC\srv\x` as `\\srv\x`
+/// (the same folders: canonicalising keeps the prefix only where a path is over MAX_PATH).
+fn fold(path: &str, windows: bool) -> String {
+    let lower = path.to_lowercase();
+    if !windows {
+        return lower;
+    }
+    if let Some(rest) = lower.strip_prefix(r"\\?\unc\") {
+        format!(r"\\{rest}")
+    } else if let Some(rest) = lower.strip_prefix(r"\\?\") {
+        rest.to_owned()
+    } else {
+        lower
     }
 }
 
@@ -566,6 +583,19 @@ pub fn folders_at_start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_paths_compare_with_and_without_the_verbatim_prefix() {
+        assert_eq!(
+            fold(r"\\?\C:\Users\Ann\Shared", true),
+            r"c:\users\ann\shared"
+        );
+        assert_eq!(fold(r"C:\Users\Ann", true), r"c:\users\ann");
+        assert_eq!(fold(r"\\?\UNC\nas\films", true), r"\\nas\films");
+        assert_eq!(fold(r"\\nas\films", true), r"\\nas\films");
+        // macOS folds case only.
+        assert_eq!(fold("/Users/Ann/Shared", false), "/users/ann/shared");
+    }
 
     /// A scratch machine: `root/users/me` is the user's home, `root/apps/h` the node's, and
     /// `root/sys` a system folder refused with what is inside, `root/open` one refused alone.

@@ -233,7 +233,8 @@ impl WalkRules<'_> {
                 .rules
                 .home
                 .as_deref()
-                .is_some_and(|h| h == super::scan::native(self.root, rel))
+                // The root is the config's form: without `\\?\` on Windows where it fits.
+                .is_some_and(|h| dunce::simplified(h) == super::scan::native(self.root, rel))
         {
             return Some(HOME_REASON.into());
         }

@@ -239,7 +239,9 @@ pub fn walk_until(root: &Path, rel: &str, rules: &Rules, stop: &dyn Fn() -> bool
 /// The metadata of a symlink's target if it is a file inside `root`; `None` otherwise.
 fn resolve_link(root: &Path, link: &Path) -> Option<(PathBuf, Metadata)> {
     let target = fs::canonicalize(link).ok()?;
-    if !target.starts_with(root) {
+    // The root in the same canonical form (on Windows std's is always the `\\?\` one).
+    let root = fs::canonicalize(root).ok()?;
+    if !target.starts_with(&root) {
         tracing::debug!(link = %link.display(), "not following a symlink out of the shared folder");
         return None;
     }
