@@ -153,6 +153,9 @@ pub fn walk_until(root: &Path, rel: &str, rules: &Rules, stop: &dyn Fn() -> bool
     if walker.ancestor_skipped(rel) {
         return walk;
     }
+    // The root in std's canonical form, the form link targets come in (on Windows always the
+    // `\\?\` one); made at the first link of the walk.
+    let canonical_root = std::cell::OnceCell::new();
     let mut stack = vec![rel.to_string()];
     while let Some(rel) = stack.pop() {
         if stop() {
@@ -176,7 +179,8 @@ pub fn walk_until(root: &Path, rel: &str, rules: &Rules, stop: &dyn Fn() -> bool
             }
         }
         let meta = if meta.file_type().is_symlink() {
-            match resolve_link(root, &abs) {
+            let root = canonical_root.get_or_init(|| fs::canonicalize(root).ok());
+            match root.as_deref().and_then(|root| resolve_link(root, &abs)) {
                 Some((target, _)) if rules.in_home(&target) => {
                     walk.skipped.push(ScanError {
                         path: rel,
@@ -236,12 +240,11 @@ pub fn walk_until(root: &Path, rel: &str, rules: &Rules, stop: &dyn Fn() -> bool
     walk
 }
 
-/// The metadata of a symlink's target if it is a file inside `root`; `None` otherwise.
+/// The metadata of a symlink's target if it is a file inside `root` (canonical); `None`
+/// otherwise.
 fn resolve_link(root: &Path, link: &Path) -> Option<(PathBuf, Metadata)> {
     let target = fs::canonicalize(link).ok()?;
-    // The root in the same canonical form (on Windows std's is always the `\\?\` one).
-    let root = fs::canonicalize(root).ok()?;
-    if !target.starts_with(&root) {
+    if !target.starts_with(root) {
         tracing::debug!(link = %link.display(), "not following a symlink out of the shared folder");
         return None;
     }
